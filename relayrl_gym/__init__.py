@@ -1,0 +1,30 @@
+"""relayrl-gym: a multi-actor agent behind the Gymnasium API, every transition recorded.
+
+>>> import relayrl_gym
+>>> envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=None)
+>>> obs, info = envs.reset(seed=0)
+>>> envs.close()
+"""
+
+from relayrl_gym._version import __version__
+from relayrl_gym.data.dataset import Dataset, load
+from relayrl_gym.errors import RelayRLError
+from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.runtime.agent import RelayRLAgent
+from relayrl_gym.sinks.arrow import ArrowSink
+from relayrl_gym.sinks.base import Sink
+from relayrl_gym.wrap import wrap
+from relayrl_gym.wrappers.vector import RelayRLVectorEnv
+
+__all__ = [
+    "ArrowSink",
+    "Dataset",
+    "DeviceType",
+    "RelayRLAgent",
+    "RelayRLError",
+    "RelayRLVectorEnv",
+    "Sink",
+    "__version__",
+    "load",
+    "wrap",
+]

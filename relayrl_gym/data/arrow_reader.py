@@ -1,0 +1,67 @@
+"""Reads a run directory written by `ArrowSink`, including files of a run that crashed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pyarrow as pa
+
+from relayrl_gym.errors import DatasetError
+from relayrl_gym.schema.transitions import TransitionSchema
+from relayrl_gym.sinks.arrow import RUN_FILE
+
+__all__ = ["read_run_dir"]
+
+log = logging.getLogger(__name__)
+
+_FILE_MAGIC = b"ARROW1\x00\x00"
+
+
+def _read_complete(path: Path) -> list[pa.RecordBatch]:
+    with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
+        return [reader.get_batch(i) for i in range(reader.num_record_batches)]
+
+
+def _read_in_progress(path: Path) -> list[pa.RecordBatch]:
+    """An unfinished IPC file is the stream format after an 8-byte magic: read whole batches
+    until the data ends (a batch cut off by a crash is dropped)."""
+    data = pa.memory_map(str(path)).read_buffer()
+    if data.size < len(_FILE_MAGIC) or data[: len(_FILE_MAGIC)].to_pybytes() != _FILE_MAGIC:
+        return []
+    batches: list[pa.RecordBatch] = []
+    try:
+        reader = pa.ipc.open_stream(data.slice(len(_FILE_MAGIC)))
+        while True:
+            batches.append(reader.read_next_batch())
+    except StopIteration:
+        pass
+    except (pa.ArrowInvalid, OSError, EOFError) as err:
+        log.info("stopped reading %s at a cut-off batch (%s); %d whole batches recovered", path,
+                 err, len(batches))
+    return batches
+
+
+def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
+    """All rows of one run directory, in the order they were written."""
+    run_file = path / RUN_FILE
+    if not run_file.is_file():
+        raise DatasetError(f"{str(path)!r} is not a relayrl-gym run directory (no {RUN_FILE}); "
+                           "pass the directory of one run, e.g. relayrl_runs/<run_id>")
+    parts = sorted(path.glob("part-*.arrow"))
+    in_progress = sorted(path.glob(".part-*.arrow.inprogress"))
+    batches: list[pa.RecordBatch] = []
+    files = sorted([(p.name, p, True) for p in parts] +
+                   [(p.name[1:-len(".inprogress")], p, False) for p in in_progress])
+    for _, file, complete in files:
+        batches.extend(_read_complete(file) if complete else _read_in_progress(file))
+    if batches:
+        schema = TransitionSchema.from_arrow(batches[0].schema)
+        return pa.Table.from_batches(batches, schema=batches[0].schema), schema
+    meta = json.loads(run_file.read_text())
+    from relayrl_gym.schema.spaces import space_from_json
+
+    schema = TransitionSchema.build(space_from_json(meta["observation_space"]),
+                                    space_from_json(meta["action_space"]), metadata=meta)
+    return schema.arrow.empty_table(), schema

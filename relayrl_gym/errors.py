@@ -1,0 +1,63 @@
+"""Errors raised by relayrl-gym: one hierarchy, each message says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActionError",
+    "ConfigError",
+    "DatasetError",
+    "EnvCreationError",
+    "MissingDependencyError",
+    "RelayRLError",
+    "RouterError",
+    "SinkError",
+    "StateError",
+    "UnsupportedSpaceError",
+]
+
+
+class RelayRLError(Exception):
+    """Base class of every error relayrl-gym raises on purpose."""
+
+
+class ConfigError(RelayRLError, ValueError):
+    """An argument or configuration value is invalid."""
+
+
+class EnvCreationError(RelayRLError):
+    """The environment could not be created from what was passed to `wrap`."""
+
+
+class ActionError(RelayRLError, ValueError):
+    """An action batch does not fit the action space (shape, dtype or bounds)."""
+
+
+class StateError(RelayRLError, RuntimeError):
+    """A call came at the wrong time (step before reset, use after close)."""
+
+
+class RouterError(RelayRLError, RuntimeError):
+    """The actor router could not run a command (a worker failed or timed out)."""
+
+
+class SinkError(RelayRLError, OSError):
+    """A sink could not be opened or written."""
+
+
+class DatasetError(RelayRLError, ValueError):
+    """Recorded data could not be found or read back."""
+
+
+class UnsupportedSpaceError(RelayRLError, TypeError):
+    """A Gymnasium space cannot be recorded."""
+
+
+class MissingDependencyError(RelayRLError, ImportError):
+    """An optional dependency is not installed; the message names the extra to install."""
+
+
+def missing_extra(module: str, extra: str) -> MissingDependencyError:
+    """Builds the error for an optional module that failed to import."""
+    return MissingDependencyError(
+        f"{module!r} is not installed; install it with: pip install \"relayrl-gym[{extra}]\""
+    )

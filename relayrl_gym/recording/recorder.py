@@ -1,0 +1,150 @@
+"""The stepping side of recording: rows go into column buffers, full buffers go to the writer."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from relayrl_gym.recording.buffer import ColumnBuffer
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from relayrl_gym.recording.writer import BackgroundWriter
+    from relayrl_gym.schema.transitions import TransitionSchema
+
+__all__ = ["Recorder"]
+
+#: Target size of one buffer (and so of one Arrow record batch).
+TARGET_BATCH_BYTES = 4 * 1024 * 1024
+MAX_BATCH_ROWS = 8192
+MIN_BATCH_ROWS = 16
+
+
+class Recorder:
+    """Collects transitions of a fixed set of slots (env copies / actors) into Arrow batches.
+
+    ``record`` costs a handful of numpy slice assignments per call, whatever the number of rows;
+    everything else (building Arrow arrays, compression, file I/O) happens on the writer thread.
+    Thread-safe: the writer takes partial buffers for its time-based flush under the same lock.
+    """
+
+    def __init__(
+        self,
+        schema: TransitionSchema,
+        run_id: str,
+        actor_ids: list[str],
+        agent_ids: list[str] | None = None,
+        writer: BackgroundWriter | None = None,
+        batch_rows: int | None = None,
+    ) -> None:
+        """Creates a recorder.
+
+        Args:
+            schema: the transition schema of the run.
+            run_id: the run every row belongs to.
+            actor_ids: actor id of each slot (``env_index`` indexes it).
+            agent_ids: PettingZoo agent name of each slot; empty strings for single-agent envs.
+            writer: the background writer that receives full buffers.
+            batch_rows: rows per buffer; default: as many as fit in ~4 MiB (16..8192).
+        """
+        self.schema = schema
+        self.run_id = run_id
+        self.actor_ids = list(actor_ids)
+        self.agent_ids = list(agent_ids) if agent_ids is not None else [""] * len(actor_ids)
+        row_bytes = 2 * schema.obs.row_bytes + schema.action.row_bytes + 64
+        self.capacity = batch_rows or int(
+            np.clip(TARGET_BATCH_BYTES // row_bytes, MIN_BATCH_ROWS, MAX_BATCH_ROWS))
+        self._writer = writer
+        self._lock = threading.Lock()
+        self._buf = ColumnBuffer(schema, self.capacity)
+        self._episode_ids = itertools.count()
+        self.rows_recorded = 0
+        if writer is not None:
+            writer.attach(self)
+
+    def new_episode_id(self) -> int:
+        """A run-unique episode id (thread-safe)."""
+        return next(self._episode_ids)
+
+    def record(
+        self,
+        env_index: np.ndarray,
+        episode_id: np.ndarray,
+        step: np.ndarray,
+        obs: Any,
+        action: Any,
+        reward: np.ndarray,
+        next_obs: Any,
+        terminated: np.ndarray,
+        truncated: np.ndarray,
+        model_version: np.ndarray | int = -1,
+        infos: dict[int, str] | None = None,
+        masks: dict[int, np.ndarray] | None = None,
+        data: dict[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """Appends ``len(env_index)`` rows; batch arguments have that leading length.
+
+        ``infos``, ``masks`` and ``data`` map a row of this call to its value (absent = null).
+        """
+        k = len(env_index)
+        now = time.time_ns()
+        with self._lock:
+            buf = self._buf
+            n = buf.n
+            if n + k > buf.capacity:
+                self._hand_over_locked()
+                buf = self._buf
+                n = 0
+            end = n + k
+            buf.env_index[n:end] = env_index
+            buf.episode_id[n:end] = episode_id
+            buf.step[n:end] = step
+            self.schema.obs.put(buf.obs, n, obs)
+            self.schema.action.put(buf.action, n, action)
+            buf.reward[n:end] = reward
+            self.schema.obs.put(buf.next_obs, n, next_obs)
+            buf.terminated[n:end] = terminated
+            buf.truncated[n:end] = truncated
+            buf.model_version[n:end] = model_version
+            buf.timestamp[n:end] = now
+            if infos:
+                buf.info.update({n + row: value for row, value in infos.items()})
+            if masks:
+                buf.mask.update({n + row: value for row, value in masks.items()})
+            if data:
+                buf.data.update({n + row: value for row, value in data.items()})
+            buf.n = end
+            self.rows_recorded += k
+
+    def _hand_over_locked(self) -> None:
+        full, self._buf = self._buf, ColumnBuffer(self.schema, self.capacity)
+        if self._writer is not None and full.n:
+            self._writer.submit(self, full)
+
+    def take_partial(self) -> ColumnBuffer | None:
+        """Detaches the rows recorded since the last hand-over (for the time-based flush)."""
+        with self._lock:
+            if self._buf.n == 0:
+                return None
+            full, self._buf = self._buf, ColumnBuffer(self.schema, self.capacity)
+            return full
+
+    def flush(self) -> None:
+        """Hands every recorded row to the writer and waits until the sinks have it."""
+        if self._writer is not None:
+            self._writer.flush()
+
+    def to_record_batch(self, buf: ColumnBuffer) -> pa.RecordBatch:
+        return buf.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids)
+
+    def close(self) -> None:
+        """Flushes and detaches from the writer; the writer itself is closed by its owner."""
+        if self._writer is not None:
+            self._writer.flush()
+            self._writer.detach(self)
+            self._writer = None

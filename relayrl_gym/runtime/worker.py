@@ -1,0 +1,88 @@
+"""A thread that owns one actor's environment and runs the commands the router gives it."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from relayrl_gym.errors import RouterError
+
+__all__ = ["ActorThread"]
+
+
+class ActorThread:
+    """Runs one command at a time on a dedicated, named thread.
+
+    The hand-off is a pair of bare locks (the cheapest wake-up CPython offers); a command's
+    exception is re-raised by `wait` in the caller with its original traceback.
+
+    >>> t = ActorThread("doc-actor")
+    >>> t.submit(threading.current_thread); t.wait().name
+    'doc-actor'
+    >>> t.stop()
+    """
+
+    def __init__(self, name: str) -> None:
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._fn: Callable[..., Any] | None = None
+        self._args: tuple[Any, ...] = ()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        self._busy = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    @property
+    def name(self) -> str:
+        return self._thread.name
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Starts ``fn(*args)`` on the thread; one command at a time."""
+        if self._busy:
+            raise RouterError(f"actor thread {self.name} is still running its previous command")
+        if not self._thread.is_alive():
+            raise RouterError(f"actor thread {self.name} has stopped")
+        self._busy = True
+        self._fn, self._args = fn, args
+        self._go.release()
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Waits for the submitted command and returns its result (or raises its exception)."""
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            raise RouterError(f"actor thread {self.name} did not finish within {timeout} s")
+        self._busy = False
+        error, self._error = self._error, None
+        result, self._result = self._result, None
+        if error is not None:
+            raise error
+        return result
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ends the thread after its current command; idempotent."""
+        if not self._thread.is_alive():
+            return
+        if self._busy:
+            self.wait(timeout)
+        self._fn = None
+        self._go.release()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise RouterError(f"actor thread {self.name} did not stop within {timeout} s")
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            fn, args = self._fn, self._args
+            if fn is None:
+                return
+            try:
+                self._result = fn(*args)
+            except BaseException as err:  # handed to the caller by wait()
+                self._error = err
+            finally:
+                self._fn, self._args = None, ()
+                self._done.release()

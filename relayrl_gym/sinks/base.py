@@ -1,0 +1,93 @@
+"""The sink interface and the URL factory that maps ``sqlite:///...`` and friends to classes."""
+
+from __future__ import annotations
+
+import abc
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from relayrl_gym.errors import ConfigError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+__all__ = ["DEFAULT_SINK_ROOT", "Sink", "open_sink", "register_sink"]
+
+#: Where runs go when no sink is given.
+DEFAULT_SINK_ROOT = "relayrl_runs"
+
+
+class Sink(abc.ABC):
+    """Where recorded transitions go: ``start`` once, then ``write`` batches, ``flush``, ``close``.
+
+    Sinks receive whole `pyarrow.RecordBatch` objects from the background writer, never rows from
+    the stepping thread. ``run_path`` is the local directory of the run, when the sink has one.
+    """
+
+    run_path: Path | None = None
+
+    @abc.abstractmethod
+    def start(self, run_id: str, schema: pa.Schema) -> None:
+        """Prepares the sink for a run; raises `SinkError` if it cannot be written."""
+
+    @abc.abstractmethod
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Stores one batch of transitions."""
+
+    def flush(self) -> None:  # noqa: B027 - optional hook; most sinks write through
+        """Makes everything written so far durable."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Flushes and releases the sink; idempotent."""
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_FACTORIES: dict[str, Callable[[str], Sink] | str] = {
+    "arrow": "relayrl_gym.sinks.arrow:ArrowSink.from_url",
+}
+
+
+def register_sink(scheme: str, factory: Callable[[str], Sink] | str) -> None:
+    """Maps a URL scheme to a factory (or ``"module:attr"`` path, imported on first use)."""
+    _FACTORIES[scheme] = factory
+
+
+def open_sink(spec: Any) -> Sink:
+    """Turns a sink spec (a `Sink`, a directory path, or a URL) into a `Sink`.
+
+    >>> open_sink("arrow://runs").root.name
+    'runs'
+    """
+    if isinstance(spec, Sink):
+        return spec
+    if isinstance(spec, Path):
+        spec = str(spec)
+    if not isinstance(spec, str) or not spec:
+        raise ConfigError(
+            f"`sink` must be a directory path, a URL such as 'arrow://DIR', a Sink object, a "
+            f"list of those, or None; got {spec!r}"
+        )
+    scheme, sep, _ = spec.partition("://")
+    # "postgresql+psycopg://" and "zmq+tcp://" select a driver/transport within one scheme.
+    scheme = scheme.split("+", 1)[0] if sep else "arrow"
+    factory = _FACTORIES.get(scheme)
+    if factory is None:
+        raise ConfigError(
+            f"unknown sink URL scheme {scheme!r} in {spec!r}; known schemes: "
+            f"{', '.join(sorted(_FACTORIES))} (or a plain directory path)"
+        )
+    if isinstance(factory, str):
+        module, attr = factory.split(":")
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        factory = obj
+    return factory(spec)  # type: ignore[operator]

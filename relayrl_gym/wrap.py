@@ -1,0 +1,63 @@
+"""`relayrl_gym.wrap`: one line from an env to a recorded, multi-actor env."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium.vector import AutoresetMode
+
+from relayrl_gym.errors import ConfigError
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
+from relayrl_gym.wrappers.factory import env_factories
+from relayrl_gym.wrappers.vector import RelayRLVectorEnv
+
+__all__ = ["wrap"]
+
+_APIS = ("gymnasium",)
+
+
+def wrap(
+    env: Any,
+    actors: int = 1,
+    *,
+    api: str = "gymnasium",
+    sink: Any = DEFAULT_SINK_ROOT,
+    autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+    router_scale: int | str = "auto",
+    run_id: str | None = None,
+    flush_interval: float = 1.0,
+    record_info: bool = True,
+    **make_kwargs: Any,
+) -> RelayRLVectorEnv:
+    """Wraps an env into a recorded vector env of ``actors`` copies.
+
+    Args:
+        env: a Gymnasium env id, a `gymnasium.Env` (remade from its spec, else deep-copied), or
+            a zero-argument callable returning an env.
+        actors: number of env copies (actors), >= 1.
+        api: "gymnasium" for a `gymnasium.vector.VectorEnv`.
+        sink: where transitions go: a directory (default ``./relayrl_runs``), ``arrow://DIR``, a
+            `Sink`, a list of those, or None to record nothing.
+        autoreset_mode: "next_step" (Gymnasium's default), "same_step" or "disabled".
+        router_scale: "auto" measures the env and picks inline stepping (cheap envs) or one
+            thread per actor (slow envs whose step releases the GIL); 0 or n >= 1 forces it.
+        run_id: the run's name (default: env id, UTC time and a random suffix).
+        flush_interval: seconds between time-based flushes (the most a crash can lose).
+        record_info: record each step's info dict as JSON.
+        **make_kwargs: passed to `gymnasium.make` when ``env`` is an id.
+
+    Returns:
+        A `RelayRLVectorEnv`; ``run_id`` names the run and ``run_path`` is its Arrow directory.
+
+    >>> import relayrl_gym
+    >>> envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=None)
+    >>> envs.num_envs, envs.single_action_space
+    (4, Discrete(2))
+    >>> envs.close()
+    """
+    if api not in _APIS:
+        raise ConfigError(f"`api` must be one of {', '.join(map(repr, _APIS))}, got {api!r}")
+    env_fns, env_id = env_factories(env, actors, make_kwargs)
+    return RelayRLVectorEnv(env_fns, sink=sink, autoreset_mode=autoreset_mode,
+                            router_scale=router_scale, run_id=run_id, env_id=env_id,
+                            flush_interval=flush_interval, record_info=record_info)

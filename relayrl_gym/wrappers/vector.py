@@ -1,0 +1,476 @@
+"""`RelayRLVectorEnv`: a Gymnasium vector env whose copies are actors, every step recorded."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from relayrl_gym._version import __version__
+from relayrl_gym.errors import ConfigError, EnvCreationError, StateError
+from relayrl_gym.recording.buffer import info_to_json
+from relayrl_gym.recording.recorder import Recorder
+from relayrl_gym.recording.writer import BackgroundWriter
+from relayrl_gym.runtime.actor import Actor
+from relayrl_gym.runtime.agent import RelayRLAgent
+from relayrl_gym.runtime.probe import ProbeResult, probe_router_scale
+from relayrl_gym.runtime.router import Router
+from relayrl_gym.schema.transitions import TransitionSchema
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, open_sink
+from relayrl_gym.wrappers.actions import batch_action_checker
+from relayrl_gym.wrappers.factory import make_checked
+
+__all__ = ["RelayRLVectorEnv", "new_run_id", "parse_autoreset_mode"]
+
+log = logging.getLogger(__name__)
+
+_AUTORESET_NAMES = {
+    "next_step": AutoresetMode.NEXT_STEP, "nextstep": AutoresetMode.NEXT_STEP,
+    "same_step": AutoresetMode.SAME_STEP, "samestep": AutoresetMode.SAME_STEP,
+    "disabled": AutoresetMode.DISABLED,
+}
+
+
+def parse_autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
+    """Accepts an `AutoresetMode` or its name ("next_step", "same_step", "disabled")."""
+    if isinstance(mode, AutoresetMode):
+        return mode
+    found = _AUTORESET_NAMES.get(str(mode).lower().replace("-", "_"))
+    if found is None:
+        raise ConfigError(f"`autoreset_mode` must be one of 'next_step', 'same_step', 'disabled' "
+                          f"or a gymnasium.vector.AutoresetMode, got {mode!r}")
+    return found
+
+
+def new_run_id(env_id: str | None) -> str:
+    """``<env id>-<UTC time>-<8 hex>``: sortable by time, unique, safe as a directory name."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in (env_id or "env"))
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stem}-{now}-{uuid.uuid4().hex[:8]}"
+
+
+def _copy_batch(batch: Any) -> Any:
+    if isinstance(batch, np.ndarray):
+        return batch.copy()
+    if isinstance(batch, dict):
+        return {k: _copy_batch(v) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(_copy_batch(v) for v in batch)
+    return deepcopy(batch)
+
+
+def _take(batch: Any, rows: np.ndarray) -> Any:
+    if isinstance(batch, np.ndarray):
+        return batch[rows]
+    if isinstance(batch, dict):
+        return {k: _take(v, rows) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(_take(v, rows) for v in batch)
+    return [batch[i] for i in rows]
+
+
+def _put_row(batch: Any, i: int, value: Any) -> None:
+    if isinstance(batch, np.ndarray):
+        batch[i] = value
+    elif isinstance(batch, dict):
+        for k in batch:
+            _put_row(batch[k], i, value[k])
+    elif isinstance(batch, tuple):
+        for part, v in zip(batch, value):
+            _put_row(part, i, v)
+
+
+class RelayRLVectorEnv(VectorEnv):
+    """A `gymnasium.vector.VectorEnv` of ``N`` actors, each owning one env copy, all recorded.
+
+    What the caller sees is what `gymnasium.vector.SyncVectorEnv` of the same envs returns (same
+    seeds and actions give the same observations, rewards, flags and infos, in NEXT_STEP,
+    SAME_STEP and DISABLED autoreset modes). Behind it, every transition ``(obs, action, reward,
+    next_obs, terminated, truncated)`` goes to the sinks (Arrow files under ``./relayrl_runs/``
+    by default); NEXT_STEP reset pseudo-steps are never recorded.
+
+    >>> import relayrl_gym, tempfile
+    >>> envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tempfile.mkdtemp())
+    >>> obs, info = envs.reset(seed=0)
+    >>> obs.shape
+    (2, 4)
+    >>> _ = envs.step(envs.action_space.sample())
+    >>> envs.close()
+    >>> len(relayrl_gym.load(envs.run_path))
+    2
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        *,
+        sink: Any = DEFAULT_SINK_ROOT,
+        autoreset_mode: str | AutoresetMode = AutoresetMode.NEXT_STEP,
+        router_scale: int | str = "auto",
+        run_id: str | None = None,
+        env_id: str | None = None,
+        flush_interval: float = 1.0,
+        record_info: bool = True,
+        batch_rows: int | None = None,
+    ) -> None:
+        """Creates the actors and their environments, and opens the sinks.
+
+        Args:
+            env_fns: one zero-argument env factory per actor.
+            sink: a directory, URL, `Sink`, list of those, or None (record nothing).
+            autoreset_mode: Gymnasium autoreset mode (default NEXT_STEP, Gymnasium's default).
+            router_scale: "auto" (measure the env, then choose), 0 (step every env on the calling
+                thread) or n >= 1 (one thread per actor, at most n stepping at once).
+            run_id: name of the run (default: env id, time and a random suffix).
+            env_id: env id recorded in the run metadata (default: from the env's spec).
+            flush_interval: seconds between time-based flushes to the sinks.
+            record_info: record each step's info dict as JSON (``info`` column).
+            batch_rows: rows per recorded batch (default: sized to ~4 MiB).
+        """
+        super().__init__()
+        if not env_fns:
+            raise ConfigError("`env_fns` must hold at least one env factory (actors >= 1)")
+        if flush_interval <= 0:
+            raise ConfigError(f"`flush_interval` must be > 0 seconds, got {flush_interval!r}")
+        self.num_envs = len(env_fns)
+        self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
+        self.record_info = record_info
+        self.closed = False
+
+        probe: ProbeResult | None = None
+        if router_scale == "auto":
+            probe = probe_router_scale(lambda: make_checked(env_fns[0], 0), self.num_envs)
+            log.info("relayrl-gym router: %s", probe.describe())
+            router_scale = probe.scale
+        elif isinstance(router_scale, str):
+            raise ConfigError(f"`router_scale` must be 'auto' or an int >= 0, got {router_scale!r}")
+        self._actors = [Actor(i) for i in range(self.num_envs)]
+        self._router = Router(router_scale, self._actors)
+        try:
+            self._router.run(self._create_env, list(env_fns), self._actors)
+            first = self._actors[0].env
+            self.metadata = dict(first.metadata)
+            self.metadata["autoreset_mode"] = self.autoreset_mode
+            self.render_mode = first.render_mode
+            self.single_observation_space = first.observation_space
+            self.single_action_space = first.action_space
+            for actor in self._actors[1:]:
+                if actor.env.observation_space != self.single_observation_space:
+                    raise EnvCreationError(
+                        f"env {actor.index} has observation space {actor.env.observation_space}, "
+                        f"env 0 has {self.single_observation_space}; all copies must match")
+                if actor.env.action_space != self.single_action_space:
+                    raise EnvCreationError(
+                        f"env {actor.index} has action space {actor.env.action_space}, env 0 has "
+                        f"{self.single_action_space}; all copies must match")
+            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+            self.action_space = batch_space(self.single_action_space, self.num_envs)
+            self._check_action = batch_action_checker(self.single_action_space,
+                                                      self.action_space, self.num_envs)
+            if env_id is None and first.spec is not None:
+                env_id = first.spec.id
+            self.env_id = env_id
+            self.run_id = run_id or new_run_id(env_id)
+            recorder, writer = self._open_recording(sink, router_scale, batch_rows, flush_interval,
+                                                    first)
+        except BaseException:
+            self._close_envs_quietly()
+            raise
+        self.agent = RelayRLAgent(self._actors, self._router, recorder, writer, probe,
+                                  on_shutdown=self._close_envs)
+        self._recorder = recorder
+        self._arange = np.arange(self.num_envs, dtype=np.int32)
+        self._prev_obs: Any = None
+        self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
+        self._episode_ids = np.full(self.num_envs, -1, dtype=np.int64)
+        self._episode_steps = np.zeros(self.num_envs, dtype=np.int64)
+
+    # -- construction helpers ------------------------------------------------------------------
+    @staticmethod
+    def _create_env(actor: Actor, fn: Callable[[], gym.Env]) -> None:
+        actor.env = make_checked(fn, actor.index)
+
+    def _close_envs(self) -> None:
+        self._router.run(lambda actor, _: actor.env.close() if actor.env is not None else None,
+                         [None] * len(self._actors), self._actors)
+
+    def _close_envs_quietly(self) -> None:
+        try:
+            self._close_envs()
+        except Exception:
+            log.exception("closing environments after a failed construction")
+        self._router.close()
+
+    def _open_recording(self, sink: Any, router_scale: int, batch_rows: int | None,
+                        flush_interval: float, first: gym.Env
+                        ) -> tuple[Recorder | None, BackgroundWriter | None]:
+        self.run_path: Path | None = None
+        if sink is None:
+            return None, None
+        specs = list(sink) if isinstance(sink, list | tuple) else [sink]
+        sinks: list[Sink] = [open_sink(s) for s in specs]
+        schema = TransitionSchema.build(self.single_observation_space, self.single_action_space,
+                                        metadata=self._run_metadata(first, router_scale, sinks))
+        started: list[Sink] = []
+        try:
+            for s in sinks:
+                s.start(self.run_id, schema.arrow)
+                started.append(s)
+        except BaseException:
+            for s in started:
+                s.close()
+            raise
+        self.run_path = next((s.run_path for s in sinks if s.run_path is not None), None)
+        writer = BackgroundWriter(sinks, flush_interval=flush_interval,
+                                  name=f"relayrl-writer-{self.run_id}")
+        recorder = Recorder(schema, self.run_id, [str(a.id) for a in self._actors],
+                            writer=writer, batch_rows=batch_rows)
+        return recorder, writer
+
+    def _run_metadata(self, first: gym.Env, router_scale: int, sinks: list[Sink]
+                      ) -> dict[str, Any]:
+        spec_json = None
+        if first.spec is not None:
+            try:
+                spec_json = json.loads(first.spec.to_json())
+            except Exception:  # kwargs that JSON cannot hold: keep the id only
+                spec_json = None
+        return {
+            "run_id": self.run_id,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+            "relayrl_gym_version": __version__,
+            "gymnasium_version": gym.__version__,
+            "env_id": self.env_id,
+            "env_spec": spec_json,
+            "num_envs": self.num_envs,
+            "actor_ids": [str(a.id) for a in self._actors],
+            "autoreset_mode": self.autoreset_mode.value,
+            "router_scale": router_scale,
+            "render_mode": self.render_mode,
+            "sinks": [type(s).__name__ for s in sinks],
+        }
+
+    # -- VectorEnv API ---------------------------------------------------------------------------
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Resets the envs (env i gets ``seed + i``); starts a new episode in each."""
+        self._check_open()
+        if seed is None:
+            seeds: list[int | None] = [None] * self.num_envs
+        elif isinstance(seed, int | np.integer):
+            seeds = [int(seed) + i for i in range(self.num_envs)]
+        else:
+            seeds = list(seed)
+            if len(seeds) != self.num_envs:
+                raise ConfigError(f"`seed` as a list must have one seed per env "
+                                  f"(num_envs={self.num_envs}), got {len(seeds)}")
+        options = dict(options) if options else None
+        mask = self._reset_mask(options)
+        indices = [i for i in range(self.num_envs) if mask is None or mask[i]]
+        actors = [self._actors[i] for i in indices]
+        results = self._router.run(
+            lambda actor, s: actor.env.reset(seed=s, options=options),
+            [seeds[i] for i in indices], actors)
+        infos: dict[str, Any] = {}
+        if mask is None:
+            obs = self._stack([r[0] for r in results])
+        else:
+            obs = _copy_batch(self._prev_obs)
+            for i, r in zip(indices, results):
+                _put_row(obs, i, r[0])
+        for i, (_, info) in zip(indices, results):
+            infos = self._add_info(infos, info, i)
+            self._autoreset[i] = False
+            self._episode_steps[i] = 0
+            self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
+        self._prev_obs = _copy_batch(obs)
+        return obs, infos
+
+    def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
+        if not options or "reset_mask" not in options:
+            return None
+        mask = options.pop("reset_mask")
+        if not isinstance(mask, np.ndarray) or mask.shape != (self.num_envs,) or \
+                mask.dtype != np.bool_:
+            raise ConfigError(f"`options['reset_mask']` must be a bool numpy array of shape "
+                              f"({self.num_envs},), got {mask!r}")
+        if not mask.any():
+            raise ConfigError("`options['reset_mask']` must select at least one env")
+        if self._prev_obs is None and not mask.all():
+            raise StateError("the first reset() must reset every env (no reset_mask)")
+        return mask
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Steps every env with its action; autoresets as `metadata["autoreset_mode"]` says."""
+        self._check_open()
+        if self._prev_obs is None:
+            raise StateError("step() called before reset(); call envs.reset(seed=...) first")
+        recorded_actions = self._check_action(actions)
+        if self.autoreset_mode is AutoresetMode.DISABLED and self._autoreset.any():
+            done = np.flatnonzero(self._autoreset).tolist()
+            raise StateError(f"envs {done} are done and autoreset_mode is DISABLED; reset them "
+                             "with reset(options={'reset_mask': mask}) before stepping")
+        per_env = actions if isinstance(actions, np.ndarray) and actions.dtype != object else None
+        action_list = list(per_env) if per_env is not None else list(
+            iterate(self.action_space, actions))
+        results = self._router.run(self._step_env, action_list, self._actors)
+
+        infos: dict[str, Any] = {}
+        rewards = np.empty(self.num_envs, dtype=np.float64)
+        terminated = np.empty(self.num_envs, dtype=np.bool_)
+        truncated = np.empty(self.num_envs, dtype=np.bool_)
+        obs_items = []
+        finals: dict[int, tuple[Any, dict[str, Any]]] = {}
+        reset_rows = self._autoreset if self.autoreset_mode is AutoresetMode.NEXT_STEP else None
+        for i, (obs_i, rew, term, trunc, info, final) in enumerate(results):
+            obs_items.append(obs_i)
+            rewards[i], terminated[i], truncated[i] = rew, term, trunc
+            if final is not None:
+                finals[i] = final
+                infos = self._add_info(infos, {"final_obs": final[0], "final_info": final[1]}, i)
+            if info:
+                infos = self._add_info(infos, info, i)
+        obs = self._stack(obs_items)
+        if self._recorder is not None:
+            self._record(recorded_actions, obs, rewards, terminated, truncated, results, finals,
+                         reset_rows)
+        self._advance_episodes(terminated, truncated, reset_rows)
+        self._prev_obs = _copy_batch(obs)
+        return obs, rewards, terminated, truncated, infos
+
+    def _step_env(self, actor: Actor, action: Any) -> tuple[Any, ...]:
+        # Runs on the actor's own thread (or inline): the only place an env is stepped.
+        env = actor.env
+        if self._autoreset[actor.index] and self.autoreset_mode is AutoresetMode.NEXT_STEP:
+            obs, info = env.reset()
+            return obs, 0.0, False, False, info, None
+        obs, reward, terminated, truncated, info = env.step(action)
+        if (terminated or truncated) and self.autoreset_mode is AutoresetMode.SAME_STEP:
+            final = (obs, info)
+            obs, info = env.reset()
+            return obs, reward, terminated, truncated, info, final
+        return obs, reward, terminated, truncated, info, None
+
+    def _record(self, actions: Any, obs: Any, rewards: np.ndarray, terminated: np.ndarray,
+                truncated: np.ndarray, results: list[tuple[Any, ...]],
+                finals: dict[int, tuple[Any, dict[str, Any]]], reset_rows: np.ndarray | None
+                ) -> None:
+        assert self._recorder is not None
+        next_obs = obs
+        if finals:
+            next_obs = _copy_batch(obs)
+            for i, (final_obs, _) in finals.items():
+                _put_row(next_obs, i, final_obs)
+        infos: dict[int, str] = {}
+        if self.record_info:
+            for i, result in enumerate(results):
+                info = finals[i][1] if i in finals else result[4]
+                if info:
+                    text = info_to_json(info)
+                    if text is not None:
+                        infos[i] = text
+        prev = self._prev_obs
+        if reset_rows is None or not reset_rows.any():
+            self._recorder.record(self._arange, self._episode_ids, self._episode_steps, prev,
+                                  actions, rewards, next_obs, terminated, truncated,
+                                  infos=infos)
+            return
+        rows = np.flatnonzero(~reset_rows)
+        if rows.size == 0:
+            return
+        position = {int(r): k for k, r in enumerate(rows)}
+        self._recorder.record(
+            self._arange[rows], self._episode_ids[rows], self._episode_steps[rows],
+            _take(prev, rows), _take(actions, rows), rewards[rows], _take(next_obs, rows),
+            terminated[rows], truncated[rows],
+            infos={position[i]: v for i, v in infos.items() if i in position})
+
+    def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
+                          reset_rows: np.ndarray | None) -> None:
+        done = terminated | truncated
+        if reset_rows is not None and reset_rows.any():
+            # The pseudo-step reset those envs: a new episode starts at step 0.
+            for i in np.flatnonzero(reset_rows):
+                self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
+                self._episode_steps[i] = 0
+            self._episode_steps[~reset_rows] += 1
+        else:
+            self._episode_steps += 1
+        if self.autoreset_mode is AutoresetMode.SAME_STEP:
+            for i in np.flatnonzero(done):
+                self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
+                self._episode_steps[i] = 0
+        self._autoreset = done
+
+    def _stack(self, items: list[Any]) -> Any:
+        out = create_empty_array(self.single_observation_space, self.num_envs, fn=np.empty)
+        return concatenate(self.single_observation_space, items, out)
+
+    def render(self) -> tuple[Any, ...]:
+        """Each env's render output, rendered on the thread that owns the env."""
+        self._check_open()
+        return tuple(self._router.run(lambda actor, _: actor.env.render(),
+                                      [None] * self.num_envs, self._actors))
+
+    def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
+        """Calls ``name(*args, **kwargs)`` on every env (or reads it, if not callable)."""
+        self._check_open()
+
+        def call_one(actor: Actor, _: Any) -> Any:
+            attr = actor.env.get_wrapper_attr(name)
+            return attr(*args, **kwargs) if callable(attr) else attr
+
+        return tuple(self._router.run(call_one, [None] * self.num_envs, self._actors))
+
+    def get_attr(self, name: str) -> tuple[Any, ...]:
+        """The attribute ``name`` of every env."""
+        self._check_open()
+        return tuple(self._router.run(lambda actor, _: actor.env.get_wrapper_attr(name),
+                                      [None] * self.num_envs, self._actors))
+
+    def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
+        """Sets ``name`` on every env: one value for all, or a list with one value per env."""
+        self._check_open()
+        if not isinstance(values, list | tuple):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            raise ConfigError(f"`values` must have one value per env (num_envs={self.num_envs}), "
+                              f"got {len(values)}")
+        self._router.run(lambda actor, v: actor.env.set_wrapper_attr(name, v), list(values),
+                         self._actors)
+
+    @property
+    def np_random_seed(self) -> tuple[int, ...]:
+        return self.get_attr("np_random_seed")
+
+    @property
+    def np_random(self) -> tuple[np.random.Generator, ...]:
+        return self.get_attr("np_random")
+
+    def flush(self) -> None:
+        """Writes every transition recorded so far to the sinks (and waits for it)."""
+        self._check_open()
+        self.agent.flush()
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Closes the envs on their threads, flushes and closes the sinks, joins every thread."""
+        self.agent.shutdown()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StateError("this env is closed; create a new one with relayrl_gym.wrap(...)")
+
+    def __repr__(self) -> str:
+        return (f"RelayRLVectorEnv({self.env_id or 'env'}, num_envs={self.num_envs}, "
+                f"router_scale={self._router.scale}, run_id={self.run_id!r})")
+
