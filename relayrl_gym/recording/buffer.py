@@ -1,4 +1,4 @@
-"""Preallocated column buffers that the stepping thread fills and the writer turns into Arrow."""
+"""Blocks of recorded steps that the stepping thread appends to and the writer turns into Arrow."""
 
 from __future__ import annotations
 
@@ -8,11 +8,20 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from relayrl_gym.schema.codecs import (
+    Codec,
+    DictCodec,
+    TupleCodec,
+    numpy_to_arrow,
+    strings_to_arrow,
+)
 from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
 
-__all__ = ["ColumnBuffer", "info_to_json"]
+__all__ = ["StepBlock", "info_to_json"]
 
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
+_FIELDS = ("env_index", "episode_id", "step", "obs", "action", "reward", "next_obs",
+           "terminated", "truncated", "model_version", "timestamp", "valid")
 
 
 def _json_default(value: Any) -> Any:
@@ -30,64 +39,85 @@ def info_to_json(info: dict[str, Any]) -> str | None:
     return json.dumps(info, default=_json_default)
 
 
-class ColumnBuffer:
-    """A fixed-capacity block of transition rows, one numpy array per column.
+def _concat(codec: Codec, parts: list[Any]) -> Any:
+    if isinstance(codec, DictCodec):
+        return {k: _concat(c, [p[k] for p in parts]) for k, c in codec.children.items()}
+    if isinstance(codec, TupleCodec):
+        return tuple(_concat(c, [p[i] for p in parts]) for i, c in enumerate(codec.children))
+    return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
 
-    Sparse columns (info, mask, data) are dicts keyed by row, since most steps have none.
+
+class StepBlock:
+    """Recorded calls awaiting conversion: each call is a tuple of batch arrays the block owns.
+
+    A call may carry a ``valid`` row mask: rows it marks False (e.g. NEXT_STEP reset
+    pseudo-steps) are dropped at conversion, which is cheaper than selecting rows per step.
+
+    Appending is a list append (the stepping thread's whole recording cost, besides the copies
+    that give the block ownership); concatenating the columns and building Arrow arrays happens
+    on the writer thread. Sparse columns (info, mask, data) map a row of the block to its value.
     """
 
-    __slots__ = ("action", "capacity", "data", "env_index", "episode_id", "info", "mask",
-                 "model_version", "n", "next_obs", "obs", "reward", "step", "terminated",
-                 "timestamp", "truncated")
+    __slots__ = ("calls", "data", "info", "mask", "n")
 
-    def __init__(self, schema: TransitionSchema, capacity: int) -> None:
-        self.capacity = capacity
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
         self.n = 0
-        self.env_index = np.empty(capacity, np.int32)
-        self.episode_id = np.empty(capacity, np.int64)
-        self.step = np.empty(capacity, np.int64)
-        self.obs = schema.obs.alloc(capacity)
-        self.action = schema.action.alloc(capacity)
-        self.reward = np.empty(capacity, np.float64)
-        self.next_obs = schema.obs.alloc(capacity)
-        self.terminated = np.empty(capacity, np.bool_)
-        self.truncated = np.empty(capacity, np.bool_)
-        self.model_version = np.empty(capacity, np.int64)
-        self.timestamp = np.empty(capacity, np.int64)
         self.info: dict[int, str] = {}
-        self.mask: dict[int, np.ndarray] = {}
+        self.mask: dict[int, Any] = {}
         self.data: dict[int, dict[str, Any]] = {}
 
     def to_record_batch(
         self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str]
     ) -> pa.RecordBatch:
-        """Builds the Arrow batch of the first ``n`` rows; ``actor_ids``/``agent_ids`` by env index."""
+        """Builds the Arrow batch of every row; ``actor_ids``/``agent_ids`` are by env index."""
         n = self.n
-        env_index = self.env_index[:n]
-        indices = pa.array(env_index, type=pa.int32())
-        actor = pa.DictionaryArray.from_arrays(indices, pa.array(actor_ids, pa.string()))
-        agent = pa.DictionaryArray.from_arrays(indices, pa.array(agent_ids, pa.string()))
+        columns_by_name = {name: [call[k] for call in self.calls] for k, name in enumerate(_FIELDS)}
+        env_index = np.concatenate(columns_by_name["env_index"]).astype(np.int32, copy=False)
+        k_rows = np.fromiter((len(call[0]) for call in self.calls), np.int64, len(self.calls))
+        timestamps = np.repeat(np.asarray(columns_by_name["timestamp"], np.int64), k_rows)
+        versions_by_call = columns_by_name["model_version"]
+        if all(isinstance(v, int) for v in versions_by_call):
+            versions = np.repeat(np.asarray(versions_by_call, np.int64), k_rows)
+        else:
+            versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
+                                       for v, k in zip(versions_by_call, k_rows.tolist())])
+        indices = numpy_to_arrow(env_index)
+        actor = pa.DictionaryArray.from_arrays(indices, strings_to_arrow(actor_ids))
+        agent = pa.DictionaryArray.from_arrays(indices, strings_to_arrow(agent_ids))
+        run = pa.DictionaryArray.from_arrays(numpy_to_arrow(np.zeros(n, np.int32)),
+                                             strings_to_arrow([run_id]))
+        obs = _concat(schema.obs, columns_by_name["obs"])
+        next_obs = _concat(schema.obs, columns_by_name["next_obs"])
+        action = _concat(schema.action, columns_by_name["action"])
         columns = [
-            pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)),
-                                           pa.array([run_id], pa.string())).cast(pa.string()),
+            run.cast(pa.string()),
             actor.cast(pa.string()),
             agent.cast(pa.string()),
             indices,
-            pa.array(self.episode_id[:n]),
-            pa.array(self.step[:n]),
-            schema.obs.to_arrow(self.obs, n),
-            schema.action.to_arrow(self.action, n),
-            pa.array(self.reward[:n]),
-            schema.obs.to_arrow(self.next_obs, n),
-            pa.array(self.terminated[:n]),
-            pa.array(self.truncated[:n]),
-            pa.array(self.model_version[:n]),
-            pa.array(self.timestamp[:n]).cast(_TIMESTAMP),
+            numpy_to_arrow(np.concatenate(columns_by_name["episode_id"]).astype(np.int64)),
+            numpy_to_arrow(np.concatenate(columns_by_name["step"]).astype(np.int64)),
+            schema.obs.to_arrow(obs, n),
+            schema.action.to_arrow(action, n),
+            numpy_to_arrow(np.concatenate(columns_by_name["reward"]).astype(np.float64)),
+            schema.obs.to_arrow(next_obs, n),
+            numpy_to_arrow(np.concatenate(columns_by_name["terminated"]).astype(np.bool_)),
+            numpy_to_arrow(np.concatenate(columns_by_name["truncated"]).astype(np.bool_)),
+            numpy_to_arrow(versions),
+            numpy_to_arrow(timestamps, _TIMESTAMP),
             self._sparse(self.mask, n, MASK_TYPE),
             self._sparse(self.data, n, schema.data_type),
             self._sparse(self.info, n, pa.string()),
         ]
-        return pa.RecordBatch.from_arrays(columns, schema=schema.arrow)
+        batch = pa.RecordBatch.from_arrays(columns, schema=schema.arrow)
+        masked = [(i, v) for i, v in enumerate(columns_by_name["valid"]) if v is not None]
+        if masked:
+            keep = np.ones(n, np.bool_)
+            starts = np.concatenate([[0], np.cumsum(k_rows)[:-1]]).tolist()
+            for i, valid in masked:
+                keep[starts[i] : starts[i] + len(valid)] = valid
+            batch = batch.filter(numpy_to_arrow(keep))
+        return batch
 
     @staticmethod
     def _sparse(values: dict[int, Any], n: int, arrow_type: pa.DataType) -> pa.Array:
@@ -96,4 +126,6 @@ class ColumnBuffer:
         column: list[Any] = [None] * n
         for row, value in values.items():
             column[row] = value
+        if arrow_type == pa.string():
+            return strings_to_arrow(column)
         return pa.array(column, type=arrow_type)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from relayrl_gym.recording.buffer import ColumnBuffer
+from relayrl_gym.recording.buffer import StepBlock
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -28,9 +28,9 @@ MIN_BATCH_ROWS = 16
 class Recorder:
     """Collects transitions of a fixed set of slots (env copies / actors) into Arrow batches.
 
-    ``record`` costs a handful of numpy slice assignments per call, whatever the number of rows;
-    everything else (building Arrow arrays, compression, file I/O) happens on the writer thread.
-    Thread-safe: the writer takes partial buffers for its time-based flush under the same lock.
+    ``record`` is a list append per call, whatever the number of rows; everything else
+    (concatenating, building Arrow arrays, compression, file I/O) happens on the writer thread.
+    Thread-safe: the writer takes partial blocks for its time-based flush under the same lock.
     """
 
     def __init__(
@@ -61,7 +61,7 @@ class Recorder:
             np.clip(TARGET_BATCH_BYTES // row_bytes, MIN_BATCH_ROWS, MAX_BATCH_ROWS))
         self._writer = writer
         self._lock = threading.Lock()
-        self._buf = ColumnBuffer(schema, self.capacity)
+        self._block = StepBlock()
         self._episode_ids = itertools.count()
         self.rows_recorded = 0
         if writer is not None:
@@ -84,54 +84,46 @@ class Recorder:
         truncated: np.ndarray,
         model_version: np.ndarray | int = -1,
         infos: dict[int, str] | None = None,
-        masks: dict[int, np.ndarray] | None = None,
+        masks: dict[int, Any] | None = None,
         data: dict[int, dict[str, Any]] | None = None,
+        valid: np.ndarray | None = None,
     ) -> None:
         """Appends ``len(env_index)`` rows; batch arguments have that leading length.
 
-        ``infos``, ``masks`` and ``data`` map a row of this call to its value (absent = null).
+        The recorder keeps the arrays passed in (no copy): the caller must not modify them
+        afterwards. ``infos``, ``masks`` and ``data`` map a row of this call to its value.
+        ``valid`` (bool per row) marks rows to drop (False) instead of recording them.
         """
         k = len(env_index)
-        now = time.time_ns()
+        call = (env_index, episode_id, step, obs, action, reward, next_obs, terminated,
+                truncated, model_version, time.time_ns(), valid)
         with self._lock:
-            buf = self._buf
-            n = buf.n
-            if n + k > buf.capacity:
+            block = self._block
+            if block.n + k > self.capacity and block.n:
                 self._hand_over_locked()
-                buf = self._buf
-                n = 0
-            end = n + k
-            buf.env_index[n:end] = env_index
-            buf.episode_id[n:end] = episode_id
-            buf.step[n:end] = step
-            self.schema.obs.put(buf.obs, n, obs)
-            self.schema.action.put(buf.action, n, action)
-            buf.reward[n:end] = reward
-            self.schema.obs.put(buf.next_obs, n, next_obs)
-            buf.terminated[n:end] = terminated
-            buf.truncated[n:end] = truncated
-            buf.model_version[n:end] = model_version
-            buf.timestamp[n:end] = now
+                block = self._block
+            n = block.n
+            block.calls.append(call)
             if infos:
-                buf.info.update({n + row: value for row, value in infos.items()})
+                block.info.update({n + row: value for row, value in infos.items()})
             if masks:
-                buf.mask.update({n + row: value for row, value in masks.items()})
+                block.mask.update({n + row: value for row, value in masks.items()})
             if data:
-                buf.data.update({n + row: value for row, value in data.items()})
-            buf.n = end
-            self.rows_recorded += k
+                block.data.update({n + row: value for row, value in data.items()})
+            block.n = n + k
+            self.rows_recorded += k if valid is None else int(np.count_nonzero(valid))
 
     def _hand_over_locked(self) -> None:
-        full, self._buf = self._buf, ColumnBuffer(self.schema, self.capacity)
+        full, self._block = self._block, StepBlock()
         if self._writer is not None and full.n:
             self._writer.submit(self, full)
 
-    def take_partial(self) -> ColumnBuffer | None:
+    def take_partial(self) -> StepBlock | None:
         """Detaches the rows recorded since the last hand-over (for the time-based flush)."""
         with self._lock:
-            if self._buf.n == 0:
+            if self._block.n == 0:
                 return None
-            full, self._buf = self._buf, ColumnBuffer(self.schema, self.capacity)
+            full, self._block = self._block, StepBlock()
             return full
 
     def flush(self) -> None:
@@ -139,8 +131,8 @@ class Recorder:
         if self._writer is not None:
             self._writer.flush()
 
-    def to_record_batch(self, buf: ColumnBuffer) -> pa.RecordBatch:
-        return buf.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids)
+    def to_record_batch(self, block: StepBlock) -> pa.RecordBatch:
+        return block.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids)
 
     def close(self) -> None:
         """Flushes and detaches from the writer; the writer itself is closed by its owner."""

@@ -16,7 +16,7 @@ from relayrl_gym.errors import SinkError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from relayrl_gym.recording.buffer import ColumnBuffer
+    from relayrl_gym.recording.buffer import StepBlock
     from relayrl_gym.recording.recorder import Recorder
     from relayrl_gym.sinks.base import Sink
 
@@ -55,7 +55,7 @@ class BackgroundWriter:
         """
         self.sinks = list(sinks)
         self.flush_interval = float(flush_interval)
-        self._queue: queue.Queue[tuple[Recorder, ColumnBuffer] | tuple[_Command, threading.Event]]
+        self._queue: queue.Queue[tuple[Recorder, StepBlock] | tuple[_Command, threading.Event]]
         self._queue = queue.Queue(maxsize=max_queue)
         self._recorders: list[Recorder] = []
         self._pending: list[tuple[Sink, pa.RecordBatch]] = []
@@ -74,7 +74,7 @@ class BackgroundWriter:
         if recorder in self._recorders:
             self._recorders.remove(recorder)
 
-    def submit(self, recorder: Recorder, buf: ColumnBuffer) -> None:
+    def submit(self, recorder: Recorder, buf: StepBlock) -> None:
         """Queues a full buffer; blocks while ``max_queue`` buffers are already waiting."""
         self._queue.put((recorder, buf))
 

@@ -18,7 +18,36 @@ from gymnasium import spaces
 
 from relayrl_gym.errors import UnsupportedSpaceError
 
-__all__ = ["Codec", "DictCodec", "LeafCodec", "TupleCodec", "codec_for"]
+__all__ = ["Codec", "DictCodec", "LeafCodec", "TupleCodec", "codec_for", "numpy_to_arrow",
+           "strings_to_arrow"]
+
+
+def strings_to_arrow(values: list[str | None]) -> pa.Array:
+    """A list of str (or None) as an Arrow string array, without ``pa.array``'s pandas probe."""
+    encoded = [b"" if v is None else v.encode() for v in values]
+    offsets = np.zeros(len(encoded) + 1, np.int32)
+    np.cumsum([len(b) for b in encoded], out=offsets[1:])
+    validity = None
+    if any(v is None for v in values):
+        validity = pa.py_buffer(np.packbits([v is not None for v in values], bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), len(values),
+                                 [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Array:
+    """A 1-D numeric/bool numpy array as an Arrow array, zero-copy where the layout allows.
+
+    Unlike ``pa.array(ndarray)`` this never probes for pandas (which imports it, on the writer
+    thread, holding the GIL for a second).
+    """
+    values = np.ascontiguousarray(values)
+    if arrow_type is None:
+        arrow_type = pa.from_numpy_dtype(values.dtype)
+    if values.dtype == np.bool_:
+        data = pa.py_buffer(np.packbits(values, bitorder="little"))
+    else:
+        data = pa.py_buffer(values)
+    return pa.Array.from_buffers(arrow_type, len(values), [None, data])
 
 
 class LeafCodec:
@@ -56,8 +85,8 @@ class LeafCodec:
     def to_arrow(self, buf: np.ndarray, n: int) -> pa.Array:
         rows = buf[:n]
         if not self.shape:
-            return pa.array(rows, type=self.arrow_type)
-        flat = pa.array(rows.reshape(-1), type=self.arrow_type.value_type)
+            return numpy_to_arrow(rows, self.arrow_type)
+        flat = numpy_to_arrow(rows.reshape(-1), self.arrow_type.value_type)
         return pa.FixedSizeListArray.from_arrays(flat, self.size)
 
     def from_arrow(self, array: pa.Array | pa.ChunkedArray) -> np.ndarray:

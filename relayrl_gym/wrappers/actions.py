@@ -34,9 +34,10 @@ def _discrete(space: spaces.Discrete, n: int) -> Callable[[Any], np.ndarray]:
         array = _as_array(actions, space, n)
         if array.dtype.kind not in "iu":
             raise ActionError(f"actions for {space} must be integers, got dtype {array.dtype}")
-        bad = (array < low) | (array >= high)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
+        # For the few actions of a typical vector env, Python's min/max beat numpy's reductions.
+        values = array.tolist() if n <= 256 else array
+        if min(values) < low or max(values) >= high:
+            i = int(np.flatnonzero((array < low) | (array >= high))[0])
             raise ActionError(f"action {array[i]!r} of env {i} is outside {space} "
                               f"(valid: {low}..{high - 1})")
         return array.astype(space.dtype, copy=False)

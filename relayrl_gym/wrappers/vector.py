@@ -60,6 +60,8 @@ def new_run_id(env_id: str | None) -> str:
 
 
 def _copy_batch(batch: Any) -> Any:
+    if type(batch) is np.ndarray:
+        return batch.copy()
     if isinstance(batch, np.ndarray):
         return batch.copy()
     if isinstance(batch, dict):
@@ -67,16 +69,6 @@ def _copy_batch(batch: Any) -> Any:
     if isinstance(batch, tuple):
         return tuple(_copy_batch(v) for v in batch)
     return deepcopy(batch)
-
-
-def _take(batch: Any, rows: np.ndarray) -> Any:
-    if isinstance(batch, np.ndarray):
-        return batch[rows]
-    if isinstance(batch, dict):
-        return {k: _take(v, rows) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_take(v, rows) for v in batch)
-    return [batch[i] for i in rows]
 
 
 def _put_row(batch: Any, i: int, value: Any) -> None:
@@ -189,9 +181,14 @@ class RelayRLVectorEnv(VectorEnv):
         self.agent = RelayRLAgent(self._actors, self._router, recorder, writer, probe,
                                   on_shutdown=self._close_envs)
         self._recorder = recorder
+        self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
+        self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
+        self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
+        self._batch_obs_shape = (self.num_envs, *self.single_observation_space.shape)
         self._arange = np.arange(self.num_envs, dtype=np.int32)
         self._prev_obs: Any = None
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
+        self._any_done = False
         self._episode_ids = np.full(self.num_envs, -1, dtype=np.int64)
         self._episode_steps = np.zeros(self.num_envs, dtype=np.int64)
 
@@ -291,9 +288,9 @@ class RelayRLVectorEnv(VectorEnv):
         for i, (_, info) in zip(indices, results):
             infos = self._add_info(infos, info, i)
             self._autoreset[i] = False
-            self._episode_steps[i] = 0
-            self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
-        self._prev_obs = _copy_batch(obs)
+            self._start_episode(i)
+        self._any_done = bool(self._autoreset.any())
+        self._prev_obs = _copy_batch(obs) if self._recorder is not None else obs
         return obs, infos
 
     def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
@@ -312,109 +309,116 @@ class RelayRLVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Steps every env with its action; autoresets as `metadata["autoreset_mode"]` says."""
-        self._check_open()
+        if self.closed:
+            self._check_open()
         if self._prev_obs is None:
             raise StateError("step() called before reset(); call envs.reset(seed=...) first")
         recorded_actions = self._check_action(actions)
-        if self.autoreset_mode is AutoresetMode.DISABLED and self._autoreset.any():
+        if self._any_done and self.autoreset_mode is AutoresetMode.DISABLED:
             done = np.flatnonzero(self._autoreset).tolist()
             raise StateError(f"envs {done} are done and autoreset_mode is DISABLED; reset them "
                              "with reset(options={'reset_mask': mask}) before stepping")
-        per_env = actions if isinstance(actions, np.ndarray) and actions.dtype != object else None
-        action_list = list(per_env) if per_env is not None else list(
-            iterate(self.action_space, actions))
+        if isinstance(actions, np.ndarray) and actions.dtype != object:
+            action_list = list(actions)  # what SyncVectorEnv's `iterate` yields for arrays
+        else:
+            action_list = list(iterate(self.action_space, actions))
         results = self._router.run(self._step_env, action_list, self._actors)
 
+        obs_items, rewards_l, terminated_l, truncated_l, info_l, final_l = zip(*results)
+        rewards = np.array(rewards_l, dtype=np.float64)
+        terminated = np.array(terminated_l, dtype=np.bool_)
+        truncated = np.array(truncated_l, dtype=np.bool_)
         infos: dict[str, Any] = {}
-        rewards = np.empty(self.num_envs, dtype=np.float64)
-        terminated = np.empty(self.num_envs, dtype=np.bool_)
-        truncated = np.empty(self.num_envs, dtype=np.bool_)
-        obs_items = []
         finals: dict[int, tuple[Any, dict[str, Any]]] = {}
-        reset_rows = self._autoreset if self.autoreset_mode is AutoresetMode.NEXT_STEP else None
-        for i, (obs_i, rew, term, trunc, info, final) in enumerate(results):
-            obs_items.append(obs_i)
-            rewards[i], terminated[i], truncated[i] = rew, term, trunc
-            if final is not None:
-                finals[i] = final
-                infos = self._add_info(infos, {"final_obs": final[0], "final_info": final[1]}, i)
-            if info:
-                infos = self._add_info(infos, info, i)
+        if any(info_l) or (self._same_step and any(f is not None for f in final_l)):
+            for i, (info, final) in enumerate(zip(info_l, final_l)):
+                if final is not None:
+                    finals[i] = final
+                    infos = self._add_info(infos, {"final_obs": final[0],
+                                                   "final_info": final[1]}, i)
+                if info:
+                    infos = self._add_info(infos, info, i)
         obs = self._stack(obs_items)
-        if self._recorder is not None:
-            self._record(recorded_actions, obs, rewards, terminated, truncated, results, finals,
-                         reset_rows)
-        self._advance_episodes(terminated, truncated, reset_rows)
-        self._prev_obs = _copy_batch(obs)
+        reset_rows = self._autoreset if self._next_step and self._any_done else None
+        any_done = any(terminated_l) or any(truncated_l)
+        if self._recorder is None:
+            self._prev_obs = obs
+        else:
+            # One copy of obs serves as this step's next_obs and the next step's obs.
+            own_obs = _copy_batch(obs)
+            self._record(actions, recorded_actions, own_obs, rewards, terminated, truncated, info_l,
+                         finals, reset_rows)
+            self._prev_obs = own_obs
+        self._advance_episodes(terminated, truncated, reset_rows, any_done)
         return obs, rewards, terminated, truncated, infos
 
     def _step_env(self, actor: Actor, action: Any) -> tuple[Any, ...]:
         # Runs on the actor's own thread (or inline): the only place an env is stepped.
         env = actor.env
-        if self._autoreset[actor.index] and self.autoreset_mode is AutoresetMode.NEXT_STEP:
+        if self._next_step and self._autoreset[actor.index]:
             obs, info = env.reset()
             return obs, 0.0, False, False, info, None
         obs, reward, terminated, truncated, info = env.step(action)
-        if (terminated or truncated) and self.autoreset_mode is AutoresetMode.SAME_STEP:
+        if self._same_step and (terminated or truncated):
             final = (obs, info)
             obs, info = env.reset()
             return obs, reward, terminated, truncated, info, final
         return obs, reward, terminated, truncated, info, None
 
-    def _record(self, actions: Any, obs: Any, rewards: np.ndarray, terminated: np.ndarray,
-                truncated: np.ndarray, results: list[tuple[Any, ...]],
+    def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: np.ndarray, terminated: np.ndarray,
+                truncated: np.ndarray, step_infos: tuple[dict[str, Any], ...],
                 finals: dict[int, tuple[Any, dict[str, Any]]], reset_rows: np.ndarray | None
                 ) -> None:
+        # The recorder keeps what it is given: pass arrays nobody else will modify.
         assert self._recorder is not None
-        next_obs = obs
+        next_obs = own_obs
         if finals:
-            next_obs = _copy_batch(obs)
+            next_obs = _copy_batch(own_obs)
             for i, (final_obs, _) in finals.items():
                 _put_row(next_obs, i, final_obs)
         infos: dict[int, str] = {}
-        if self.record_info:
-            for i, result in enumerate(results):
-                info = finals[i][1] if i in finals else result[4]
-                if info:
+        if self.record_info and (finals or any(step_infos)):
+            for i, step_info in enumerate(step_infos):
+                info = finals[i][1] if i in finals else step_info
+                if info and (reset_rows is None or not reset_rows[i]):
                     text = info_to_json(info)
                     if text is not None:
                         infos[i] = text
-        prev = self._prev_obs
-        if reset_rows is None or not reset_rows.any():
-            self._recorder.record(self._arange, self._episode_ids, self._episode_steps, prev,
-                                  actions, rewards, next_obs, terminated, truncated,
-                                  infos=infos)
-            return
-        rows = np.flatnonzero(~reset_rows)
-        if rows.size == 0:
-            return
-        position = {int(r): k for k, r in enumerate(rows)}
         self._recorder.record(
-            self._arange[rows], self._episode_ids[rows], self._episode_steps[rows],
-            _take(prev, rows), _take(actions, rows), rewards[rows], _take(next_obs, rows),
-            terminated[rows], truncated[rows],
-            infos={position[i]: v for i, v in infos.items() if i in position})
+            self._arange, self._episode_ids.copy(), self._episode_steps.copy(), self._prev_obs,
+            actions if actions is not user_actions else _copy_batch(actions), rewards.copy(), next_obs, terminated.copy(), truncated.copy(),
+            infos=infos, valid=None if reset_rows is None else ~reset_rows)
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
-                          reset_rows: np.ndarray | None) -> None:
-        done = terminated | truncated
-        if reset_rows is not None and reset_rows.any():
-            # The pseudo-step reset those envs: a new episode starts at step 0.
-            for i in np.flatnonzero(reset_rows):
-                self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
-                self._episode_steps[i] = 0
-            self._episode_steps[~reset_rows] += 1
-        else:
-            self._episode_steps += 1
-        if self.autoreset_mode is AutoresetMode.SAME_STEP:
-            for i in np.flatnonzero(done):
-                self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
-                self._episode_steps[i] = 0
-        self._autoreset = done
+                          reset_rows: np.ndarray | None, any_done: bool) -> None:
+        self._episode_steps += 1
+        if reset_rows is not None:
+            # The NEXT_STEP pseudo-step reset those envs: their new episode starts at step 0.
+            for i in np.flatnonzero(reset_rows).tolist():
+                self._start_episode(i)
+        if any_done:
+            done = terminated | truncated
+            if self._same_step:
+                for i in np.flatnonzero(done).tolist():
+                    self._start_episode(i)
+            self._autoreset = done
+        elif self._any_done:
+            self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
+        self._any_done = any_done
 
-    def _stack(self, items: list[Any]) -> Any:
-        out = create_empty_array(self.single_observation_space, self.num_envs, fn=np.empty)
-        return concatenate(self.single_observation_space, items, out)
+    def _start_episode(self, i: int) -> None:
+        self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
+        self._episode_steps[i] = 0
+
+    def _stack(self, items: Sequence[Any]) -> Any:
+        space = self.single_observation_space
+        if self._box_obs:
+            # One C call instead of concatenate()'s stack; same dtype and values.
+            stacked = np.array(items, dtype=space.dtype)
+            if stacked.shape == self._batch_obs_shape:
+                return stacked
+        out = create_empty_array(space, self.num_envs, fn=np.empty)
+        return concatenate(space, items, out)
 
     def render(self) -> tuple[Any, ...]:
         """Each env's render output, rendered on the thread that owns the env."""

@@ -1,0 +1,29 @@
+"""Shared timing helpers for the benchmark scripts (interleaved rounds, medians)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+__all__ = ["interleave", "steps_per_second"]
+
+
+def steps_per_second(step: Callable[[int], None], steps: int) -> float:
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    return steps / (time.perf_counter() - start)
+
+
+def interleave(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Runs each candidate once per round, alternating, and returns the median of each.
+
+    Alternating rounds spreads machine noise (other processes, CPU frequency) over all
+    candidates instead of biasing whichever ran during a quiet or busy period.
+    """
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            results[name].append(run())
+    return {name: statistics.median(values) for name, values in results.items()}
