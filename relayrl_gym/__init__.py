@@ -11,6 +11,7 @@ from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.errors import RelayRLError
 from relayrl_gym.runtime.actor import DeviceType
 from relayrl_gym.runtime.agent import RelayRLAgent
+from relayrl_gym.runtime.collect import CollectSummary, collect
 from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.sinks.base import Sink
 from relayrl_gym.wrap import wrap
@@ -18,6 +19,7 @@ from relayrl_gym.wrappers.vector import RelayRLVectorEnv
 
 __all__ = [
     "ArrowSink",
+    "CollectSummary",
     "Dataset",
     "DeviceType",
     "RelayRLAgent",
@@ -25,6 +27,7 @@ __all__ = [
     "RelayRLVectorEnv",
     "Sink",
     "__version__",
+    "collect",
     "load",
     "wrap",
 ]
