@@ -38,7 +38,7 @@ def _discrete(space: spaces.Discrete, n: int) -> Callable[[Any], np.ndarray]:
         values = array.tolist() if n <= 256 else array
         if min(values) < low or max(values) >= high:
             i = int(np.flatnonzero((array < low) | (array >= high))[0])
-            raise ActionError(f"action {array[i]!r} of env {i} is outside {space} "
+            raise ActionError(f"action {array[i].item()!r} of env {i} is outside {space} "
                               f"(valid: {low}..{high - 1})")
         return array.astype(space.dtype, copy=False)
 
@@ -60,7 +60,7 @@ def _box(space: spaces.Box, n: int) -> Callable[[Any], np.ndarray]:
             if bad.any():
                 env, *cell = np.argwhere(bad)[0]
                 raise ActionError(
-                    f"action of env {env} is outside {space}: value {array[(env, *cell)]!r} at "
+                    f"action of env {env} is outside {space}: value {array[(env, *cell)].item()!r} at "
                     f"index {tuple(cell)} is not within [{low[tuple(cell)]}, "
                     f"{high[tuple(cell)]}]. Clip actions (e.g. np.clip(a, space.low, "
                     "space.high)) or use gymnasium.wrappers.ClipAction in the env factory")
@@ -80,7 +80,7 @@ def _generic(space: spaces.Space, batch_space: spaces.Space, n: int) -> Callable
                               f"(num_envs={n})")
         for i, item in enumerate(items):
             if not space.contains(item):
-                raise ActionError(f"action {item!r} of env {i} is outside {space}")
+                raise ActionError(f"action {item} of env {i} is outside {space}")
         if isinstance(space, spaces.MultiDiscrete | spaces.MultiBinary):
             return np.asarray(actions).astype(space.dtype, copy=False)
         return actions

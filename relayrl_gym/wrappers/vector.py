@@ -176,6 +176,7 @@ class RelayRLVectorEnv(VectorEnv):
             recorder, writer = self._open_recording(sink, router_scale, batch_rows, flush_interval,
                                                     first)
         except BaseException:
+            self.closed = True  # nothing for __del__ to close: done here
             self._close_envs_quietly()
             raise
         self.agent = RelayRLAgent(self._actors, self._router, recorder, writer, probe,
@@ -184,7 +185,7 @@ class RelayRLVectorEnv(VectorEnv):
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
         self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
-        self._batch_obs_shape = (self.num_envs, *self.single_observation_space.shape)
+        self._batch_obs_shape = (self.num_envs, *(self.single_observation_space.shape or ()))
         self._arange = np.arange(self.num_envs, dtype=np.int32)
         self._prev_obs: Any = None
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
