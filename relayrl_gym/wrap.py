@@ -27,6 +27,7 @@ def wrap(
     run_id: str | None = None,
     flush_interval: float = 1.0,
     record_info: bool = True,
+    batch_rows: int | None = None,
     **make_kwargs: Any,
 ) -> RelayRLVectorEnv:
     """Wraps an env into a recorded vector env of ``actors`` copies.
@@ -44,6 +45,7 @@ def wrap(
         run_id: the run's name (default: env id, UTC time and a random suffix).
         flush_interval: seconds between time-based flushes (the most a crash can lose).
         record_info: record each step's info dict as JSON.
+        batch_rows: rows per recorded Arrow batch (default: sized to about 4 MiB).
         **make_kwargs: passed to `gymnasium.make` when ``env`` is an id.
 
     Returns:
@@ -60,4 +62,5 @@ def wrap(
     env_fns, env_id = env_factories(env, actors, make_kwargs)
     return RelayRLVectorEnv(env_fns, sink=sink, autoreset_mode=autoreset_mode,
                             router_scale=router_scale, run_id=run_id, env_id=env_id,
-                            flush_interval=flush_interval, record_info=record_info)
+                            flush_interval=flush_interval, record_info=record_info,
+                            batch_rows=batch_rows)

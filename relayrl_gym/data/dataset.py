@@ -15,6 +15,7 @@ from relayrl_gym.data.arrow_reader import read_run_dir
 from relayrl_gym.data.records import ActorSummary, Episode, Summary, Transitions
 from relayrl_gym.errors import DatasetError, missing_extra
 from relayrl_gym.schema.transitions import TransitionSchema
+from relayrl_gym.sinks.arrow import RUN_FILE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -216,8 +217,8 @@ def load(path: str | os.PathLike[str]) -> Dataset:
     if not p.exists():
         raise DatasetError(f"no recorded run at {str(p)!r}; pass a run directory such as "
                            "envs.run_path or relayrl_runs/<run_id>")
-    if p.is_dir() and not (p / "run.json").exists():
-        runs = sorted(d.name for d in p.iterdir() if (d / "run.json").is_file())
+    if p.is_dir() and not (p / RUN_FILE).exists():
+        runs = sorted(d.name for d in p.iterdir() if (d / RUN_FILE).is_file())
         if runs:
             raise DatasetError(f"{str(p)!r} holds {len(runs)} runs; load one of them, e.g. "
                                f"relayrl_gym.load({str(p / runs[-1])!r})")

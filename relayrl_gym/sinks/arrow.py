@@ -15,8 +15,9 @@ from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 
 __all__ = ["RUN_FILE", "ArrowSink", "in_progress_name"]
 
-#: The run description written beside the data files (same JSON as the schema metadata).
-RUN_FILE = "run.json"
+#: The run description beside the data files (same JSON as the schema metadata); the leading
+#: underscore keeps `pyarrow.dataset` from taking it for data.
+RUN_FILE = "_run.json"
 
 
 def in_progress_name(final_name: str) -> str:

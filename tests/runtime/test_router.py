@@ -1,0 +1,111 @@
+"""The router: one thread owns each env for life; inline for cheap envs, threads for slow ones."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from tests_helpers import make_testing_env
+
+import relayrl_gym
+from relayrl_gym.errors import RouterError
+from relayrl_gym.runtime.probe import probe_router_scale
+
+
+@pytest.mark.parametrize("router_scale", [0, 1, 3], ids=["inline", "one-at-a-time", "threaded"])
+def test_each_env_lives_on_one_thread(router_scale, sink_dir):
+    envs = relayrl_gym.wrap(make_testing_env(render_mode="rgb_array"), actors=3, sink=sink_dir,
+                            router_scale=router_scale)
+    envs.reset(seed=0)
+    for _ in range(12):
+        envs.step(np.array([0, 1, 0]))
+    frames = envs.render()
+    assert len(frames) == 3 and frames[0].shape == (4, 4, 3)
+    inner = [a.env for a in envs.agent.actors]
+    envs.close()
+    threads = [env.threads for env in inner]
+    assert all(len(t) == 1 for t in threads), threads  # created, stepped, rendered, closed
+    assert all(env.closed for env in inner)
+    if router_scale == 0:
+        assert threads[0] == {threading.get_ident()}
+    else:
+        assert len(set().union(*threads)) == 3 and threading.get_ident() not in threads[0]
+
+
+def test_auto_scale_is_inline_for_cheap_envs():
+    result = probe_router_scale(make_testing_env(), 4)
+    assert result.scale == 0 and result.step_seconds < 1e-3
+    envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=None)
+    assert envs.agent.router_scale == 0 and envs.agent.probe is not None
+    envs.close()
+
+
+def test_auto_scale_uses_threads_for_gil_releasing_envs():
+    result = probe_router_scale(make_testing_env(sleep=0.002), 8)
+    assert result.scale == 8, result.describe()
+    assert result.gil_free_fraction > 0.5
+
+
+def test_threaded_steps_overlap(sink_dir):
+    # 8 envs sleeping 20 ms each: inline would take 160 ms per step, threads about 20 ms.
+    envs = relayrl_gym.wrap(make_testing_env(sleep=0.02, length=50), actors=8, sink=sink_dir,
+                            router_scale=8)
+    envs.reset(seed=0)
+    import time
+
+    start = time.perf_counter()
+    for _ in range(3):
+        envs.step(np.zeros(8, dtype=np.int64))
+    elapsed = time.perf_counter() - start
+    envs.close()
+    assert elapsed < 3 * 0.16 / 2, elapsed
+
+
+def test_scale_throughput_live_and_its_limits(sink_dir):
+    envs = relayrl_gym.wrap(make_testing_env(), actors=4, sink=sink_dir, router_scale=4)
+    envs.reset(seed=0)
+    envs.agent.scale_throughput(1)
+    assert envs.agent.router_scale == 1
+    envs.step(np.zeros(4, dtype=np.int64))
+    envs.agent.scale_throughput(2)
+    envs.step(np.zeros(4, dtype=np.int64))
+    with pytest.raises(RouterError, match="cannot change the router from threaded to scale=0"):
+        envs.agent.scale_throughput(0)
+    ids = envs.agent.get_actor_ids()
+    assert len(set(ids)) == 4
+    assert envs.agent.get_model_version(ids) == [-1] * 4
+    envs.close()
+    assert len(relayrl_gym.load(envs.run_path)) == 8
+
+    inline = relayrl_gym.wrap(make_testing_env(), actors=2, sink=None, router_scale=0)
+    with pytest.raises(RouterError, match="inline.*router_scale=2 instead"):
+        inline.agent.scale_throughput(2)
+    inline.close()
+    with pytest.raises(relayrl_gym.RelayRLError, match="shut down"):
+        inline.agent.get_actor_ids()
+
+
+def test_vector_api_call_get_set_attr(sink_dir):
+    envs = relayrl_gym.wrap(make_testing_env(length=5), actors=3, sink=sink_dir, router_scale=3)
+    envs.reset(seed=0)
+    assert envs.get_attr("length") == (5, 5, 5)
+    envs.set_attr("length", [1, 2, 3])
+    assert envs.get_attr("length") == (1, 2, 3)
+    envs.set_attr("length", 4)
+    assert envs.call("length") == (4, 4, 4)
+    frames = envs.call("render")
+    assert len(frames) == 3
+    assert len(envs.np_random_seed) == 3
+    with pytest.raises(relayrl_gym.RelayRLError, match="one value per env"):
+        envs.set_attr("length", [1, 2])
+    envs.close()
+
+
+def test_close_joins_every_thread(sink_dir):
+    envs = relayrl_gym.wrap(make_testing_env(), actors=4, sink=sink_dir, router_scale=4)
+    envs.reset(seed=0)
+    envs.step(np.zeros(4, dtype=np.int64))
+    assert any(t.name.startswith("relayrl") for t in threading.enumerate())
+    envs.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("relayrl")]
