@@ -44,6 +44,7 @@ class Router:
         self.scale = int(scale)
         self.name = name
         self._threads: dict[int, ActorThread] = {}
+        self._actors: dict[int, Actor] = {}
         self._closed = False
         for actor in actors:
             self.add(actor)
@@ -54,17 +55,19 @@ class Router:
 
     def add(self, actor: Actor) -> None:
         """Registers an actor; in threaded mode its thread starts now."""
+        self._actors[actor.index] = actor
         if self.threaded and actor.index not in self._threads:
             self._threads[actor.index] = ActorThread(f"{self.name}-actor-{actor.index}")
 
     def remove(self, actor: Actor, timeout: float = 10.0) -> None:
+        self._actors.pop(actor.index, None)
         thread = self._threads.pop(actor.index, None)
         if thread is not None:
             thread.stop(timeout)
 
     def run(self, fn: Callable[[Actor, Any], Any], args: Sequence[Any],
             actors: Sequence[Actor] | None = None, timeout: float | None = None) -> list[Any]:
-        """Runs ``fn(actor, arg)`` for each actor (default: in index order) and returns results.
+        """Runs ``fn(actor, arg)`` for each actor (default: all, in the order added).
 
         If commands fail, all of them are still waited for, then the first error is re-raised
         with its traceback.
@@ -72,7 +75,7 @@ class Router:
         if self._closed:
             raise RouterError("the router is shut down")
         if actors is None:
-            raise RouterError("Router.run needs the actors to run on")
+            actors = list(self._actors.values())
         if not self.threaded:
             return [fn(actor, arg) for actor, arg in zip(actors, args)]
         threads = [self._threads[actor.index] for actor in actors]
