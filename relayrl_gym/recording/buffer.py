@@ -72,12 +72,12 @@ class StepBlock:
     ) -> pa.RecordBatch:
         """Builds the Arrow batch of every row; ``actor_ids``/``agent_ids`` are by env index."""
         n = self.n
-        columns_by_name = {name: [call[k] for call in self.calls] for k, name in enumerate(_FIELDS)}
+        columns_by_name = dict(zip(_FIELDS, zip(*self.calls)))  # one C-level transpose
         env_index = np.concatenate(columns_by_name["env_index"]).astype(np.int32, copy=False)
-        k_rows = np.fromiter((len(call[0]) for call in self.calls), np.int64, len(self.calls))
+        k_rows = np.fromiter(map(len, columns_by_name["env_index"]), np.int64, len(self.calls))
         timestamps = np.repeat(np.asarray(columns_by_name["timestamp"], np.int64), k_rows)
         versions_by_call = columns_by_name["model_version"]
-        if all(isinstance(v, int) for v in versions_by_call):
+        if set(map(type, versions_by_call)) <= {int}:
             versions = np.repeat(np.asarray(versions_by_call, np.int64), k_rows)
         else:
             versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))

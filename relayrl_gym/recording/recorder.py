@@ -63,9 +63,15 @@ class Recorder:
         self._lock = threading.Lock()
         self._block = StepBlock()
         self._episode_ids = itertools.count()
-        self.rows_recorded = 0
+        self._rows = 0
+        self._dropped = 0
         if writer is not None:
             writer.attach(self)
+
+    @property
+    def rows_recorded(self) -> int:
+        """Transitions recorded so far (rows marked invalid excluded)."""
+        return self._rows - self._dropped
 
     def new_episode_id(self) -> int:
         """A run-unique episode id (thread-safe)."""
@@ -111,7 +117,9 @@ class Recorder:
             if data:
                 block.data.update({n + row: value for row, value in data.items()})
             block.n = n + k
-            self.rows_recorded += k if valid is None else int(np.count_nonzero(valid))
+            self._rows += k
+        if valid is not None:
+            self._dropped += k - int(np.count_nonzero(valid))
 
     def _hand_over_locked(self) -> None:
         full, self._block = self._block, StepBlock()

@@ -29,9 +29,14 @@ def _as_array(actions: Any, space: spaces.Space, n: int) -> np.ndarray:
 
 def _discrete(space: spaces.Discrete, n: int) -> Callable[[Any], np.ndarray]:
     low, high = int(space.start), int(space.start + space.n)
+    expected = (n,)
+    dtype = space.dtype
 
     def check(actions: Any) -> np.ndarray:
-        array = _as_array(actions, space, n)
+        # Runs every step: the common case (an int array of the right shape) takes no detour.
+        array = actions if type(actions) is np.ndarray else _as_array(actions, space, n)
+        if array.shape != expected:
+            array = _as_array(array, space, n)
         if array.dtype.kind not in "iu":
             raise ActionError(f"actions for {space} must be integers, got dtype {array.dtype}")
         # For the few actions of a typical vector env, Python's min/max beat numpy's reductions.
@@ -40,7 +45,7 @@ def _discrete(space: spaces.Discrete, n: int) -> Callable[[Any], np.ndarray]:
             i = int(np.flatnonzero((array < low) | (array >= high))[0])
             raise ActionError(f"action {array[i].item()!r} of env {i} is outside {space} "
                               f"(valid: {low}..{high - 1})")
-        return array.astype(space.dtype, copy=False)
+        return array if array.dtype == dtype else array.astype(dtype)
 
     return check
 

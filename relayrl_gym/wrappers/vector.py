@@ -286,6 +286,9 @@ class RelayRLVectorEnv(VectorEnv):
             obs = _copy_batch(self._prev_obs)
             for i, r in zip(indices, results):
                 _put_row(obs, i, r[0])
+        self._episode_ids = self._episode_ids.copy()
+        self._episode_steps = self._episode_steps.copy()
+        self._autoreset = self._autoreset.copy()
         for i, (_, info) in zip(indices, results):
             infos = self._add_info(infos, info, i)
             self._autoreset[i] = False
@@ -370,7 +373,8 @@ class RelayRLVectorEnv(VectorEnv):
                 truncated: np.ndarray, step_infos: tuple[dict[str, Any], ...],
                 finals: dict[int, tuple[Any, dict[str, Any]]], reset_rows: np.ndarray | None
                 ) -> None:
-        # The recorder keeps what it is given: pass arrays nobody else will modify.
+        # The recorder keeps what it is given: pass arrays nobody else will modify (episode
+        # ids and steps are replaced, never modified in place, by _advance_episodes).
         assert self._recorder is not None
         next_obs = own_obs
         if finals:
@@ -386,26 +390,28 @@ class RelayRLVectorEnv(VectorEnv):
                     if text is not None:
                         infos[i] = text
         self._recorder.record(
-            self._arange, self._episode_ids.copy(), self._episode_steps.copy(), self._prev_obs,
+            self._arange, self._episode_ids, self._episode_steps, self._prev_obs,
             actions if actions is not user_actions else _copy_batch(actions), rewards.copy(), next_obs, terminated.copy(), truncated.copy(),
             infos=infos, valid=None if reset_rows is None else ~reset_rows)
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
                           reset_rows: np.ndarray | None, any_done: bool) -> None:
-        self._episode_steps += 1
-        if reset_rows is not None:
-            # The NEXT_STEP pseudo-step reset those envs: their new episode starts at step 0.
-            for i in np.flatnonzero(reset_rows).tolist():
-                self._start_episode(i)
+        # New arrays, never in-place updates: the recorder holds the previous ones.
+        self._episode_steps = self._episode_steps + 1
+        starting = reset_rows if reset_rows is not None else None
         if any_done:
             done = terminated | truncated
             if self._same_step:
-                for i in np.flatnonzero(done).tolist():
-                    self._start_episode(i)
+                starting = done
             self._autoreset = done
         elif self._any_done:
             self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._any_done = any_done
+        if starting is not None:
+            # NEXT_STEP: the pseudo-step reset those envs; SAME_STEP: they reset in this step.
+            self._episode_ids = self._episode_ids.copy()
+            for i in np.flatnonzero(starting).tolist():
+                self._start_episode(i)
 
     def _start_episode(self, i: int) -> None:
         self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
