@@ -1,4 +1,4 @@
-"""Parallelism: 8 actors on an env whose step releases the GIL (a 1 ms sleep, like I/O or C physics).
+"""Parallelism: 8 actors on an env whose step releases the GIL (a 1 ms sleep, like I/O).
 
 Targets (DESIGN.md): >= 7x SyncVectorEnv's steps/s, and more than AsyncVectorEnv's.
 Run: python benchmarks/parallel_envs.py [--steps 300] [--rounds 5] [--sleep 0.001]
@@ -16,8 +16,9 @@ import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import relayrl_gym  # noqa: E402
-from _common import interleave, steps_per_second  # noqa: E402
+from _common import interleave, steps_per_second
+
+import relayrl_gym
 
 NUM_ENVS = 8
 

@@ -15,8 +15,9 @@ import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import relayrl_gym  # noqa: E402
-from _common import interleave, steps_per_second  # noqa: E402
+from _common import interleave, steps_per_second
+
+import relayrl_gym
 
 NUM_ENVS = 4
 

@@ -26,14 +26,14 @@ class Config:
 
 def main(cfg: Config) -> relayrl_gym.Dataset:
     envs = relayrl_gym.wrap(cfg.env_id, actors=cfg.actors, sink=cfg.sink)  # <- the one change
-    obs, info = envs.reset(seed=cfg.seed)
+    obs, _ = envs.reset(seed=cfg.seed)
     envs.action_space.seed(cfg.seed)
     for _ in range(cfg.steps // cfg.actors):
         # A hand-written policy: push the cart toward the side the pole leans to.
         actions = np.where(obs[:, 2] > 0, 1, 0)
         flip = np.random.default_rng().random(cfg.actors) < 0.1  # some exploration
         actions = np.where(flip, envs.action_space.sample(), actions)
-        obs, rewards, terminated, truncated, info = envs.step(actions)
+        obs, _rewards, _terminated, _truncated, _info = envs.step(actions)
     envs.close()
 
     ds = relayrl_gym.load(envs.run_path)

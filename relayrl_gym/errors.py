@@ -1,4 +1,5 @@
-"""Errors raised by relayrl-gym: one hierarchy, each message says what was wrong and how to fix it."""
+"""Errors raised by relayrl-gym: one hierarchy; each message says what was wrong and how to fix
+it."""
 
 from __future__ import annotations
 

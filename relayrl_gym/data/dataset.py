@@ -167,7 +167,10 @@ class Dataset:
         t = self.table
         meta = self.metadata
         if t.num_rows == 0:
-            return Summary(self.run_id, meta.get("env_id"), 0, 0, 0, *([float("nan")] * 5))
+            nan = float("nan")
+            return Summary(self.run_id, meta.get("env_id"), steps=0, episodes=0,
+                           unfinished_episodes=0, mean_return=nan, std_return=nan,
+                           min_return=nan, max_return=nan, mean_length=nan)
         done = pc.or_(t.column("terminated"), t.column("truncated"))
         per_episode = (
             pa.table({"episode_id": t.column("episode_id"), "actor_id": t.column("actor_id"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,7 @@ def info_to_json(info: dict[str, Any]) -> str | None:
     return json.dumps(info, default=_json_default)
 
 
-def _concat(codec: Codec, parts: list[Any]) -> Any:
+def _concat(codec: Codec, parts: Sequence[Any]) -> Any:
     if isinstance(codec, DictCodec):
         return {k: _concat(c, [p[k] for p in parts]) for k, c in codec.children.items()}
     if isinstance(codec, TupleCodec):

@@ -152,9 +152,9 @@ class BackgroundWriter:
             recorder, buf = item
             self._write(recorder.to_record_batch(buf))
         for recorder in list(self._recorders):
-            buf = recorder.take_partial()
-            if buf is not None:
-                self._write(recorder.to_record_batch(buf))
+            partial = recorder.take_partial()
+            if partial is not None:
+                self._write(recorder.to_record_batch(partial))
         self._retry_pending()
         for sink in self.sinks:
             try:

@@ -87,8 +87,11 @@ def probe_router_scale(env_fn: Callable[[], Any], num_actors: int) -> ProbeResul
         timer.start()
         solo = _spin(stop) / (time.perf_counter() - solo_start)
         stop.clear()
-        worker = threading.Thread(target=lambda: (_step_loop(env, _PROBE_STEPS, _PROBE_SECONDS),
-                                                  stop.set()), name="relayrl-probe-step")
+        def step_then_stop() -> None:
+            _step_loop(env, _PROBE_STEPS, _PROBE_SECONDS)
+            stop.set()
+
+        worker = threading.Thread(target=step_then_stop, name="relayrl-probe-step")
         shared_start = time.perf_counter()
         worker.start()
         shared = _spin(stop) / (time.perf_counter() - shared_start)

@@ -137,4 +137,5 @@ class Router:
 
 def _check_scale(scale: Any) -> None:
     if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
-        raise ConfigError(f"`router_scale` must be an int >= 0 (0 = inline) or 'auto', got {scale!r}")
+        raise ConfigError(
+            f"`router_scale` must be an int >= 0 (0 = inline) or 'auto', got {scale!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ __all__ = ["Codec", "DictCodec", "LeafCodec", "TupleCodec", "codec_for", "numpy_
            "strings_to_arrow"]
 
 
-def strings_to_arrow(values: list[str | None]) -> pa.Array:
+def strings_to_arrow(values: Sequence[str | None]) -> pa.Array:
     """A list of str (or None) as an Arrow string array, without ``pa.array``'s pandas probe."""
     encoded = [b"" if v is None else v.encode() for v in values]
     offsets = np.zeros(len(encoded) + 1, np.int32)
@@ -67,7 +68,7 @@ class LeafCodec:
         self.size = math.prod(self.shape)
         value_type = pa.from_numpy_dtype(self.dtype)
         self.arrow_type = value_type if not self.shape else pa.list_(value_type, self.size)
-        self.row_bytes = self.dtype.itemsize * max(self.size, 1)
+        self.row_bytes: int = self.dtype.itemsize * max(self.size, 1)
 
     def field_metadata(self) -> dict[bytes, bytes]:
         return {b"shape": json.dumps(list(self.shape)).encode(), b"dtype": self.dtype.str.encode()}
@@ -107,7 +108,7 @@ class DictCodec:
     def __init__(self, children: dict[str, Codec]) -> None:
         self.children = children
         self.arrow_type = pa.struct([c.field(k) for k, c in children.items()])
-        self.row_bytes = sum(c.row_bytes for c in children.values())
+        self.row_bytes: int = sum(c.row_bytes for c in children.values())
 
     def field(self, name: str, nullable: bool = False) -> pa.Field:
         return pa.field(name, self.arrow_type, nullable=nullable)
@@ -139,7 +140,7 @@ class TupleCodec:
     def __init__(self, children: list[Codec]) -> None:
         self.children = children
         self.arrow_type = pa.struct([c.field(str(i)) for i, c in enumerate(children)])
-        self.row_bytes = sum(c.row_bytes for c in children)
+        self.row_bytes: int = sum(c.row_bytes for c in children)
 
     def field(self, name: str, nullable: bool = False) -> pa.Field:
         return pa.field(name, self.arrow_type, nullable=nullable)

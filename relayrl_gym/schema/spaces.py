@@ -1,4 +1,5 @@
-"""Gymnasium spaces to and from JSON, so a dataset can be read back without the code that wrote it."""
+"""Gymnasium spaces to and from JSON: a dataset can be read back without the code that wrote
+it."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ def _scalar(value: Any) -> Any:
 
 def _bound_from_json(data: dict[str, Any], shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     if "fill" in data:
-        return np.full(shape, float(data["fill"]) if isinstance(data["fill"], str) else data["fill"],
-                       dtype=dtype)
+        fill = float(data["fill"]) if isinstance(data["fill"], str) else data["fill"]
+        return np.full(shape, fill, dtype=dtype)
     values = [float(v) if isinstance(v, str) else v for v in data["values"]]
     return np.asarray(values, dtype=dtype).reshape(shape)
 

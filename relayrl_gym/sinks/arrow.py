@@ -86,8 +86,9 @@ class ArrowSink(Sink):
             raise SinkError(f"run directory {str(run_path)!r} already exists; choose another "
                             "run_id or sink directory") from err
         except OSError as err:
-            raise SinkError(f"cannot write the sink directory {str(self.root)!r}: {err}. Pass a "
-                            "writable directory as `sink=`, or sink=None to record nothing") from err
+            raise SinkError(
+                f"cannot write the sink directory {str(self.root)!r}: {err}. Pass a writable "
+                "directory as `sink=`, or sink=None to record nothing") from err
         self.run_path = run_path
         self._schema = schema
 

@@ -90,4 +90,4 @@ def open_sink(spec: Any) -> Sink:
         for part in attr.split("."):
             obj = getattr(obj, part)
         factory = obj
-    return factory(spec)  # type: ignore[operator]
+    return factory(spec)

@@ -20,7 +20,7 @@ def _as_array(actions: Any, space: spaces.Space, n: int) -> np.ndarray:
     except (TypeError, ValueError) as err:
         raise ActionError(f"the action batch for {space} could not be read as an array: {err}"
                           ) from err
-    expected = (n, *space.shape)
+    expected = (n, *(space.shape or ()))
     if array.shape != expected:
         raise ActionError(f"the action batch must have shape {expected} (one action of {space} "
                           f"per env, num_envs={n}), got shape {array.shape}")
@@ -65,7 +65,8 @@ def _box(space: spaces.Box, n: int) -> Callable[[Any], np.ndarray]:
             if bad.any():
                 env, *cell = np.argwhere(bad)[0]
                 raise ActionError(
-                    f"action of env {env} is outside {space}: value {array[(env, *cell)].item()!r} at "
+                    f"action of env {env} is outside {space}: value "
+                    f"{array[(env, *cell)].item()!r} at "
                     f"index {tuple(cell)} is not within [{low[tuple(cell)]}, "
                     f"{high[tuple(cell)]}]. Clip actions (e.g. np.clip(a, space.low, "
                     "space.high)) or use gymnasium.wrappers.ClipAction in the env factory")

@@ -369,7 +369,8 @@ class RelayRLVectorEnv(VectorEnv):
             return obs, reward, terminated, truncated, info, final
         return obs, reward, terminated, truncated, info, None
 
-    def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: np.ndarray, terminated: np.ndarray,
+    def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: np.ndarray,
+                terminated: np.ndarray,
                 truncated: np.ndarray, step_infos: tuple[dict[str, Any], ...],
                 finals: dict[int, tuple[Any, dict[str, Any]]], reset_rows: np.ndarray | None
                 ) -> None:
@@ -391,7 +392,8 @@ class RelayRLVectorEnv(VectorEnv):
                         infos[i] = text
         self._recorder.record(
             self._arange, self._episode_ids, self._episode_steps, self._prev_obs,
-            actions if actions is not user_actions else _copy_batch(actions), rewards.copy(), next_obs, terminated.copy(), truncated.copy(),
+            actions if actions is not user_actions else _copy_batch(actions), rewards.copy(),
+            next_obs, terminated.copy(), truncated.copy(),
             infos=infos, valid=None if reset_rows is None else ~reset_rows)
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
@@ -425,7 +427,7 @@ class RelayRLVectorEnv(VectorEnv):
             if stacked.shape == self._batch_obs_shape:
                 return stacked
         out = create_empty_array(space, self.num_envs, fn=np.empty)
-        return concatenate(space, items, out)
+        return concatenate(space, items, out)  # type: ignore[arg-type]
 
     def render(self) -> tuple[Any, ...]:
         """Each env's render output, rendered on the thread that owns the env."""
@@ -460,12 +462,13 @@ class RelayRLVectorEnv(VectorEnv):
         self._router.run(lambda actor, v: actor.env.set_wrapper_attr(name, v), list(values),
                          self._actors)
 
+    # Per-env tuples, as SyncVectorEnv returns them (VectorEnv declares single values).
     @property
-    def np_random_seed(self) -> tuple[int, ...]:
+    def np_random_seed(self) -> tuple[int, ...]:  # type: ignore[override]
         return self.get_attr("np_random_seed")
 
-    @property
-    def np_random(self) -> tuple[np.random.Generator, ...]:
+    @property  # type: ignore[misc]
+    def np_random(self) -> tuple[np.random.Generator, ...]:  # type: ignore[override]
         return self.get_attr("np_random")
 
     def flush(self) -> None:

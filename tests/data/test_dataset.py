@@ -22,7 +22,7 @@ def recorded(sink_dir):
 
 
 def test_episodes_and_summary(recorded):
-    ds, envs = recorded
+    ds, _envs = recorded
     # 11 vector steps: per env 4 real + 1 pseudo + 4 real + 1 pseudo + 1 real = 9 rows.
     assert len(ds) == 18
     episodes = list(ds.episodes())

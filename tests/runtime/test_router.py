@@ -79,7 +79,7 @@ def test_scale_throughput_live_and_its_limits(sink_dir):
     assert len(relayrl_gym.load(envs.run_path)) == 8
 
     inline = relayrl_gym.wrap(make_testing_env(), actors=2, sink=None, router_scale=0)
-    with pytest.raises(RouterError, match="inline.*router_scale=2 instead"):
+    with pytest.raises(RouterError, match=r"inline.*router_scale=2 instead"):
         inline.agent.scale_throughput(2)
     inline.close()
     with pytest.raises(relayrl_gym.RelayRLError, match="shut down"):

@@ -77,7 +77,7 @@ def test_step_before_reset_and_after_close(sink_dir):
 
 
 def test_unknown_env_id():
-    with pytest.raises(EnvCreationError, match="unknown env id 'CartPol-v1'.*CartPole"):
+    with pytest.raises(EnvCreationError, match=r"unknown env id 'CartPol-v1'.*CartPole"):
         relayrl_gym.wrap("CartPol-v1")
 
 
@@ -99,7 +99,7 @@ def test_bad_wrap_arguments(kwargs, message):
 
 
 def test_factory_returning_something_else():
-    with pytest.raises(EnvCreationError, match="returned int, expected a gymnasium.Env"):
+    with pytest.raises(EnvCreationError, match=r"returned int, expected a gymnasium\.Env"):
         relayrl_gym.wrap(lambda: 3, sink=None)
 
 
@@ -121,7 +121,7 @@ def test_unwritable_sink_directory_non_root(tmp_path):
 def test_sink_path_that_is_a_file(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(SinkError, match="cannot write the sink directory.*sink=None"):
+    with pytest.raises(SinkError, match=r"cannot write the sink directory.*sink=None"):
         relayrl_gym.wrap("CartPole-v1", sink=blocker / "runs")
 
 

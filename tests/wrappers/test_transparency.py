@@ -122,7 +122,7 @@ def test_gymnasium_vector_wrappers_work_on_top(sink_dir):
     envs.reset(seed=0)
     seen = 0
     for _ in range(300):
-        _, _, term, trunc, info = envs.step(envs.action_space.sample())
+        _, _, _term, _trunc, info = envs.step(envs.action_space.sample())
         if "episode" in info:
             seen += int(info["_episode"].sum())
             assert (info["episode"]["r"][info["_episode"]] > 0).all()
