@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Callable
@@ -40,8 +41,9 @@ class TestingEnv(gym.Env):
                  action_space: spaces.Space | None = None, length: int = 5,
                  truncate: bool = False, info: bool = False, sleep: float = 0.0,
                  step_fn: Callable[..., Any] | None = None, render_mode: str | None = None):
-        self.observation_space = obs_space or SPACES["box"]
-        self.action_space = action_space or spaces.Discrete(2)
+        # Own copies: _obs re-seeds the space, which must not race between env copies.
+        self.observation_space = copy.deepcopy(obs_space or SPACES["box"])
+        self.action_space = copy.deepcopy(action_space or spaces.Discrete(2))
         self.length, self.truncate, self.with_info, self.sleep = length, truncate, info, sleep
         self.step_fn = step_fn
         self.render_mode = render_mode

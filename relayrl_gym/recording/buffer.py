@@ -37,7 +37,19 @@ def info_to_json(info: dict[str, Any]) -> str | None:
     """Serialises one env's info dict (numpy values as lists); ``None`` for an empty info."""
     if not info:
         return None
-    return json.dumps(info, default=_json_default)
+    try:
+        return json.dumps(info, default=_json_default)
+    except (TypeError, ValueError):  # keys JSON cannot hold (numpy ints, tuples), cycles
+        try:
+            return json.dumps(_str_keys(info), default=_json_default)
+        except (TypeError, ValueError):
+            return json.dumps({"__unserializable__": repr(info)})
+
+
+def _str_keys(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _str_keys(v) for k, v in value.items()}
+    return value
 
 
 def _concat(codec: Codec, parts: Sequence[Any]) -> Any:

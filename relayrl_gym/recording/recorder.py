@@ -127,12 +127,21 @@ class Recorder:
             self._writer.submit(self, full)
 
     def take_partial(self) -> StepBlock | None:
-        """Detaches the rows recorded since the last hand-over (for the time-based flush)."""
-        with self._lock:
+        """Detaches the rows recorded since the last hand-over (for the time-based flush).
+
+        Never waits for the lock: the stepping thread may hold it while it blocks on a full
+        writer queue, and the writer waiting here would deadlock. A busy recorder is flushed
+        at the next tick instead.
+        """
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
             if self._block.n == 0:
                 return None
             full, self._block = self._block, StepBlock()
             return full
+        finally:
+            self._lock.release()
 
     def flush(self) -> None:
         """Hands every recorded row to the writer and waits until the sinks have it."""

@@ -127,8 +127,10 @@ class BackgroundWriter:
                     self._flush_all()
                     item[1].set()
                 elif item[0] is _Command.STOP:
-                    self._flush_all()
-                    item[1].set()
+                    try:
+                        self._flush_all()
+                    finally:
+                        item[1].set()
                     return
                 else:
                     recorder, buf = item
@@ -138,6 +140,8 @@ class BackgroundWriter:
                 log.exception("relayrl-gym writer failed to handle %r", item)
                 if item is not None and isinstance(item[1], threading.Event):
                     item[1].set()
+                    if item[0] is _Command.STOP:
+                        return
 
     def _flush_all(self) -> None:
         # Buffers already queued are older than the partial ones: write them first, in order.

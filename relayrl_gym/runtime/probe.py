@@ -73,6 +73,8 @@ def probe_router_scale(env_fn: Callable[[], Any], num_actors: int) -> ProbeResul
     measured directly: a Python loop on this thread counts how far it gets while the env steps on
     another thread, against how far it gets alone.
     """
+    if num_actors < 2:  # nothing to run in parallel
+        return ProbeResult(0.0, 0.0, 0.0, 0)
     handoff = _time_handoff()
     env = env_fn()
     try:
@@ -87,15 +89,23 @@ def probe_router_scale(env_fn: Callable[[], Any], num_actors: int) -> ProbeResul
         timer.start()
         solo = _spin(stop) / (time.perf_counter() - solo_start)
         stop.clear()
+        failure: list[BaseException] = []
+
         def step_then_stop() -> None:
-            _step_loop(env, _PROBE_STEPS, _PROBE_SECONDS)
-            stop.set()
+            try:
+                _step_loop(env, _PROBE_STEPS, _PROBE_SECONDS)
+            except BaseException as err:  # re-raised below, after the spinner stops
+                failure.append(err)
+            finally:
+                stop.set()
 
         worker = threading.Thread(target=step_then_stop, name="relayrl-probe-step")
         shared_start = time.perf_counter()
         worker.start()
         shared = _spin(stop) / (time.perf_counter() - shared_start)
         worker.join()
+        if failure:
+            raise failure[0]
         # A step that holds the GIL throughout leaves the spinner half of the time (the two
         # threads alternate at each switch interval); one that never holds it leaves all of it.
         free = min(1.0, max(0.0, 2.0 * shared / solo - 1.0)) if solo > 0 else 0.0

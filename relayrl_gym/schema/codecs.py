@@ -84,7 +84,7 @@ class LeafCodec:
         buf[start : start + len(values)] = values
 
     def to_arrow(self, buf: np.ndarray, n: int) -> pa.Array:
-        rows = buf[:n]
+        rows = np.ascontiguousarray(buf[:n], dtype=self.dtype)  # never reinterpret bytes
         if not self.shape:
             return numpy_to_arrow(rows, self.arrow_type)
         flat = numpy_to_arrow(rows.reshape(-1), self.arrow_type.value_type)

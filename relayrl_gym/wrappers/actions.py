@@ -87,11 +87,18 @@ def _generic(space: spaces.Space, batch_space: spaces.Space, n: int) -> Callable
         for i, item in enumerate(items):
             if not space.contains(item):
                 raise ActionError(f"action {item} of env {i} is outside {space}")
-        if isinstance(space, spaces.MultiDiscrete | spaces.MultiBinary):
-            return np.asarray(actions).astype(space.dtype, copy=False)
-        return actions
+        return _as_recorded(space, actions)
 
     return check
+
+
+def _as_recorded(space: spaces.Space, batch: Any) -> Any:
+    """A new batch with every leaf a numpy array of the space's dtype (the recorder's own)."""
+    if isinstance(space, spaces.Dict):
+        return {k: _as_recorded(s, batch[k]) for k, s in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return tuple(_as_recorded(s, part) for s, part in zip(space.spaces, batch))
+    return np.array(batch, dtype=space.dtype)
 
 
 def batch_action_checker(space: spaces.Space, batch_space: spaces.Space, n: int

@@ -188,6 +188,7 @@ class RelayRLVectorEnv(VectorEnv):
         self._batch_obs_shape = (self.num_envs, *(self.single_observation_space.shape or ()))
         self._arange = np.arange(self.num_envs, dtype=np.int32)
         self._prev_obs: Any = None
+        self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._any_done = False
         self._episode_ids = np.full(self.num_envs, -1, dtype=np.int64)
@@ -280,12 +281,11 @@ class RelayRLVectorEnv(VectorEnv):
             lambda actor, s: actor.env.reset(seed=s, options=options),
             [seeds[i] for i in indices], actors)
         infos: dict[str, Any] = {}
-        if mask is None:
-            obs = self._stack([r[0] for r in results])
-        else:
-            obs = _copy_batch(self._prev_obs)
-            for i, r in zip(indices, results):
-                _put_row(obs, i, r[0])
+        items = list(self._obs_items) if mask is not None else [None] * self.num_envs
+        for i, r in zip(indices, results):
+            items[i] = r[0]
+        self._obs_items = tuple(items)
+        obs = self._stack(items)
         self._episode_ids = self._episode_ids.copy()
         self._episode_steps = self._episode_steps.copy()
         self._autoreset = self._autoreset.copy()
@@ -342,6 +342,7 @@ class RelayRLVectorEnv(VectorEnv):
                                                    "final_info": final[1]}, i)
                 if info:
                     infos = self._add_info(infos, info, i)
+        self._obs_items = obs_items
         obs = self._stack(obs_items)
         reset_rows = self._autoreset if self._next_step and self._any_done else None
         any_done = any(terminated_l) or any(truncated_l)
@@ -479,6 +480,15 @@ class RelayRLVectorEnv(VectorEnv):
     def close_extras(self, **kwargs: Any) -> None:
         """Closes the envs on their threads, flushes and closes the sinks, joins every thread."""
         self.agent.shutdown()
+
+    def __del__(self) -> None:
+        # VectorEnv has no __del__ of its own: an env dropped without close() must not leave
+        # actor or writer threads running (the atexit hook flushes what is left at exit).
+        if not getattr(self, "closed", True) and hasattr(self, "agent"):
+            try:
+                self.close()
+            except Exception:
+                log.exception("closing a RelayRLVectorEnv dropped without close()")
 
     def _check_open(self) -> None:
         if self.closed:
