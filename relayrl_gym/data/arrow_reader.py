@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.transitions import TransitionSchema
-from relayrl_gym.sinks.arrow import RUN_FILE
+from relayrl_gym.sinks.arrow import RUN_FILE, final_name, in_progress_name
 
 __all__ = ["read_run_dir"]
 
@@ -50,10 +50,10 @@ def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
         raise DatasetError(f"{str(path)!r} is not a relayrl-gym run directory (no {RUN_FILE}); "
                            "pass the directory of one run, e.g. relayrl_runs/<run_id>")
     parts = sorted(path.glob("part-*.arrow"))
-    in_progress = sorted(path.glob(".part-*.arrow.inprogress"))
+    in_progress = sorted(path.glob(in_progress_name("part-*.arrow")))
     batches: list[pa.RecordBatch] = []
     files = sorted([(p.name, p, True) for p in parts] +
-                   [(p.name[1:-len(".inprogress")], p, False) for p in in_progress])
+                   [(final_name(p.name), p, False) for p in in_progress])
     for _, file, complete in files:
         batches.extend(_read_complete(file) if complete else _read_in_progress(file))
     if batches:

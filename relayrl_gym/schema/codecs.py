@@ -98,8 +98,6 @@ class LeafCodec:
         flat = array.flatten().to_numpy(zero_copy_only=False)
         return np.asarray(flat, dtype=self.dtype).reshape(len(array), *self.shape)
 
-    def row(self, batch: np.ndarray, i: int) -> Any:
-        return batch[i]
 
 
 class DictCodec:
@@ -130,8 +128,6 @@ class DictCodec:
         parts = array.flatten()
         return {k: c.from_arrow(p) for (k, c), p in zip(self.children.items(), parts)}
 
-    def row(self, batch: dict[str, Any], i: int) -> dict[str, Any]:
-        return {k: c.row(batch[k], i) for k, c in self.children.items()}
 
 
 class TupleCodec:
@@ -161,8 +157,6 @@ class TupleCodec:
             array = array.combine_chunks()
         return tuple(c.from_arrow(p) for c, p in zip(self.children, array.flatten()))
 
-    def row(self, batch: tuple[Any, ...], i: int) -> tuple[Any, ...]:
-        return tuple(c.row(part, i) for c, part in zip(self.children, batch))
 
 
 Codec = LeafCodec | DictCodec | TupleCodec

@@ -13,7 +13,7 @@ from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.schema.transitions import METADATA_KEY
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 
-__all__ = ["RUN_FILE", "ArrowSink", "in_progress_name"]
+__all__ = ["RUN_FILE", "ArrowSink", "final_name", "in_progress_name"]
 
 #: The run description beside the data files (same JSON as the schema metadata); the leading
 #: underscore keeps `pyarrow.dataset` from taking it for data.
@@ -24,6 +24,11 @@ def in_progress_name(final_name: str) -> str:
     """Name of a data file while it is written. The leading dot hides it from `pyarrow.dataset`
     until it is complete; `relayrl_gym.load` still reads it (up to its last whole batch)."""
     return "." + final_name + ".inprogress"
+
+
+def final_name(in_progress: str) -> str:
+    """The name an in-progress file gets once it is complete (inverse of `in_progress_name`)."""
+    return in_progress[1 : -len(".inprogress")]
 
 
 class ArrowSink(Sink):
