@@ -28,6 +28,7 @@ def wrap(
     flush_interval: float = 1.0,
     record_info: bool = True,
     batch_rows: int | None = None,
+    spill_dir: str | None = None,
     **make_kwargs: Any,
 ) -> RelayRLVectorEnv:
     """Wraps an env into a recorded vector env of ``actors`` copies.
@@ -46,6 +47,9 @@ def wrap(
         flush_interval: seconds between time-based flushes (the most a crash can lose).
         record_info: record each step's info dict as JSON.
         batch_rows: rows per recorded Arrow batch (default: sized to about 4 MiB).
+        spill_dir: where rows wait, as Arrow files, while a sink is down and more than 64 MiB
+            are waiting (default: ``_spill`` in the Arrow sink's directory, else
+            ``relayrl_runs/_spill``); they are retried with backoff.
         **make_kwargs: passed to `gymnasium.make` when ``env`` is an id.
 
     Returns:
@@ -63,4 +67,4 @@ def wrap(
     return RelayRLVectorEnv(env_fns, sink=sink, autoreset_mode=autoreset_mode,
                             router_scale=router_scale, run_id=run_id, env_id=env_id,
                             flush_interval=flush_interval, record_info=record_info,
-                            batch_rows=batch_rows)
+                            batch_rows=batch_rows, spill_dir=spill_dir)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import logging
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -43,19 +45,31 @@ def _read_in_progress(path: Path) -> list[pa.RecordBatch]:
     return batches
 
 
+def _read_part(file: Path, final: Path) -> list[pa.RecordBatch]:
+    if file == final:
+        return _read_complete(file)
+    try:
+        return _read_in_progress(file)
+    except FileNotFoundError:  # completed and renamed since the directory was listed
+        return _read_complete(final)
+
+
 def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
     """All rows of one run directory, in the order they were written."""
     run_file = path / RUN_FILE
     if not run_file.is_file():
         raise DatasetError(f"{str(path)!r} is not a relayrl-gym run directory (no {RUN_FILE}); "
                            "pass the directory of one run, e.g. relayrl_runs/<run_id>")
-    parts = sorted(path.glob("part-*.arrow"))
-    in_progress = sorted(path.glob(in_progress_name("part-*.arrow")))
+    # One listing: a file renamed from in-progress to final while we read is still found.
+    files: list[tuple[str, Path]] = []
+    for entry in os.scandir(path):
+        if fnmatch.fnmatchcase(entry.name, "part-*.arrow"):
+            files.append((entry.name, Path(entry.path)))
+        elif fnmatch.fnmatchcase(entry.name, in_progress_name("part-*.arrow")):
+            files.append((final_name(entry.name), Path(entry.path)))
     batches: list[pa.RecordBatch] = []
-    files = sorted([(p.name, p, True) for p in parts] +
-                   [(final_name(p.name), p, False) for p in in_progress])
-    for _, file, complete in files:
-        batches.extend(_read_complete(file) if complete else _read_in_progress(file))
+    for name, file in sorted(files):
+        batches.extend(_read_part(file, path / name))
     if batches:
         schema = TransitionSchema.from_arrow(batches[0].schema)
         return pa.Table.from_batches(batches, schema=batches[0].schema), schema

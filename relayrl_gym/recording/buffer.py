@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
 
 __all__ = ["StepBlock", "info_to_json"]
 
+_BLOCK_SEQ = itertools.count()
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
 _FIELDS = ("env_index", "episode_id", "step", "obs", "action", "reward", "next_obs",
            "terminated", "truncated", "model_version", "timestamp", "valid")
@@ -71,9 +73,10 @@ class StepBlock:
     on the writer thread. Sparse columns (info, mask, data) map a row of the block to its value.
     """
 
-    __slots__ = ("calls", "data", "info", "mask", "n")
+    __slots__ = ("calls", "data", "info", "mask", "n", "seq")
 
     def __init__(self) -> None:
+        self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
         self.calls: list[tuple[Any, ...]] = []
         self.n = 0
         self.info: dict[int, str] = {}

@@ -5,16 +5,19 @@ from __future__ import annotations
 import atexit
 import enum
 import logging
+import os
 import queue
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from relayrl_gym.errors import SinkError
+from relayrl_gym.recording.delivery import DEFAULT_BACKLOG_BYTES, SinkDelivery
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 
 if TYPE_CHECKING:
-    import pyarrow as pa
 
     from relayrl_gym.recording.buffer import StepBlock
     from relayrl_gym.recording.recorder import Recorder
@@ -32,18 +35,31 @@ class _Command(enum.Enum):
     STOP = "stop"
 
 
+class _Request(NamedTuple):
+    command: _Command
+    done: threading.Event
+
+
+class _Block(NamedTuple):
+    recorder: Recorder
+    buf: StepBlock
+
+
 class BackgroundWriter:
     """One thread per run that writes recorded batches to every sink, by size and by time.
 
-    Guarantees: rows handed over are written in order; every ``flush_interval`` seconds the rows
-    recorded so far are written and the sinks flushed (a crash loses at most that interval);
-    ``close()`` and interpreter exit write everything. A sink that fails keeps its batches in a
-    retry list (retried at every flush) instead of dropping them; ``close()`` raises `SinkError`
-    saying how many rows could not be delivered.
+    Guarantees: rows reach each sink in the order they were recorded; every ``flush_interval``
+    seconds the rows recorded so far are written and the sinks flushed (a crash loses at most
+    that interval); ``close()`` and interpreter exit write everything. A sink that fails does not
+    stop the others or the env: its batches wait (in memory, then spilled to local Arrow files
+    under ``spill_dir``) and are retried with backoff (see `SinkDelivery`). ``flush()`` and
+    ``close()`` raise `SinkError` when rows could not be delivered, saying where they are.
     """
 
     def __init__(self, sinks: list[Sink], flush_interval: float = 1.0, max_queue: int = 8,
-                 name: str = "relayrl-writer") -> None:
+                 name: str = "relayrl-writer", *, run_id: str = "run",
+                 spill_dir: str | os.PathLike[str] | None = None,
+                 max_backlog_bytes: int = DEFAULT_BACKLOG_BYTES, close_retry: float = 5.0) -> None:
         """Starts the writer thread.
 
         Args:
@@ -52,20 +68,42 @@ class BackgroundWriter:
             max_queue: full buffers waiting to be written before ``submit`` blocks (backpressure
                 that keeps memory bounded).
             name: thread name.
+            run_id: the run being written (names spill files).
+            spill_dir: where batches a failing sink cannot take spill past
+                ``max_backlog_bytes``, one folder per sink (default: ``_spill`` in the first
+                Arrow sink's directory, else ``relayrl_runs/_spill``).
+            max_backlog_bytes: memory each failing sink's backlog may use before spilling.
+            close_retry: seconds ``close()`` keeps retrying a failing sink before giving up.
         """
         self.sinks = list(sinks)
         self.flush_interval = float(flush_interval)
-        self._queue: queue.Queue[tuple[Recorder, StepBlock] | tuple[_Command, threading.Event]]
-        self._queue = queue.Queue(maxsize=max_queue)
+        self.close_retry = float(close_retry)
+        spill_root = Path(spill_dir) if spill_dir is not None else _default_spill_root(sinks)
+        self.deliveries = [
+            SinkDelivery(sink, run_id, spill_root / f"sink{i}-{type(sink).__name__}",
+                         max_backlog_bytes=max_backlog_bytes)
+            for i, sink in enumerate(self.sinks)]
+        self._queue: queue.Queue[_Block | _Request] = queue.Queue(maxsize=max_queue)
         self._recorders: list[Recorder] = []
-        self._pending: list[tuple[Sink, pa.RecordBatch]] = []
-        self._deferred: list[tuple[_Command, threading.Event]] = []
+        self._deferred: list[_Request] = []
         self.rows_written = 0
-        self.errors = 0
+        self.rows_lost = 0
+        self._conversion_errors = 0
+        self._unreported: BaseException | None = None
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
         _LIVE.add(self)
+
+    @property
+    def errors(self) -> int:
+        """Failed sink writes plus batches that could not be built, so far."""
+        return self._conversion_errors + sum(d.failures for d in self.deliveries)
+
+    @property
+    def rows_waiting(self) -> int:
+        """Rows some sink has not accepted yet (they wait for a retry)."""
+        return sum(d.rows_waiting for d in self.deliveries)
 
     def attach(self, recorder: Recorder) -> None:
         self._recorders.append(recorder)
@@ -76,39 +114,64 @@ class BackgroundWriter:
 
     def submit(self, recorder: Recorder, buf: StepBlock) -> None:
         """Queues a full buffer; blocks while ``max_queue`` buffers are already waiting."""
-        self._queue.put((recorder, buf))
+        self._queue.put(_Block(recorder, buf))
 
     def flush(self, timeout: float | None = 60.0) -> None:
-        """Writes every row recorded so far to the sinks and flushes them; waits for it."""
+        """Writes every row recorded so far to the sinks, flushes them, and waits for it.
+
+        Rows a failing sink refuses are not an error here: they wait (``rows_waiting``) and
+        are retried, so a database restart does not stop a training loop that flushes.
+
+        Raises:
+            SinkError: recorded rows could not be built into Arrow batches.
+        """
         if self._closed or not self._thread.is_alive():
             return
         done = threading.Event()
-        self._queue.put((_Command.FLUSH, done))
+        self._queue.put(_Request(_Command.FLUSH, done))
         if not done.wait(timeout):
             raise SinkError(f"flushing the sinks took longer than {timeout} s")
+        self._raise_unreported()
 
     def close(self, timeout: float = 60.0) -> None:
-        """Writes everything, stops the thread and closes the sinks. Idempotent."""
+        """Writes everything, stops the thread and closes the sinks. Idempotent.
+
+        Raises:
+            SinkError: rows could not be delivered to some sink (the message says where they
+                were spilled) or a sink failed to close; every sink is closed regardless.
+        """
         if self._closed:
             return
         if self._thread.is_alive():
             done = threading.Event()
-            self._queue.put((_Command.STOP, done))
+            self._queue.put(_Request(_Command.STOP, done))
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise SinkError(f"the writer thread did not stop within {timeout} s")
         self._closed = True
         _LIVE.discard(self)
-        undelivered = sum(batch.num_rows for _, batch in self._pending)
-        for sink in self.sinks:
-            try:
-                sink.close()
-            except Exception as err:
-                log.exception("closing sink %r failed", sink)
-                raise SinkError(f"closing sink {sink!r} failed: {err}") from err
-        if undelivered:
-            raise SinkError(f"{undelivered} recorded rows could not be written to their sink "
-                            f"after retries ({self.errors} write errors); see the log")
+        problems: list[str] = []
+        first: BaseException | None = None
+        for delivery in self.deliveries:
+            for step in (delivery.close, delivery.sink.close):
+                try:
+                    step()
+                except Exception as err:
+                    log.error("closing sink %r: %s", delivery.sink, err)
+                    problems.append(str(err))
+                    first = first or err
+        if self._unreported is not None or self.rows_lost:
+            problems.insert(0, f"{self.rows_lost} recorded rows could not be converted to Arrow "
+                               f"batches: {self._unreported}")
+            first = first or self._unreported
+        if problems:
+            raise SinkError("; ".join(problems)) from first
+
+    def _raise_unreported(self) -> None:
+        err, self._unreported = self._unreported, None
+        if err is not None:
+            raise SinkError(f"{self.rows_lost} recorded rows could not be converted to Arrow "
+                            f"batches: {err}") from err
 
     # -- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
@@ -120,71 +183,81 @@ class BackgroundWriter:
             except queue.Empty:
                 item = None
             try:
-                if item is None:
-                    self._flush_all()
-                    next_flush = time.monotonic() + self.flush_interval
-                elif item[0] is _Command.FLUSH:
-                    self._flush_all()
-                    item[1].set()
-                elif item[0] is _Command.STOP:
+                if isinstance(item, _Request) and item.command is _Command.STOP:
                     try:
                         self._flush_all()
+                        self._retry_until(time.monotonic() + self.close_retry)
                     finally:
-                        item[1].set()
+                        item.done.set()
                     return
-                else:
-                    recorder, buf = item
-                    self._write(recorder.to_record_batch(buf))
-            except Exception:  # never let the writer die silently: log, count, go on
-                self.errors += 1
+                if isinstance(item, _Request):
+                    self._flush_all(force_retry=True)
+                    item.done.set()
+                elif item is not None:
+                    self._write(item.recorder, item.buf)
+                # A steady stream of full blocks must not postpone the time-based flush.
+                if time.monotonic() >= next_flush:
+                    self._flush_all()
+                    next_flush = time.monotonic() + self.flush_interval
+            except Exception:  # never let the writer die silently: log, go on
                 log.exception("relayrl-gym writer failed to handle %r", item)
-                if item is not None and isinstance(item[1], threading.Event):
-                    item[1].set()
-                    if item[0] is _Command.STOP:
+                if isinstance(item, _Request):
+                    item.done.set()
+                    if item.command is _Command.STOP:
                         return
 
-    def _flush_all(self) -> None:
-        # Buffers already queued are older than the partial ones: write them first, in order.
+    def _flush_all(self, force_retry: bool = False) -> None:
+        # Take the partial blocks first: every full block recorded before them is then already
+        # queued. Writing all of them in creation order keeps each recorder's rows in order.
+        partials = [(rec, rec.take_partial()) for rec in list(self._recorders)]
+        blocks = [_Block(rec, buf) for rec, buf in partials if buf is not None]
         while True:
             try:
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if isinstance(item[0], _Command):
-                self._deferred.append(item)  # the main loop handles it next
+            if isinstance(item, _Request):
+                self._deferred.append(item)  # handled next by the main loop
                 continue
-            recorder, buf = item
-            self._write(recorder.to_record_batch(buf))
-        for recorder in list(self._recorders):
-            partial = recorder.take_partial()
-            if partial is not None:
-                self._write(recorder.to_record_batch(partial))
-        self._retry_pending()
-        for sink in self.sinks:
-            try:
-                sink.flush()
-            except Exception:
-                self.errors += 1
-                log.exception("flushing sink %r failed", sink)
+            blocks.append(item)
+        blocks.sort(key=lambda block: block.buf.seq)
+        for recorder, buf in blocks:
+            self._write(recorder, buf)
+        for delivery in self.deliveries:
+            delivery.retry(force=force_retry)
+            if not delivery.rows_waiting:
+                try:
+                    delivery.sink.flush()
+                except Exception as err:
+                    delivery.failures += 1
+                    log.warning("flushing sink %r failed: %s", delivery.sink, err)
 
-    def _write(self, batch: pa.RecordBatch) -> None:
-        for sink in self.sinks:
-            try:
-                sink.write(batch)
-            except Exception:
-                self.errors += 1
-                log.exception("writing %d rows to sink %r failed; will retry", batch.num_rows, sink)
-                self._pending.append((sink, batch))
+    def _retry_until(self, deadline: float) -> None:
+        for delivery in self.deliveries:
+            while not delivery.retry(force=True) and time.monotonic() < deadline:
+                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+
+    def _write(self, recorder: Recorder, buf: StepBlock) -> None:
+        try:
+            batch = recorder.to_record_batch(buf)
+        except Exception as err:
+            self._conversion_errors += 1
+            self.rows_lost += buf.n
+            self._unreported = self._unreported or err
+            log.exception("building an Arrow batch of %d recorded rows failed", buf.n)
+            return
+        for delivery in self.deliveries:
+            delivery.offer(batch)
         self.rows_written += batch.num_rows
 
-    def _retry_pending(self) -> None:
-        pending, self._pending = self._pending, []
-        for sink, batch in pending:
-            try:
-                sink.write(batch)
-            except Exception:
-                self.errors += 1
-                self._pending.append((sink, batch))
+
+def _default_spill_root(sinks: list[Sink]) -> Path:
+    from relayrl_gym.sinks.arrow import ArrowSink
+
+    for sink in sinks:
+        if isinstance(sink, ArrowSink):
+            return sink.root / "_spill"
+    return Path(DEFAULT_SINK_ROOT, "_spill")
 
 
 @atexit.register

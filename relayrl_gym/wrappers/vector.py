@@ -114,6 +114,7 @@ class RelayRLVectorEnv(VectorEnv):
         flush_interval: float = 1.0,
         record_info: bool = True,
         batch_rows: int | None = None,
+        spill_dir: str | Path | None = None,
     ) -> None:
         """Creates the actors and their environments, and opens the sinks.
 
@@ -128,6 +129,8 @@ class RelayRLVectorEnv(VectorEnv):
             flush_interval: seconds between time-based flushes to the sinks.
             record_info: record each step's info dict as JSON (``info`` column).
             batch_rows: rows per recorded batch (default: sized to ~4 MiB).
+            spill_dir: where rows wait while a sink is down, past 64 MiB in memory (default:
+                ``_spill`` in the Arrow sink's directory, else ``relayrl_runs/_spill``).
         """
         super().__init__()
         if not env_fns:
@@ -174,7 +177,7 @@ class RelayRLVectorEnv(VectorEnv):
             self.env_id = env_id
             self.run_id = run_id or new_run_id(env_id)
             recorder, writer = self._open_recording(sink, router_scale, batch_rows, flush_interval,
-                                                    first)
+                                                    first, spill_dir)
         except BaseException:
             self.closed = True  # nothing for __del__ to close: done here
             self._close_envs_quietly()
@@ -211,7 +214,7 @@ class RelayRLVectorEnv(VectorEnv):
         self._router.close()
 
     def _open_recording(self, sink: Any, router_scale: int, batch_rows: int | None,
-                        flush_interval: float, first: gym.Env
+                        flush_interval: float, first: gym.Env, spill_dir: str | Path | None
                         ) -> tuple[Recorder | None, BackgroundWriter | None]:
         self.run_path: Path | None = None
         if sink is None:
@@ -231,7 +234,8 @@ class RelayRLVectorEnv(VectorEnv):
             raise
         self.run_path = next((s.run_path for s in sinks if s.run_path is not None), None)
         writer = BackgroundWriter(sinks, flush_interval=flush_interval,
-                                  name=f"relayrl-writer-{self.run_id}")
+                                  name=f"relayrl-writer-{self.run_id}", run_id=self.run_id,
+                                  spill_dir=spill_dir)
         recorder = Recorder(schema, self.run_id, [str(a.id) for a in self._actors],
                             writer=writer, batch_rows=batch_rows)
         return recorder, writer

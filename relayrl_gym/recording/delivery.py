@@ -1,0 +1,210 @@
+"""Per-sink delivery: batches reach a sink in order, and a sink that is down loses nothing."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from relayrl_gym.errors import SinkError
+
+if TYPE_CHECKING:
+    from relayrl_gym.sinks.arrow import ArrowSink
+    from relayrl_gym.sinks.base import Sink
+
+__all__ = ["DEFAULT_BACKLOG_BYTES", "SinkDelivery"]
+
+log = logging.getLogger(__name__)
+
+#: Batches a failing sink may hold in memory before they spill to a local Arrow file.
+DEFAULT_BACKLOG_BYTES = 64 * 1024 * 1024
+
+
+class SinkDelivery:
+    """Hands batches to one sink in order; keeps what the sink refuses and retries it.
+
+    While the sink works, ``offer`` is a plain ``sink.write``. Once a write fails, that batch
+    and every later one wait in a backlog (batches never overtake each other): the newest in
+    memory, up to ``max_backlog_bytes``; older ones in Arrow files under ``spill_dir``.
+    ``retry`` tries again with exponential backoff (``retry_initial`` doubling up to
+    ``retry_max`` seconds) and deletes spill files once their batches are delivered. At
+    ``close`` whatever is still undelivered is written to the spill directory, which
+    `relayrl_gym.load` reads as a run.
+
+    >>> import pyarrow as pa, tempfile
+    >>> from relayrl_gym.sinks.arrow import ArrowSink
+    >>> sink = ArrowSink(tempfile.mkdtemp())
+    >>> sink.start("run", pa.schema([("x", pa.int64())]))
+    >>> delivery = SinkDelivery(sink, "run", sink.run_path.parent / "spill")
+    >>> delivery.offer(pa.record_batch([pa.array([1, 2])], names=["x"]))
+    >>> delivery.rows_delivered, delivery.rows_waiting
+    (2, 0)
+    """
+
+    def __init__(self, sink: Sink, run_id: str, spill_dir: str | os.PathLike[str], *,
+                 max_backlog_bytes: int = DEFAULT_BACKLOG_BYTES, retry_initial: float = 0.5,
+                 retry_max: float = 30.0) -> None:
+        """Wraps ``sink``.
+
+        Args:
+            sink: a started sink.
+            run_id: the run (names the spill files' run directory).
+            spill_dir: where batches past ``max_backlog_bytes`` go; created only when needed.
+            max_backlog_bytes: memory the backlog may hold before it spills to disk.
+            retry_initial: seconds before the first retry after a failure.
+            retry_max: the longest wait between retries.
+        """
+        self.sink = sink
+        self.run_id = run_id
+        self.spill_dir = Path(spill_dir)
+        self.max_backlog_bytes = int(max_backlog_bytes)
+        self.retry_initial = float(retry_initial)
+        self.retry_max = float(retry_max)
+        self.rows_delivered = 0
+        self.failures = 0
+        self.last_error: BaseException | None = None
+        self._memory: collections.deque[pa.RecordBatch] = collections.deque()
+        self._memory_bytes = 0
+        self._memory_rows = 0
+        self._spill: ArrowSink | None = None
+        self._spill_files: list[Path] = []  # complete spill files, oldest first
+        self._spill_taken = 0  # how many of the spill sink's files_written are in _spill_files
+        self._spill_pos = 0  # batches of _spill_files[0] already delivered
+        self._spill_rows = 0
+        self._delay = self.retry_initial
+        self._next_retry = 0.0
+
+    @property
+    def rows_waiting(self) -> int:
+        """Rows refused by the sink so far and not yet delivered."""
+        return self._memory_rows + self._spill_rows
+
+    @property
+    def spill_path(self) -> Path:
+        """The run directory of the spill files (exists only once something spilled)."""
+        return self.spill_dir / self.run_id
+
+    def offer(self, batch: pa.RecordBatch) -> None:
+        """Writes ``batch`` now, or queues it behind earlier undelivered batches."""
+        if not self.rows_waiting:
+            try:
+                self.sink.write(batch)
+            except Exception as err:
+                self._failed(err, batch.num_rows)
+            else:
+                self.rows_delivered += batch.num_rows
+                return
+        self._keep(batch)
+
+    def retry(self, *, force: bool = False) -> bool:
+        """Delivers waiting batches, oldest first, if the backoff allows (always if ``force``).
+
+        Returns True when nothing is left waiting.
+        """
+        if not self.rows_waiting:
+            return True
+        if not force and time.monotonic() < self._next_retry:
+            return False
+        try:
+            self._drain()
+        except Exception as err:
+            self._failed(err, 0)
+            return False
+        self._delay = self.retry_initial
+        log.info("sink %r is back: every waiting batch delivered", self.sink)
+        return True
+
+    def close(self) -> None:
+        """Moves what is still waiting to the spill files; raises `SinkError` saying where."""
+        waiting = self.rows_waiting
+        if not waiting:
+            if self._spill is not None:  # everything spilled was delivered: leave no trace
+                self._spill.close()
+                shutil.rmtree(self.spill_path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    self.spill_dir.rmdir()
+                    self.spill_dir.parent.rmdir()
+                self._spill = None
+            return
+        while self._memory:
+            self._to_spill(self._pop_memory())
+        if self._spill is not None:
+            self._spill.close()
+        raise SinkError(
+            f"{waiting} recorded rows could not be written to {self.sink!r} ({self.failures} "
+            f"failed attempts; last error: {self.last_error}). They are kept in "
+            f"{str(self.spill_path)!r}: read them with relayrl_gym.load() on that directory")
+
+    # -- internals -------------------------------------------------------------------------
+    def _failed(self, err: BaseException, rows: int) -> None:
+        self.failures += 1
+        self.last_error = err
+        self._next_retry = time.monotonic() + self._delay
+        log.warning("writing to sink %r failed (%s); %d rows waiting, next retry in %.1f s",
+                    self.sink, err, self.rows_waiting + rows, self._delay)
+        self._delay = min(self._delay * 2, self.retry_max)
+
+    def _keep(self, batch: pa.RecordBatch) -> None:
+        # The spill holds the oldest waiting batches, memory the newest: past the bound, the
+        # oldest in memory move to the end of the spill, so order is kept on both sides.
+        self._memory.append(batch)
+        self._memory_bytes += batch.nbytes
+        self._memory_rows += batch.num_rows
+        while self._memory_bytes > self.max_backlog_bytes and self._memory:
+            self._to_spill(self._pop_memory())
+
+    def _pop_memory(self) -> pa.RecordBatch:
+        batch = self._memory.popleft()
+        self._memory_bytes -= batch.nbytes
+        self._memory_rows -= batch.num_rows
+        return batch
+
+    def _to_spill(self, batch: pa.RecordBatch) -> None:
+        if self._spill is None:
+            from relayrl_gym.sinks.arrow import ArrowSink
+
+            self._spill = ArrowSink(self.spill_dir, compression="lz4")
+            try:
+                self._spill.start(self.run_id, batch.schema)
+            except SinkError as err:
+                self._spill = None
+                raise SinkError(f"sink {self.sink!r} is failing and its backlog cannot spill "
+                                f"to {str(self.spill_dir)!r}: {err}") from err
+            log.warning("sink %r backlog passed %d bytes: spilling to %s", self.sink,
+                        self.max_backlog_bytes, self.spill_path)
+        self._spill.write(batch)
+        self._spill_rows += batch.num_rows
+
+    def _drain(self) -> None:
+        if self._spill_rows:
+            self._drain_spill()
+        while self._memory:
+            batch = self._memory[0]
+            self.sink.write(batch)
+            self._pop_memory()
+            self.rows_delivered += batch.num_rows
+
+    def _drain_spill(self) -> None:
+        assert self._spill is not None
+        self._spill.close()  # completes the file being written; later spills start a new one
+        self._spill_files.extend(self._spill.files_written[self._spill_taken:])
+        self._spill_taken = len(self._spill.files_written)
+        while self._spill_files:
+            path = self._spill_files[0]
+            with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
+                for i in range(self._spill_pos, reader.num_record_batches):
+                    batch = reader.get_batch(i)
+                    self.sink.write(batch)
+                    self._spill_pos = i + 1
+                    self._spill_rows -= batch.num_rows
+                    self.rows_delivered += batch.num_rows
+            path.unlink()
+            self._spill_files.pop(0)
+            self._spill_pos = 0
