@@ -69,8 +69,8 @@ class Router:
             actors: Sequence[Actor] | None = None, timeout: float | None = None) -> list[Any]:
         """Runs ``fn(actor, arg)`` for each actor (default: all, in the order added).
 
-        If commands fail, all of them are still waited for, then the first error is re-raised
-        with its traceback.
+        If commands fail, or the wait is interrupted (KeyboardInterrupt), all of them are still
+        waited for, then the first error is re-raised with its traceback.
         """
         if self._closed:
             raise RouterError("the router is shut down")
@@ -82,16 +82,23 @@ class Router:
         results: list[Any] = [None] * len(threads)
         error: BaseException | None = None
         limit = min(self.scale, len(threads))
-        for i in range(limit):
-            threads[i].submit(fn, actors[i], args[i])
-        for i, thread in enumerate(threads):
-            try:
-                results[i] = thread.wait(timeout)
-            except BaseException as err:
-                error = error or err
-            nxt = i + limit
-            if nxt < len(threads):
-                threads[nxt].submit(fn, actors[nxt], args[nxt])
+        try:
+            for i in range(limit):
+                threads[i].submit(fn, actors[i], args[i])
+            for i, thread in enumerate(threads):
+                try:
+                    results[i] = thread.wait(timeout)
+                except BaseException as err:
+                    error = error or err
+                    if not isinstance(err, RouterError):  # not a timeout: e.g. Ctrl-C
+                        thread.settle()  # let the running command end; the thread stays usable
+                nxt = i + limit
+                if nxt < len(threads):
+                    threads[nxt].submit(fn, actors[nxt], args[nxt])
+        except BaseException:
+            for thread in threads:  # leave every thread free for the next command
+                thread.settle()
+            raise
         if error is not None:
             raise error
         return results
@@ -105,7 +112,11 @@ class Router:
             return fn(*args)
         thread = self._threads[actor.index]
         thread.submit(fn, *args)
-        return thread.wait(timeout)
+        try:
+            return thread.wait(timeout)
+        except KeyboardInterrupt:
+            thread.settle()
+            raise
 
     def scale_throughput(self, scale: int) -> None:
         """Changes how many actors may run at once (threaded mode only)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +34,7 @@ class ActorThread:
         self._result: Any = None
         self._error: BaseException | None = None
         self._busy = False
+        self._finished = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -47,6 +49,7 @@ class ActorThread:
         if not self._thread.is_alive():
             raise RouterError(f"actor thread {self.name} has stopped")
         self._busy = True
+        self._finished = False
         self._fn, self._args = fn, args
         self._go.release()
 
@@ -60,6 +63,30 @@ class ActorThread:
         if error is not None:
             raise error
         return result
+
+    @property
+    def busy(self) -> bool:
+        """True between `submit` and the `wait` that collected the result."""
+        return self._busy
+
+    def settle(self, timeout: float = 60.0) -> None:
+        """Waits for the running command after an interrupted `wait`, discarding its result.
+
+        A KeyboardInterrupt can land just after ``wait`` took the completion signal, before
+        it cleared ``busy``: then the command has finished and there is nothing to take.
+        """
+        deadline = time.monotonic() + timeout
+        while self._busy and time.monotonic() < deadline:
+            if self._done.acquire(timeout=0.05):
+                break
+            if self._finished:
+                # Finished: its signal is either about to be released or already taken.
+                self._done.acquire(timeout=0.2)
+                break
+        else:
+            return
+        self._busy = False
+        self._result = self._error = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ends the thread after its current command; idempotent."""
@@ -85,4 +112,5 @@ class ActorThread:
                 self._error = err
             finally:
                 self._fn, self._args = None, ()
+                self._finished = True
                 self._done.release()

@@ -191,6 +191,7 @@ class RelayRLVectorEnv(VectorEnv):
         self._batch_obs_shape = (self.num_envs, *(self.single_observation_space.shape or ()))
         self._arange = np.arange(self.num_envs, dtype=np.int32)
         self._prev_obs: Any = None
+        self._broken_by: str | None = None  # why the last step() failed, until reset()
         self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._any_done = False
@@ -298,6 +299,7 @@ class RelayRLVectorEnv(VectorEnv):
             self._autoreset[i] = False
             self._start_episode(i)
         self._any_done = bool(self._autoreset.any())
+        self._broken_by = None
         self._prev_obs = _copy_batch(obs) if self._recorder is not None else obs
         return obs, infos
 
@@ -312,7 +314,8 @@ class RelayRLVectorEnv(VectorEnv):
         if not mask.any():
             raise ConfigError("`options['reset_mask']` must select at least one env")
         if self._prev_obs is None and not mask.all():
-            raise StateError("the first reset() must reset every env (no reset_mask)")
+            when = "after a failed step()" if self._broken_by else "the first time"
+            raise StateError(f"reset() must reset every env (no reset_mask) {when}")
         return mask
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
@@ -320,6 +323,9 @@ class RelayRLVectorEnv(VectorEnv):
         if self.closed:
             self._check_open()
         if self._prev_obs is None:
+            if self._broken_by is not None:
+                raise StateError(f"a previous step() failed ({self._broken_by}), so the envs "
+                                 "are out of step; call envs.reset() before stepping again")
             raise StateError("step() called before reset(); call envs.reset(seed=...) first")
         recorded_actions = self._check_action(actions)
         if self._any_done and self.autoreset_mode is AutoresetMode.DISABLED:
@@ -330,7 +336,13 @@ class RelayRLVectorEnv(VectorEnv):
             action_list = list(actions)  # what SyncVectorEnv's `iterate` yields for arrays
         else:
             action_list = list(iterate(self.action_space, actions))
-        results = self._router.run(self._step_env, action_list, self._actors)
+        try:
+            results = self._router.run(self._step_env, action_list, self._actors)
+        except BaseException as err:
+            # Some envs may have stepped and others not: the batch is no longer consistent.
+            self._prev_obs = None
+            self._broken_by = f"{type(err).__name__}: {err}"
+            raise
 
         obs_items, rewards_l, terminated_l, truncated_l, info_l, final_l = zip(*results)
         rewards = np.array(rewards_l, dtype=np.float64)
