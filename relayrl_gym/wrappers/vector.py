@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from copy import deepcopy
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +29,9 @@ from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, open_sink
 from relayrl_gym.wrappers.actions import batch_action_checker
 from relayrl_gym.wrappers.factory import make_checked
+
+if TYPE_CHECKING:
+    from relayrl_gym.wrappers.sb3 import RelayRLSB3VecEnv
 
 __all__ = ["RelayRLVectorEnv", "new_run_id", "parse_autoreset_mode"]
 
@@ -513,4 +516,30 @@ class RelayRLVectorEnv(VectorEnv):
     def __repr__(self) -> str:
         return (f"RelayRLVectorEnv({self.env_id or 'env'}, num_envs={self.num_envs}, "
                 f"router_scale={self._router.scale}, run_id={self.run_id!r})")
+
+    def as_sb3(self) -> RelayRLSB3VecEnv:
+        """This env behind Stable-Baselines3's `VecEnv` API: same actors, recording and run.
+
+        SB3 resets a finished env in the same step, so the env must be in SAME_STEP mode: an
+        env created in another mode is switched to it if it has not been reset yet (recorded
+        rows are the same in every mode; the run description keeps the mode the env was
+        created with, so prefer ``relayrl_gym.wrap(env, api="sb3")``). See `RelayRLSB3VecEnv`.
+
+        Raises:
+            StateError: the env was already reset in another autoreset mode, or is closed.
+            MissingDependencyError: stable-baselines3 is not installed.
+        """
+        from relayrl_gym.wrappers.sb3 import RelayRLSB3VecEnv
+
+        self._check_open()
+        if self.autoreset_mode is not AutoresetMode.SAME_STEP:
+            if self._prev_obs is not None:
+                raise StateError(
+                    f"as_sb3() needs autoreset_mode 'same_step', and this env was already reset "
+                    f"in {self.autoreset_mode.name.lower()!r} mode; call as_sb3() before the first "
+                    "reset(), or create it with relayrl_gym.wrap(env, api='sb3')")
+            self.autoreset_mode = AutoresetMode.SAME_STEP
+            self.metadata["autoreset_mode"] = AutoresetMode.SAME_STEP
+            self._next_step, self._same_step = False, True
+        return RelayRLSB3VecEnv(self)
 

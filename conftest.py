@@ -1,0 +1,10 @@
+"""Collection rules for the whole repository (doctests of the package included)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+# Modules of optional extras import their dependency at the top; without it, their doctests
+# cannot even be collected (the tests that need them skip themselves).
+collect_ignore = [] if importlib.util.find_spec("stable_baselines3") else [
+    "relayrl_gym/wrappers/sb3.py"]
