@@ -32,8 +32,24 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
     inspect = commands.add_parser("inspect", help="print the summary of a recorded run")
-    inspect.add_argument("path", help="a run directory, e.g. relayrl_runs/<run_id>")
+    inspect.add_argument("path", help="a run directory (relayrl_runs/<run_id>) or a database "
+                         "URL (sqlite:///runs.db, postgresql://...; ?run=<run_id> picks one)")
     return parser
+
+
+def _inspect(path: str) -> None:
+    from relayrl_gym.data.dataset import _SQL_SCHEMES, load
+
+    if path.partition("://")[0].split("+")[0] in _SQL_SCHEMES and "run=" not in path:
+        from relayrl_gym.data.sql_reader import list_sql_runs
+
+        runs = list_sql_runs(path)
+        print(f"{len(runs)} runs in {path}")
+        for run in runs:
+            sep = "&" if "?" in path else "?"
+            print(load(f"{path}{sep}run={run}").summary())
+        return
+    print(load(path).summary())
 
 
 def _router_scale(text: str) -> int | str:
@@ -55,9 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               router_scale=_router_scale(args.router_scale))
             print(summary)
         else:
-            from relayrl_gym.data.dataset import load
-
-            print(load(args.path).summary())
+            _inspect(args.path)
     except (RelayRLError, ValueError) as err:
         print(f"relayrl-gym {args.command}: error: {err}", file=sys.stderr)
         return 2

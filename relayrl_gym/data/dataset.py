@@ -211,11 +211,24 @@ def _stat(fn: Any, values: np.ndarray) -> float:
     return float(fn(values)) if len(values) else float("nan")
 
 
-def load(path: str | os.PathLike[str]) -> Dataset:
-    """Loads a recorded run: the run directory an Arrow sink wrote (``envs.run_path``).
+_SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 
-    A crashed run is read up to its last flushed batch.
+
+def load(path: str | os.PathLike[str]) -> Dataset:
+    """Loads a recorded run: the run directory an Arrow sink wrote (``envs.run_path``), or a
+    database URL of a SQL sink with the run chosen by ``?run=<run_id>`` (e.g.
+    ``"postgresql://user@host/db?run=<run_id>"``; optional when it holds one run).
+
+    The rows, dtypes and shapes are the same whichever sink wrote them. A crashed run is read
+    up to its last flushed batch.
     """
+    if isinstance(path, str) and path.partition("://")[0].split("+")[0] in _SQL_SCHEMES:
+        from relayrl_gym.data.sql_reader import read_sql_run
+
+        table, schema, _ = read_sql_run(path)
+        return Dataset(table, schema, path)
+    if isinstance(path, str) and path.startswith("arrow://"):
+        path = path[len("arrow://"):]
     p = Path(path)
     if not p.exists():
         raise DatasetError(f"no recorded run at {str(p)!r}; pass a run directory such as "

@@ -101,8 +101,9 @@ class Recorder:
         ``valid`` (bool per row) marks rows to drop (False) instead of recording them.
         """
         k = len(env_index)
+        # Microseconds, held as nanoseconds: what every sink (PostgreSQL included) stores exactly.
         call = (env_index, episode_id, step, obs, action, reward, next_obs, terminated,
-                truncated, model_version, time.time_ns(), valid)
+                truncated, model_version, time.time_ns() // 1000 * 1000, valid)
         with self._lock:
             block = self._block
             if block.n + k > self.capacity and block.n:

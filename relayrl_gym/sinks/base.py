@@ -50,8 +50,10 @@ class Sink(abc.ABC):
         self.close()
 
 
+_SQL = "relayrl_gym.sinks.sql:SQLSink.from_url"
 _FACTORIES: dict[str, Callable[[str], Sink] | str] = {
     "arrow": "relayrl_gym.sinks.arrow:ArrowSink.from_url",
+    "sqlite": _SQL, "postgresql": _SQL, "postgres": _SQL, "mysql": _SQL, "mariadb": _SQL,
 }
 
 

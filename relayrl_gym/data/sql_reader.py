@@ -1,0 +1,102 @@
+"""Reads a run back from a SQL sink's tables as the same Arrow rows the Arrow sink writes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from relayrl_gym.errors import DatasetError
+from relayrl_gym.schema.codecs import numpy_to_arrow
+from relayrl_gym.schema.row_bytes import decode_rows, row_size
+from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
+
+__all__ = ["list_sql_runs", "read_sql_run"]
+
+_TIMESTAMP_NS = pa.timestamp("ns", tz="UTC")
+
+
+def list_sql_runs(url: str) -> list[str]:
+    """The run ids in a database, oldest first."""
+    from sqlalchemy import inspect, select
+
+    from relayrl_gym.sinks.sql import engine_from_url, split_run_query
+    from relayrl_gym.sinks.sql_tables import runs
+
+    engine = engine_from_url(split_run_query(url)[0])
+    try:
+        if not inspect(engine).has_table(runs.name):
+            return []
+        with engine.connect() as conn:
+            found = conn.execute(select(runs.c.run_id).order_by(runs.c.created, runs.c.run_id))
+            return [r[0] for r in found]
+    finally:
+        engine.dispose()
+
+
+def read_sql_run(url: str) -> tuple[pa.Table, TransitionSchema, str]:
+    """All rows of one run, in the order they were recorded: ``(table, schema, run_id)``.
+
+    ``url`` is a database URL with ``?run=<run_id>``; without it the database must hold
+    exactly one run.
+    """
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from relayrl_gym.sinks.sql import _reason, engine_from_url, split_run_query
+    from relayrl_gym.sinks.sql_tables import runs, transitions
+
+    db_url, run_id = split_run_query(url)
+    if run_id is None:
+        found_runs = list_sql_runs(db_url)
+        if len(found_runs) != 1:
+            raise DatasetError(
+                f"the database holds {len(found_runs)} runs; choose one with ?run=<run_id>"
+                + (f", e.g. relayrl_gym.load('...?run={found_runs[-1]}')" if found_runs else ""))
+        run_id = found_runs[0]
+    engine = engine_from_url(db_url)
+    try:
+        with engine.connect() as conn:
+            run = conn.execute(select(runs.c.arrow_schema).where(runs.c.run_id == run_id)).first()
+            if run is None:
+                raise DatasetError(f"no run {run_id!r} in the database; relayrl-gym inspect "
+                                   "<url> lists the runs it holds")
+            arrow_schema = pa.ipc.read_schema(pa.py_buffer(run[0]))
+            columns = [transitions.c[f.name] for f in arrow_schema]
+            result = conn.execute(select(*columns).where(transitions.c.run_id == run_id)
+                                  .order_by(transitions.c.row_index))
+            rows = result.fetchall()
+    except SQLAlchemyError as err:
+        raise DatasetError(f"cannot read run {run_id!r}: {_reason(err)}") from err
+    finally:
+        engine.dispose()
+    schema = TransitionSchema.from_arrow(arrow_schema)
+    values = list(zip(*rows)) if rows else [() for _ in arrow_schema]
+    arrays = [_column(field, list(col), schema) for field, col in zip(arrow_schema, values)]
+    return pa.Table.from_arrays(arrays, schema=arrow_schema), schema, run_id
+
+
+def _column(field: pa.Field, values: list[Any], schema: TransitionSchema) -> pa.Array:
+    n = len(values)
+    name = field.name
+    if name in ("obs", "next_obs", "action"):
+        codec = schema.action if name == "action" else schema.obs
+        width = row_size(codec)
+        data = np.frombuffer(b"".join(values), np.uint8).reshape(n, width)
+        return codec.to_arrow(decode_rows(codec, data), n)
+    if name == "timestamp":
+        if values and not isinstance(values[0], int):  # datetimes (PostgreSQL)
+            return pa.array(values, pa.timestamp("us", tz="UTC")).cast(_TIMESTAMP_NS)
+        return numpy_to_arrow(np.asarray(values, np.int64), _TIMESTAMP_NS)
+    if name == "mask":
+        return pa.array([None if v is None else np.frombuffer(v, np.bool_).tolist()
+                         for v in values], MASK_TYPE)
+    if name == "data":
+        if pa.types.is_null(field.type):
+            return pa.nulls(n)
+        return pa.array([None if v is None else json.loads(v) for v in values], field.type)
+    if pa.types.is_boolean(field.type):
+        return pa.array(np.asarray(values, np.bool_) if n else [], pa.bool_())
+    return pa.array(values, field.type)
