@@ -331,10 +331,10 @@ class SQLSink(Sink):
 
         def strings(name: str) -> list[str]:
             words, idx = cols[name]
-            return np.array(words, dtype=object)[idx].tolist()  # type: ignore[no-any-return]
+            return np.array(words, dtype=object)[idx].tolist()
 
         def as_bytes(rows: np.ndarray) -> list[bytes]:
-            return rows.view(f"V{rows.shape[1]}").ravel().tolist()  # type: ignore[no-any-return]
+            return rows.view(f"V{rows.shape[1]}").ravel().tolist()
 
         by_name = {
             "run_id": [self.run_id] * n,

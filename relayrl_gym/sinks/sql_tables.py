@@ -47,7 +47,7 @@ from sqlalchemy import (
     select,
     text,
 )
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
 
 from relayrl_gym.errors import SinkError
 
@@ -155,17 +155,18 @@ def _create(conn: Connection) -> None:
 
 def ensure_schema(engine: Engine, attempts: int = 5) -> None:
     """Creates the tables (or checks their version) in one transaction; safe to run from
-    several processes at once."""
+    several processes at once. Errors other than that race are SQLAlchemy's, for the caller
+    to translate."""
     for attempt in range(attempts):
         try:
             with engine.begin() as conn:
                 _create(conn)
             return
         except (DBAPIError, SQLAlchemyError) as err:
-            # SQLite has no advisory lock: a concurrent CREATE can fail once; try again.
-            if attempt == attempts - 1:
-                raise SinkError(f"cannot create the relayrl-gym tables in "
-                                f"{engine.url.render_as_string(hide_password=True)}: {err}"
-                                ) from err
-            log.info("creating the relayrl-gym tables raced another writer (%s); retrying", err)
+            # SQLite has no advisory lock: another process may create a table between our
+            # check and our CREATE. That fails once; the next attempt finds the tables.
+            raced = isinstance(err, IntegrityError) or "already exists" in str(err)
+            if not raced or attempt == attempts - 1:
+                raise
+            log.info("creating the relayrl-gym tables raced another writer; retrying")
             time.sleep(0.1 * (attempt + 1))
