@@ -25,6 +25,9 @@ def wrap(env: Any, actors: int = ..., *, api: Literal["gymnasium"] = ...,
 @overload
 def wrap(env: Any, actors: int = ..., *, api: Literal["sb3"], **kwargs: Any
          ) -> RelayRLSB3VecEnv: ...
+@overload
+def wrap(env: Any, actors: int = ..., *, api: str, **kwargs: Any
+         ) -> RelayRLVectorEnv | RelayRLSB3VecEnv: ...
 
 
 def wrap(
