@@ -19,8 +19,8 @@ from gymnasium import spaces
 
 from relayrl_gym.errors import UnsupportedSpaceError
 
-__all__ = ["Codec", "DictCodec", "LeafCodec", "TupleCodec", "codec_for", "numpy_to_arrow",
-           "strings_to_arrow"]
+__all__ = ["Codec", "DictCodec", "LeafCodec", "TupleCodec", "arrow_to_numpy", "codec_for",
+           "numpy_to_arrow", "strings_to_arrow"]
 
 
 def strings_to_arrow(values: Sequence[str | None]) -> pa.Array:
@@ -49,6 +49,33 @@ def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) ->
     else:
         data = pa.py_buffer(values)
     return pa.Array.from_buffers(arrow_type, len(values), [None, data])
+
+
+_NUMPY_TYPES = {pa.from_numpy_dtype(np.dtype(t)): np.dtype(t) for t in (
+    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
+    "float32", "float64")}
+
+
+def arrow_to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """A numeric/bool/timestamp Arrow array without nulls as numpy, without ``to_numpy``'s
+    pandas probe (timestamps come back as int64).
+
+    >>> arrow_to_numpy(pa.array([True, False, True])).tolist()
+    [True, False, True]
+    """
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    n, offset = len(array), array.offset
+    if array.null_count or not (pa.types.is_primitive(array.type)):
+        return np.asarray(array.to_numpy(zero_copy_only=False))
+    data = array.buffers()[1]
+    if pa.types.is_boolean(array.type):
+        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
+        return bits[offset : offset + n].view(np.bool_)
+    dtype = np.int64 if pa.types.is_timestamp(array.type) else _NUMPY_TYPES.get(array.type)
+    if dtype is None:
+        return np.asarray(array.to_numpy(zero_copy_only=False))
+    return np.frombuffer(data, dtype)[offset : offset + n]
 
 
 class LeafCodec:
@@ -94,8 +121,8 @@ class LeafCodec:
         if isinstance(array, pa.ChunkedArray):
             array = array.combine_chunks() if array.num_chunks else pa.array([], self.arrow_type)
         if not self.shape:
-            return np.asarray(array.to_numpy(zero_copy_only=False), dtype=self.dtype)
-        flat = array.flatten().to_numpy(zero_copy_only=False)
+            return np.asarray(arrow_to_numpy(array), dtype=self.dtype)
+        flat = arrow_to_numpy(array.flatten())
         return np.asarray(flat, dtype=self.dtype).reshape(len(array), *self.shape)
 
 

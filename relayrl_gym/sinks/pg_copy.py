@@ -26,8 +26,8 @@ _NUMERIC = {"int4": ">i4", "int8": ">i8", "float8": ">f8", "bool": "u1"}
 
 class CopyColumn(NamedTuple):
     """One column: ``kind`` is int4, int8, float8, bool, timestamptz_ns (int64 ns since the
-    Unix epoch), bytes (a ``(rows, width)`` uint8 array: bytea or text of fixed width) or var
-    (a list of ``bytes`` or None per row)."""
+    Unix epoch), bytes (a ``(rows, width)`` uint8 array: bytea or text of fixed width), var
+    (a list of ``bytes`` or None per row) or null (every row NULL; ``values`` unused)."""
 
     name: str
     kind: str
@@ -55,6 +55,8 @@ def copy_payload(columns: list[CopyColumn], rows: int) -> tuple[list[str], bytes
             fixed.append((col, ">i8", 8))
         elif col.kind == "bytes":
             fixed.append((col, f"V{col.values.shape[1]}", col.values.shape[1]))
+        elif col.kind == "null":
+            fixed.append((col, "V0", -1))
         else:
             width = _constant_width(col.values)
             if width is None:

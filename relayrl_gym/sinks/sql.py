@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from relayrl_gym.errors import ConfigError, SinkError, missing_extra
+from relayrl_gym.schema.codecs import arrow_to_numpy
 from relayrl_gym.schema.row_bytes import encode_rows
 from relayrl_gym.schema.transitions import METADATA_KEY, TransitionSchema
 from relayrl_gym.sinks.base import Sink
@@ -244,7 +245,9 @@ class SQLSink(Sink):
             else:
                 self._insert_generic(conn, batch)
         closed, still_open = self._episodes(batch)
-        if closed:
+        if closed and self.dialect == "postgresql":
+            _copy_rows(conn, episodes.name, closed)
+        elif closed:
             conn.execute(episodes.insert(), closed)
         conn.execute(batches.insert().values(run_id=self.run_id, seq=self._seq,
                                              rows=batch.num_rows))
@@ -258,21 +261,21 @@ class SQLSink(Sink):
         n = batch.num_rows
         cols: dict[str, Any] = {
             "row_index": np.arange(self._rows, self._rows + n, dtype=np.int64),
-            "env_index": batch.column("env_index").to_numpy(),
-            "episode_id": batch.column("episode_id").to_numpy(),
-            "step": batch.column("step").to_numpy(),
-            "reward": batch.column("reward").to_numpy(),
-            "terminated": batch.column("terminated").to_numpy(zero_copy_only=False),
-            "truncated": batch.column("truncated").to_numpy(zero_copy_only=False),
-            "model_version": batch.column("model_version").to_numpy(),
-            "timestamp": batch.column("timestamp").cast(pa.int64()).to_numpy(),
+            "env_index": arrow_to_numpy(batch.column("env_index")),
+            "episode_id": arrow_to_numpy(batch.column("episode_id")),
+            "step": arrow_to_numpy(batch.column("step")),
+            "reward": arrow_to_numpy(batch.column("reward")),
+            "terminated": arrow_to_numpy(batch.column("terminated")),
+            "truncated": arrow_to_numpy(batch.column("truncated")),
+            "model_version": arrow_to_numpy(batch.column("model_version")),
+            "timestamp": arrow_to_numpy(batch.column("timestamp")),
             "obs": encode_rows(self._schema.obs, batch.column("obs")),
             "action": encode_rows(self._schema.action, batch.column("action")),
             "next_obs": encode_rows(self._schema.obs, batch.column("next_obs")),
         }
         for name in ("actor_id", "agent_id"):
             encoded = pc.dictionary_encode(batch.column(name))
-            cols[name] = (encoded.dictionary.to_pylist(), encoded.indices.to_numpy())
+            cols[name] = (encoded.dictionary.to_pylist(), arrow_to_numpy(encoded.indices))
         cols["mask"] = _nullable(batch.column("mask"),
                                  lambda v: np.asarray(v, np.bool_).tobytes())
         cols["data"] = _nullable(batch.column("data"), lambda v: json.dumps(v))
@@ -287,21 +290,28 @@ class SQLSink(Sink):
         assert self.run_id is not None
         run = self.run_id.encode()
 
-        def strings(name: str) -> list[bytes]:
+        def strings(name: str) -> CopyColumn:
             words, idx = cols[name]
-            encoded = np.array([w.encode() for w in words], dtype=object)
-            return encoded[idx].tolist()
+            encoded = [w.encode() for w in words]
+            width = len(encoded[0]) if encoded else 0
+            if all(len(w) == width for w in encoded):  # e.g. actor UUIDs: one numpy gather
+                table = np.frombuffer(b"".join(encoded), np.uint8).reshape(len(encoded), width)
+                return CopyColumn(name, "bytes", table[idx])
+            return CopyColumn(name, "var", np.array(encoded, dtype=object)[idx].tolist())
 
-        def text_or_null(values: list[Any]) -> list[bytes | None]:
-            return [None if v is None else (v if isinstance(v, bytes) else v.encode())
-                    for v in values]
+        def nullable(name: str, values: list[Any]) -> CopyColumn:
+            if batch.column(name).null_count == n:
+                return CopyColumn(name, "null", None)
+            return CopyColumn(name, "var", [None if v is None else
+                                            (v if isinstance(v, bytes) else v.encode())
+                                            for v in values])
 
         columns = [
             CopyColumn("run_id", "bytes", np.frombuffer(run * n, np.uint8).reshape(n, len(run))
                        if run else np.empty((n, 0), np.uint8)),
             CopyColumn("row_index", "int8", cols["row_index"]),
-            CopyColumn("actor_id", "var", strings("actor_id")),
-            CopyColumn("agent_id", "var", strings("agent_id")),
+            strings("actor_id"),
+            strings("agent_id"),
             CopyColumn("env_index", "int4", cols["env_index"]),
             CopyColumn("episode_id", "int8", cols["episode_id"]),
             CopyColumn("step", "int8", cols["step"]),
@@ -313,9 +323,9 @@ class SQLSink(Sink):
             CopyColumn("truncated", "bool", cols["truncated"]),
             CopyColumn("model_version", "int8", cols["model_version"]),
             CopyColumn("timestamp", "timestamptz_ns", cols["timestamp"]),
-            CopyColumn("mask", "var", cols["mask"]),
-            CopyColumn("data", "var", text_or_null(cols["data"])),
-            CopyColumn("info", "var", text_or_null(cols["info"])),
+            nullable("mask", cols["mask"]),
+            nullable("data", cols["data"]),
+            nullable("info", cols["info"]),
         ]
         names, payload = copy_payload(columns, n)
         quoted = ", ".join(f'"{name}"' for name in names)
@@ -375,13 +385,13 @@ class SQLSink(Sink):
         n = batch.num_rows
         if not n:
             return closed, still_open
-        ep = batch.column("episode_id").to_numpy()
-        reward = batch.column("reward").to_numpy()
-        term = batch.column("terminated").to_numpy(zero_copy_only=False)
-        trunc = batch.column("truncated").to_numpy(zero_copy_only=False)
-        ts = batch.column("timestamp").cast(pa.int64()).to_numpy()
-        env = batch.column("env_index").to_numpy()
-        version = batch.column("model_version").to_numpy()
+        ep = arrow_to_numpy(batch.column("episode_id"))
+        reward = arrow_to_numpy(batch.column("reward"))
+        term = arrow_to_numpy(batch.column("terminated"))
+        trunc = arrow_to_numpy(batch.column("truncated"))
+        ts = arrow_to_numpy(batch.column("timestamp"))
+        env = arrow_to_numpy(batch.column("env_index"))
+        version = arrow_to_numpy(batch.column("model_version"))
         actor = batch.column("actor_id")
         agent = batch.column("agent_id")
         ids, first, inverse = np.unique(ep, return_index=True, return_inverse=True)
@@ -413,6 +423,17 @@ class SQLSink(Sink):
                 "episode_return": ep.total, "terminated": ep.terminated,
                 "truncated": ep.truncated, "finished": finished,
                 "started": self._time(ep.started), "ended": self._time(ep.ended)}
+
+
+def _copy_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
+    """A few hundred rows through COPY (text format, psycopg adapts each value)."""
+    names = list(rows[0])
+    raw = conn.connection.driver_connection
+    assert raw is not None
+    quoted = ", ".join(f'"{name}"' for name in names)
+    with raw.cursor() as cur, cur.copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([row[name] for name in names])
 
 
 def _nullable(column: pa.Array, convert: Any) -> list[Any]:
