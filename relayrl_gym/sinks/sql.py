@@ -180,9 +180,9 @@ class SQLSink(Sink):
                 if self._uncertain and self._committed(conn, self._seq):
                     log.info("batch %d of run %s had committed before the connection was "
                              "lost; not writing it again", self._seq, self.run_id)
-                    closed, still_open = self._episodes(batch)
+                    _, still_open = self._episodes(batch)
                 else:
-                    closed, still_open = self._write_batch(conn, batch)
+                    still_open = self._write_batch(conn, batch)
         except (SQLAlchemyError, OSError) as err:
             self._uncertain = True
             self.engine.dispose()  # drop pooled connections to a server that went away
@@ -192,7 +192,6 @@ class SQLSink(Sink):
         self._rows += batch.num_rows
         self._seq += 1
         self._open = still_open
-        del closed
 
     def close(self) -> None:
         """Records the episodes still running as unfinished and marks the run closed."""
@@ -233,8 +232,7 @@ class SQLSink(Sink):
             batches.c.run_id == self.run_id, batches.c.seq == seq))
         return found.first() is not None
 
-    def _write_batch(self, conn: Connection, batch: pa.RecordBatch
-                     ) -> tuple[list[dict[str, Any]], dict[int, _Episode]]:
+    def _write_batch(self, conn: Connection, batch: pa.RecordBatch) -> dict[int, _Episode]:
         from relayrl_gym.sinks.sql_tables import batches, episodes, runs
 
         if batch.num_rows:
@@ -245,15 +243,15 @@ class SQLSink(Sink):
             else:
                 self._insert_generic(conn, batch)
         closed, still_open = self._episodes(batch)
-        if closed and self.dialect == "postgresql":
-            _copy_rows(conn, episodes.name, closed)
-        elif closed:
-            conn.execute(episodes.insert(), closed)
+        if len(closed["episode_id"]) and self.dialect == "postgresql":
+            self._copy_episodes(conn, closed)
+        elif len(closed["episode_id"]):
+            conn.execute(episodes.insert(), self._episode_dicts(closed))
         conn.execute(batches.insert().values(run_id=self.run_id, seq=self._seq,
                                              rows=batch.num_rows))
         conn.execute(runs.update().where(runs.c.run_id == self.run_id).values(
             rows=self._rows + batch.num_rows, batches=self._seq + 1))
-        return closed, still_open
+        return still_open
 
     def _columns(self, batch: pa.RecordBatch) -> dict[str, Any]:
         """Column values as numpy arrays / lists, shared by every dialect's fast path."""
@@ -291,13 +289,7 @@ class SQLSink(Sink):
         run = self.run_id.encode()
 
         def strings(name: str) -> CopyColumn:
-            words, idx = cols[name]
-            encoded = [w.encode() for w in words]
-            width = len(encoded[0]) if encoded else 0
-            if all(len(w) == width for w in encoded):  # e.g. actor UUIDs: one numpy gather
-                table = np.frombuffer(b"".join(encoded), np.uint8).reshape(len(encoded), width)
-                return CopyColumn(name, "bytes", table[idx])
-            return CopyColumn(name, "var", np.array(encoded, dtype=object)[idx].tolist())
+            return _string_column(name, *cols[name])
 
         def nullable(name: str, values: list[Any]) -> CopyColumn:
             if batch.column(name).null_count == n:
@@ -328,12 +320,7 @@ class SQLSink(Sink):
             nullable("info", cols["info"]),
         ]
         names, payload = copy_payload(columns, n)
-        quoted = ", ".join(f'"{name}"' for name in names)
-        raw = conn.connection.driver_connection
-        assert raw is not None
-        with raw.cursor() as cur, cur.copy(
-                f"COPY relayrl_transitions ({quoted}) FROM STDIN (FORMAT BINARY)") as copy:
-            copy.write(payload)
+        _copy(conn, "relayrl_transitions", names, payload)
 
     def _row_values(self, batch: pa.RecordBatch) -> list[list[Any]]:
         cols = self._columns(batch)
@@ -378,43 +365,89 @@ class SQLSink(Sink):
         conn.execute(transitions.insert(),
                      [dict(zip(_TRANSITION_COLUMNS, row)) for row in zip(*values)])
 
-    def _episodes(self, batch: pa.RecordBatch) -> tuple[list[dict[str, Any]], dict[int, _Episode]]:
-        """Episodes this batch ends (rows for relayrl_episodes) and the ones still running."""
+    def _episodes(self, batch: pa.RecordBatch) -> tuple[dict[str, Any], dict[int, _Episode]]:
+        """Columns of the episodes this batch ends, and the episodes still running after it."""
         still_open = dict(self._open)
-        closed: list[dict[str, Any]] = []
         n = batch.num_rows
-        if not n:
-            return closed, still_open
         ep = arrow_to_numpy(batch.column("episode_id"))
-        reward = arrow_to_numpy(batch.column("reward"))
-        term = arrow_to_numpy(batch.column("terminated"))
-        trunc = arrow_to_numpy(batch.column("truncated"))
-        ts = arrow_to_numpy(batch.column("timestamp"))
-        env = arrow_to_numpy(batch.column("env_index"))
-        version = arrow_to_numpy(batch.column("model_version"))
-        actor = batch.column("actor_id")
-        agent = batch.column("agent_id")
         ids, first, inverse = np.unique(ep, return_index=True, return_inverse=True)
-        totals = np.bincount(inverse, weights=reward, minlength=len(ids))
-        lengths = np.bincount(inverse, minlength=len(ids))
-        last = np.zeros(len(ids), np.int64)
+        k = len(ids)
+        totals = np.bincount(inverse, weights=arrow_to_numpy(batch.column("reward")), minlength=k)
+        lengths = np.bincount(inverse, minlength=k).astype(np.int64)
+        last = np.zeros(k, np.int64)
         np.maximum.at(last, inverse, np.arange(n))
-        for j, eid in enumerate(ids.tolist()):
-            f, lst = int(first[j]), int(last[j])
-            prev = still_open.pop(eid, None)
-            ep_now = _Episode(
-                actor_id=prev.actor_id if prev else actor[f].as_py(),
-                agent_id=prev.agent_id if prev else agent[f].as_py(),
-                env_index=int(env[f]), model_version=int(version[lst]),
-                length=(prev.length if prev else 0) + int(lengths[j]),
-                total=(prev.total if prev else 0.0) + float(totals[j]),
-                terminated=bool(term[lst]), truncated=bool(trunc[lst]),
-                started=prev.started if prev else int(ts[f]), ended=int(ts[lst]))
-            if ep_now.terminated or ep_now.truncated:
-                closed.append(self._episode_row(eid, ep_now, finished=True))
-            else:
-                still_open[eid] = ep_now
+        ts = arrow_to_numpy(batch.column("timestamp"))
+        started, ended = ts[first].copy(), ts[last]
+        done = (arrow_to_numpy(batch.column("terminated")) |
+                arrow_to_numpy(batch.column("truncated")))[last]
+        for j in np.flatnonzero(np.isin(ids, list(still_open))).tolist():
+            prev = still_open.pop(int(ids[j]))  # continues from an earlier batch
+            totals[j] += prev.total
+            lengths[j] += prev.length
+            started[j] = prev.started
+        cols: dict[str, Any] = {
+            "episode_id": ids, "env_index": arrow_to_numpy(batch.column("env_index"))[first],
+            "model_version": arrow_to_numpy(batch.column("model_version"))[last],
+            "length": lengths, "episode_return": totals,
+            "terminated": arrow_to_numpy(batch.column("terminated"))[last],
+            "truncated": arrow_to_numpy(batch.column("truncated"))[last],
+            "started": started, "ended": ended}
+        for name in ("actor_id", "agent_id"):
+            encoded = pc.dictionary_encode(batch.column(name))
+            cols[name] = (encoded.dictionary.to_pylist(),
+                          arrow_to_numpy(encoded.indices)[first])
+        for j in np.flatnonzero(~done).tolist():
+            still_open[int(ids[j])] = _Episode(
+                actor_id=cols["actor_id"][0][cols["actor_id"][1][j]],
+                agent_id=cols["agent_id"][0][cols["agent_id"][1][j]],
+                env_index=int(cols["env_index"][j]), model_version=int(cols["model_version"][j]),
+                length=int(lengths[j]), total=float(totals[j]), terminated=False,
+                truncated=False, started=int(started[j]), ended=int(ended[j]))
+        closed = {name: ((v[0], v[1][done]) if isinstance(v, tuple) else v[done])
+                  for name, v in cols.items()}
         return closed, still_open
+
+    def _copy_episodes(self, conn: Connection, closed: dict[str, Any]) -> None:
+        from relayrl_gym.sinks.pg_copy import CopyColumn, copy_payload
+        from relayrl_gym.sinks.sql_tables import episodes
+
+        n = len(closed["episode_id"])
+        assert self.run_id is not None
+        run = self.run_id.encode()
+        columns = [
+            CopyColumn("run_id", "bytes", np.frombuffer(run * n, np.uint8).reshape(n, len(run))),
+            CopyColumn("episode_id", "int8", closed["episode_id"]),
+            _string_column("actor_id", *closed["actor_id"]),
+            _string_column("agent_id", *closed["agent_id"]),
+            CopyColumn("env_index", "int4", closed["env_index"]),
+            CopyColumn("model_version", "int8", closed["model_version"]),
+            CopyColumn("length", "int8", closed["length"]),
+            CopyColumn("episode_return", "float8", closed["episode_return"]),
+            CopyColumn("terminated", "bool", closed["terminated"]),
+            CopyColumn("truncated", "bool", closed["truncated"]),
+            CopyColumn("finished", "bool", np.ones(n, np.bool_)),
+            CopyColumn("started", "timestamptz_ns", closed["started"]),
+            CopyColumn("ended", "timestamptz_ns", closed["ended"]),
+        ]
+        names, payload = copy_payload(columns, n)
+        _copy(conn, episodes.name, names, payload)
+
+    def _episode_dicts(self, closed: dict[str, Any]) -> list[dict[str, Any]]:
+        rows = []
+        for j in range(len(closed["episode_id"])):
+            rows.append({
+                "run_id": self.run_id, "episode_id": int(closed["episode_id"][j]),
+                "actor_id": closed["actor_id"][0][closed["actor_id"][1][j]],
+                "agent_id": closed["agent_id"][0][closed["agent_id"][1][j]],
+                "env_index": int(closed["env_index"][j]),
+                "model_version": int(closed["model_version"][j]),
+                "length": int(closed["length"][j]),
+                "episode_return": float(closed["episode_return"][j]),
+                "terminated": bool(closed["terminated"][j]),
+                "truncated": bool(closed["truncated"][j]), "finished": True,
+                "started": self._time(int(closed["started"][j])),
+                "ended": self._time(int(closed["ended"][j]))})
+        return rows
 
     def _episode_row(self, episode_id: int, ep: _Episode, finished: bool) -> dict[str, Any]:
         return {"run_id": self.run_id, "episode_id": episode_id, "actor_id": ep.actor_id,
@@ -425,15 +458,27 @@ class SQLSink(Sink):
                 "started": self._time(ep.started), "ended": self._time(ep.ended)}
 
 
-def _copy_rows(conn: Connection, table: str, rows: list[dict[str, Any]]) -> None:
-    """A few hundred rows through COPY (text format, psycopg adapts each value)."""
-    names = list(rows[0])
+def _copy(conn: Connection, table: str, names: list[str], payload: bytes) -> None:
+    """Sends a binary COPY payload (see `relayrl_gym.sinks.pg_copy`) in the open transaction."""
+    quoted = ", ".join(f'"{name}"' for name in names)
     raw = conn.connection.driver_connection
     assert raw is not None
-    quoted = ", ".join(f'"{name}"' for name in names)
-    with raw.cursor() as cur, cur.copy(f"COPY {table} ({quoted}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([row[name] for name in names])
+    with raw.cursor() as cur, cur.copy(
+            f"COPY {table} ({quoted}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.write(payload)
+
+
+def _string_column(name: str, words: list[str], idx: np.ndarray) -> Any:
+    """A dictionary-encoded string column as a COPY column: one numpy gather when every word
+    has the same length (actor UUIDs, a single agent name), else per-row bytes."""
+    from relayrl_gym.sinks.pg_copy import CopyColumn
+
+    encoded = [w.encode() for w in words]
+    width = len(encoded[0]) if encoded else 0
+    if all(len(w) == width for w in encoded):
+        table = np.frombuffer(b"".join(encoded), np.uint8).reshape(len(encoded), width)
+        return CopyColumn(name, "bytes", table[idx])
+    return CopyColumn(name, "var", np.array(encoded, dtype=object)[idx].tolist())
 
 
 def _nullable(column: pa.Array, convert: Any) -> list[Any]:
