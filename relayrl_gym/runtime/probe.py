@@ -65,13 +65,29 @@ def _spin(stop: threading.Event) -> int:
     return count
 
 
+def _spin_beside(work: Callable[[], Any]) -> float:
+    """Spins a counting loop on another thread while ``work`` runs here: counts per second."""
+    stop = threading.Event()
+    counted: list[int] = []
+    spinner = threading.Thread(target=lambda: counted.append(_spin(stop)),
+                               name="relayrl-probe-spin")
+    started = time.perf_counter()
+    spinner.start()
+    try:
+        work()
+    finally:
+        stop.set()
+        spinner.join()
+    return counted[0] / (time.perf_counter() - started)
+
+
 def probe_router_scale(env_fn: Callable[[], Any], num_actors: int) -> ProbeResult:
     """Times a throw-away copy of the env and predicts inline vs threaded vector-step time.
 
     Inline costs ``N * s``; threaded costs about ``N * s * (1 - f) + s * f + N * h`` for a step
     time ``s`` of which a fraction ``f`` runs without the GIL, and a hand-off ``h``. ``f`` is
-    measured directly: a Python loop on this thread counts how far it gets while the env steps on
-    another thread, against how far it gets alone.
+    measured directly: a Python loop on another thread counts how far it gets while the env steps
+    here (on the thread that made it), against how far it gets alone.
     """
     if num_actors < 2:  # nothing to run in parallel
         return ProbeResult(0.0, 0.0, 0.0, 0)
@@ -83,29 +99,9 @@ def probe_router_scale(env_fn: Callable[[], Any], num_actors: int) -> ProbeResul
         step = elapsed / max(steps, 1)
         if num_actors < 2 or step * num_actors < num_actors * handoff / (1 - _MARGIN):
             return ProbeResult(step, 0.0, handoff, 0)
-        stop = threading.Event()
-        solo_start = time.perf_counter()
-        timer = threading.Timer(min(elapsed, _PROBE_SECONDS), stop.set)
-        timer.start()
-        solo = _spin(stop) / (time.perf_counter() - solo_start)
-        stop.clear()
-        failure: list[BaseException] = []
-
-        def step_then_stop() -> None:
-            try:
-                _step_loop(env, _PROBE_STEPS, _PROBE_SECONDS)
-            except BaseException as err:  # re-raised below, after the spinner stops
-                failure.append(err)
-            finally:
-                stop.set()
-
-        worker = threading.Thread(target=step_then_stop, name="relayrl-probe-step")
-        shared_start = time.perf_counter()
-        worker.start()
-        shared = _spin(stop) / (time.perf_counter() - shared_start)
-        worker.join()
-        if failure:
-            raise failure[0]
+        # The env stays on this thread (the one that made it); the spinner runs beside it.
+        solo = _spin_beside(lambda: time.sleep(min(elapsed, _PROBE_SECONDS)))
+        shared = _spin_beside(lambda: _step_loop(env, _PROBE_STEPS, _PROBE_SECONDS))
         # A step that holds the GIL throughout leaves the spinner half of the time (the two
         # threads alternate at each switch interval); one that never holds it leaves all of it.
         free = min(1.0, max(0.0, 2.0 * shared / solo - 1.0)) if solo > 0 else 0.0
