@@ -111,6 +111,9 @@ class ActorThread:
             except BaseException as err:  # handed to the caller by wait()
                 self._error = err
             finally:
+                # Drop every reference to the command (a bound method holds its env wrapper)
+                # before waiting, so an env dropped without close() can be collected.
                 self._fn, self._args = None, ()
+                fn, args = None, ()
                 self._finished = True
                 self._done.release()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+
 import gymnasium as gym
 import numpy as np
+import pytest
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from testing_env import TestingEnv
@@ -69,3 +72,22 @@ def test_masked_reset_starts_a_new_episode_only_where_masked(sink_dir):
               for i in (0, 1)}
     assert [s for _, s in by_env[0]] == [0, 0] and by_env[0][0][0] != by_env[0][1][0]
     assert [s for _, s in by_env[1]] == [0, 1] and by_env[1][0][0] == by_env[1][1][0]
+
+
+@pytest.mark.parametrize("router_scale", [0, 2], ids=["inline", "threaded"])
+def test_an_env_dropped_without_close_is_collected_flushed_and_leaves_no_thread(router_scale,
+                                                                               sink_dir):
+    import gc
+
+    def record_and_drop():
+        envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=sink_dir,
+                                router_scale=router_scale)
+        envs.reset(seed=0)
+        for _ in range(5):
+            envs.step(envs.action_space.sample())
+        return envs.run_path
+
+    run_path = record_and_drop()
+    gc.collect()  # the env and its agent refer to each other: a cycle for the collector
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("relayrl")]
+    assert len(relayrl_gym.load(run_path)) == 10
