@@ -15,6 +15,8 @@ from tests_helpers import make_testing_env
 import relayrl_gym
 
 
+# The caller passes a list for the Box part: gymnasium's Box.contains warns that it casts it.
+@pytest.mark.filterwarnings("ignore:.*Casting input x to numpy array")
 def test_dict_actions_built_by_the_caller_are_recorded_exactly(sink_dir):
     space = spaces.Dict({"d": spaces.Discrete(3), "b": spaces.Box(0, 1, (2,), np.float32)})
     envs = relayrl_gym.wrap(lambda: TestingEnv(action_space=space), actors=2, sink=sink_dir)
