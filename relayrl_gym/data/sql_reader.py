@@ -21,8 +21,9 @@ _TIMESTAMP_NS = pa.timestamp("ns", tz="UTC")
 def list_sql_runs(url: str) -> list[str]:
     """The run ids in a database, oldest first."""
     from sqlalchemy import inspect, select
+    from sqlalchemy.exc import SQLAlchemyError
 
-    from relayrl_gym.sinks.sql import engine_from_url, split_run_query
+    from relayrl_gym.sinks.sql import _reason, engine_from_url, split_run_query
     from relayrl_gym.sinks.sql_tables import runs
 
     engine = engine_from_url(split_run_query(url)[0])
@@ -32,6 +33,8 @@ def list_sql_runs(url: str) -> list[str]:
         with engine.connect() as conn:
             found = conn.execute(select(runs.c.run_id).order_by(runs.c.created, runs.c.run_id))
             return [r[0] for r in found]
+    except (SQLAlchemyError, ValueError) as err:
+        raise DatasetError(f"cannot list the runs in the database: {_reason(err)}") from err
     finally:
         engine.dispose()
 
@@ -97,6 +100,9 @@ def _column(field: pa.Field, values: list[Any], schema: TransitionSchema) -> pa.
         if pa.types.is_null(field.type):
             return pa.nulls(n)
         return pa.array([None if v is None else json.loads(v) for v in values], field.type)
+    if pa.types.is_floating(field.type):  # SQLite returns a stored NaN as NULL
+        return numpy_to_arrow(np.array([np.nan if v is None else v for v in values],
+                                       np.float64), field.type)
     if pa.types.is_boolean(field.type):
         return pa.array(np.asarray(values, np.bool_) if n else [], pa.bool_())
     return pa.array(values, field.type)

@@ -70,6 +70,7 @@ class SinkDelivery:
         self.rows_delivered = 0
         self.failures = 0
         self.last_error: BaseException | None = None
+        self.spill_error: BaseException | None = None
         self._memory: collections.deque[pa.RecordBatch] = collections.deque()
         self._memory_bytes = 0
         self._memory_rows = 0
@@ -130,17 +131,41 @@ class SinkDelivery:
                 shutil.rmtree(self.spill_path, ignore_errors=True)
                 with contextlib.suppress(OSError):
                     self.spill_dir.rmdir()
-                    self.spill_dir.parent.rmdir()
+                    if self.spill_dir.parent.name == "_spill":  # the default root, not the user's
+                        self.spill_dir.parent.rmdir()
                 self._spill = None
             return
-        while self._memory:
-            self._to_spill(self._pop_memory())
+        self._drop_delivered_spill()
+        try:
+            while self._memory:
+                self._to_spill(self._memory[0])
+                self._pop_memory()
+        except (SinkError, OSError) as err:
+            raise SinkError(
+                f"{waiting} recorded rows could not be written to {self.sink!r} (last error: "
+                f"{self.last_error}) and {self._memory_rows} of them could not be spilled to "
+                f"{str(self.spill_dir)!r} either ({err}); they are lost") from err
         if self._spill is not None:
             self._spill.close()
         raise SinkError(
             f"{waiting} recorded rows could not be written to {self.sink!r} ({self.failures} "
             f"failed attempts; last error: {self.last_error}). They are kept in "
             f"{str(self.spill_path)!r}: read them with relayrl_gym.load() on that directory")
+
+    def _drop_delivered_spill(self) -> None:
+        """Rewrites the spill file a retry stopped in the middle of without the batches the
+        sink already has, so the spill holds exactly the undelivered rows."""
+        if not self._spill_pos or not self._spill_files:
+            return
+        path = self._spill_files[0]
+        temp = path.with_name(path.name + ".rewrite")
+        with pa.ipc.open_file(pa.memory_map(str(path))) as reader, \
+                pa.OSFile(str(temp), "wb") as out, \
+                pa.ipc.new_file(out, reader.schema) as writer:
+            for i in range(self._spill_pos, reader.num_record_batches):
+                writer.write_batch(reader.get_batch(i))
+        os.replace(temp, path)
+        self._spill_pos = 0
 
     # -- internals -------------------------------------------------------------------------
     def _failed(self, err: BaseException, rows: int) -> None:
@@ -158,7 +183,15 @@ class SinkDelivery:
         self._memory_bytes += batch.nbytes
         self._memory_rows += batch.num_rows
         while self._memory_bytes > self.max_backlog_bytes and self._memory:
-            self._to_spill(self._pop_memory())
+            try:
+                self._to_spill(self._memory[0])  # written first, then let go of: never lost
+            except (SinkError, OSError) as err:
+                if self.spill_error is None:
+                    log.error("cannot spill the backlog of sink %r (%s); keeping it in memory",
+                              self.sink, err)
+                self.spill_error = err
+                return
+            self._pop_memory()
 
     def _pop_memory(self) -> pa.RecordBatch:
         batch = self._memory.popleft()

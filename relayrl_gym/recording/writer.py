@@ -247,7 +247,11 @@ class BackgroundWriter:
             log.exception("building an Arrow batch of %d recorded rows failed", buf.n)
             return
         for delivery in self.deliveries:
-            delivery.offer(batch)
+            try:  # one sink's trouble never keeps a batch from the others
+                delivery.offer(batch)
+            except Exception:
+                log.exception("handing %d rows to sink %r failed", batch.num_rows,
+                              delivery.sink)
         self.rows_written += batch.num_rows
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import importlib
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,10 +14,24 @@ from relayrl_gym.errors import ConfigError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["DEFAULT_SINK_ROOT", "Sink", "open_sink", "register_sink"]
+__all__ = ["DEFAULT_SINK_ROOT", "Sink", "open_sink", "redact_url", "register_sink"]
 
 #: Where runs go when no sink is given.
 DEFAULT_SINK_ROOT = "relayrl_runs"
+
+
+_USERINFO_PASSWORD = re.compile(r"(://[^/?#@:]*):[^/?#@]*@")
+_QUERY_SECRET = re.compile(r"([?&](?:password|sslpassword|passfile|sslkey)=)[^&#]*", re.I)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs and error messages: passwords (``user:PW@`` and ``?password=``)
+    replaced by ``***``.
+
+    >>> redact_url("postgresql://me:s3cret@db/runs?sslmode=require&password=x")
+    'postgresql://me:***@db/runs?sslmode=require&password=***'
+    """
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
 class Sink(abc.ABC):
@@ -83,7 +98,7 @@ def open_sink(spec: Any) -> Sink:
     factory = _FACTORIES.get(scheme)
     if factory is None:
         raise ConfigError(
-            f"unknown sink URL scheme {scheme!r} in {spec!r}; known schemes: "
+            f"unknown sink URL scheme {scheme!r} in {redact_url(spec)!r}; known schemes: "
             f"{', '.join(sorted(_FACTORIES))} (or a plain directory path)"
         )
     if isinstance(factory, str):

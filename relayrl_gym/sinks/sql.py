@@ -16,7 +16,7 @@ from relayrl_gym.errors import ConfigError, SinkError, missing_extra
 from relayrl_gym.schema.codecs import arrow_to_numpy
 from relayrl_gym.schema.row_bytes import encode_rows
 from relayrl_gym.schema.transitions import METADATA_KEY, TransitionSchema
-from relayrl_gym.sinks.base import Sink
+from relayrl_gym.sinks.base import Sink, redact_url
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
@@ -62,7 +62,10 @@ def engine_from_url(url: str, connect_timeout: float = 5.0) -> Engine:
             import psycopg  # noqa: F401
         except ImportError as err:
             raise missing_extra("psycopg", "sql") from err
-        kwargs["connect_args"] = {"connect_timeout": max(1, int(connect_timeout))}
+        # Binary COPY sends text as UTF-8: the connection must say so, whatever the
+        # database's own encoding.
+        kwargs["connect_args"] = {"connect_timeout": max(1, int(connect_timeout)),
+                                  "client_encoding": "UTF8"}
     elif url.startswith("sqlite"):
         kwargs["connect_args"] = {"timeout": 30.0}  # wait for another process's write lock
     try:
@@ -82,12 +85,8 @@ def engine_from_url(url: str, connect_timeout: float = 5.0) -> Engine:
 
 
 def _safe(url: Any) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(str(url)).render_as_string(hide_password=True)
-    except Exception:
-        return "<database URL>"
+    return redact_url(str(url.render_as_string(hide_password=True))
+                      if hasattr(url, "render_as_string") else str(url))
 
 
 class _Episode(NamedTuple):
@@ -171,8 +170,6 @@ class SQLSink(Sink):
                             "that the database is running and the URL is right") from err
 
     def write(self, batch: pa.RecordBatch) -> None:
-        from sqlalchemy.exc import SQLAlchemyError
-
         if self._schema is None or self._closed:
             raise SinkError("SQLSink.write() called before start() or after close()")
         try:
@@ -183,7 +180,7 @@ class SQLSink(Sink):
                     _, still_open = self._episodes(batch)
                 else:
                     still_open = self._write_batch(conn, batch)
-        except (SQLAlchemyError, OSError) as err:
+        except Exception as err:  # SQLAlchemy's, and the raw driver's from COPY/executemany
             self._uncertain = True
             self.engine.dispose()  # drop pooled connections to a server that went away
             raise SinkError(f"writing {batch.num_rows} rows to {self!r} failed: "
@@ -197,6 +194,7 @@ class SQLSink(Sink):
         """Records the episodes still running as unfinished and marks the run closed."""
         if self._closed or self._schema is None:
             self._closed = True
+            self.engine.dispose()
             return
         from sqlalchemy.exc import SQLAlchemyError
 

@@ -97,7 +97,7 @@ episodes = Table(
     Column("env_index", Integer, nullable=False),
     Column("model_version", BigInteger, nullable=False),
     Column("length", BigInteger, nullable=False),
-    Column("episode_return", _FLOAT, nullable=False),
+    Column("episode_return", _FLOAT),  # NULL on SQLite stands for NaN
     Column("terminated", Boolean, nullable=False),
     Column("truncated", Boolean, nullable=False),
     Column("finished", Boolean, nullable=False),
@@ -118,7 +118,7 @@ transitions = Table(
     Column("step", BigInteger, nullable=False),
     Column("obs", LargeBinary, nullable=False),
     Column("action", LargeBinary, nullable=False),
-    Column("reward", _FLOAT, nullable=False),
+    Column("reward", _FLOAT),  # NULL on SQLite stands for NaN (sqlite3 stores NaN so)
     Column("next_obs", LargeBinary, nullable=False),
     Column("terminated", Boolean, nullable=False),
     Column("truncated", Boolean, nullable=False),

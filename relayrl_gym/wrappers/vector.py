@@ -227,14 +227,15 @@ class RelayRLVectorEnv(VectorEnv):
         sinks: list[Sink] = [open_sink(s) for s in specs]
         schema = TransitionSchema.build(self.single_observation_space, self.single_action_space,
                                         metadata=self._run_metadata(first, router_scale, sinks))
-        started: list[Sink] = []
         try:
             for s in sinks:
                 s.start(self.run_id, schema.arrow)
-                started.append(s)
         except BaseException:
-            for s in started:
-                s.close()
+            for s in sinks:  # started or not: release connections and files
+                try:
+                    s.close()
+                except Exception:
+                    log.exception("closing sink %r after a failed start", s)
             raise
         self.run_path = next((s.run_path for s in sinks if s.run_path is not None), None)
         writer = BackgroundWriter(sinks, flush_interval=flush_interval,

@@ -152,3 +152,45 @@ def test_env_close_with_a_dead_sink_raises_and_keeps_the_rows(tmp_path):
     ok = relayrl_gym.load(tmp_path / "ok" / envs.run_id).table
     assert relayrl_gym.load(spill).table.drop_columns(["timestamp"]).equals(
         ok.drop_columns(["timestamp"]))
+
+
+def test_close_after_a_retry_stopped_half_way_spills_only_the_undelivered_rows(outage, tmp_path):
+    class StopsAfter(Outage):
+        def write(self, batch):
+            if self.budget == 0:
+                raise ConnectionError("down again")
+            self.budget -= 1
+            super().write(batch)
+
+    sink = StopsAfter(tmp_path / "half")
+    sink.budget = 0
+    sink.start("run", SCHEMA)
+    delivery = SinkDelivery(sink, "run", tmp_path / "spill", max_backlog_bytes=0)
+    for start in range(0, 40, 10):
+        delivery.offer(_batch(start))  # every batch goes to the spill file
+    sink.budget = 2
+    assert not delivery.retry(force=True)  # two delivered, then the sink fails again
+    with pytest.raises(SinkError, match="20 recorded rows"):
+        delivery.close()
+    sink.close()
+    assert _table(sink.run_path).column("seq").to_pylist() == list(range(20))
+    assert _table(delivery.spill_path).column("seq").to_pylist() == list(range(20, 40))
+
+
+def test_a_spill_that_cannot_be_written_keeps_rows_in_memory_and_other_sinks_fed(tmp_path):
+    (tmp_path / "not-a-dir").write_text("a file where the spill directory should go")
+    down = Outage(tmp_path / "down")
+    down.down = True
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=[tmp_path / "ok", down],
+                            router_scale=0, batch_rows=16, spill_dir=tmp_path / "not-a-dir")
+    envs.agent.writer.deliveries[1].max_backlog_bytes = 0
+    envs.agent.writer.close_retry = 0.1
+    envs.reset(seed=0)
+    for _ in range(100):
+        envs.step(envs.action_space.sample())
+    envs.flush()
+    delivery = envs.agent.writer.deliveries[1]
+    assert delivery.spill_error is not None and delivery.rows_waiting > 150
+    with pytest.raises(SinkError, match="could not be spilled"):
+        envs.close()
+    assert len(relayrl_gym.load(tmp_path / "ok" / envs.run_id)) >= 190  # the healthy sink

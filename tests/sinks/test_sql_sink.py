@@ -221,3 +221,53 @@ def test_mask_column_round_trips(sqlite_url, tmp_path):
     got = relayrl_gym.load(_with_run(sqlite_url, "masked")).table
     assert got.column("mask").to_pylist() == [None, [True, False, True, True, False]]
     assert got.equals(pa.Table.from_batches([batch]))
+
+
+def test_nan_rewards_round_trip(db_url, tmp_path):
+    def nan_env():
+        env = TestingEnv(SPACES["box"], length=3)
+        env.step_fn = lambda e, a: (e._obs(), float("nan"), False, False, {})
+        return env
+
+    envs = _record([tmp_path / "arrow", db_url], env=nan_env, actors=2, steps=4)
+    arrow = relayrl_gym.load(envs.run_path).table
+    sql = relayrl_gym.load(_with_run(db_url, envs.run_id)).table
+    assert np.isnan(sql.column("reward").to_numpy()).all()  # NaN != NaN: compare the rest
+    assert sql.drop_columns(["reward"]).equals(arrow.drop_columns(["reward"]))
+
+
+def test_a_database_in_another_encoding_stores_unicode_names_exactly(pg_url):
+    import psycopg
+
+    host, _, _ = pg_url.rpartition("/")
+    name = f"{pg_url.rpartition('/')[2]}_latin1"
+    with psycopg.connect(f"{host}/postgres", autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" ENCODING \'LATIN1\' LC_COLLATE \'C\' '
+                      f"LC_CTYPE 'C' TEMPLATE template0")
+    try:
+        url = f"{host}/{name}"
+        envs = _record(url, steps=5, run_id="rñ-ü")
+        assert len(relayrl_gym.load(_with_run(url, envs.run_id))) == 15
+    finally:
+        with psycopg.connect(f"{host}/postgres", autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_passwords_in_the_query_or_a_mistyped_scheme_are_not_shown():
+    from relayrl_gym.errors import ConfigError
+    from relayrl_gym.sinks.base import open_sink
+
+    sink = SQLSink("postgresql://u@127.0.0.1:1/db?password=s3cretpw&sslmode=disable")
+    assert "s3cretpw" not in repr(sink) and "sslmode=disable" in repr(sink)
+    with pytest.raises(SinkError) as raised:
+        sink.start("run", _schema())
+    assert "s3cretpw" not in str(raised.value)
+    with pytest.raises(ConfigError, match="unknown sink URL scheme 'postgresq'") as raised:
+        open_sink("postgresq://u:s3cretpw@host/db")
+    assert "s3cretpw" not in str(raised.value)
+
+
+def _schema():
+    from relayrl_gym.schema.transitions import TransitionSchema
+
+    return TransitionSchema.build(SPACES["box"], SPACES["discrete"], metadata={}).arrow
