@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import parse_qsl, urlencode
 
@@ -77,8 +78,18 @@ def engine_from_url(url: str, connect_timeout: float = 5.0) -> Engine:
         @event.listens_for(engine, "connect")
         def _wal(dbapi_conn: Any, _: Any) -> None:
             cursor = dbapi_conn.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=NORMAL")
+            # WAL is a property of the file: set once, by whichever process comes first.
+            # Switching needs a moment alone with the file, which another writer may hold.
+            for attempt in range(50):
+                if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                    break
+                try:
+                    cursor.execute("PRAGMA journal_mode=WAL")
+                except Exception:
+                    if attempt == 49:
+                        raise
+                    time.sleep(0.1)
             cursor.close()
 
     return engine
@@ -486,8 +497,6 @@ def _nullable(column: pa.Array, convert: Any) -> list[Any]:
 
 
 def _now_ns() -> int:
-    import time
-
     return time.time_ns()
 
 
