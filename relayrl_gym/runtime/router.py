@@ -7,7 +7,7 @@ from typing import Any
 
 from relayrl_gym.errors import ConfigError, RouterError
 from relayrl_gym.runtime.actor import Actor
-from relayrl_gym.runtime.worker import ActorThread
+from relayrl_gym.runtime.worker import ActorThread, CommandGroup
 
 __all__ = ["Router"]
 
@@ -79,6 +79,8 @@ class Router:
         if not self.threaded:
             return [fn(actor, arg) for actor, arg in zip(actors, args)]
         threads = [self._threads[actor.index] for actor in actors]
+        if self.scale >= len(threads):
+            return self._run_all(threads, fn, args, actors, timeout)
         results: list[Any] = [None] * len(threads)
         error: BaseException | None = None
         limit = min(self.scale, len(threads))
@@ -99,6 +101,34 @@ class Router:
             for thread in threads:  # leave every thread free for the next command
                 thread.settle()
             raise
+        if error is not None:
+            raise error
+        return results
+
+    @staticmethod
+    def _run_all(threads: list[ActorThread], fn: Callable[[Actor, Any], Any],
+                 args: Sequence[Any], actors: Sequence[Actor], timeout: float | None) -> list[Any]:
+        # Every actor at once: the caller sleeps until the last one ends, and wakes once.
+        group = CommandGroup(len(threads))
+        try:
+            for thread, actor, arg in zip(threads, actors, args):
+                thread.submit(fn, actor, arg, group=group)
+            if not group.wait(timeout):
+                raise RouterError(f"actor threads did not finish within {timeout} s")
+        except RouterError:
+            raise
+        except BaseException:  # e.g. Ctrl-C: let the commands end, so the threads stay usable
+            for thread in threads:
+                thread.settle()
+            raise
+        results: list[Any] = []
+        error: BaseException | None = None
+        for thread in threads:
+            try:
+                results.append(thread.collect())
+            except BaseException as err:
+                error = error or err
+                results.append(None)
         if error is not None:
             raise error
         return results

@@ -9,7 +9,35 @@ from typing import Any
 
 from relayrl_gym.errors import RouterError
 
-__all__ = ["ActorThread"]
+__all__ = ["ActorThread", "CommandGroup"]
+
+
+class CommandGroup:
+    """Counts down the commands of one dispatch: the caller wakes once, when the last ends.
+
+    Waking the dispatching thread once per vector step instead of once per actor saves a GIL
+    hand-off per actor (~5 µs each here), which is what many actors on a fast, GIL-releasing
+    env pay for.
+    """
+
+    __slots__ = ("_done", "_lock", "_remaining")
+
+    def __init__(self, size: int) -> None:
+        self._lock = threading.Lock()
+        self._remaining = size
+        self._done = threading.Lock()
+        self._done.acquire()
+
+    def arrive(self) -> None:
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self._done.release()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once every command of the group has ended (False on timeout)."""
+        return self._done.acquire(timeout=-1 if timeout is None else timeout)
 
 
 class ActorThread:
@@ -35,6 +63,8 @@ class ActorThread:
         self._error: BaseException | None = None
         self._busy = False
         self._finished = False
+        self._group: CommandGroup | None = None
+        self._grouped = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -42,14 +72,21 @@ class ActorThread:
     def name(self) -> str:
         return self._thread.name
 
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Starts ``fn(*args)`` on the thread; one command at a time."""
+    def submit(self, fn: Callable[..., Any], *args: Any, group: CommandGroup | None = None
+               ) -> None:
+        """Starts ``fn(*args)`` on the thread; one command at a time.
+
+        Without ``group``, `wait` collects the result. With one, the command reports its end
+        to the group instead, and `collect` takes the result once the group is done.
+        """
         if self._busy:
             raise RouterError(f"actor thread {self.name} is still running its previous command")
         if not self._thread.is_alive():
             raise RouterError(f"actor thread {self.name} has stopped")
         self._busy = True
         self._finished = False
+        self._group = group
+        self._grouped = group is not None
         self._fn, self._args = fn, args
         self._go.release()
 
@@ -57,6 +94,15 @@ class ActorThread:
         """Waits for the submitted command and returns its result (or raises its exception)."""
         if not self._done.acquire(timeout=-1 if timeout is None else timeout):
             raise RouterError(f"actor thread {self.name} did not finish within {timeout} s")
+        self._busy = False
+        error, self._error = self._error, None
+        result, self._result = self._result, None
+        if error is not None:
+            raise error
+        return result
+
+    def collect(self) -> Any:
+        """The result of a grouped command whose group is done (or raises its exception)."""
         self._busy = False
         error, self._error = self._error, None
         result, self._result = self._result, None
@@ -76,6 +122,13 @@ class ActorThread:
         it cleared ``busy``: then the command has finished and there is nothing to take.
         """
         deadline = time.monotonic() + timeout
+        if self._busy and self._grouped:  # grouped: nothing to take from _done
+            while not self._finished and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if self._finished:
+                self._busy = False
+                self._result = self._error = None
+            return
         while self._busy and time.monotonic() < deadline:
             if self._done.acquire(timeout=0.05):
                 break
@@ -93,7 +146,10 @@ class ActorThread:
         if not self._thread.is_alive():
             return
         if self._busy:
-            self.wait(timeout)
+            self.settle(timeout)
+            if self._busy:
+                raise RouterError(f"actor thread {self.name} is still running a command after "
+                                  f"{timeout} s; it cannot be stopped")
         self._fn = None
         self._go.release()
         self._thread.join(timeout)
@@ -115,5 +171,10 @@ class ActorThread:
                 # before waiting, so an env dropped without close() can be collected.
                 self._fn, self._args = None, ()
                 fn, args = None, ()
+                group, self._group = self._group, None
                 self._finished = True
-                self._done.release()
+                if group is None:
+                    self._done.release()
+                else:
+                    group.arrive()
+                    group = None

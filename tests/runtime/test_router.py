@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -109,3 +110,25 @@ def test_close_joins_every_thread(sink_dir):
     assert any(t.name.startswith("relayrl") for t in threading.enumerate())
     envs.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("relayrl")]
+
+
+@pytest.mark.parametrize("scale", [2, 4], ids=["in-waves", "all-at-once"])
+def test_a_failing_command_is_re_raised_after_all_end_and_threads_stay_usable(scale):
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    router = Router(scale, [Actor(i) for i in range(4)])
+    ended = []
+
+    def work(actor, arg):
+        time.sleep(0.01 * actor.index)
+        ended.append(actor.index)
+        if actor.index in (1, 3):
+            raise ValueError(f"actor {actor.index} failed")
+        return arg * 2
+
+    with pytest.raises(ValueError, match="actor 1 failed"):  # the first in actor order
+        router.run(work, [1, 2, 3, 4])
+    assert sorted(ended) == [0, 1, 2, 3]  # every command ran to its end
+    assert router.run(lambda actor, arg: arg + actor.index, [10, 10, 10, 10]) == [10, 11, 12, 13]
+    router.close()
