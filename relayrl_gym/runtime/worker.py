@@ -94,12 +94,7 @@ class ActorThread:
         """Waits for the submitted command and returns its result (or raises its exception)."""
         if not self._done.acquire(timeout=-1 if timeout is None else timeout):
             raise RouterError(f"actor thread {self.name} did not finish within {timeout} s")
-        self._busy = False
-        error, self._error = self._error, None
-        result, self._result = self._result, None
-        if error is not None:
-            raise error
-        return result
+        return self.collect()
 
     def collect(self) -> Any:
         """The result of a grouped command whose group is done (or raises its exception)."""

@@ -308,8 +308,7 @@ class SQLSink(Sink):
                                             for v in values])
 
         columns = [
-            CopyColumn("run_id", "bytes", np.frombuffer(run * n, np.uint8).reshape(n, len(run))
-                       if run else np.empty((n, 0), np.uint8)),
+            _constant_column("run_id", run, n),
             CopyColumn("row_index", "int8", cols["row_index"]),
             strings("actor_id"),
             strings("agent_id"),
@@ -424,7 +423,7 @@ class SQLSink(Sink):
         assert self.run_id is not None
         run = self.run_id.encode()
         columns = [
-            CopyColumn("run_id", "bytes", np.frombuffer(run * n, np.uint8).reshape(n, len(run))),
+            _constant_column("run_id", run, n),
             CopyColumn("episode_id", "int8", closed["episode_id"]),
             _string_column("actor_id", *closed["actor_id"]),
             _string_column("agent_id", *closed["agent_id"]),
@@ -475,6 +474,13 @@ def _copy(conn: Connection, table: str, names: list[str], payload: bytes) -> Non
     with raw.cursor() as cur, cur.copy(
             f"COPY {table} ({quoted}) FROM STDIN (FORMAT BINARY)") as copy:
         copy.write(payload)
+
+
+def _constant_column(name: str, value: bytes, rows: int) -> Any:
+    from relayrl_gym.sinks.pg_copy import CopyColumn
+
+    return CopyColumn(name, "bytes", np.broadcast_to(np.frombuffer(value, np.uint8),
+                                                     (rows, len(value))))
 
 
 def _string_column(name: str, words: list[str], idx: np.ndarray) -> Any:
