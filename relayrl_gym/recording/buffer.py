@@ -62,6 +62,14 @@ def _concat(codec: Codec, parts: Sequence[Any]) -> Any:
     return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
 
 
+def _flat(parts: Sequence[Any], dtype: Any, total: int) -> np.ndarray:
+    """One column from per-call parts: arrays, or tuples of per-env scalars (cheaper to keep
+    on the stepping thread than array copies, and read here in one C loop)."""
+    if any(type(part) is tuple for part in parts):
+        return np.fromiter(itertools.chain.from_iterable(parts), dtype, count=total)
+    return np.concatenate(parts).astype(dtype, copy=False)
+
+
 class StepBlock:
     """Recorded calls awaiting conversion: each call is a tuple of batch arrays the block owns.
 
@@ -115,10 +123,10 @@ class StepBlock:
             numpy_to_arrow(np.concatenate(columns_by_name["step"]).astype(np.int64)),
             schema.obs.to_arrow(obs, n),
             schema.action.to_arrow(action, n),
-            numpy_to_arrow(np.concatenate(columns_by_name["reward"]).astype(np.float64)),
+            numpy_to_arrow(_flat(columns_by_name["reward"], np.float64, n)),
             schema.obs.to_arrow(next_obs, n),
-            numpy_to_arrow(np.concatenate(columns_by_name["terminated"]).astype(np.bool_)),
-            numpy_to_arrow(np.concatenate(columns_by_name["truncated"]).astype(np.bool_)),
+            numpy_to_arrow(_flat(columns_by_name["terminated"], np.bool_, n)),
+            numpy_to_arrow(_flat(columns_by_name["truncated"], np.bool_, n)),
             numpy_to_arrow(versions),
             numpy_to_arrow(timestamps, _TIMESTAMP),
             self._sparse(self.mask, n, MASK_TYPE),

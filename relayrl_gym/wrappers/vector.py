@@ -371,8 +371,9 @@ class RelayRLVectorEnv(VectorEnv):
         else:
             # One copy of obs serves as this step's next_obs and the next step's obs.
             own_obs = _copy_batch(obs)
-            self._record(actions, recorded_actions, own_obs, rewards, terminated, truncated, info_l,
-                         finals, reset_rows)
+            # The per-env tuples are immutable: the recorder keeps them instead of array copies.
+            self._record(actions, recorded_actions, own_obs, rewards_l, terminated_l, truncated_l,
+                         info_l, finals, reset_rows)
             self._prev_obs = own_obs
         self._advance_episodes(terminated, truncated, reset_rows, any_done)
         return obs, rewards, terminated, truncated, infos
@@ -390,9 +391,9 @@ class RelayRLVectorEnv(VectorEnv):
             return obs, reward, terminated, truncated, info, final
         return obs, reward, terminated, truncated, info, None
 
-    def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: np.ndarray,
-                terminated: np.ndarray,
-                truncated: np.ndarray, step_infos: tuple[dict[str, Any], ...],
+    def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: tuple[Any, ...],
+                terminated: tuple[Any, ...],
+                truncated: tuple[Any, ...], step_infos: tuple[dict[str, Any], ...],
                 finals: dict[int, tuple[Any, dict[str, Any]]], reset_rows: np.ndarray | None
                 ) -> None:
         # The recorder keeps what it is given: pass arrays nobody else will modify (episode
@@ -413,8 +414,8 @@ class RelayRLVectorEnv(VectorEnv):
                         infos[i] = text
         self._recorder.record(
             self._arange, self._episode_ids, self._episode_steps, self._prev_obs,
-            actions if actions is not user_actions else _copy_batch(actions), rewards.copy(),
-            next_obs, terminated.copy(), truncated.copy(),
+            actions if actions is not user_actions else _copy_batch(actions), rewards,
+            next_obs, terminated, truncated,
             infos=infos, valid=None if reset_rows is None else ~reset_rows)
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
