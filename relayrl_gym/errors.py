@@ -9,6 +9,7 @@ __all__ = [
     "DatasetError",
     "EnvCreationError",
     "MissingDependencyError",
+    "ModelError",
     "RelayRLError",
     "RouterError",
     "SinkError",
@@ -51,6 +52,10 @@ class DatasetError(RelayRLError, ValueError):
 
 class UnsupportedSpaceError(RelayRLError, TypeError):
     """A Gymnasium space cannot be recorded."""
+
+
+class ModelError(RelayRLError, ValueError):
+    """A policy model, its metadata, or an input given to it is invalid."""
 
 
 class MissingDependencyError(RelayRLError, ImportError):
