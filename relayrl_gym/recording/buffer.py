@@ -14,6 +14,7 @@ from relayrl_gym.schema.codecs import (
     Codec,
     DictCodec,
     TupleCodec,
+    numpy_dtype,
     numpy_to_arrow,
     strings_to_arrow,
 )
@@ -81,7 +82,7 @@ class StepBlock:
     on the writer thread. Sparse columns (info, mask, data) map a row of the block to its value.
     """
 
-    __slots__ = ("calls", "data", "info", "mask", "n", "seq")
+    __slots__ = ("calls", "data", "dense", "info", "mask", "n", "seq")
 
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
@@ -90,6 +91,8 @@ class StepBlock:
         self.info: dict[int, str] = {}
         self.mask: dict[int, Any] = {}
         self.data: dict[int, dict[str, Any]] = {}
+        # (first row, data batch, mask batch) of calls that pass whole batches (the agent API)
+        self.dense: list[tuple[int, dict[str, np.ndarray] | None, np.ndarray | None]] = []
 
     def to_record_batch(
         self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str]
@@ -129,8 +132,9 @@ class StepBlock:
             numpy_to_arrow(_flat(columns_by_name["truncated"], np.bool_, n)),
             numpy_to_arrow(versions),
             numpy_to_arrow(timestamps, _TIMESTAMP),
-            self._sparse(self.mask, n, MASK_TYPE),
-            self._sparse(self.data, n, schema.data_type),
+            self._dense_mask(n) if self.dense else self._sparse(self.mask, n, MASK_TYPE),
+            (self._dense_data(n, schema.data_type) if self.dense
+             else self._sparse(self.data, n, schema.data_type)),
             self._sparse(self.info, n, pa.string()),
         ]
         batch = pa.RecordBatch.from_arrays(columns, schema=schema.arrow)
@@ -142,6 +146,46 @@ class StepBlock:
                 keep[starts[i] : starts[i] + len(valid)] = valid
             batch = batch.filter(numpy_to_arrow(keep))
         return batch
+
+    def _dense_mask(self, n: int) -> pa.Array:
+        """list<bool> masks from whole (rows, actions) batches; rows without one are null."""
+        lengths = np.zeros(n, np.int32)
+        valid = np.zeros(n, np.bool_)
+        parts = []
+        for start, _, mask in self.dense:
+            if mask is not None:
+                rows, width = mask.shape
+                lengths[start : start + rows] = width
+                valid[start : start + rows] = True
+                parts.append(np.asarray(mask, np.bool_).reshape(-1))
+        if not parts:
+            return pa.nulls(n, MASK_TYPE)
+        offsets = np.zeros(n + 1, np.int32)
+        np.cumsum(lengths, out=offsets[1:])
+        values = numpy_to_arrow(np.concatenate(parts))
+        return pa.ListArray.from_arrays(numpy_to_arrow(offsets), values,
+                                        mask=numpy_to_arrow(~valid))
+
+    def _dense_data(self, n: int, arrow_type: pa.DataType) -> pa.Array:
+        """The struct column of policy outputs from whole per-call batches."""
+        if not pa.types.is_struct(arrow_type):
+            return pa.nulls(n, arrow_type)
+        valid = np.zeros(n, np.bool_)
+        children = []
+        for field in arrow_type:
+            leaf = field.type.value_type if pa.types.is_fixed_size_list(field.type) else field.type
+            width = field.type.list_size if pa.types.is_fixed_size_list(field.type) else 1
+            column = np.zeros((n, width), numpy_dtype(leaf))
+            for start, data, _ in self.dense:
+                if data is not None and field.name in data:
+                    values = np.asarray(data[field.name]).reshape(len(data[field.name]), -1)
+                    column[start : start + len(values)] = values
+                    valid[start : start + len(values)] = True
+            flat = numpy_to_arrow(column.reshape(-1), leaf)
+            children.append(flat if width == 1 and not pa.types.is_fixed_size_list(field.type)
+                            else pa.FixedSizeListArray.from_arrays(flat, width))
+        return pa.StructArray.from_arrays(children, fields=list(arrow_type),
+                                          mask=numpy_to_arrow(~valid))
 
     @staticmethod
     def _sparse(values: dict[int, Any], n: int, arrow_type: pa.DataType) -> pa.Array:

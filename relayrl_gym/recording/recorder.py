@@ -93,12 +93,16 @@ class Recorder:
         masks: dict[int, Any] | None = None,
         data: dict[int, dict[str, Any]] | None = None,
         valid: np.ndarray | None = None,
+        batch_data: dict[str, np.ndarray] | None = None,
+        batch_mask: np.ndarray | None = None,
     ) -> None:
         """Appends ``len(env_index)`` rows; batch arguments have that leading length.
 
         The recorder keeps the arrays passed in (no copy): the caller must not modify them
         afterwards. ``infos``, ``masks`` and ``data`` map a row of this call to its value.
         ``valid`` (bool per row) marks rows to drop (False) instead of recording them.
+        ``batch_data`` (policy outputs, arrays with one row per row) and ``batch_mask`` (a
+        ``(rows, n)`` action-mask array) are the whole-batch forms the agent API uses.
         """
         k = len(env_index)
         # Microseconds, held as nanoseconds: what every sink (PostgreSQL included) stores exactly.
@@ -117,6 +121,8 @@ class Recorder:
                 block.mask.update({n + row: value for row, value in masks.items()})
             if data:
                 block.data.update({n + row: value for row, value in data.items()})
+            if batch_data is not None or batch_mask is not None:
+                block.dense.append((n, batch_data, batch_mask))
             block.n = n + k
             self._rows += k
         if valid is not None:

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import datetime as _dt
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
+from relayrl_gym._version import __version__
 from relayrl_gym.errors import ConfigError, RelayRLError, StateError
+from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.runtime.client import AgentParams, ClientAPI
 
 if TYPE_CHECKING:
     from relayrl_gym.recording.recorder import Recorder
@@ -16,22 +25,43 @@ if TYPE_CHECKING:
     from relayrl_gym.runtime.probe import ProbeResult
     from relayrl_gym.runtime.router import Router
 
-__all__ = ["RelayRLAgent"]
+__all__ = ["RelayRLAgent", "new_run_id"]
+
+#: `AgentParams.sink` when the builder was not given one: the config file's targets apply.
+_UNSET: Any = object()
+
+
+def new_run_id(env_id: str | None) -> str:
+    """``<env id>-<UTC time>-<8 hex>``: sortable by time, unique, safe as a directory name."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in (env_id or "env"))
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stem}-{now}-{uuid.uuid4().hex[:8]}"
 
 log = logging.getLogger(__name__)
 
 
-class RelayRLAgent:
+class RelayRLAgent(ClientAPI):
     """A multi-actor agent: actors served by one shared router, transitions sent to the sinks.
 
-    Behind a `RelayRLVectorEnv` each actor owns one environment copy; ``envs.agent`` exposes
-    the actor-management calls that make sense there.
+    Two ways to get one. Behind a `RelayRLVectorEnv` (``envs.agent``) each actor owns one
+    environment copy, and the agent offers the calls that make sense there (actor ids, model
+    versions, ``scale_throughput``, ``flush``, ``shutdown``). From ``AgentBuilder().build()``
+    and ``agent.start(params)`` it is the RelayRL client: the caller owns the environments and
+    asks for actions with ``request_action`` (see `relayrl_gym.runtime.client`).
+
+    >>> import relayrl_gym
+    >>> envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=None)
+    >>> len(envs.agent.get_actor_ids())
+    2
+    >>> envs.close()
     """
 
-    def __init__(self, actors: Sequence[Actor], router: Router, recorder: Recorder | None = None,
-                 writer: BackgroundWriter | None = None, probe: ProbeResult | None = None,
+    def __init__(self, actors: Sequence[Actor] = (), router: Router | None = None,
+                 recorder: Recorder | None = None, writer: BackgroundWriter | None = None,
+                 probe: ProbeResult | None = None,
                  on_shutdown: Callable[[], None] | None = None) -> None:
-        """Creates the agent over already-built parts (`RelayRLVectorEnv` builds them).
+        """Creates the agent over already-built parts (`RelayRLVectorEnv` builds them), or,
+        with no arguments, an agent to `start` (what `AgentBuilder.build` returns).
 
         Args:
             actors: the actors, in slot order.
@@ -46,13 +76,74 @@ class RelayRLAgent:
         self.recorder = recorder
         self.writer = writer
         self.probe = probe
+        self.run_id: str | None = None
+        self.run_path: Path | None = None
         self._on_shutdown = on_shutdown
-        self._running = True
+        self._running = router is not None
+        self._started = router is not None
+        self._lock = threading.RLock()
+        self._by_id = {actor.id: actor for actor in self.actors}
+        self._table = None
+        self._default_model = None
+        self._default_version = -1
+        self._default_device = DeviceType.DEFAULT
+        self._data_type = pa.null()
+        self._workers = None
+        self._next_slot = len(self.actors)
+
+    def start(self, params: AgentParams) -> None:
+        """Starts a built agent: loads its model, opens its sinks, creates its actors."""
+        from relayrl_gym.recording.pipeline import open_recording
+        from relayrl_gym.runtime.client import model_data_type
+        from relayrl_gym.runtime.trajectories import TrajectoryTable
+        from relayrl_gym.schema.transitions import TransitionSchema
+
+        if self._started:
+            raise StateError("the agent is already started (or was shut down); build a new one")
+        if params.default_model is None:
+            raise ConfigError("the agent needs a model: AgentBuilder().default_model(module or "
+                              "path)")
+        self._default_device = params.default_device
+        self._default_model = self._checked_model(params.default_model, params.default_device)
+        self._default_version = int(self._default_model.version)
+        self._data_type = model_data_type(self._default_model)
+        config = params.config
+        self.run_id = params.run_id or new_run_id("agent")
+        model = self._default_model
+        sink = params.sink if params.sink is not _UNSET else list(config.sink.targets)
+        if sink is not None:
+            meta = {"run_id": self.run_id, "source": "agent", "relayrl_gym_version": __version__,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                    "env_id": None, "model_version": self._default_version,
+                    "router_scale": params.router_scale, "config": config.to_dict()}
+            self.recorder, self.writer, self.run_path = open_recording(
+                sink, self.run_id,
+                lambda sinks: TransitionSchema.build(
+                    model.observation_space, model.action_space,
+                    metadata={**meta, "sinks": [type(s).__name__ for s in sinks]},
+                    data_type=self._data_type),
+                [], flush_interval=config.sink.flush_interval,
+                spill_dir=config.sink.spill_dir or None)
+        self._table = TrajectoryTable(model.observation_space, model.action_space, self.recorder,
+                                      config.trajectory.max_length)
+        self._started = self._running = True
+        self._resize_workers(params.router_scale)
+        if params.actor_count:
+            self.new_actors(params.actor_count)
+
+    def _resize_workers(self, n: int) -> None:
+        old, self._workers = self._workers, (
+            concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="relayrl-infer")
+            if n > 0 else None)
+        self._worker_count = n
+        if old is not None:
+            old.shutdown(wait=True)
 
     @property
     def router_scale(self) -> int:
-        """0 when actors run inline on the caller's thread, else how many may run at once."""
-        return self.router.scale
+        """0 when actors run inline on the caller's thread, else how many may run at once
+        (for a started client agent: inference worker threads, 0 = the caller's thread)."""
+        return self.router.scale if self.router is not None else self._worker_count
 
     @property
     def running(self) -> bool:
@@ -78,7 +169,11 @@ class RelayRLAgent:
         self._check_running()
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ConfigError(f"`n` must be an int >= 0, got {n!r}")
-        self.router.scale_throughput(n)
+        if self.router is not None:
+            self.router.scale_throughput(n)
+        else:
+            with self._lock:  # between requests, never during one
+                self._resize_workers(n)
 
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks."""
@@ -86,7 +181,10 @@ class RelayRLAgent:
             self.recorder.flush()
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Closes the environments, flushes every sink and joins every thread; idempotent."""
+        """Closes the environments, flushes every sink and joins every thread; idempotent.
+
+        A client agent's actions still waiting for their reward are not recorded.
+        """
         if not self._running:
             return
         self._running = False
@@ -94,7 +192,10 @@ class RelayRLAgent:
         steps: list[Callable[[], Any]] = []
         if self._on_shutdown is not None:
             steps.append(self._on_shutdown)
-        steps.append(lambda: self.router.close(timeout))
+        if self.router is not None:
+            steps.append(lambda: self.router.close(timeout))  # type: ignore[union-attr]
+        if self._workers is not None:
+            steps.append(lambda: self._resize_workers(0))
         if self.recorder is not None:
             steps.append(self.recorder.close)
         if self.writer is not None:
@@ -112,4 +213,7 @@ class RelayRLAgent:
 
     def _check_running(self) -> None:
         if not self._running:
+            if not self._started:
+                raise StateError("the agent is not started; call agent.start(params) with the "
+                                 "params AgentBuilder().build() returned")
             raise StateError("the agent is shut down; create a new env or agent")

@@ -20,7 +20,7 @@ from gymnasium import spaces
 from relayrl_gym.errors import UnsupportedSpaceError
 
 __all__ = ["Codec", "DictCodec", "LeafCodec", "TupleCodec", "arrow_to_numpy", "codec_for",
-           "numpy_to_arrow", "strings_to_arrow"]
+           "numpy_dtype", "numpy_to_arrow", "strings_to_arrow"]
 
 
 def strings_to_arrow(values: Sequence[str | None]) -> pa.Array:
@@ -54,6 +54,16 @@ def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) ->
 _NUMPY_TYPES = {pa.from_numpy_dtype(np.dtype(t)): np.dtype(t) for t in (
     "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
     "float32", "float64")}
+
+
+def numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
+    """The numpy dtype of a numeric or bool Arrow type."""
+    if pa.types.is_boolean(arrow_type):
+        return np.dtype(np.bool_)
+    found = _NUMPY_TYPES.get(arrow_type)
+    if found is None:
+        raise TypeError(f"no numpy dtype for Arrow type {arrow_type}")
+    return found
 
 
 def arrow_to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:

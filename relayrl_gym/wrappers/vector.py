@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import uuid
 from collections.abc import Callable, Sequence
 from copy import deepcopy
 from pathlib import Path
@@ -19,14 +18,15 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from relayrl_gym._version import __version__
 from relayrl_gym.errors import ConfigError, EnvCreationError, StateError
 from relayrl_gym.recording.buffer import info_to_json
+from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.recording.recorder import Recorder
 from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.runtime.actor import Actor
-from relayrl_gym.runtime.agent import RelayRLAgent
+from relayrl_gym.runtime.agent import RelayRLAgent, new_run_id
 from relayrl_gym.runtime.probe import ProbeResult, probe_router_scale
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.schema.transitions import TransitionSchema
-from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, open_sink
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.wrappers.actions import batch_action_checker
 from relayrl_gym.wrappers.factory import make_checked
 
@@ -53,13 +53,6 @@ def parse_autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
         raise ConfigError(f"`autoreset_mode` must be one of 'next_step', 'same_step', 'disabled' "
                           f"or a gymnasium.vector.AutoresetMode, got {mode!r}")
     return found
-
-
-def new_run_id(env_id: str | None) -> str:
-    """``<env id>-<UTC time>-<8 hex>``: sortable by time, unique, safe as a directory name."""
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in (env_id or "env"))
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
-    return f"{stem}-{now}-{uuid.uuid4().hex[:8]}"
 
 
 def _copy_batch(batch: Any) -> Any:
@@ -223,26 +216,13 @@ class RelayRLVectorEnv(VectorEnv):
         self.run_path: Path | None = None
         if sink is None:
             return None, None
-        specs = list(sink) if isinstance(sink, list | tuple) else [sink]
-        sinks: list[Sink] = [open_sink(s) for s in specs]
-        schema = TransitionSchema.build(self.single_observation_space, self.single_action_space,
-                                        metadata=self._run_metadata(first, router_scale, sinks))
-        try:
-            for s in sinks:
-                s.start(self.run_id, schema.arrow)
-        except BaseException:
-            for s in sinks:  # started or not: release connections and files
-                try:
-                    s.close()
-                except Exception:
-                    log.exception("closing sink %r after a failed start", s)
-            raise
-        self.run_path = next((s.run_path for s in sinks if s.run_path is not None), None)
-        writer = BackgroundWriter(sinks, flush_interval=flush_interval,
-                                  name=f"relayrl-writer-{self.run_id}", run_id=self.run_id,
-                                  spill_dir=spill_dir)
-        recorder = Recorder(schema, self.run_id, [str(a.id) for a in self._actors],
-                            writer=writer, batch_rows=batch_rows)
+        recorder, writer, self.run_path = open_recording(
+            sink, self.run_id,
+            lambda sinks: TransitionSchema.build(
+                self.single_observation_space, self.single_action_space,
+                metadata=self._run_metadata(first, router_scale, sinks)),
+            [str(a.id) for a in self._actors], flush_interval=flush_interval,
+            spill_dir=spill_dir, batch_rows=batch_rows)
         return recorder, writer
 
     def _run_metadata(self, first: gym.Env, router_scale: int, sinks: list[Sink]

@@ -1,0 +1,283 @@
+"""The RelayRL client calls of `RelayRLAgent`: actors that act with ModelModules on request.
+
+The caller owns the environments; it asks the agent for actions (``request_action``), tells it
+the rewards, and flags the end of each trajectory. The agent keeps one pending half-step per
+actor, answers every request with one batched model call per model, and records each completed
+transition (``obs, action, reward, next_obs``, the model version that acted and the model's extra
+outputs) to its sinks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.runtime.actor import Actor, DeviceType
+
+if TYPE_CHECKING:
+    from relayrl_gym.recording.recorder import Recorder
+    from relayrl_gym.recording.writer import BackgroundWriter
+    from relayrl_gym.runtime.config import AgentConfig
+    from relayrl_gym.runtime.trajectories import TrajectoryTable
+
+__all__ = ["AgentParams", "ClientAPI", "model_data_type"]
+
+
+@dataclass(frozen=True)
+class AgentParams:
+    """What `AgentBuilder.build` hands to `RelayRLAgent.start`: the agent's start-up settings."""
+
+    actor_count: int
+    default_model: Any
+    router_scale: int
+    default_device: DeviceType
+    config: AgentConfig
+    sink: Any
+    run_id: str | None = None
+    config_path: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def model_data_type(model: Any) -> pa.DataType:
+    """The Arrow type of a model's extra outputs (``data``), from one forward pass on sampled
+    observations: a struct with one field per output, null type when there are none."""
+    sample = np.stack([model.observation_space.sample() for _ in range(2)])
+    _, data = model.step(sample)
+    if not data:
+        return pa.null()
+    fields = []
+    for key, values in sorted(data.items()):
+        values = np.asarray(values)
+        value_type = pa.from_numpy_dtype(values.dtype)
+        width = int(np.prod(values.shape[1:])) if values.ndim > 1 else 0
+        fields.append(pa.field(key, pa.list_(value_type, width) if width else value_type))
+    return pa.struct(fields)
+
+
+class ClientAPI:
+    """The client half of `RelayRLAgent` (mixed into it); see the module docstring."""
+
+    # Set by RelayRLAgent.start (declared here for the type checker).
+    actors: list[Actor]
+    recorder: Recorder | None
+    writer: BackgroundWriter | None
+    _lock: threading.RLock
+    _by_id: dict[uuid.UUID, Actor]
+    _table: TrajectoryTable | None
+    _default_model: Any
+    _default_version: int
+    _default_device: DeviceType
+    _data_type: pa.DataType
+    _workers: concurrent.futures.ThreadPoolExecutor | None
+    _next_slot: int
+
+    def _check_running(self) -> None:  # provided by RelayRLAgent
+        raise NotImplementedError
+
+    def _client(self) -> TrajectoryTable:
+        self._check_running()
+        if self._table is None:
+            raise StateError("this agent belongs to a wrapped env, which steps its actors "
+                             "itself; request_action and friends need an agent from "
+                             "AgentBuilder().build() and agent.start(params)")
+        return self._table
+
+    def _slots(self, ids: Sequence[uuid.UUID] | uuid.UUID) -> tuple[list[Actor], np.ndarray]:
+        if isinstance(ids, uuid.UUID | str):
+            ids = [ids]
+        try:
+            actors = [self._by_id[i if isinstance(i, uuid.UUID) else uuid.UUID(str(i))]
+                      for i in ids]
+        except (KeyError, ValueError) as err:
+            raise ConfigError(f"unknown actor id {err}; known ids: agent.get_actor_ids()"
+                              ) from None
+        if len({a.index for a in actors}) != len(actors):
+            raise ConfigError("`ids` names an actor twice; request one action per actor")
+        return actors, np.fromiter((a.index for a in actors), np.int64, len(actors))
+
+    # -- acting ------------------------------------------------------------------------------
+    def request_action(self, ids: Sequence[uuid.UUID] | uuid.UUID, obs: Any, mask: Any = None,
+                       reward: float | Sequence[float] | np.ndarray = 0.0) -> np.ndarray:
+        """Actions for ``obs`` (one row per id), from each actor's model, batched per model.
+
+        ``reward`` (one value, or one per id) is the reward of each actor's previous action;
+        with it that transition is complete and recorded. ``mask`` is an optional action
+        mask, one row per id (True / nonzero = allowed).
+        """
+        table = self._client()
+        actors, slots = self._slots(ids)
+        obs = np.asarray(obs, dtype=table.obs_dtype)
+        if obs.shape != (len(slots), *table.obs_shape):
+            raise ConfigError(f"`obs` must have one row per id: shape "
+                              f"{(len(slots), *table.obs_shape)}, got {obs.shape}")
+        if mask is not None:
+            mask = np.asarray(mask)
+            if mask.ndim != 2 or len(mask) != len(slots):
+                raise ConfigError(f"`mask` must have one row per id (shape ({len(slots)}, n)), "
+                                  f"got {mask.shape}")
+        rewards = np.broadcast_to(np.asarray(reward, np.float64), (len(slots),))
+        with self._lock:
+            models = [a.model for a in actors]
+            versions = np.fromiter((a.model_version for a in actors), np.int64, len(actors))
+            actions, data = self._infer(models, obs, mask)
+            table.complete(slots, rewards, obs)
+            table.begin(slots, obs, actions, versions, data,
+                        None if mask is None else mask.astype(np.bool_))
+        return actions
+
+    def _infer(self, models: list[Any], obs: np.ndarray, mask: np.ndarray | None
+               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        first = models[0]
+        if all(m is first for m in models):  # the common case: one model, one call
+            return first.step(obs, mask)
+        groups: dict[int, list[int]] = {}
+        for row, model in enumerate(models):
+            groups.setdefault(id(model), []).append(row)
+        by_key = {id(m): m for m in models}
+
+        def run(key: int) -> tuple[list[int], Any]:
+            rows = groups[key]
+            return rows, by_key[key].step(obs[rows], None if mask is None else mask[rows])
+
+        if self._workers is not None:
+            outcomes = list(self._workers.map(run, groups))
+        else:
+            outcomes = [run(key) for key in groups]
+        actions = np.empty((len(obs), *outcomes[0][1][0].shape[1:]), outcomes[0][1][0].dtype)
+        data: dict[str, np.ndarray] = {}
+        for rows, (part_actions, part_data) in outcomes:
+            actions[rows] = part_actions
+            for key, values in part_data.items():
+                if key not in data:
+                    data[key] = np.zeros((len(obs), *np.shape(values)[1:]),
+                                         np.asarray(values).dtype)
+                data[key][rows] = values
+        return actions, data
+
+    def flag_last_action(self, ids: Sequence[uuid.UUID] | uuid.UUID,
+                         reward: float | Sequence[float] | np.ndarray | None = None, *,
+                         final_obs: Any = None, truncated: bool = False) -> None:
+        """Ends each actor's trajectory: its last action gets ``reward`` (0 when None) and is
+        recorded as the episode's final transition (terminated, or truncated if
+        ``truncated``). ``final_obs`` (one row per id) is the observation after it; without
+        it the last observation is repeated as ``next_obs``. The next request starts a new
+        trajectory."""
+        table = self._client()
+        _, slots = self._slots(ids)
+        rewards = np.broadcast_to(np.asarray(0.0 if reward is None else reward, np.float64),
+                                  (len(slots),))
+        following = None
+        if final_obs is not None:
+            following = np.asarray(final_obs, table.obs_dtype)
+            if following.shape != (len(slots), *table.obs_shape):
+                raise ConfigError(f"`final_obs` must have one row per id: shape "
+                                  f"{(len(slots), *table.obs_shape)}, got {following.shape}")
+        with self._lock:
+            table.complete(slots, rewards, following, terminated=not truncated,
+                           truncated=truncated)
+
+    # -- actors ------------------------------------------------------------------------------
+    def new_actor(self, device: DeviceType = DeviceType.DEFAULT, model: Any = None) -> uuid.UUID:
+        """Adds an actor (acting with ``model``, default: the agent's) and returns its id."""
+        return self.new_actors(1, device, model)[0]
+
+    def new_actors(self, count: int, device: DeviceType = DeviceType.DEFAULT,
+                   model: Any = None) -> list[uuid.UUID]:
+        """Adds ``count`` actors; returns their ids."""
+        table = self._client()
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(f"`count` must be an int >= 1, got {count!r}")
+        module = self._default_model if model is None else self._checked_model(model, device)
+        version = self._default_version if model is None else int(module.version)
+        with self._lock:
+            added = []
+            for _ in range(count):
+                actor = Actor(self._next_slot, model=module, model_version=version,
+                              device=device if device is not DeviceType.DEFAULT
+                              else self._default_device)
+                self._add_slot(actor)
+                added.append(actor.id)
+            table.grow(self._next_slot)
+        return added
+
+    def _add_slot(self, actor: Actor) -> None:
+        self._next_slot = actor.index + 1
+        self.actors.append(actor)
+        self._by_id[actor.id] = actor
+        if self.recorder is not None:
+            self.recorder.actor_ids.append(str(actor.id))
+            self.recorder.agent_ids.append("")
+
+    def remove_actor(self, actor_id: uuid.UUID) -> None:
+        """Removes an actor; an action of it still waiting for its reward is not recorded."""
+        table = self._client()
+        with self._lock:
+            (actor,), _ = self._slots([actor_id])
+            table.drop(actor.index)
+            self.actors.remove(actor)
+            del self._by_id[actor.id]
+
+    def set_actor_id(self, old: uuid.UUID, new: uuid.UUID) -> None:
+        """Renames an actor; rows recorded before keep the old id, later ones get the new."""
+        table = self._client()
+        new = new if isinstance(new, uuid.UUID) else uuid.UUID(str(new))
+        with self._lock:
+            (actor,), _ = self._slots([old])
+            if new in self._by_id:
+                raise ConfigError(f"actor id {new} is already in use")
+            renamed = Actor(self._next_slot, id=new, model=actor.model,
+                            model_version=actor.model_version, device=actor.device)
+            position = self.actors.index(actor)
+            self._add_slot(renamed)
+            table.move(actor.index, renamed.index)
+            self.actors.pop()  # _add_slot appended it: it takes the old actor's place instead
+            self.actors[position] = renamed
+            del self._by_id[actor.id]
+
+    # -- models ------------------------------------------------------------------------------
+    def _checked_model(self, model: Any, device: DeviceType = DeviceType.DEFAULT) -> Any:
+        if isinstance(model, str | Path):
+            from relayrl_gym.policies import ModelModule
+
+            model = ModelModule.load_from_path(
+                model, device=device if device is not DeviceType.DEFAULT
+                else self._default_device)
+        default = self._default_model
+        if default is not None and (model.observation_space != default.observation_space or
+                                    model.action_space != default.action_space):
+            raise ConfigError(
+                f"the model's spaces ({model.observation_space}, {model.action_space}) do not "
+                f"fit the agent's ({default.observation_space}, {default.action_space}); the "
+                "old model keeps running")
+        if default is not None and model_data_type(model) != self._data_type:
+            raise ConfigError(
+                f"the model's extra outputs ({model_data_type(model)}) differ from the run's "
+                f"({self._data_type}); the old model keeps running")
+        return model
+
+    def update_model(self, model: Any, ids: Sequence[uuid.UUID] | None = None) -> int:
+        """Hot-swaps the model of every actor (or of ``ids``) between requests; returns the
+        version they now run: the model's ``version`` if higher than theirs, else one more
+        than the highest (versions only move forward). A model whose spaces or outputs do
+        not fit is refused and the old one keeps running."""
+        self._client()
+        module = self._checked_model(model)
+        with self._lock:
+            targets = self.actors if ids is None else self._slots(list(ids))[0]
+            current = max((a.model_version for a in targets), default=-1)
+            version = int(module.version) if int(module.version) > current else current + 1
+            for actor in targets:
+                actor.model = module
+                actor.model_version = version
+            if ids is None:
+                self._default_model, self._default_version = module, version
+        return version

@@ -1,0 +1,173 @@
+"""The agent's config file (``config_path``, TOML or JSON): sinks, trajectories, transport.
+
+A missing file is created with the defaults below, so a user always has one to edit; a malformed
+one is a `ConfigError` naming the file and the problem.
+
+Defaults::
+
+    [sink]
+    targets = ["relayrl_runs"]     # directories or URLs, as wrap(sink=...)
+    flush_interval = 1.0           # seconds: the most a crash can lose
+    spill_dir = ""                 # where rows wait while a sink is down ("" = next to it)
+
+    [trajectory]
+    max_length = 0                 # steps; a longer trajectory is cut (truncated=True); 0 = none
+    record_info = true
+
+    [transport]
+    kind = "local"                 # "local": this process writes; "zmq" streams (transport issue)
+    address = ""
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from relayrl_gym.errors import ConfigError
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
+
+__all__ = ["AgentConfig", "load_config"]
+
+_TOML_DEFAULT = '''# relayrl-gym agent configuration (created with the defaults; edit freely)
+
+[sink]
+targets = ["relayrl_runs"]     # directories or URLs, as wrap(sink=...)
+flush_interval = 1.0           # seconds: the most a crash can lose
+spill_dir = ""                 # where rows wait while a sink is down ("" = next to it)
+
+[trajectory]
+max_length = 0                 # steps; a longer trajectory is cut (truncated=True); 0 = none
+record_info = true
+
+[transport]
+kind = "local"                 # "local": this process writes
+address = ""
+'''
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    targets: tuple[str, ...] = (DEFAULT_SINK_ROOT,)
+    flush_interval: float = 1.0
+    spill_dir: str = ""
+
+
+@dataclass(frozen=True)
+class TrajectoryConfig:
+    max_length: int = 0
+    record_info: bool = True
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    kind: str = "local"
+    address: str = ""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The settings of an agent, as read from its config file.
+
+    >>> AgentConfig().trajectory.max_length
+    0
+    """
+
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    trajectory: TrajectoryConfig = field(default_factory=TrajectoryConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["sink"]["targets"] = list(self.sink.targets)
+        return out
+
+
+_SECTIONS: dict[str, type] = {"sink": SinkConfig, "trajectory": TrajectoryConfig,
+                              "transport": TransportConfig}
+
+
+def _section(path: Path, name: str, raw: Any) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table of settings, got {raw!r}")
+    defaults = cls()
+    unknown = sorted(set(raw) - set(asdict(defaults)))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {unknown} in [{name}]; known: "
+                          f"{sorted(asdict(defaults))}")
+    values = {}
+    for key, default in asdict(defaults).items():
+        value = raw.get(key, default)
+        if isinstance(default, tuple | list):
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+                raise ConfigError(f"{path}: [{name}] {key} must be a list of strings, "
+                                  f"got {value!r}")
+            value = tuple(value)
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ConfigError(f"{path}: [{name}] {key} must be true or false, got {value!r}")
+        elif isinstance(default, int | float):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ConfigError(f"{path}: [{name}] {key} must be a number >= 0, "
+                                  f"got {value!r}")
+            value = type(default)(value)
+        elif not isinstance(value, str):
+            raise ConfigError(f"{path}: [{name}] {key} must be a string, got {value!r}")
+        values[key] = value
+    return cls(**values)
+
+
+def _toml() -> Any:
+    try:
+        import tomllib  # Python >= 3.11
+    except ImportError:
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ImportError as err:
+            raise ConfigError("reading a TOML config file needs Python >= 3.11 or `pip install "
+                              "tomli`; or use a .json config file") from err
+    return tomllib
+
+
+def load_config(path: str | Path | None) -> AgentConfig:
+    """Reads the config file, creating it with the defaults when it does not exist.
+
+    ``path`` ending in ``.json`` is JSON, anything else TOML; None means the defaults, no file.
+    """
+    if path is None:
+        return AgentConfig()
+    path = Path(path)
+    if not path.exists():
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            text = (json.dumps(AgentConfig().to_dict(), indent=2) + "\n"
+                    if path.suffix == ".json" else _TOML_DEFAULT)
+            path.write_text(text)
+        except OSError as err:
+            raise ConfigError(f"cannot create the default config file {path}: {err}") from err
+        return AgentConfig()
+    toml = _toml() if path.suffix != ".json" else None
+    try:
+        text = path.read_text()
+        raw = json.loads(text) if toml is None else toml.loads(text)
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"cannot read the config file {path}: {err}") from err
+    except ValueError as err:  # JSONDecodeError and TOMLDecodeError are ValueErrors
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ConfigError(f"{path} is not valid {kind}: {err}; fix it or delete it to get "
+                          "the defaults") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a table of sections")
+    unknown = sorted(set(raw) - set(_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
+    config = AgentConfig(**{name: _section(path, name, raw.get(name, {})) for name in _SECTIONS})
+    if config.transport.kind != "local":
+        raise ConfigError(f"{path}: [transport] kind {config.transport.kind!r} is not available "
+                          "yet; use \"local\"")
+    return config

@@ -1,0 +1,184 @@
+"""Each actor's trajectory in progress, held in arrays indexed by actor slot.
+
+The agent API hands over an observation, gets an action, and learns that action's reward at the
+actor's next request (or when it flags its last action). A transition is complete only then:
+``(obs, action, reward, next_obs)`` where ``next_obs`` is the next request's observation. This
+table keeps each actor's pending half-transition and turns completed ones into recorded rows,
+for many actors at once with numpy indexing instead of a Python loop per actor.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from gymnasium import spaces
+
+from relayrl_gym.errors import UnsupportedSpaceError
+
+if TYPE_CHECKING:
+    from relayrl_gym.recording.recorder import Recorder
+
+__all__ = ["TrajectoryTable"]
+
+_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary, spaces.MultiDiscrete)
+
+
+class TrajectoryTable:
+    """Pending steps of every actor slot and the rows they become.
+
+    >>> table = TrajectoryTable(spaces.Box(-1, 1, (2,)), spaces.Discrete(2), recorder=None)
+    >>> slots = np.array([0, 1])
+    >>> table.begin(slots, np.zeros((2, 2), np.float32), np.array([1, 0]), np.array([3, 3]))
+    >>> table.pending[:2].tolist()
+    [True, True]
+    """
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Space,
+                 recorder: Recorder | None, max_length: int = 0, capacity: int = 16) -> None:
+        """Creates the table.
+
+        Args:
+            observation_space: one actor's observation space (array-valued spaces only).
+            action_space: one actor's action space (array-valued spaces only).
+            recorder: where completed transitions go (None: nowhere).
+            max_length: a trajectory longer than this is cut (``truncated=True``); 0: never.
+            capacity: slots allocated up front (the arrays grow as actors are added).
+        """
+        for name, space in (("observation", observation_space), ("action", action_space)):
+            if not isinstance(space, _ARRAY_SPACES):
+                raise UnsupportedSpaceError(
+                    f"the agent API takes {name}s as one numpy array row per actor; "
+                    f"{type(space).__name__} spaces are not supported (use Box, Discrete, "
+                    "MultiBinary or MultiDiscrete, e.g. with gymnasium's FlattenObservation)")
+        self.obs_shape = tuple(observation_space.shape or ())
+        self.obs_dtype = np.dtype(observation_space.dtype)
+        self.act_shape = tuple(action_space.shape or ())
+        self.act_dtype = np.dtype(action_space.dtype)
+        self.recorder = recorder
+        self.max_length = int(max_length)
+        self.capacity = 0
+        self.prev_obs = np.zeros((0, *self.obs_shape), self.obs_dtype)
+        self.prev_action = np.zeros((0, *self.act_shape), self.act_dtype)
+        self.prev_version = np.zeros(0, np.int64)
+        self.pending = np.zeros(0, np.bool_)
+        self.episode = np.zeros(0, np.int64)
+        self.step = np.zeros(0, np.int64)
+        self.prev_data: dict[str, np.ndarray] = {}
+        self.prev_mask: np.ndarray | None = None
+        self.has_mask = np.zeros(0, np.bool_)
+        self.grow(capacity)
+
+    def grow(self, capacity: int) -> None:
+        """Makes room for slots ``0 .. capacity - 1``."""
+        if capacity <= self.capacity:
+            return
+        capacity = max(capacity, 2 * self.capacity)
+
+        def extend(array: np.ndarray, fill: Any = 0) -> np.ndarray:
+            out = np.full((capacity, *array.shape[1:]), fill, array.dtype)
+            out[: len(array)] = array
+            return out
+
+        self.prev_obs = extend(self.prev_obs)
+        self.prev_action = extend(self.prev_action)
+        self.prev_version = extend(self.prev_version, -1)
+        self.pending = extend(self.pending, False)
+        self.episode = extend(self.episode, -1)
+        self.step = extend(self.step)
+        self.prev_data = {k: extend(v) for k, v in self.prev_data.items()}
+        if self.prev_mask is not None:
+            self.prev_mask = extend(self.prev_mask, True)
+        self.has_mask = extend(self.has_mask, False)
+        self.capacity = capacity
+
+    def complete(self, slots: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray | None,
+                 terminated: bool | np.ndarray = False, truncated: bool | np.ndarray = False
+                 ) -> int:
+        """Closes the pending step of each slot that has one with its reward and next
+        observation (None: the step's own observation, when the caller gives no final one);
+        records those transitions. Returns how many rows were recorded."""
+        waiting = self.pending[slots]
+        if not waiting.any():
+            return 0
+        rows = np.flatnonzero(waiting)
+        done_slots = slots[rows]
+        n = len(done_slots)
+        term = np.broadcast_to(np.asarray(terminated, np.bool_), (len(slots),))[rows].copy()
+        trunc = np.broadcast_to(np.asarray(truncated, np.bool_), (len(slots),))[rows].copy()
+        steps = self.step[done_slots]
+        if self.max_length:
+            trunc |= ~term & (steps + 1 >= self.max_length)
+        if self.recorder is not None:
+            reward = np.broadcast_to(np.asarray(rewards, np.float64), (len(slots),))[rows]
+            following = None if next_obs is None else np.asarray(next_obs)[rows]
+            has_mask = self.has_mask[done_slots]
+            if has_mask.all() or not has_mask.any():
+                self._record(done_slots, steps, reward, following, term, trunc,
+                             with_mask=bool(has_mask.any()))
+            else:  # a call's mask is all-or-nothing: rows with and without one go apart
+                for part, with_mask in ((has_mask, True), (~has_mask, False)):
+                    pick = np.flatnonzero(part)
+                    self._record(done_slots[pick], steps[pick], reward[pick],
+                                 None if following is None else following[pick],
+                                 term[pick], trunc[pick], with_mask=with_mask)
+        self.pending[done_slots] = False
+        self.step[done_slots] = steps + 1
+        ended = done_slots[term | trunc]
+        self.episode[ended] = -1  # the next request starts a new trajectory
+        self.step[ended] = 0
+        return n
+
+    def _record(self, slots: np.ndarray, steps: np.ndarray, rewards: np.ndarray,
+                next_obs: np.ndarray | None, terminated: np.ndarray, truncated: np.ndarray,
+                with_mask: bool) -> None:
+        assert self.recorder is not None
+        obs = self.prev_obs[slots]
+        self.recorder.record(
+            slots.astype(np.int32), self.episode[slots], steps, obs, self.prev_action[slots],
+            rewards.copy(), obs.copy() if next_obs is None else next_obs.copy(), terminated,
+            truncated, model_version=self.prev_version[slots],
+            batch_data={k: v[slots] for k, v in self.prev_data.items()} or None,
+            batch_mask=self.prev_mask[slots] if with_mask and self.prev_mask is not None
+            else None)
+
+    def begin(self, slots: np.ndarray, obs: np.ndarray, actions: np.ndarray,
+              versions: np.ndarray, data: dict[str, np.ndarray] | None = None,
+              mask: np.ndarray | None = None) -> None:
+        """Stores each slot's new half-step: the observation it acted on and its action."""
+        fresh = slots[self.episode[slots] < 0]
+        if len(fresh) and self.recorder is not None:
+            self.episode[fresh] = [self.recorder.new_episode_id() for _ in range(len(fresh))]
+        elif len(fresh):
+            self.episode[fresh] = 0
+        self.prev_obs[slots] = obs
+        self.prev_action[slots] = actions
+        self.prev_version[slots] = versions
+        self.pending[slots] = True
+        for key, values in (data or {}).items():
+            store = self.prev_data.get(key)
+            if store is None:
+                store = np.zeros((self.capacity, *np.shape(values)[1:]), np.asarray(values).dtype)
+                self.prev_data[key] = store
+            store[slots] = values
+        if mask is not None:
+            if self.prev_mask is None or self.prev_mask.shape[1:] != mask.shape[1:]:
+                self.prev_mask = np.ones((self.capacity, *mask.shape[1:]), np.bool_)
+            self.prev_mask[slots] = mask
+        self.has_mask[slots] = mask is not None
+
+    def move(self, old: int, new: int) -> None:
+        """Carries slot ``old``'s trajectory over to slot ``new`` (an actor renamed)."""
+        self.grow(new + 1)
+        for array in (self.prev_obs, self.prev_action, self.prev_version, self.pending,
+                      self.episode, self.step, self.has_mask, *self.prev_data.values()):
+            array[new] = array[old]
+        if self.prev_mask is not None:
+            self.prev_mask[new] = self.prev_mask[old]
+        self.drop(old)
+
+    def drop(self, slot: int) -> None:
+        """Forgets a slot's pending step (an action whose reward never came is not recorded)."""
+        self.pending[slot] = False
+        self.episode[slot] = -1
+        self.step[slot] = 0
