@@ -1,0 +1,112 @@
+"""ONNX models through onnxruntime (the ``onnx`` extra)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from relayrl_gym.errors import ModelError
+from relayrl_gym.policies.backends import ModelSignature, import_optional
+from relayrl_gym.runtime.actor import DeviceType
+
+__all__ = ["OnnxBackend", "onnx_dtype"]
+
+_PROVIDERS = {DeviceType.CUDA: "CUDAExecutionProvider", DeviceType.MPS: "CoreMLExecutionProvider"}
+_DTYPES = {
+    "tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",
+    "tensor(uint8)": "uint8", "tensor(int8)": "int8", "tensor(uint16)": "uint16",
+    "tensor(int16)": "int16", "tensor(int32)": "int32", "tensor(int64)": "int64",
+    "tensor(uint32)": "uint32", "tensor(uint64)": "uint64", "tensor(bool)": "bool",
+}
+
+
+def onnx_dtype(type_name: str) -> str | None:
+    """The numpy dtype name of an onnxruntime tensor type string (``None`` if it has none).
+
+    >>> onnx_dtype("tensor(float)")
+    'float32'
+    """
+    return _DTYPES.get(type_name)
+
+
+class OnnxBackend:
+    """Runs an ONNX model in one onnxruntime ``InferenceSession`` (thread-safe ``run``).
+
+    CPU runs on ``CPUExecutionProvider``; CUDA (and MPS, through CoreML) use their provider
+    when onnxruntime has it and fall back to the CPU otherwise, saying why in ``fallback``.
+
+    >>> import torch
+    >>> from gymnasium import spaces
+    >>> from relayrl_gym.policies import ModelModule
+    >>> module = ModelModule.from_torch(torch.nn.Linear(3, 2), spaces.Box(-1, 1, (3,)),
+    ...                                 spaces.Discrete(2), format="onnx")
+    >>> backend = OnnxBackend(module.model_bytes(), DeviceType.CPU)
+    >>> backend.run(np.zeros((5, 3), np.float32))[0].shape
+    (5, 2)
+    """
+
+    def __init__(
+        self, source: Path | bytes, device: DeviceType, name: str | None = None
+    ) -> None:
+        """Args:
+        source: the ``.onnx`` file, or the model's serialized bytes.
+        device: where to run it (CPU, CUDA or MPS; not DEFAULT).
+        name: what to call the model in error messages (default: the file, if any).
+        """
+        ort: Any = import_optional("onnxruntime", "onnx")
+        self._device = DeviceType.CPU
+        self._fallback: str | None = None
+        providers = ["CPUExecutionProvider"]
+        wanted = _PROVIDERS.get(device)
+        if wanted is not None:
+            if wanted in ort.get_available_providers():
+                providers.insert(0, wanted)
+            else:
+                self._fallback = (f"{device.name} was asked for but onnxruntime has no {wanted} "
+                                  f"(install onnxruntime-gpu for CUDA); running on the CPU")
+        if name is None:
+            name = "the in-memory model" if isinstance(source, bytes) else str(source)
+        try:
+            self._session = ort.InferenceSession(
+                source if isinstance(source, bytes) else str(source), providers=providers)
+        except Exception as err:  # onnxruntime raises its own unexported exception types
+            raise ModelError(f"cannot load {name} as an ONNX model: {err}. Check that the file "
+                             "is a complete ONNX model (re-export it if needed)") from err
+        if wanted is not None and wanted in self._session.get_providers():
+            self._device = device
+        elif wanted is not None and self._fallback is None:
+            self._fallback = (f"onnxruntime could not start {wanted} for {device.name}; "
+                              "running on the CPU")
+        inputs = self._session.get_inputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{name} takes {len(inputs)} inputs "
+                             f"({', '.join(i.name for i in inputs)}); a policy model takes one "
+                             "observation batch")
+        self._input_name = inputs[0].name
+        shape = tuple(d if isinstance(d, int) else None for d in inputs[0].shape)
+        self._signature = ModelSignature(
+            input_shape=shape, input_dtype=onnx_dtype(inputs[0].type),
+            output_names=tuple(o.name for o in self._session.get_outputs()))
+        self._session_run = self._session.run
+
+    @property
+    def device(self) -> DeviceType:
+        return self._device
+
+    @property
+    def fallback(self) -> str | None:
+        return self._fallback
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self._signature
+
+    def run(self, obs: np.ndarray) -> Sequence[np.ndarray]:
+        try:
+            return self._session_run(None, {self._input_name: obs})
+        except Exception as err:  # onnxruntime's exception types are not importable
+            raise ModelError(f"the ONNX model failed on an input of shape {obs.shape} and dtype "
+                             f"{obs.dtype}: {err}") from err
