@@ -16,7 +16,7 @@ from gymnasium import spaces
 from relayrl_gym.errors import ConfigError, ModelError
 from relayrl_gym.policies.backends import import_optional, load_backend, resolve_device
 from relayrl_gym.policies.heads import HEADS, head_output_shape
-from relayrl_gym.policies.metadata import ModelMetadata
+from relayrl_gym.policies.metadata import ModelMetadata, check_observation_space
 from relayrl_gym.runtime.actor import DeviceType
 
 if TYPE_CHECKING:
@@ -133,6 +133,7 @@ def export_torch(
     if head not in HEADS:
         raise ConfigError(f"action_head must be one of {', '.join(HEADS)}, got {head!r}")
     head_output_shape(head, action_space)  # raises ConfigError when head and space do not fit
+    check_observation_space(observation_space)
     torch: Any = import_optional("torch", "torch")
     model_type, model_file = FORMATS[format]
     params = list(net.parameters())

@@ -34,7 +34,8 @@ from relayrl_gym.errors import ConfigError, DatasetError, ModelError, Unsupporte
 from relayrl_gym.policies.heads import HEADS, head_output_shape
 from relayrl_gym.schema.spaces import space_from_json, space_to_json
 
-__all__ = ["METADATA_FILE", "MODEL_TYPES", "SCHEMA_VERSION", "ModelMetadata", "default_spaces"]
+__all__ = ["METADATA_FILE", "MODEL_TYPES", "SCHEMA_VERSION", "ModelMetadata",
+           "check_observation_space", "default_spaces"]
 
 METADATA_FILE = "metadata.json"
 SCHEMA_VERSION = 1
@@ -66,6 +67,16 @@ def default_spaces(
             "continuous actions or pass the action_space"
         )
     return obs, spaces.Discrete(output_shape[1])
+
+
+def check_observation_space(space: spaces.Space) -> None:
+    """Raises unless observations of ``space`` are single arrays a model can take as a batch."""
+    if not isinstance(space, _ARRAY_SPACES):
+        raise ModelError(
+            f"observation space {space} is not supported by ModelModule: observations must be "
+            "single arrays (Box, Discrete, MultiDiscrete, MultiBinary); flatten Dict/Tuple "
+            "observations (gymnasium's FlattenObservation)"
+        )
 
 
 def _shape_text(shape: tuple[int, ...]) -> str:
@@ -125,12 +136,7 @@ class ModelMetadata:
         self._check_spaces()
 
     def _check_spaces(self) -> None:
-        if not isinstance(self.observation_space, _ARRAY_SPACES):
-            raise ModelError(
-                f"observation space {self.observation_space} is not supported by ModelModule: "
-                "observations must be single arrays (Box, Discrete, MultiDiscrete, "
-                "MultiBinary); flatten Dict/Tuple observations (gymnasium's FlattenObservation)"
-            )
+        check_observation_space(self.observation_space)
         if tuple(self.input_shape[1:]) != tuple(self.observation_space.shape or ()):
             raise ModelError(
                 f"input_shape {_shape_text(self.input_shape)} does not fit the observation "
