@@ -1,0 +1,81 @@
+"""Batched inference: ModelModule.step on 64 rows vs one raw onnxruntime call on the same batch.
+
+A CartPole-sized ONNX MLP (4 -> 64 -> 64 -> 2, argmax head). Candidates, in interleaved rounds:
+- raw onnxruntime: one ``InferenceSession.run`` on the 64-row batch (the anchor);
+- ModelModule.step: the same batch through ``step`` (cast and shape check, run, argmax);
+- 64 x step(1 row): what acting for 64 actors costs without batching.
+Target (DESIGN.md, for the agent's request_action): <= 2x the raw call; 64 separate calls ~30x.
+Run: python benchmarks/inference.py [--calls 2000] [--rounds 11]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from gymnasium import spaces
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import interleave
+
+from relayrl_gym.policies import ModelModule
+
+BATCH = 64
+
+
+def seconds_per_call(call: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        call()
+    return (time.perf_counter() - start) / calls
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--calls", type=int, default=2000, help="calls per round")
+    parser.add_argument("--rounds", type=int, default=11)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64),
+                              torch.nn.Tanh(), torch.nn.Linear(64, 2))
+    directory = Path(tempfile.mkdtemp(prefix="relayrl-bench-")) / "policy"
+    module = ModelModule.from_torch(net, spaces.Box(-5, 5, (4,), np.float32), spaces.Discrete(2),
+                                    path=directory)
+    session = ort.InferenceSession(str(directory / module.metadata.model_file),
+                                   providers=["CPUExecutionProvider"])
+    obs = np.random.default_rng(0).normal(size=(BATCH, 4)).astype(np.float32)
+    rows = [obs[i : i + 1] for i in range(BATCH)]
+    assert (module.step(obs)[0] == session.run(None, {"obs": obs})[0].argmax(1)).all()
+
+    def singles() -> None:
+        for row in rows:
+            module.step(row)
+
+    candidates: dict[str, Callable[[], object]] = {
+        "raw onnxruntime run (64 rows)": lambda: session.run(None, {"obs": obs}),
+        "ModelModule.step (64 rows)": lambda: module.step(obs),
+        "64 x ModelModule.step (1 row)": singles,
+    }
+    for call in candidates.values():  # warm-up
+        seconds_per_call(call, 200)
+    runs = {name: (lambda call=call: seconds_per_call(call, args.calls))
+            for name, call in candidates.items()}
+    med = interleave(runs, args.rounds)
+    base = med["raw onnxruntime run (64 rows)"]
+    print(f"MLP 4-64-64-2 (ONNX, CPU), batch {BATCH}, {args.calls} calls x {args.rounds} rounds "
+          "(median time per call)")
+    for name, seconds in med.items():
+        print(f"  {name:32} {seconds * 1e6:9.1f} us   {seconds / base:6.2f}x")
+    print(f"step overhead over raw (64 rows): {med['ModelModule.step (64 rows)'] / base:.2f}x; "
+          f"64 single-row steps: {med['64 x ModelModule.step (1 row)'] / base:.1f}x")
+
+
+if __name__ == "__main__":
+    main()
