@@ -3,7 +3,6 @@ batch axis, checked, and optionally saved."""
 
 from __future__ import annotations
 
-import copy
 import io
 import os
 import warnings
@@ -16,6 +15,7 @@ from gymnasium import spaces
 from relayrl_gym.errors import ConfigError, ModelError
 from relayrl_gym.policies.backends import import_optional, load_backend, resolve_device
 from relayrl_gym.policies.heads import HEADS, head_output_shape
+from relayrl_gym.policies.infer import probe_batch
 from relayrl_gym.policies.metadata import ModelMetadata, check_observation_space
 from relayrl_gym.runtime.actor import DeviceType
 
@@ -58,11 +58,6 @@ def _graph(torch: Any, net: Any, cast_to: Any) -> Any:
     return PolicyGraph()
 
 
-def _example(torch: Any, space: spaces.Space, device: Any) -> Any:
-    space = copy.deepcopy(space)
-    space.seed(0)
-    rows = np.stack([np.asarray(space.sample()) for _ in range(_EXAMPLE_ROWS)])
-    return torch.from_numpy(rows.astype(space.dtype or np.float32, copy=False)).to(device)
 
 
 def _serialize(torch: Any, graph: Any, example: Any, model_type: str,
@@ -141,7 +136,7 @@ def export_torch(
     weights = next((p.dtype for p in params if p.dtype.is_floating_point), torch.float32)
     casts = cast_input and isinstance(observation_space, (spaces.Box, spaces.MultiBinary))
     graph = _graph(torch, net, weights if casts else None)
-    example = _example(torch, observation_space, net_device)
+    example = torch.from_numpy(probe_batch(observation_space, _EXAMPLE_ROWS)).to(net_device)
     training = net.training
     net.eval()
     try:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,30 @@ from relayrl_gym.errors import ModelError
 from relayrl_gym.policies.backends import ModelBackend
 from relayrl_gym.policies.metadata import ModelMetadata, default_spaces
 
-__all__ = ["MODEL_SUFFIXES", "infer_metadata"]
+__all__ = ["MODEL_SUFFIXES", "infer_metadata", "probe_batch"]
 
 MODEL_SUFFIXES = {".onnx": "onnx", ".pt": "pt", ".pth": "pt"}
 """Bare model file suffixes and the ``model_type`` each one means."""
+
+
+def probe_batch(space: spaces.Space, rows: int) -> np.ndarray:
+    """``rows`` observations of ``space`` to try a model on, the same on every call.
+
+    Box values are drawn from the bounds clipped to [-1, 1] (a Box up to float32's max, as
+    CartPole's, would otherwise feed 1e38 and overflow the model into NaN).
+
+    >>> batch = probe_batch(spaces.Box(-np.inf, np.inf, (2,)), 3)
+    >>> batch.shape, bool(abs(batch).max() <= 1)
+    ((3, 2), True)
+    """
+    if isinstance(space, spaces.Box):
+        low = np.clip(-1.0, space.low, space.high)
+        high = np.clip(1.0, space.low, space.high)
+        values = np.random.default_rng(0).uniform(low, high, (rows, *space.shape))
+        return values.astype(space.dtype)
+    space = copy.deepcopy(space)
+    space.seed(0)
+    return np.stack([np.asarray(space.sample()) for _ in range(rows)])
 
 
 def _input(

@@ -3,7 +3,6 @@ actions."""
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import os
@@ -18,7 +17,7 @@ import numpy as np
 from relayrl_gym.errors import ConfigError, ModelError
 from relayrl_gym.policies.backends import ModelBackend, load_backend, resolve_device
 from relayrl_gym.policies.heads import HEADS, make_head
-from relayrl_gym.policies.infer import MODEL_SUFFIXES, infer_metadata
+from relayrl_gym.policies.infer import MODEL_SUFFIXES, infer_metadata, probe_batch
 from relayrl_gym.policies.metadata import METADATA_FILE, ModelMetadata
 from relayrl_gym.runtime.actor import DeviceType
 
@@ -222,9 +221,7 @@ class ModelModule:
             if signature.input_dtype not in (None, meta.input_dtype):
                 raise ModelError(f"the model takes {signature.input_dtype} inputs but its "
                                  f"metadata says input_dtype {meta.input_dtype!r}")
-        space = copy.deepcopy(meta.observation_space)
-        space.seed(0)
-        obs = np.stack([np.asarray(space.sample()) for _ in range(2)]).astype(self._in_dtype)
+        obs = probe_batch(meta.observation_space, 2).astype(self._in_dtype)
         try:
             outputs = self._run(obs)
         except ModelError as err:
@@ -232,8 +229,7 @@ class ModelModule:
                              f"observations from {meta.observation_space}: {err}") from err
         self._check_outputs(outputs)
         actions, _ = self._head(outputs[0], None, np.random.default_rng(0))
-        bad = [i for i in range(2) if not meta.action_space.contains(actions[i])]
-        if bad:
+        if not all(meta.action_space.contains(action) for action in actions):
             raise ModelError(f"validation failed: the model's actions {actions.tolist()} are not "
                              f"all in the action space {meta.action_space} (NaN outputs?)")
 

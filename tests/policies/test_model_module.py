@@ -186,3 +186,14 @@ def test_unavailable_cuda_falls_back_to_cpu(fmt, obs, tmp_path):
     np.testing.assert_array_equal(loaded.step(obs)[0], module.step(obs)[0])
     with pytest.warns(UserWarning, match="MPS was asked for"):
         assert ModelModule.load_from_path(path, DeviceType.MPS).device is DeviceType.CPU
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_huge_box_bounds_do_not_break_validation(fmt):
+    """CartPole's velocity bounds are float32's max: probing with them would overflow to NaN."""
+    cartpole_obs = spaces.Box(np.array([-4.8, -3.4e38, -0.42, -3.4e38], np.float32),
+                              np.array([4.8, 3.4e38, 0.42, 3.4e38], np.float32))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Linear(8, 8), torch.nn.Linear(8, 1))
+    module = ModelModule.from_torch(net, cartpole_obs, spaces.Box(-1.0, 1.0, (1,)), format=fmt)
+    assert module.step(np.zeros((2, 4)))[0].shape == (2, 1)
