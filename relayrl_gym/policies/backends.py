@@ -47,6 +47,15 @@ class ModelBackend(Protocol):
     the model, in order, as numpy arrays with the batch axis first. It must be safe to call from
     several threads at once. ``device`` is where the model actually runs (after any fallback),
     ``fallback`` says why it differs from the device asked for (``None`` when it does not).
+
+    >>> class Zeros:  # any object with these four members is a backend
+    ...     device, fallback = DeviceType.CPU, None
+    ...     signature = ModelSignature((None, 2), "float32", ("logits",))
+    ...     def run(self, obs):
+    ...         return [np.zeros((len(obs), 3), np.float32)]
+    >>> backend: ModelBackend = Zeros()
+    >>> backend.run(np.zeros((4, 2), np.float32))[0].shape
+    (4, 3)
     """
 
     @property

@@ -118,7 +118,7 @@ def export_torch(
         ConfigError: an unknown format or head, a head that does not fit the action space, or
             outputs that ``extra_outputs`` does not name.
         ModelError: the export failed, or the exported model does not fit the spaces.
-        MissingDependencyError: torch (or onnxruntime for ONNX) is not installed.
+        MissingDependencyError: torch (or, for ONNX, onnx / onnxruntime) is not installed.
     """
     from relayrl_gym.policies.module import ModelModule
 
@@ -131,6 +131,8 @@ def export_torch(
     check_observation_space(observation_space)
     torch: Any = import_optional("torch", "torch")
     model_type, model_file = FORMATS[format]
+    if model_type == "onnx":
+        import_optional("onnx", "onnx")  # torch's exporter builds the graph with it
     params = list(net.parameters())
     net_device = params[0].device if params else torch.device("cpu")
     weights = next((p.dtype for p in params if p.dtype.is_floating_point), torch.float32)

@@ -34,7 +34,12 @@ HEADS = ("identity", "argmax", "sample")
 
 
 class ActionHead(Protocol):
-    """Turns a raw output batch into ``(actions, data)``; ``data`` holds per-row arrays."""
+    """Turns a raw output batch into ``(actions, data)``; ``data`` holds per-row arrays.
+
+    >>> head: ActionHead = make_head("argmax", spaces.Discrete(2))
+    >>> head(np.array([[0.0, 1.0]]), None, np.random.default_rng(0))
+    (array([1]), {})
+    """
 
     def __call__(
         self, raw: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator

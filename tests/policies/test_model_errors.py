@@ -259,6 +259,14 @@ def test_onnxruntime_missing(saved, monkeypatch):
         ModelModule.load_from_path(saved[0])
 
 
+def test_onnx_missing_for_export(monkeypatch):
+    net = mlp(2)
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(MissingDependencyError, match=r"'onnx' is not installed.*\[onnx\]"):
+        ModelModule.from_torch(net, OBS_SPACE, spaces.Discrete(2))
+    assert ModelModule.from_torch(net, OBS_SPACE, spaces.Discrete(2), format="torchscript")
+
+
 def test_from_sb3_rejects_other_objects():
     with pytest.raises(ConfigError, match="from_sb3 takes a Stable-Baselines3 model or policy, "
                                           "got Sequential; for a plain torch module use "
