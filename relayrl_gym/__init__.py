@@ -31,3 +31,7 @@ __all__ = [
     "load",
     "wrap",
 ]
+
+from relayrl_gym.policies.module import ModelModule
+
+__all__ += ["ModelModule"]
