@@ -49,5 +49,5 @@ def test_malformed_files_are_clear_errors(tmp_path, text, message):
 def test_malformed_json(tmp_path):
     path = tmp_path / "agent.json"
     path.write_text("{not json")
-    with pytest.raises(ConfigError, match="is not valid JSON.*delete it to get the defaults"):
+    with pytest.raises(ConfigError, match=r"is not valid JSON.*delete it to get the defaults"):
         load_config(path)
