@@ -3,8 +3,12 @@
 A CartPole-sized ONNX MLP (4 -> 64 -> 64 -> 2, argmax head). Candidates, in interleaved rounds:
 - raw onnxruntime: one ``InferenceSession.run`` on the 64-row batch (the anchor);
 - ModelModule.step: the same batch through ``step`` (cast and shape check, run, argmax);
-- 64 x step(1 row): what acting for 64 actors costs without batching.
-Target (DESIGN.md, for the agent's request_action): <= 2x the raw call; 64 separate calls ~30x.
+- 64 x step(1 row): what acting for 64 actors costs without batching;
+- agent.request_action for 64 actors sharing the module (recording to Arrow: every call also
+  completes and records the previous step's 64 transitions);
+- agent.request_action for 1 actor vs a raw 1-row call (the single-actor overhead).
+Target (DESIGN.md): request_action for 64 actors <= 2x the raw call, and >= 10x faster than 64
+separate calls.
 Run: python benchmarks/inference.py [--calls 2000] [--rounds 11]
 """
 
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import interleave
 
 from relayrl_gym.policies import ModelModule
+from relayrl_gym.runtime.builder import AgentBuilder
 
 BATCH = 64
 
@@ -58,10 +63,20 @@ def main() -> None:
         for row in rows:
             module.step(row)
 
+    agent, params = (AgentBuilder().actor_count(BATCH).default_model(module)
+                     .sink(str(directory.parent / "runs")).build())
+    agent.start(params)
+    ids = agent.get_actor_ids()
+    solo = agent.new_actor()
+    one = obs[:1]
+
     candidates: dict[str, Callable[[], object]] = {
         "raw onnxruntime run (64 rows)": lambda: session.run(None, {"obs": obs}),
         "ModelModule.step (64 rows)": lambda: module.step(obs),
         "64 x ModelModule.step (1 row)": singles,
+        "agent.request_action (64 actors)": lambda: agent.request_action(ids, obs, reward=1.0),
+        "raw onnxruntime run (1 row)": lambda: session.run(None, {"obs": one}),
+        "agent.request_action (1 actor)": lambda: agent.request_action([solo], one, reward=1.0),
     }
     for call in candidates.values():  # warm-up
         seconds_per_call(call, 200)
@@ -75,6 +90,13 @@ def main() -> None:
         print(f"  {name:32} {seconds * 1e6:9.1f} us   {seconds / base:6.2f}x")
     print(f"step overhead over raw (64 rows): {med['ModelModule.step (64 rows)'] / base:.2f}x; "
           f"64 single-row steps: {med['64 x ModelModule.step (1 row)'] / base:.1f}x")
+    request = med["agent.request_action (64 actors)"]
+    print(f"request_action, 64 actors: {request / base:.2f}x the raw 64-row call (target <= 2x); "
+          f"{med['64 x ModelModule.step (1 row)'] / request:.1f}x faster than 64 separate calls "
+          "(target >= 10x)")
+    single = med["agent.request_action (1 actor)"] - med["raw onnxruntime run (1 row)"]
+    print(f"request_action, 1 actor: {single * 1e6:.1f} us over the raw 1-row call")
+    agent.shutdown()
 
 
 if __name__ == "__main__":

@@ -90,6 +90,9 @@ class RelayRLAgent(ClientAPI):
         self._data_type = pa.null()
         self._workers = None
         self._next_slot = len(self.actors)
+        self._generation = 0
+        self._resolved = None
+        self._worker_count = 0
 
     def start(self, params: AgentParams) -> None:
         """Starts a built agent: loads its model, opens its sinks, creates its actors."""

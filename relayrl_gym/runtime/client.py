@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -63,6 +63,18 @@ def model_data_type(model: Any) -> pa.DataType:
     return pa.struct(fields)
 
 
+class _Resolved(NamedTuple):
+    """A list of actor ids resolved to actors, slots, versions and models."""
+
+    generation: int
+    ids: list[Any]
+    actors: list[Actor]
+    slots: np.ndarray
+    versions: np.ndarray
+    models: list[Any]
+    one_model: bool
+
+
 class ClientAPI:
     """The client half of `RelayRLAgent` (mixed into it); see the module docstring."""
 
@@ -79,6 +91,8 @@ class ClientAPI:
     _data_type: pa.DataType
     _workers: concurrent.futures.ThreadPoolExecutor | None
     _next_slot: int
+    _generation: int
+    _resolved: _Resolved | None
 
     def _check_running(self) -> None:  # provided by RelayRLAgent
         raise NotImplementedError
@@ -91,9 +105,16 @@ class ClientAPI:
                              "AgentBuilder().build() and agent.start(params)")
         return self._table
 
-    def _slots(self, ids: Sequence[uuid.UUID] | uuid.UUID) -> tuple[list[Actor], np.ndarray]:
+    def _slots(self, ids: Sequence[uuid.UUID] | uuid.UUID) -> _Resolved:
         if isinstance(ids, uuid.UUID | str):
             ids = [ids]
+        elif type(ids) is not list:
+            ids = list(ids)
+        cached = self._resolved
+        # The same ids as last time (compared by identity first, so a reused list is a C loop),
+        # and no actor or model changed since: reuse the lookup.
+        if cached is not None and cached.generation == self._generation and cached.ids == ids:
+            return cached
         try:
             actors = [self._by_id[i if isinstance(i, uuid.UUID) else uuid.UUID(str(i))]
                       for i in ids]
@@ -102,7 +123,19 @@ class ClientAPI:
                               ) from None
         if len({a.index for a in actors}) != len(actors):
             raise ConfigError("`ids` names an actor twice; request one action per actor")
-        return actors, np.fromiter((a.index for a in actors), np.int64, len(actors))
+        models = [a.model for a in actors]
+        resolved = _Resolved(
+            self._generation, list(ids), actors,
+            np.fromiter((a.index for a in actors), np.int64, len(actors)),
+            np.fromiter((a.model_version for a in actors), np.int64, len(actors)),
+            models, all(m is models[0] for m in models))
+        self._resolved = resolved
+        return resolved
+
+    def _changed(self) -> None:
+        """Actors or models changed: resolved id lists are stale."""
+        self._generation += 1
+        self._resolved = None
 
     # -- acting ------------------------------------------------------------------------------
     def request_action(self, ids: Sequence[uuid.UUID] | uuid.UUID, obs: Any, mask: Any = None,
@@ -114,31 +147,30 @@ class ClientAPI:
         mask, one row per id (True / nonzero = allowed).
         """
         table = self._client()
-        actors, slots = self._slots(ids)
-        obs = np.asarray(obs, dtype=table.obs_dtype)
-        if obs.shape != (len(slots), *table.obs_shape):
-            raise ConfigError(f"`obs` must have one row per id: shape "
-                              f"{(len(slots), *table.obs_shape)}, got {obs.shape}")
-        if mask is not None:
-            mask = np.asarray(mask)
-            if mask.ndim != 2 or len(mask) != len(slots):
-                raise ConfigError(f"`mask` must have one row per id (shape ({len(slots)}, n)), "
-                                  f"got {mask.shape}")
-        rewards = np.broadcast_to(np.asarray(reward, np.float64), (len(slots),))
+        # A copy: the table and the recorder keep it (the caller may reuse its array).
+        obs = np.array(obs, dtype=table.obs_dtype)
         with self._lock:
-            models = [a.model for a in actors]
-            versions = np.fromiter((a.model_version for a in actors), np.int64, len(actors))
-            actions, data = self._infer(models, obs, mask)
-            table.complete(slots, rewards, obs)
-            table.begin(slots, obs, actions, versions, data,
+            found = self._slots(ids)
+            slots = found.slots
+            if obs.shape != (len(slots), *table.obs_shape):
+                raise ConfigError(f"`obs` must have one row per id: shape "
+                                  f"{(len(slots), *table.obs_shape)}, got {obs.shape}")
+            if mask is not None:
+                mask = np.asarray(mask)
+                if mask.ndim != 2 or len(mask) != len(slots):
+                    raise ConfigError(f"`mask` must have one row per id (shape "
+                                      f"({len(slots)}, n)), got {mask.shape}")
+            if found.one_model:  # the common case: one model, one call
+                actions, data = found.models[0].step(obs, mask)
+            else:
+                actions, data = self._infer(found.models, obs, mask)
+            table.complete(slots, reward, obs)
+            table.begin(slots, obs, actions, found.versions, data,
                         None if mask is None else mask.astype(np.bool_))
         return actions
 
     def _infer(self, models: list[Any], obs: np.ndarray, mask: np.ndarray | None
                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        first = models[0]
-        if all(m is first for m in models):  # the common case: one model, one call
-            return first.step(obs, mask)
         groups: dict[int, list[int]] = {}
         for row, model in enumerate(models):
             groups.setdefault(id(model), []).append(row)
@@ -172,12 +204,13 @@ class ClientAPI:
         it the last observation is repeated as ``next_obs``. The next request starts a new
         trajectory."""
         table = self._client()
-        _, slots = self._slots(ids)
+        with self._lock:
+            slots = self._slots(ids).slots
         rewards = np.broadcast_to(np.asarray(0.0 if reward is None else reward, np.float64),
                                   (len(slots),))
         following = None
         if final_obs is not None:
-            following = np.asarray(final_obs, table.obs_dtype)
+            following = np.array(final_obs, table.obs_dtype)  # a copy: the recorder keeps it
             if following.shape != (len(slots), *table.obs_shape):
                 raise ConfigError(f"`final_obs` must have one row per id: shape "
                                   f"{(len(slots), *table.obs_shape)}, got {following.shape}")
@@ -207,6 +240,7 @@ class ClientAPI:
                 self._add_slot(actor)
                 added.append(actor.id)
             table.grow(self._next_slot)
+            self._changed()
         return added
 
     def _add_slot(self, actor: Actor) -> None:
@@ -221,17 +255,18 @@ class ClientAPI:
         """Removes an actor; an action of it still waiting for its reward is not recorded."""
         table = self._client()
         with self._lock:
-            (actor,), _ = self._slots([actor_id])
+            (actor,) = self._slots([actor_id]).actors
             table.drop(actor.index)
             self.actors.remove(actor)
             del self._by_id[actor.id]
+            self._changed()
 
     def set_actor_id(self, old: uuid.UUID, new: uuid.UUID) -> None:
         """Renames an actor; rows recorded before keep the old id, later ones get the new."""
         table = self._client()
         new = new if isinstance(new, uuid.UUID) else uuid.UUID(str(new))
         with self._lock:
-            (actor,), _ = self._slots([old])
+            (actor,) = self._slots([old]).actors
             if new in self._by_id:
                 raise ConfigError(f"actor id {new} is already in use")
             renamed = Actor(self._next_slot, id=new, model=actor.model,
@@ -242,6 +277,7 @@ class ClientAPI:
             self.actors.pop()  # _add_slot appended it: it takes the old actor's place instead
             self.actors[position] = renamed
             del self._by_id[actor.id]
+            self._changed()
 
     # -- models ------------------------------------------------------------------------------
     def _checked_model(self, model: Any, device: DeviceType = DeviceType.DEFAULT) -> Any:
@@ -272,7 +308,7 @@ class ClientAPI:
         self._client()
         module = self._checked_model(model)
         with self._lock:
-            targets = self.actors if ids is None else self._slots(list(ids))[0]
+            targets = self.actors if ids is None else self._slots(list(ids)).actors
             current = max((a.model_version for a in targets), default=-1)
             version = int(module.version) if int(module.version) > current else current + 1
             for actor in targets:
@@ -280,4 +316,5 @@ class ClientAPI:
                 actor.model_version = version
             if ids is None:
                 self._default_model, self._default_version = module, version
+            self._changed()
         return version

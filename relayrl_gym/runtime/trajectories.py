@@ -24,6 +24,12 @@ __all__ = ["TrajectoryTable"]
 _ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary, spaces.MultiDiscrete)
 
 
+def _flags(value: bool | np.ndarray, size: int, rows: np.ndarray | slice, n: int) -> np.ndarray:
+    if np.ndim(value) == 0:
+        return np.full(n, bool(value))
+    return np.asarray(value, np.bool_)[rows].copy()
+
+
 class TrajectoryTable:
     """Pending steps of every actor slot and the rows they become.
 
@@ -92,26 +98,34 @@ class TrajectoryTable:
         self.has_mask = extend(self.has_mask, False)
         self.capacity = capacity
 
-    def complete(self, slots: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray | None,
+    def complete(self, slots: np.ndarray, rewards: Any, next_obs: np.ndarray | None,
                  terminated: bool | np.ndarray = False, truncated: bool | np.ndarray = False
                  ) -> int:
-        """Closes the pending step of each slot that has one with its reward and next
-        observation (None: the step's own observation, when the caller gives no final one);
-        records those transitions. Returns how many rows were recorded."""
+        """Closes the pending step of each slot that has one with its reward (one value or
+        one per slot) and next observation (None: the step's own observation, when the caller
+        gives no final one); records those transitions. Returns how many rows were recorded.
+
+        ``next_obs`` is kept by the recorder: the caller must not modify it afterwards.
+        """
         waiting = self.pending[slots]
-        if not waiting.any():
+        if waiting.all():  # the steady state: every actor has a step waiting for its reward
+            rows: np.ndarray | slice = slice(None)
+            done_slots = slots
+        elif waiting.any():
+            rows = np.flatnonzero(waiting)
+            done_slots = slots[rows]
+        else:
             return 0
-        rows = np.flatnonzero(waiting)
-        done_slots = slots[rows]
         n = len(done_slots)
-        term = np.broadcast_to(np.asarray(terminated, np.bool_), (len(slots),))[rows].copy()
-        trunc = np.broadcast_to(np.asarray(truncated, np.bool_), (len(slots),))[rows].copy()
+        term = _flags(terminated, len(slots), rows, n)
+        trunc = _flags(truncated, len(slots), rows, n)
         steps = self.step[done_slots]
         if self.max_length:
             trunc |= ~term & (steps + 1 >= self.max_length)
         if self.recorder is not None:
-            reward = np.broadcast_to(np.asarray(rewards, np.float64), (len(slots),))[rows]
-            following = None if next_obs is None else np.asarray(next_obs)[rows]
+            reward = (np.full(n, rewards, np.float64) if np.ndim(rewards) == 0
+                      else np.asarray(rewards, np.float64)[rows].copy())
+            following = None if next_obs is None else next_obs[rows]
             has_mask = self.has_mask[done_slots]
             if has_mask.all() or not has_mask.any():
                 self._record(done_slots, steps, reward, following, term, trunc,
@@ -124,9 +138,10 @@ class TrajectoryTable:
                                  term[pick], trunc[pick], with_mask=with_mask)
         self.pending[done_slots] = False
         self.step[done_slots] = steps + 1
-        ended = done_slots[term | trunc]
-        self.episode[ended] = -1  # the next request starts a new trajectory
-        self.step[ended] = 0
+        if term.any() or trunc.any():
+            ended = done_slots[term | trunc]
+            self.episode[ended] = -1  # the next request starts a new trajectory
+            self.step[ended] = 0
         return n
 
     def _record(self, slots: np.ndarray, steps: np.ndarray, rewards: np.ndarray,
@@ -136,7 +151,7 @@ class TrajectoryTable:
         obs = self.prev_obs[slots]
         self.recorder.record(
             slots.astype(np.int32), self.episode[slots], steps, obs, self.prev_action[slots],
-            rewards.copy(), obs.copy() if next_obs is None else next_obs.copy(), terminated,
+            rewards, obs if next_obs is None else next_obs, terminated,
             truncated, model_version=self.prev_version[slots],
             batch_data={k: v[slots] for k, v in self.prev_data.items()} or None,
             batch_mask=self.prev_mask[slots] if with_mask and self.prev_mask is not None
