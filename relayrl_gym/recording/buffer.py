@@ -104,8 +104,11 @@ class StepBlock:
         k_rows = np.fromiter(map(len, columns_by_name["env_index"]), np.int64, len(self.calls))
         timestamps = np.repeat(np.asarray(columns_by_name["timestamp"], np.int64), k_rows)
         versions_by_call = columns_by_name["model_version"]
-        if set(map(type, versions_by_call)) <= {int}:
+        kinds = set(map(type, versions_by_call))
+        if kinds <= {int}:
             versions = np.repeat(np.asarray(versions_by_call, np.int64), k_rows)
+        elif kinds == {np.ndarray}:  # one version per row already (the agent API)
+            versions = np.concatenate(versions_by_call).astype(np.int64, copy=False)
         else:
             versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
                                        for v, k in zip(versions_by_call, k_rows.tolist())])

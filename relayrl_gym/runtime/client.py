@@ -164,10 +164,9 @@ class ClientAPI:
                 actions, data = found.models[0].step(obs, mask)
             else:
                 actions, data = self._infer(found.models, obs, mask)
-            table.complete(slots, reward, obs)
-            table.begin(slots, obs, actions, found.versions, data,
-                        None if mask is None else mask.astype(np.bool_))
-        return actions
+            table.request(found, slots, obs, actions, found.versions, data,
+                          None if mask is None else mask.astype(np.bool_), reward)
+        return actions.copy()  # the table keeps `actions`: the caller gets its own
 
     def _infer(self, models: list[Any], obs: np.ndarray, mask: np.ndarray | None
                ) -> tuple[np.ndarray, dict[str, np.ndarray]]:

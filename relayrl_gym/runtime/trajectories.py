@@ -30,6 +30,23 @@ def _flags(value: bool | np.ndarray, size: int, rows: np.ndarray | slice, n: int
     return np.asarray(value, np.bool_)[rows].copy()
 
 
+class _Chain:
+    """The pending steps of one list of actors that asks again and again (the steady state):
+    kept as the last request's own arrays, so the next request records its transitions with
+    no copying or indexing. Turned back into table rows before anything else touches them."""
+
+    __slots__ = ("actions", "data", "episodes", "key", "no_flags", "obs", "slots", "slots32",
+                 "steps", "versions")
+
+    def __init__(self, key: object, slots: np.ndarray, obs: np.ndarray, actions: np.ndarray,
+                 versions: np.ndarray, data: dict[str, np.ndarray], episodes: np.ndarray,
+                 steps: np.ndarray) -> None:
+        self.key, self.slots, self.slots32 = key, slots, slots.astype(np.int32)
+        self.obs, self.actions, self.versions, self.data = obs, actions, versions, data
+        self.episodes, self.steps = episodes, steps
+        self.no_flags = np.zeros(len(slots), np.bool_)
+
+
 class TrajectoryTable:
     """Pending steps of every actor slot and the rows they become.
 
@@ -73,6 +90,7 @@ class TrajectoryTable:
         self.prev_data: dict[str, np.ndarray] = {}
         self.prev_mask: np.ndarray | None = None
         self.has_mask = np.zeros(0, np.bool_)
+        self._chain: _Chain | None = None
         self.grow(capacity)
 
     def grow(self, capacity: int) -> None:
@@ -98,6 +116,45 @@ class TrajectoryTable:
         self.has_mask = extend(self.has_mask, False)
         self.capacity = capacity
 
+    def request(self, key: object, slots: np.ndarray, obs: np.ndarray, actions: np.ndarray,
+                versions: np.ndarray, data: dict[str, np.ndarray], mask: np.ndarray | None,
+                rewards: Any) -> None:
+        """One request of actors ``slots``: completes their pending steps with ``rewards`` and
+        ``obs`` (recorded) and makes ``obs``/``actions`` their new pending steps.
+
+        ``key`` identifies the list of actors (the same object while it is unchanged); ``obs``,
+        ``actions``, ``data`` and ``versions`` are kept, not copied: the caller hands them over.
+        """
+        chain = self._chain
+        if chain is not None and chain.key is key and mask is None:
+            n = len(slots)
+            if self.recorder is not None:
+                self.recorder.record(
+                    chain.slots32, chain.episodes, chain.steps, chain.obs, chain.actions,
+                    np.full(n, rewards, np.float64) if np.ndim(rewards) == 0
+                    else np.array(rewards, np.float64), obs, chain.no_flags, chain.no_flags,
+                    model_version=chain.versions, batch_data=chain.data or None)
+            # New arrays replace the old ones (which the recorder now holds), never modified.
+            chain.obs, chain.actions, chain.versions, chain.data = obs, actions, versions, data
+            chain.steps = chain.steps + 1
+            return
+        self.materialize()
+        self.complete(slots, rewards, obs)
+        self.begin(slots, obs, actions, versions, data, mask)
+        if mask is None and not self.max_length:
+            self._chain = _Chain(key, slots, obs, actions, versions, data,
+                                 self.episode[slots].copy(), self.step[slots].copy())
+            self.pending[slots] = False  # the chain holds these pending steps now
+
+    def materialize(self) -> None:
+        """Writes the chain's pending steps back into the table (before any other use)."""
+        chain, self._chain = self._chain, None
+        if chain is None:
+            return
+        self.begin(chain.slots, chain.obs, chain.actions, chain.versions, chain.data, None)
+        self.episode[chain.slots] = chain.episodes
+        self.step[chain.slots] = chain.steps
+
     def complete(self, slots: np.ndarray, rewards: Any, next_obs: np.ndarray | None,
                  terminated: bool | np.ndarray = False, truncated: bool | np.ndarray = False
                  ) -> int:
@@ -107,6 +164,7 @@ class TrajectoryTable:
 
         ``next_obs`` is kept by the recorder: the caller must not modify it afterwards.
         """
+        self.materialize()
         waiting = self.pending[slots]
         if waiting.all():  # the steady state: every actor has a step waiting for its reward
             rows: np.ndarray | slice = slice(None)
@@ -184,6 +242,7 @@ class TrajectoryTable:
 
     def move(self, old: int, new: int) -> None:
         """Carries slot ``old``'s trajectory over to slot ``new`` (an actor renamed)."""
+        self.materialize()
         self.grow(new + 1)
         for array in (self.prev_obs, self.prev_action, self.prev_version, self.pending,
                       self.episode, self.step, self.has_mask, *self.prev_data.values()):
@@ -194,6 +253,7 @@ class TrajectoryTable:
 
     def drop(self, slot: int) -> None:
         """Forgets a slot's pending step (an action whose reward never came is not recorded)."""
+        self.materialize()
         self.pending[slot] = False
         self.episode[slot] = -1
         self.step[slot] = 0
