@@ -43,6 +43,7 @@ def wrap(
     record_info: bool = True,
     batch_rows: int | None = None,
     spill_dir: str | None = None,
+    policy: Any = None,
     **make_kwargs: Any,
 ) -> RelayRLVectorEnv | RelayRLSB3VecEnv:
     """Wraps an env into a recorded vector env of ``actors`` copies.
@@ -66,6 +67,8 @@ def wrap(
         spill_dir: where rows wait, as Arrow files, while a sink is down and more than 64 MiB
             are waiting (default: ``_spill`` in the Arrow sink's directory, else
             ``relayrl_runs/_spill``); they are retried with backoff.
+        policy: a ModelModule (or a path to one) behind ``envs.act(obs)``: one batched model
+            call for every copy; steps taking those actions record its version and outputs.
         **make_kwargs: passed to `gymnasium.make` when ``env`` is an id.
 
     Returns:
@@ -94,7 +97,7 @@ def wrap(
     envs = RelayRLVectorEnv(env_fns, sink=sink, autoreset_mode=autoreset_mode,
                             router_scale=router_scale, run_id=run_id, env_id=env_id,
                             flush_interval=flush_interval, record_info=record_info,
-                            batch_rows=batch_rows, spill_dir=spill_dir)
+                            batch_rows=batch_rows, spill_dir=spill_dir, policy=policy)
     if not sb3:
         return envs
     try:

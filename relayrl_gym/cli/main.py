@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--sink", action="append", default=None,
                          help=f"directory or URL; repeat for several (default {DEFAULT_SINK_ROOT})")
     collect.add_argument("--seed", type=int, default=None, help="seed for envs and actions")
+    collect.add_argument("--policy", default=None,
+                         help="a ModelModule directory or .onnx/.pt file (default: random actions)")
     collect.add_argument("--router-scale", default="auto",
                          help="'auto', 0 (inline) or threads stepping at once")
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sinks = args.sink or [DEFAULT_SINK_ROOT]
             summary = collect(args.env_id, actors=args.actors, steps=args.steps,
                               episodes=args.episodes, sink=sinks if len(sinks) > 1 else sinks[0],
-                              seed=args.seed, progress=not args.no_progress,
+                              seed=args.seed, progress=not args.no_progress, policy=args.policy,
                               router_scale=_router_scale(args.router_scale))
             print(summary)
         else:

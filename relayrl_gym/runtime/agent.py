@@ -59,7 +59,8 @@ class RelayRLAgent(ClientAPI):
     def __init__(self, actors: Sequence[Actor] = (), router: Router | None = None,
                  recorder: Recorder | None = None, writer: BackgroundWriter | None = None,
                  probe: ProbeResult | None = None,
-                 on_shutdown: Callable[[], None] | None = None) -> None:
+                 on_shutdown: Callable[[], None] | None = None,
+                 on_update_model: Callable[..., int] | None = None) -> None:
         """Creates the agent over already-built parts (`RelayRLVectorEnv` builds them), or,
         with no arguments, an agent to `start` (what `AgentBuilder.build` returns).
 
@@ -70,6 +71,7 @@ class RelayRLAgent(ClientAPI):
             writer: the background writer behind ``recorder``.
             probe: the measurement that chose the router scale, when it was chosen automatically.
             on_shutdown: called first by `shutdown` (closes the environments on their threads).
+            on_update_model: what `update_model` does for a wrapped env (swaps its policy).
         """
         self.actors = list(actors)
         self.router = router
@@ -79,6 +81,7 @@ class RelayRLAgent(ClientAPI):
         self.run_id: str | None = None
         self.run_path: Path | None = None
         self._on_shutdown = on_shutdown
+        self._on_update_model = on_update_model
         self._running = router is not None
         self._started = router is not None
         self._lock = threading.RLock()

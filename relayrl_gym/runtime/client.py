@@ -93,6 +93,7 @@ class ClientAPI:
     _next_slot: int
     _generation: int
     _resolved: _Resolved | None
+    _on_update_model: Any
 
     def _check_running(self) -> None:  # provided by RelayRLAgent
         raise NotImplementedError
@@ -304,6 +305,9 @@ class ClientAPI:
         version they now run: the model's ``version`` if higher than theirs, else one more
         than the highest (versions only move forward). A model whose spaces or outputs do
         not fit is refused and the old one keeps running."""
+        if self._table is None and self._on_update_model is not None:  # a wrapped env's policy
+            self._check_running()
+            return self._on_update_model(model, ids)
         self._client()
         module = self._checked_model(model)
         with self._lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class CollectSummary:
 
 def collect(
     env: Any,
-    policy: Callable[[Any], Any] | None = None,
+    policy: Callable[[Any], Any] | Any = None,
     actors: int = 1,
     steps: int | None = None,
     episodes: int | None = None,
@@ -56,7 +57,9 @@ def collect(
 
     Args:
         env: anything `relayrl_gym.wrap` takes.
-        policy: ``policy(obs_batch) -> action_batch``; None samples random actions.
+        policy: a ModelModule or a path to one (batched inference, recorded with its version
+            and outputs), a function ``policy(obs_batch) -> action_batch``, or None for random
+            actions.
         actors: number of env copies.
         steps: stop once this many transitions are recorded (summed over actors; the last
             vector step may add up to ``actors - 1`` more).
@@ -80,7 +83,11 @@ def collect(
             raise ConfigError(f"`{name}` must be an int >= 1, got {value!r}")
     from tqdm.auto import tqdm
 
-    envs = wrap(env, actors, sink=sink, **wrap_kwargs)
+    module = None
+    if policy is not None and (isinstance(policy, str | os.PathLike) or
+                               (hasattr(policy, "step") and hasattr(policy, "version"))):
+        module, policy = policy, None
+    envs = wrap(env, actors, sink=sink, policy=module, **wrap_kwargs)
     returns: list[float] = []
     done_steps = 0
     bar = tqdm(total=steps or episodes, unit="step" if steps else "episode", disable=not progress,
@@ -95,7 +102,10 @@ def collect(
         just_reset = np.zeros(envs.num_envs, dtype=bool)  # NEXT_STEP pseudo-steps to skip
         while (steps is None or done_steps < steps) and (episodes is None or
                                                           len(returns) < episodes):
-            actions = envs.action_space.sample() if policy is None else policy(obs)
+            if module is not None:
+                actions = envs.act(obs)
+            else:
+                actions = envs.action_space.sample() if policy is None else policy(obs)
             obs, rewards, terminated, truncated, _ = envs.step(actions)
             real = ~just_reset
             counted = int(real.sum())

@@ -29,6 +29,7 @@ from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.wrappers.actions import batch_action_checker
 from relayrl_gym.wrappers.factory import make_checked
+from relayrl_gym.wrappers.policy import PolicyDriver
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.sb3 import RelayRLSB3VecEnv
@@ -111,6 +112,7 @@ class RelayRLVectorEnv(VectorEnv):
         record_info: bool = True,
         batch_rows: int | None = None,
         spill_dir: str | Path | None = None,
+        policy: Any = None,
     ) -> None:
         """Creates the actors and their environments, and opens the sinks.
 
@@ -127,6 +129,8 @@ class RelayRLVectorEnv(VectorEnv):
             batch_rows: rows per recorded batch (default: sized to ~4 MiB).
             spill_dir: where rows wait while a sink is down, past 64 MiB in memory (default:
                 ``_spill`` in the Arrow sink's directory, else ``relayrl_runs/_spill``).
+            policy: a ModelModule (or a path to one) that `act` answers with; steps taking its
+                actions are recorded with its version and extra outputs.
         """
         super().__init__()
         if not env_fns:
@@ -172,6 +176,9 @@ class RelayRLVectorEnv(VectorEnv):
                 env_id = first.spec.id
             self.env_id = env_id
             self.run_id = run_id or new_run_id(env_id)
+            self._policy = (PolicyDriver(policy, self.single_observation_space,
+                                         self.single_action_space)
+                            if policy is not None else None)
             recorder, writer = self._open_recording(sink, router_scale, batch_rows, flush_interval,
                                                     first, spill_dir)
         except BaseException:
@@ -179,7 +186,11 @@ class RelayRLVectorEnv(VectorEnv):
             self._close_envs_quietly()
             raise
         self.agent = RelayRLAgent(self._actors, self._router, recorder, writer, probe,
-                                  on_shutdown=self._close_envs)
+                                  on_shutdown=self._close_envs,
+                                  on_update_model=self._update_policy)
+        if self._policy is not None:
+            for actor in self._actors:
+                actor.model, actor.model_version = self._policy.model, self._policy.version
         self._recorder = recorder
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
         self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
@@ -220,7 +231,8 @@ class RelayRLVectorEnv(VectorEnv):
             sink, self.run_id,
             lambda sinks: TransitionSchema.build(
                 self.single_observation_space, self.single_action_space,
-                metadata=self._run_metadata(first, router_scale, sinks)),
+                metadata=self._run_metadata(first, router_scale, sinks),
+                data_type=self._policy.data_type if self._policy is not None else None),
             [str(a.id) for a in self._actors], flush_interval=flush_interval,
             spill_dir=spill_dir, batch_rows=batch_rows)
         return recorder, writer
@@ -392,11 +404,14 @@ class RelayRLVectorEnv(VectorEnv):
                     text = info_to_json(info)
                     if text is not None:
                         infos[i] = text
+        acted = self._policy.take(user_actions) if self._policy is not None else None
         self._recorder.record(
             self._arange, self._episode_ids, self._episode_steps, self._prev_obs,
             actions if actions is not user_actions else _copy_batch(actions), rewards,
             next_obs, terminated, truncated,
-            infos=infos, valid=None if reset_rows is None else ~reset_rows)
+            infos=infos, valid=None if reset_rows is None else ~reset_rows,
+            model_version=-1 if acted is None else acted[0],
+            batch_data=None if acted is None else acted[1])
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
                           reset_rows: np.ndarray | None, any_done: bool) -> None:
@@ -430,6 +445,31 @@ class RelayRLVectorEnv(VectorEnv):
                 return stacked
         out = create_empty_array(space, self.num_envs, fn=np.empty)
         return concatenate(space, items, out)  # type: ignore[arg-type]
+
+    def act(self, obs: Any = None, mask: Any = None) -> np.ndarray:
+        """Actions of the env's policy (``wrap(policy=...)``) for ``obs`` (default: the latest
+        observations), one batched model call; stepping them records the policy's version."""
+        self._check_open()
+        if self._policy is None:
+            raise StateError("this env has no policy; create it with relayrl_gym.wrap(env, "
+                             "policy=ModelModule or path)")
+        if obs is None:
+            if self._prev_obs is None:
+                raise StateError("act() before reset(); call envs.reset(seed=...) first")
+            obs = self._prev_obs
+        return self._policy.act(obs, mask)
+
+    def _update_policy(self, model: Any, ids: Any = None) -> int:
+        if self._policy is None:
+            raise StateError("this env has no policy to update; create it with "
+                             "relayrl_gym.wrap(env, policy=...)")
+        if ids is not None:
+            raise ConfigError("a wrapped env's actors share one policy: update_model(model) "
+                              "without ids")
+        version = self._policy.update(model)
+        for actor in self._actors:
+            actor.model, actor.model_version = self._policy.model, version
+        return version
 
     def render(self) -> tuple[Any, ...]:
         """Each env's render output, rendered on the thread that owns the env."""
