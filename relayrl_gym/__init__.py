@@ -9,8 +9,10 @@
 from relayrl_gym._version import __version__
 from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.errors import RelayRLError
+from relayrl_gym.policies.module import ModelModule
 from relayrl_gym.runtime.actor import DeviceType
 from relayrl_gym.runtime.agent import RelayRLAgent
+from relayrl_gym.runtime.builder import AgentBuilder
 from relayrl_gym.runtime.collect import CollectSummary, collect
 from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.sinks.base import Sink
@@ -18,10 +20,12 @@ from relayrl_gym.wrap import wrap
 from relayrl_gym.wrappers.vector import RelayRLVectorEnv
 
 __all__ = [
+    "AgentBuilder",
     "ArrowSink",
     "CollectSummary",
     "Dataset",
     "DeviceType",
+    "ModelModule",
     "RelayRLAgent",
     "RelayRLError",
     "RelayRLVectorEnv",
@@ -32,6 +36,3 @@ __all__ = [
     "wrap",
 ]
 
-from relayrl_gym.policies.module import ModelModule
-
-__all__ += ["ModelModule"]

@@ -35,3 +35,18 @@ def test_readme_python_blocks(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code = _readme_blocks()[index]
     exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
+
+
+def test_example_train_export_collect(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "train_export_collect.py"),
+                          "--episodes", "150", "--actors", "2", "--collect-steps", "4000",
+                          "--sink", str(tmp_path / "runs"), "--policy-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    before = float(re.search(r"return before training.*: ([\d.]+)", out.stdout).group(1))
+    after = float(re.search(r"return after training.*: +([\d.]+)", out.stdout).group(1))
+    assert after > 2 * before  # 150 REINFORCE episodes already beat random actions
+    (run,) = (tmp_path / "runs").iterdir()
+    ds = relayrl_gym.load(run)
+    assert len(ds) >= 4000 and set(ds.table["model_version"].to_pylist()) == {0}
+    assert relayrl_gym.ModelModule.load_from_path(tmp_path / "pi").version == 0
