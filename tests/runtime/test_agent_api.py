@@ -254,3 +254,27 @@ def test_shutdown_during_traffic_does_not_deadlock(tmp_path):
     agent.shutdown()
     th.join(timeout=30)
     assert done.is_set() and not th.is_alive()
+
+
+def test_models_from_paths_devices_and_live_worker_scaling(tmp_path):
+    _policy(tmp_path, "a", seed=0)
+    _policy(tmp_path, "b", seed=5)
+    agent, params = (AgentBuilder().actor_count(3).default_model(tmp_path / "a")
+                     .default_device("cpu").router_scale(0).sink(tmp_path / "runs").build())
+    agent.start(params)
+    ids = agent.get_actor_ids() + agent.new_actors(3, model=tmp_path / "b")
+    obs = np.random.default_rng(0).standard_normal((6, 4)).astype(np.float32)
+    inline = agent.request_action(ids, obs)
+    agent.scale_throughput(2)  # two inference threads: the two models' groups run at once
+    assert agent.router_scale == 2
+    assert (agent.request_action(ids, obs, reward=1.0) == inline).all()
+    assert any(t.name.startswith("relayrl-infer") for t in threading.enumerate())
+    agent.scale_throughput(0)
+    assert (agent.request_action(ids, obs, reward=1.0) == inline).all()
+    a = ModelModule.load_from_path(tmp_path / "a")
+    b = ModelModule.load_from_path(tmp_path / "b")
+    np.testing.assert_array_equal(inline, np.concatenate([a.step(obs[:3])[0], b.step(obs[3:])[0]]))
+    with pytest.raises(ConfigError, match="`device` must be one of"):
+        AgentBuilder().default_device("tpu")
+    agent.shutdown()
+    assert len(relayrl_gym.load(agent.run_path)) == 12
