@@ -3,20 +3,9 @@
 A missing file is created with the defaults below, so a user always has one to edit; a malformed
 one is a `ConfigError` naming the file and the problem.
 
-Defaults::
-
-    [sink]
-    targets = ["relayrl_runs"]     # directories or URLs, as wrap(sink=...)
-    flush_interval = 1.0           # seconds: the most a crash can lose
-    spill_dir = ""                 # where rows wait while a sink is down ("" = next to it)
-
-    [trajectory]
-    max_length = 0                 # steps; a longer trajectory is cut (truncated=True); 0 = none
-    record_info = true
-
-    [transport]
-    kind = "local"                 # "local": this process writes; "zmq" streams (transport issue)
-    address = ""
+The defaults are the text a missing file is created with (``DEFAULT_CONFIG_TOML`` below; the
+JSON form holds the same values): sinks ``["relayrl_runs"]`` flushed every second, no limit on
+trajectory length, a local transport.
 """
 
 from __future__ import annotations
@@ -29,9 +18,9 @@ from typing import Any
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 
-__all__ = ["AgentConfig", "load_config"]
+__all__ = ["DEFAULT_CONFIG_TOML", "AgentConfig", "load_config"]
 
-_TOML_DEFAULT = '''# relayrl-gym agent configuration (created with the defaults; edit freely)
+DEFAULT_CONFIG_TOML = '''# relayrl-gym agent configuration (created with the defaults; edit freely)
 
 [sink]
 targets = ["relayrl_runs"]     # directories or URLs, as wrap(sink=...)
@@ -146,7 +135,7 @@ def load_config(path: str | Path | None) -> AgentConfig:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             text = (json.dumps(AgentConfig().to_dict(), indent=2) + "\n"
-                    if path.suffix == ".json" else _TOML_DEFAULT)
+                    if path.suffix == ".json" else DEFAULT_CONFIG_TOML)
             path.write_text(text)
         except OSError as err:
             raise ConfigError(f"cannot create the default config file {path}: {err}") from err
