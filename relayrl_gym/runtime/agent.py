@@ -95,6 +95,8 @@ class RelayRLAgent(ClientAPI):
         self._next_slot = len(self.actors)
         self._generation = 0
         self._resolved = None
+        self._versions = {}
+        self._top_version = -1
         self._worker_count = 0
 
     def start(self, params: AgentParams) -> None:
@@ -111,9 +113,13 @@ class RelayRLAgent(ClientAPI):
                               "path)")
         self._default_device = params.default_device
         self._default_model = self._checked_model(params.default_model, params.default_device)
-        self._default_version = int(self._default_model.version)
+        self._default_version = self._version_of(self._default_model)
         self._data_type = model_data_type(self._default_model)
         config = params.config
+        # Checks the spaces before anything is opened (a failed start leaves nothing behind).
+        table = TrajectoryTable(self._default_model.observation_space,
+                                self._default_model.action_space, None,
+                                config.trajectory.max_length)
         self.run_id = params.run_id or new_run_id("agent")
         model = self._default_model
         sink = params.sink if params.sink is not _UNSET else list(config.sink.targets)
@@ -130,8 +136,8 @@ class RelayRLAgent(ClientAPI):
                     data_type=self._data_type),
                 [], flush_interval=config.sink.flush_interval,
                 spill_dir=config.sink.spill_dir or None)
-        self._table = TrajectoryTable(model.observation_space, model.action_space, self.recorder,
-                                      config.trajectory.max_length)
+        table.recorder = self.recorder
+        self._table = table
         self._started = self._running = True
         self._resize_workers(params.router_scale)
         if params.actor_count:
@@ -193,7 +199,8 @@ class RelayRLAgent(ClientAPI):
         """
         if not self._running:
             return
-        self._running = False
+        with self._lock:  # a request in flight finishes (and is recorded) first
+            self._running = False
         errors: list[BaseException] = []
         steps: list[Callable[[], Any]] = []
         if self._on_shutdown is not None:

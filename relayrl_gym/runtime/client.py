@@ -63,6 +63,15 @@ def model_data_type(model: Any) -> pa.DataType:
     return pa.struct(fields)
 
 
+def _per_row(value: Any, rows: int, name: str) -> np.ndarray:
+    """A scalar or one value per row, as a read-only float64 array of ``rows`` values."""
+    try:
+        return np.broadcast_to(np.asarray(value, np.float64), (rows,))
+    except ValueError as err:
+        raise ConfigError(f"`{name}` must be one number or one per id ({rows}), got shape "
+                          f"{np.shape(value)}") from err
+
+
 class _Resolved(NamedTuple):
     """A list of actor ids resolved to actors, slots, versions and models."""
 
@@ -94,6 +103,8 @@ class ClientAPI:
     _generation: int
     _resolved: _Resolved | None
     _on_update_model: Any
+    _versions: dict[int, tuple[Any, int]]
+    _top_version: int
 
     def _check_running(self) -> None:  # provided by RelayRLAgent
         raise NotImplementedError
@@ -116,6 +127,9 @@ class ClientAPI:
         # and no actor or model changed since: reuse the lookup.
         if cached is not None and cached.generation == self._generation and cached.ids == ids:
             return cached
+        if not ids:
+            raise ConfigError("`ids` is empty; pass the ids of the actors to act for "
+                              "(agent.get_actor_ids())")
         try:
             actors = [self._by_id[i if isinstance(i, uuid.UUID) else uuid.UUID(str(i))]
                       for i in ids]
@@ -151,8 +165,10 @@ class ClientAPI:
         # A copy: the table and the recorder keep it (the caller may reuse its array).
         obs = np.array(obs, dtype=table.obs_dtype)
         with self._lock:
+            self._check_running()  # shutdown may have happened while this call waited
             found = self._slots(ids)
             slots = found.slots
+            rewards = _per_row(reward, len(slots), "reward")
             if obs.shape != (len(slots), *table.obs_shape):
                 raise ConfigError(f"`obs` must have one row per id: shape "
                                   f"{(len(slots), *table.obs_shape)}, got {obs.shape}")
@@ -166,7 +182,7 @@ class ClientAPI:
             else:
                 actions, data = self._infer(found.models, obs, mask)
             table.request(found, slots, obs, actions, found.versions, data,
-                          None if mask is None else mask.astype(np.bool_), reward)
+                          None if mask is None else mask.astype(np.bool_), rewards)
         return actions.copy()  # the table keeps `actions`: the caller gets its own
 
     def _infer(self, models: list[Any], obs: np.ndarray, mask: np.ndarray | None
@@ -204,17 +220,16 @@ class ClientAPI:
         it the last observation is repeated as ``next_obs``. The next request starts a new
         trajectory."""
         table = self._client()
-        with self._lock:
-            slots = self._slots(ids).slots
-        rewards = np.broadcast_to(np.asarray(0.0 if reward is None else reward, np.float64),
-                                  (len(slots),))
         following = None
         if final_obs is not None:
             following = np.array(final_obs, table.obs_dtype)  # a copy: the recorder keeps it
-            if following.shape != (len(slots), *table.obs_shape):
+        with self._lock:  # one critical section: no actor may change in between
+            self._check_running()
+            slots = self._slots(ids).slots
+            rewards = _per_row(0.0 if reward is None else reward, len(slots), "reward")
+            if following is not None and following.shape != (len(slots), *table.obs_shape):
                 raise ConfigError(f"`final_obs` must have one row per id: shape "
                                   f"{(len(slots), *table.obs_shape)}, got {following.shape}")
-        with self._lock:
             table.complete(slots, rewards, following, terminated=not truncated,
                            truncated=truncated)
 
@@ -230,7 +245,7 @@ class ClientAPI:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"`count` must be an int >= 1, got {count!r}")
         module = self._default_model if model is None else self._checked_model(model, device)
-        version = self._default_version if model is None else int(module.version)
+        version = self._default_version if model is None else self._version_of(module)
         with self._lock:
             added = []
             for _ in range(count):
@@ -300,20 +315,31 @@ class ClientAPI:
                 f"({self._data_type}); the old model keeps running")
         return model
 
+    def _version_of(self, module: Any) -> int:
+        """A model object keeps the version it got; a new one gets its own ``version`` if that
+        is above every version given so far, else one more than the highest."""
+        known = self._versions.get(id(module))
+        if known is not None and known[0] is module:
+            return known[1]
+        version = max(int(module.version), self._top_version + 1)
+        self._versions[id(module)] = (module, version)
+        self._top_version = version
+        return version
+
     def update_model(self, model: Any, ids: Sequence[uuid.UUID] | None = None) -> int:
         """Hot-swaps the model of every actor (or of ``ids``) between requests; returns the
-        version they now run: the model's ``version`` if higher than theirs, else one more
-        than the highest (versions only move forward). A model whose spaces or outputs do
-        not fit is refused and the old one keeps running."""
+        version they now run. Each new model object gets a version above all earlier ones
+        (its own ``version`` if higher); one used before keeps its version. A model whose
+        spaces or outputs do not fit is refused and the old one keeps running."""
         if self._table is None and self._on_update_model is not None:  # a wrapped env's policy
             self._check_running()
             return self._on_update_model(model, ids)
         self._client()
         module = self._checked_model(model)
         with self._lock:
-            targets = self.actors if ids is None else self._slots(list(ids)).actors
-            current = max((a.model_version for a in targets), default=-1)
-            version = int(module.version) if int(module.version) > current else current + 1
+            targets = self.actors if ids is None else self._slots(
+                [ids] if isinstance(ids, uuid.UUID | str) else list(ids)).actors
+            version = self._version_of(module)
             for actor in targets:
                 actor.model = module
                 actor.model_version = version

@@ -31,7 +31,7 @@ class PolicyDriver:
         self.version = int(self.model.version)
         self.data_type: pa.DataType = model_data_type(self.model)
         self._lock = threading.Lock()
-        self._last: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
+        self._last: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
 
     def _fit(self, model: Any) -> Any:
         if isinstance(model, str | Path):
@@ -54,16 +54,21 @@ class PolicyDriver:
             model, version = self.model, self.version
         actions, data = model.step(obs, mask)
         versions = np.full(len(actions), version, np.int64)
-        self._last = (actions, versions, data)
+        # Our own copy: the caller may change the array it gets before stepping it.
+        self._last = (actions, actions.copy(), versions, data)
         return actions
 
     def take(self, actions: Any) -> tuple[np.ndarray, dict[str, np.ndarray] | None] | None:
         """``(versions, data)`` when ``actions`` is what the last `act` returned (the env
         steps the policy's actions), else None (the caller chose them)."""
         last, self._last = self._last, None
-        if last is None or actions is not last[0]:
-            return None
-        return last[1], (last[2] or None)
+        if last is None or actions is not last[0] or not np.array_equal(actions, last[1]):
+            return None  # the caller's own actions (or the policy's, changed by the caller)
+        return last[2], (last[3] or None)
+
+    def forget(self) -> None:
+        """Drops the last answer (the envs were reset: it no longer applies)."""
+        self._last = None
 
     def update(self, model: Any) -> int:
         """Swaps the model between steps; returns its version (moving forward only)."""

@@ -276,6 +276,8 @@ class RelayRLVectorEnv(VectorEnv):
                                   f"(num_envs={self.num_envs}), got {len(seeds)}")
         options = dict(options) if options else None
         mask = self._reset_mask(options)
+        if self._policy is not None:
+            self._policy.forget()
         indices = [i for i in range(self.num_envs) if mask is None or mask[i]]
         actors = [self._actors[i] for i in indices]
         results = self._router.run(

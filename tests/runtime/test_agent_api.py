@@ -278,3 +278,39 @@ def test_models_from_paths_devices_and_live_worker_scaling(tmp_path):
         AgentBuilder().default_device("tpu")
     agent.shutdown()
     assert len(relayrl_gym.load(agent.run_path)) == 12
+
+
+def test_review_regressions_rewards_versions_and_failed_start(tmp_path):
+    agent = _agent(tmp_path, actors=3)
+    ids = agent.get_actor_ids()
+    obs = np.zeros((3, 4), np.float32)
+    agent.request_action(ids, obs)
+    with pytest.raises(ConfigError, match=r"`reward` must be one number or one per id \(3\)"):
+        agent.request_action(ids, obs, reward=[1.0, 2.0])
+    with pytest.raises(ConfigError, match="`ids` is empty"):
+        agent.request_action([], np.zeros((0, 4), np.float32))
+    agent.request_action(ids, obs, reward=[1.0, 2.0, 3.0])
+    # Each new model object gets a version above all earlier ones; a known one keeps its own.
+    m1, m2 = _policy(tmp_path, "m1", seed=1), _policy(tmp_path, "m2", seed=2)
+    assert agent.update_model(m1, [ids[0]]) == 1
+    assert agent.update_model(m2, ids[1]) == 2
+    assert agent.get_model_version(ids) == [1, 2, 0]
+    extra = agent.new_actor(model=m1)
+    assert agent.get_model_version([extra]) == [1]
+    agent.shutdown()
+    assert relayrl_gym.load(agent.run_path).table["reward"].to_pylist() == [1.0, 2.0, 3.0]
+
+    class DictObsModel:  # a policy whose observations the agent API cannot take
+        observation_space = gym.spaces.Dict({"x": gym.spaces.Box(-1, 1, (2,))})
+        action_space = ACT_SPACE
+        version = 0
+
+        def step(self, obs, mask=None):
+            return np.zeros(len(obs["x"]) if isinstance(obs, dict) else 2, np.int64), {}
+
+    before = {t.name for t in threading.enumerate()}
+    agent, params = AgentBuilder().default_model(DictObsModel()).sink(tmp_path / "dict").build()
+    with pytest.raises(RelayRLError, match="Dict spaces are not supported"):
+        agent.start(params)
+    assert {t.name for t in threading.enumerate()} == before
+    assert not (tmp_path / "dict").exists()

@@ -109,3 +109,17 @@ def test_collect_and_the_cli_with_a_policy(tmp_path, capsys):
     assert cli(["collect", "CartPole-v1", "--policy", str(tmp_path / "missing"), "--steps",
                 "10", "--no-progress"]) == 2
     assert "relayrl-gym collect: error:" in capsys.readouterr().err
+
+
+def test_actions_changed_by_the_caller_are_recorded_as_the_callers(tmp_path):
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path / "runs",
+                            policy=_module(tmp_path, action_head="sample"))
+    envs.reset(seed=0)
+    for t in range(10):
+        actions = envs.act()
+        if t % 2:
+            actions[:] = 1 - actions  # epsilon-greedy style edit in place
+        envs.step(actions)
+    envs.close()
+    table = relayrl_gym.load(envs.run_path).table
+    assert table["model_version"].to_pylist() == [0, 0, -1, -1] * 5
