@@ -64,12 +64,17 @@ def model_data_type(model: Any) -> pa.DataType:
 
 
 def _per_row(value: Any, rows: int, name: str) -> np.ndarray:
-    """A scalar or one value per row, as a read-only float64 array of ``rows`` values."""
-    try:
-        return np.broadcast_to(np.asarray(value, np.float64), (rows,))
-    except ValueError as err:
-        raise ConfigError(f"`{name}` must be one number or one per id ({rows}), got shape "
-                          f"{np.shape(value)}") from err
+    """A scalar or one value per row, as a new float64 array of ``rows`` values (owned: the
+    recorder may keep it)."""
+    if isinstance(value, float | int):
+        return np.full(rows, value, np.float64)
+    array = np.array(value, np.float64)
+    if array.shape == (rows,):
+        return array
+    if array.ndim == 0:
+        return np.full(rows, array, np.float64)
+    raise ConfigError(f"`{name}` must be one number or one per id ({rows}), got shape "
+                      f"{array.shape}")
 
 
 class _Resolved(NamedTuple):

@@ -123,7 +123,8 @@ class TrajectoryTable:
         ``obs`` (recorded) and makes ``obs``/``actions`` their new pending steps.
 
         ``key`` identifies the list of actors (the same object while it is unchanged); ``obs``,
-        ``actions``, ``data`` and ``versions`` are kept, not copied: the caller hands them over.
+        ``actions``, ``data``, ``versions`` and a per-slot ``rewards`` array are kept, not
+        copied: the caller hands them over.
         """
         chain = self._chain
         if chain is not None and chain.key is key and mask is None:
@@ -132,7 +133,7 @@ class TrajectoryTable:
                 self.recorder.record(
                     chain.slots32, chain.episodes, chain.steps, chain.obs, chain.actions,
                     np.full(n, rewards, np.float64) if np.ndim(rewards) == 0
-                    else np.array(rewards, np.float64), obs, chain.no_flags, chain.no_flags,
+                    else rewards, obs, chain.no_flags, chain.no_flags,
                     model_version=chain.versions, batch_data=chain.data or None)
             # New arrays replace the old ones (which the recorder now holds), never modified.
             chain.obs, chain.actions, chain.versions, chain.data = obs, actions, versions, data
