@@ -78,6 +78,22 @@ class IdentityHead:
         return actions.astype(self._dtype, copy=False), {}
 
 
+def _checked_logits(raw: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """The logits to choose from: masked-out actions at -inf; NaN or +inf logits, or rows whose
+    allowed actions are all -inf, are a `ModelError` (they name no action to take)."""
+    logits = raw if mask is None else _masked(raw, mask)
+    if mask is None and np.isfinite(logits).all():  # the usual case: one cheap check
+        return logits
+    bad = np.isnan(logits).any(axis=1) | np.isposinf(logits).any(axis=1)
+    bad |= ~np.isfinite(logits).any(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad).tolist()
+        raise ModelError(f"the model's logits in rows {rows} are NaN, +inf, or -inf for every "
+                         "allowed action, so they name no action; check the observations "
+                         "(NaN in, NaN out) and the model")
+    return logits
+
+
 def _masked(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Logits with masked-out actions set to -inf; checks the mask's shape and rows."""
     mask = np.asarray(mask)
@@ -116,7 +132,7 @@ class ArgmaxHead:
     def __call__(
         self, raw: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        logits = raw if mask is None else _masked(raw, mask)
+        logits = _checked_logits(raw, mask)
         actions = np.argmax(logits, axis=1)
         if self._start:
             actions += self._start
@@ -147,7 +163,7 @@ class SampleHead:
     def __call__(
         self, raw: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        logits = raw if mask is None else _masked(raw, mask)
+        logits = _checked_logits(raw, mask)
         index = np.argmax(logits + rng.gumbel(size=logits.shape), axis=1)
         top = logits.max(axis=1, keepdims=True)
         log_norm = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))

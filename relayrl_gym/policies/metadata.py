@@ -117,9 +117,10 @@ class ModelMetadata:
         if self.model_type not in MODEL_TYPES:
             raise ModelError(f"model_type must be one of {MODEL_TYPES}, got {self.model_type!r}")
         name = self.model_file
-        if not name or Path(name).name != name or name in (".", ".."):
+        if (not isinstance(name, str) or not name or Path(name).name != name
+                or name in (".", "..", "metadata.json")):
             raise ModelError(f"model_file must be a file name inside the model directory (no "
-                             f"folders), got {name!r}")
+                             f"folders, not metadata.json), got {name!r}")
         if self.default_device not in DEVICES:
             raise ModelError(f"default_device must be one of {DEVICES}, got "
                              f"{self.default_device!r}")
@@ -254,17 +255,25 @@ def _shape(value: Any, key: str, source: str) -> tuple[int, ...]:
 
 def _dtype(value: Any, key: str, source: str) -> str:
     try:
-        return np.dtype(value).name
+        if not isinstance(value, str):
+            raise TypeError(f"not a string: {value!r}")
+        dtype = np.dtype(value)
+        if dtype.kind not in "biuf":
+            raise TypeError(f"{dtype} is not a number or bool type")
+        return dtype.name
     except TypeError as err:
-        raise ModelError(f"{source}: {key} must be a numpy dtype name such as 'float32', "
-                         f"got {value!r}") from err
+        raise ModelError(f"{source}: {key} must be a numeric or bool numpy dtype name such as "
+                         f"'float32', got {value!r}") from err
 
 
 def _space(value: Any, key: str, source: str) -> spaces.Space | None:
     if value is None:
         return None
     try:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a JSON object, got {type(value).__name__}")
         return space_from_json(value)
-    except (DatasetError, UnsupportedSpaceError, KeyError, TypeError, ValueError) as err:
+    except (DatasetError, UnsupportedSpaceError, KeyError, TypeError, ValueError,
+            AttributeError) as err:
         raise ModelError(f"{source}: {key} is not a valid space description ({err}); write it "
                          "with relayrl_gym.schema.spaces.space_to_json") from err

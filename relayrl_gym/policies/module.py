@@ -329,6 +329,10 @@ def _replace(target: Path, content: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(content)
+        # mkstemp makes the file private (0600); a saved model is for others to read too.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

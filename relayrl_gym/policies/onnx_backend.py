@@ -73,6 +73,10 @@ class OnnxBackend:
             self._session = ort.InferenceSession(
                 source if isinstance(source, bytes) else str(source), providers=providers)
         except Exception as err:  # onnxruntime raises its own unexported exception types
+            if "external data" in str(err).lower():
+                raise ModelError(f"{name} keeps its weights in external data files, which "
+                                 "relayrl-gym does not load yet; re-export the model into one "
+                                 "file (under 2 GB)") from err
             raise ModelError(f"cannot load {name} as an ONNX model: {err}. Check that the file "
                              "is a complete ONNX model (re-export it if needed)") from err
         if wanted is not None and wanted in self._session.get_providers():

@@ -100,11 +100,11 @@ class TorchScriptBackend:
 
     def run(self, obs: np.ndarray) -> Sequence[np.ndarray]:
         torch = self._torch
-        if not obs.flags.writeable:  # torch.from_numpy warns on read-only arrays
-            obs = obs.copy()
         try:
             with torch.inference_mode():
-                out = self._module(torch.from_numpy(obs).to(self._torch_device))
+                # A copy: a model that works in place must not change the caller's observations
+                # (and torch.from_numpy cannot take read-only arrays).
+                out = self._module(torch.tensor(obs, device=self._torch_device))
         except Exception as err:  # TorchScript raises torch.jit.Error / RuntimeError
             raise ModelError(f"the TorchScript model failed on an input of shape {obs.shape} and "
                              f"dtype {obs.dtype}: {err}") from err

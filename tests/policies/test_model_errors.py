@@ -78,7 +78,12 @@ def test_metadata_not_json(saved):
     ({"version": -1}, "version must be an int >= 0"),
     ({"version": "3"}, "version must be an int >= 0"),
     ({"input_shape": [4]}, "input_shape must be a list starting with -1"),
-    ({"input_dtype": "floaty"}, "input_dtype must be a numpy dtype name"),
+    ({"input_dtype": "floaty"}, "input_dtype must be a numeric or bool numpy dtype name"),
+    ({"input_dtype": "U5"}, "input_dtype must be a numeric or bool numpy dtype name"),
+    ({"input_dtype": None}, "input_dtype must be a numeric or bool numpy dtype name"),
+    ({"observation_space": "box"}, "observation_space is not a valid space description"),
+    ({"model_file": 123}, "must be a file name inside the model directory"),
+    ({"model_file": "metadata.json"}, "not metadata.json"),
     ({"schema_version": 2}, "schema_version 2; .* upgrade relayrl-gym"),
     ({"default_device": "tpu"}, "default_device must be one of"),
     ({"action_space": {"type": "Nope"}}, "action_space is not a valid space description"),
@@ -90,7 +95,8 @@ def test_metadata_not_json(saved):
      r"input_shape \(batch, 4\) does not fit the observation space"),
     ({"action_head": "identity"}, "action head 'identity' needs a Box action space"),
 ], ids=["head", "type", "traversal", "negative-version", "str-version", "no-batch-axis",
-        "dtype", "schema", "device", "space-json", "output-vs-action-space",
+        "dtype", "str-dtype", "null-dtype", "str-space", "int-file", "metadata-as-model",
+        "schema", "device", "space-json", "output-vs-action-space",
         "input-vs-obs-space", "head-vs-space"])
 def test_invalid_metadata(saved, change, match):
     path, meta = saved
