@@ -114,13 +114,8 @@ def _masked(logits: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, logits, -np.inf)
 
 
-class ArgmaxHead:
-    """Picks the highest logit (or Q-value) of each row among the allowed actions.
-
-    >>> head = ArgmaxHead(spaces.Discrete(3, start=1))
-    >>> head(np.array([[0.1, 2.0, 0.3]]), np.array([[1, 0, 1]]), np.random.default_rng(0))
-    (array([3]), {})
-    """
+class _DiscreteHead:
+    """What the discrete heads share: the action offset and dtype of their space."""
 
     def __init__(self, space: spaces.Discrete) -> None:
         """Args:
@@ -128,6 +123,15 @@ class ArgmaxHead:
         """
         self._start = int(space.start)
         self._dtype = space.dtype
+
+
+class ArgmaxHead(_DiscreteHead):
+    """Picks the highest logit (or Q-value) of each row among the allowed actions.
+
+    >>> head = ArgmaxHead(spaces.Discrete(3, start=1))
+    >>> head(np.array([[0.1, 2.0, 0.3]]), np.array([[1, 0, 1]]), np.random.default_rng(0))
+    (array([3]), {})
+    """
 
     def __call__(
         self, raw: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
@@ -139,7 +143,7 @@ class ArgmaxHead:
         return actions.astype(self._dtype, copy=False), {}
 
 
-class SampleHead:
+class SampleHead(_DiscreteHead):
     """Draws each row's action from the softmax of its allowed logits, recording its log-prob.
 
     ``data["log_prob"]`` is float32, one entry per row.
@@ -152,13 +156,6 @@ class SampleHead:
     >>> data["log_prob"].round(4)
     array([-0.6931], dtype=float32)
     """
-
-    def __init__(self, space: spaces.Discrete) -> None:
-        """Args:
-        space: the action space; actions are offset by its ``start``.
-        """
-        self._start = int(space.start)
-        self._dtype = space.dtype
 
     def __call__(
         self, raw: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
