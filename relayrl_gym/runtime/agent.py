@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from relayrl_gym._version import __version__
 from relayrl_gym.errors import ConfigError, RelayRLError, StateError
+from relayrl_gym.policies.fitting import VersionCounter
 from relayrl_gym.runtime.actor import DeviceType
 from relayrl_gym.runtime.client import AgentParams, ClientAPI
 
@@ -95,14 +96,13 @@ class RelayRLAgent(ClientAPI):
         self._next_slot = len(self.actors)
         self._generation = 0
         self._resolved = None
-        self._versions = {}
-        self._top_version = -1
+        self._versions = VersionCounter()
         self._worker_count = 0
 
     def start(self, params: AgentParams) -> None:
         """Starts a built agent: loads its model, opens its sinks, creates its actors."""
+        from relayrl_gym.policies.fitting import model_data_type
         from relayrl_gym.recording.pipeline import open_recording
-        from relayrl_gym.runtime.client import model_data_type
         from relayrl_gym.runtime.trajectories import TrajectoryTable
         from relayrl_gym.schema.transitions import TransitionSchema
 
@@ -113,7 +113,7 @@ class RelayRLAgent(ClientAPI):
                               "path)")
         self._default_device = params.default_device
         self._default_model = self._checked_model(params.default_model, params.default_device)
-        self._default_version = self._version_of(self._default_model)
+        self._default_version = self._versions.version_of(self._default_model)
         self._data_type = model_data_type(self._default_model)
         config = params.config
         # Checks the spaces before anything is opened (a failed start leaves nothing behind).

@@ -13,7 +13,7 @@ import concurrent.futures
 import threading
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -24,12 +24,13 @@ from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.runtime.actor import Actor, DeviceType
 
 if TYPE_CHECKING:
+    from relayrl_gym.policies.fitting import VersionCounter
     from relayrl_gym.recording.recorder import Recorder
     from relayrl_gym.recording.writer import BackgroundWriter
     from relayrl_gym.runtime.config import AgentConfig
     from relayrl_gym.runtime.trajectories import TrajectoryTable
 
-__all__ = ["AgentParams", "ClientAPI", "model_data_type"]
+__all__ = ["AgentParams", "ClientAPI"]
 
 
 @dataclass(frozen=True)
@@ -44,23 +45,6 @@ class AgentParams:
     sink: Any
     run_id: str | None = None
     config_path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def model_data_type(model: Any) -> pa.DataType:
-    """The Arrow type of a model's extra outputs (``data``), from one forward pass on sampled
-    observations: a struct with one field per output, null type when there are none."""
-    sample = np.stack([model.observation_space.sample() for _ in range(2)])
-    _, data = model.step(sample)
-    if not data:
-        return pa.null()
-    fields = []
-    for key, values in sorted(data.items()):
-        values = np.asarray(values)
-        value_type = pa.from_numpy_dtype(values.dtype)
-        width = int(np.prod(values.shape[1:])) if values.ndim > 1 else 0
-        fields.append(pa.field(key, pa.list_(value_type, width) if width else value_type))
-    return pa.struct(fields)
 
 
 def _per_row(value: Any, rows: int, name: str) -> np.ndarray:
@@ -108,8 +92,7 @@ class ClientAPI:
     _generation: int
     _resolved: _Resolved | None
     _on_update_model: Any
-    _versions: dict[int, tuple[Any, int]]
-    _top_version: int
+    _versions: VersionCounter
 
     def _check_running(self) -> None:  # provided by RelayRLAgent
         raise NotImplementedError
@@ -250,7 +233,7 @@ class ClientAPI:
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"`count` must be an int >= 1, got {count!r}")
         module = self._default_model if model is None else self._checked_model(model, device)
-        version = self._default_version if model is None else self._version_of(module)
+        version = self._default_version if model is None else self._versions.version_of(module)
         with self._lock:
             added = []
             for _ in range(count):
@@ -263,9 +246,13 @@ class ClientAPI:
             self._changed()
         return added
 
-    def _add_slot(self, actor: Actor) -> None:
+    def _add_slot(self, actor: Actor, at: int | None = None) -> None:
+        """Registers ``actor`` in a new slot; listed last, or in place of the one at ``at``."""
         self._next_slot = actor.index + 1
-        self.actors.append(actor)
+        if at is None:
+            self.actors.append(actor)
+        else:
+            self.actors[at] = actor
         self._by_id[actor.id] = actor
         if self.recorder is not None:
             self.recorder.actor_ids.append(str(actor.id))
@@ -291,47 +278,25 @@ class ClientAPI:
                 raise ConfigError(f"actor id {new} is already in use")
             renamed = Actor(self._next_slot, id=new, model=actor.model,
                             model_version=actor.model_version, device=actor.device)
-            position = self.actors.index(actor)
-            self._add_slot(renamed)
+            self._add_slot(renamed, at=self.actors.index(actor))
             table.move(actor.index, renamed.index)
-            self.actors.pop()  # _add_slot appended it: it takes the old actor's place instead
-            self.actors[position] = renamed
             del self._by_id[actor.id]
             self._changed()
 
     # -- models ------------------------------------------------------------------------------
     def _checked_model(self, model: Any, device: DeviceType = DeviceType.DEFAULT) -> Any:
-        if isinstance(model, str | Path):
-            from relayrl_gym.policies import ModelModule
+        """``model`` loaded (if a path) and checked against the running one, if any."""
+        from relayrl_gym.policies.fitting import fitting_model
 
-            model = ModelModule.load_from_path(
-                model, device=device if device is not DeviceType.DEFAULT
-                else self._default_device)
         default = self._default_model
-        if default is not None and (model.observation_space != default.observation_space or
-                                    model.action_space != default.action_space):
-            raise ConfigError(
-                f"the model's spaces ({model.observation_space}, {model.action_space}) do not "
-                f"fit the agent's ({default.observation_space}, {default.action_space}); the "
-                "old model keeps running")
-        if default is not None and model_data_type(model) != self._data_type:
-            raise ConfigError(
-                f"the model's extra outputs ({model_data_type(model)}) differ from the run's "
-                f"({self._data_type}); the old model keeps running")
-        return model
+        return fitting_model(
+            model, None if default is None else default.observation_space,
+            None if default is None else default.action_space,
+            None if default is None else self._data_type, replacing=True,
+            device=device if device is not DeviceType.DEFAULT else self._default_device)
 
-    def _version_of(self, module: Any) -> int:
-        """A model object keeps the version it got; a new one gets its own ``version`` if that
-        is above every version given so far, else one more than the highest."""
-        known = self._versions.get(id(module))
-        if known is not None and known[0] is module:
-            return known[1]
-        version = max(int(module.version), self._top_version + 1)
-        self._versions[id(module)] = (module, version)
-        self._top_version = version
-        return version
-
-    def update_model(self, model: Any, ids: Sequence[uuid.UUID] | None = None) -> int:
+    def update_model(self, model: Any, ids: Sequence[uuid.UUID] | uuid.UUID | None = None
+                     ) -> int:
         """Hot-swaps the model of every actor (or of ``ids``) between requests; returns the
         version they now run. Each new model object gets a version above all earlier ones
         (its own ``version`` if higher); one used before keeps its version. A model whose
@@ -342,9 +307,8 @@ class ClientAPI:
         self._client()
         module = self._checked_model(model)
         with self._lock:
-            targets = self.actors if ids is None else self._slots(
-                [ids] if isinstance(ids, uuid.UUID | str) else list(ids)).actors
-            version = self._version_of(module)
+            targets = self.actors if ids is None else self._slots(ids).actors
+            version = self._versions.version_of(module)
             for actor in targets:
                 actor.model = module
                 actor.model_version = version

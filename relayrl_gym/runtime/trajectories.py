@@ -24,7 +24,7 @@ __all__ = ["TrajectoryTable"]
 _ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiBinary, spaces.MultiDiscrete)
 
 
-def _flags(value: bool | np.ndarray, size: int, rows: np.ndarray | slice, n: int) -> np.ndarray:
+def _flags(value: bool | np.ndarray, rows: np.ndarray | slice, n: int) -> np.ndarray:
     if np.ndim(value) == 0:
         return np.full(n, bool(value))
     return np.asarray(value, np.bool_)[rows].copy()
@@ -118,7 +118,7 @@ class TrajectoryTable:
 
     def request(self, key: object, slots: np.ndarray, obs: np.ndarray, actions: np.ndarray,
                 versions: np.ndarray, data: dict[str, np.ndarray], mask: np.ndarray | None,
-                rewards: Any) -> None:
+                rewards: np.ndarray) -> None:
         """One request of actors ``slots``: completes their pending steps with ``rewards`` and
         ``obs`` (recorded) and makes ``obs``/``actions`` their new pending steps.
 
@@ -128,12 +128,10 @@ class TrajectoryTable:
         """
         chain = self._chain
         if chain is not None and chain.key is key and mask is None:
-            n = len(slots)
             if self.recorder is not None:
                 self.recorder.record(
                     chain.slots32, chain.episodes, chain.steps, chain.obs, chain.actions,
-                    np.full(n, rewards, np.float64) if np.ndim(rewards) == 0
-                    else rewards, obs, chain.no_flags, chain.no_flags,
+                    rewards, obs, chain.no_flags, chain.no_flags,
                     model_version=chain.versions, batch_data=chain.data or None)
             # New arrays replace the old ones (which the recorder now holds), never modified.
             chain.obs, chain.actions, chain.versions, chain.data = obs, actions, versions, data
@@ -156,11 +154,11 @@ class TrajectoryTable:
         self.episode[chain.slots] = chain.episodes
         self.step[chain.slots] = chain.steps
 
-    def complete(self, slots: np.ndarray, rewards: Any, next_obs: np.ndarray | None,
+    def complete(self, slots: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray | None,
                  terminated: bool | np.ndarray = False, truncated: bool | np.ndarray = False
                  ) -> int:
-        """Closes the pending step of each slot that has one with its reward (one value or
-        one per slot) and next observation (None: the step's own observation, when the caller
+        """Closes the pending step of each slot that has one with its reward (one per slot)
+        and next observation (None: the step's own observation, when the caller
         gives no final one); records those transitions. Returns how many rows were recorded.
 
         ``next_obs`` is kept by the recorder: the caller must not modify it afterwards.
@@ -176,14 +174,13 @@ class TrajectoryTable:
         else:
             return 0
         n = len(done_slots)
-        term = _flags(terminated, len(slots), rows, n)
-        trunc = _flags(truncated, len(slots), rows, n)
+        term = _flags(terminated, rows, n)
+        trunc = _flags(truncated, rows, n)
         steps = self.step[done_slots]
         if self.max_length:
             trunc |= ~term & (steps + 1 >= self.max_length)
         if self.recorder is not None:
-            reward = (np.full(n, rewards, np.float64) if np.ndim(rewards) == 0
-                      else np.asarray(rewards, np.float64)[rows].copy())
+            reward = rewards[rows].copy()
             following = None if next_obs is None else next_obs[rows]
             has_mask = self.has_mask[done_slots]
             if has_mask.all() or not has_mask.any():

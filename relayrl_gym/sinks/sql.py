@@ -169,7 +169,7 @@ class SQLSink(Sink):
             ensure_schema(self.engine)
             with self.engine.begin() as conn:
                 conn.execute(runs.insert().values(
-                    run_id=run_id, created=self._time(_now_ns()), env_id=meta.get("env_id"),
+                    run_id=run_id, created=self._time(time.time_ns()), env_id=meta.get("env_id"),
                     relayrl_gym_version=str(meta.get("relayrl_gym_version", "")),
                     metadata=json.dumps(meta), arrow_schema=schema.serialize().to_pybytes(),
                     status="running", rows=0, batches=0))
@@ -188,7 +188,7 @@ class SQLSink(Sink):
                 if self._uncertain and self._committed(conn, self._seq):
                     log.info("batch %d of run %s had committed before the connection was "
                              "lost; not writing it again", self._seq, self.run_id)
-                    _, still_open = self._episodes(batch)
+                    _, still_open = self._episodes(batch, self._columns(batch))
                 else:
                     still_open = self._write_batch(conn, batch)
         except Exception as err:  # SQLAlchemy's, and the raw driver's from COPY/executemany
@@ -217,7 +217,7 @@ class SQLSink(Sink):
                     conn.execute(episodes.insert(), [self._episode_row(eid, ep, finished=False)
                                                      for eid, ep in self._open.items()])
                 conn.execute(runs.update().where(runs.c.run_id == self.run_id).values(
-                    status="closed", closed=self._time(_now_ns())))
+                    status="closed", closed=self._time(time.time_ns())))
         except SQLAlchemyError as err:
             raise SinkError(f"closing run {self.run_id!r} in {self!r} failed: {_reason(err)} "
                             "(its transitions are written; its unfinished episodes are not "
@@ -244,14 +244,15 @@ class SQLSink(Sink):
     def _write_batch(self, conn: Connection, batch: pa.RecordBatch) -> dict[int, _Episode]:
         from relayrl_gym.sinks.sql_tables import batches, episodes, runs
 
+        cols = self._columns(batch)
         if batch.num_rows:
             if self.dialect == "postgresql":
-                self._copy_postgresql(conn, batch)
+                self._copy_postgresql(batch, cols, conn)
             elif self.dialect == "sqlite":
-                self._executemany_sqlite(conn, batch)
+                self._executemany_sqlite(cols, conn)
             else:
-                self._insert_generic(conn, batch)
-        closed, still_open = self._episodes(batch)
+                self._insert_generic(cols, conn)
+        closed, still_open = self._episodes(batch, cols)
         if len(closed["episode_id"]) and self.dialect == "postgresql":
             self._copy_episodes(conn, closed)
         elif len(closed["episode_id"]):
@@ -289,10 +290,10 @@ class SQLSink(Sink):
         cols["info"] = _nullable(batch.column("info"), lambda v: v)
         return cols
 
-    def _copy_postgresql(self, conn: Connection, batch: pa.RecordBatch) -> None:
+    def _copy_postgresql(self, batch: pa.RecordBatch, cols: dict[str, Any],
+                         conn: Connection) -> None:
         from relayrl_gym.sinks.pg_copy import CopyColumn, copy_payload
 
-        cols = self._columns(batch)
         n = batch.num_rows
         assert self.run_id is not None
         run = self.run_id.encode()
@@ -330,9 +331,8 @@ class SQLSink(Sink):
         names, payload = copy_payload(columns, n)
         _copy(conn, "relayrl_transitions", names, payload)
 
-    def _row_values(self, batch: pa.RecordBatch) -> list[list[Any]]:
-        cols = self._columns(batch)
-        n = batch.num_rows
+    def _row_values(self, cols: dict[str, Any]) -> list[list[Any]]:
+        n = len(cols["row_index"])
 
         def strings(name: str) -> list[str]:
             words, idx = cols[name]
@@ -357,8 +357,8 @@ class SQLSink(Sink):
             by_name["timestamp"] = [self._time(t) for t in by_name["timestamp"]]
         return [by_name[name] for name in _TRANSITION_COLUMNS]
 
-    def _executemany_sqlite(self, conn: Connection, batch: pa.RecordBatch) -> None:
-        values = self._row_values(batch)
+    def _executemany_sqlite(self, cols: dict[str, Any], conn: Connection) -> None:
+        values = self._row_values(cols)
         marks = ", ".join("?" * len(_TRANSITION_COLUMNS))
         quoted = ", ".join(f'"{name}"' for name in _TRANSITION_COLUMNS)
         raw = conn.connection.driver_connection
@@ -366,54 +366,57 @@ class SQLSink(Sink):
         raw.executemany(f"INSERT INTO relayrl_transitions ({quoted}) VALUES ({marks})",
                         zip(*values))
 
-    def _insert_generic(self, conn: Connection, batch: pa.RecordBatch) -> None:
+    def _insert_generic(self, cols: dict[str, Any], conn: Connection) -> None:
         from relayrl_gym.sinks.sql_tables import transitions
 
-        values = self._row_values(batch)
+        values = self._row_values(cols)
         conn.execute(transitions.insert(),
                      [dict(zip(_TRANSITION_COLUMNS, row)) for row in zip(*values)])
 
-    def _episodes(self, batch: pa.RecordBatch) -> tuple[dict[str, Any], dict[int, _Episode]]:
-        """Columns of the episodes this batch ends, and the episodes still running after it."""
+    def _episodes(self, batch: pa.RecordBatch, cols: dict[str, Any]
+                  ) -> tuple[dict[str, Any], dict[int, _Episode]]:
+        """Columns of the episodes this batch ends, and the episodes still running after it
+        (``cols``: the batch's columns from `_columns`)."""
         still_open = dict(self._open)
-        n = batch.num_rows
-        ep = arrow_to_numpy(batch.column("episode_id"))
-        ids, first, inverse = np.unique(ep, return_index=True, return_inverse=True)
+        ids, first, inverse = np.unique(cols["episode_id"], return_index=True,
+                                        return_inverse=True)
         k = len(ids)
-        totals = np.bincount(inverse, weights=arrow_to_numpy(batch.column("reward")), minlength=k)
+        totals = np.bincount(inverse, weights=cols["reward"], minlength=k)
         lengths = np.bincount(inverse, minlength=k).astype(np.int64)
         last = np.zeros(k, np.int64)
-        np.maximum.at(last, inverse, np.arange(n))
-        ts = arrow_to_numpy(batch.column("timestamp"))
-        started, ended = ts[first].copy(), ts[last]
-        done = (arrow_to_numpy(batch.column("terminated")) |
-                arrow_to_numpy(batch.column("truncated")))[last]
+        np.maximum.at(last, inverse, np.arange(batch.num_rows))
+        started, ended = cols["timestamp"][first].copy(), cols["timestamp"][last]
+        done = (cols["terminated"] | cols["truncated"])[last]
         for j in np.flatnonzero(np.isin(ids, list(still_open))).tolist():
             prev = still_open.pop(int(ids[j]))  # continues from an earlier batch
             totals[j] += prev.total
             lengths[j] += prev.length
             started[j] = prev.started
-        cols: dict[str, Any] = {
-            "episode_id": ids, "env_index": arrow_to_numpy(batch.column("env_index"))[first],
-            "model_version": arrow_to_numpy(batch.column("model_version"))[last],
-            "length": lengths, "episode_return": totals,
-            "terminated": arrow_to_numpy(batch.column("terminated"))[last],
-            "truncated": arrow_to_numpy(batch.column("truncated"))[last],
-            "started": started, "ended": ended}
-        for name in ("actor_id", "agent_id"):
-            encoded = pc.dictionary_encode(batch.column(name))
-            cols[name] = (encoded.dictionary.to_pylist(),
-                          arrow_to_numpy(encoded.indices)[first])
+        per_episode: dict[str, Any] = {
+            "episode_id": ids, "env_index": cols["env_index"][first],
+            "model_version": cols["model_version"][last], "length": lengths,
+            "episode_return": totals, "terminated": cols["terminated"][last],
+            "truncated": cols["truncated"][last], "started": started, "ended": ended,
+            "actor_id": (cols["actor_id"][0], cols["actor_id"][1][first]),
+            "agent_id": (cols["agent_id"][0], cols["agent_id"][1][first])}
         for j in np.flatnonzero(~done).tolist():
-            still_open[int(ids[j])] = _Episode(
-                actor_id=cols["actor_id"][0][cols["actor_id"][1][j]],
-                agent_id=cols["agent_id"][0][cols["agent_id"][1][j]],
-                env_index=int(cols["env_index"][j]), model_version=int(cols["model_version"][j]),
-                length=int(lengths[j]), total=float(totals[j]), terminated=False,
-                truncated=False, started=int(started[j]), ended=int(ended[j]))
+            still_open[int(ids[j])] = self._episode_at(per_episode, j)
         closed = {name: ((v[0], v[1][done]) if isinstance(v, tuple) else v[done])
-                  for name, v in cols.items()}
+                  for name, v in per_episode.items()}
         return closed, still_open
+
+    @staticmethod
+    def _episode_at(per_episode: dict[str, Any], j: int) -> _Episode:
+        words, idx = per_episode["actor_id"]
+        agents, agent_idx = per_episode["agent_id"]
+        return _Episode(
+            actor_id=words[idx[j]], agent_id=agents[agent_idx[j]],
+            env_index=int(per_episode["env_index"][j]),
+            model_version=int(per_episode["model_version"][j]),
+            length=int(per_episode["length"][j]), total=float(per_episode["episode_return"][j]),
+            terminated=bool(per_episode["terminated"][j]),
+            truncated=bool(per_episode["truncated"][j]), started=int(per_episode["started"][j]),
+            ended=int(per_episode["ended"][j]))
 
     def _copy_episodes(self, conn: Connection, closed: dict[str, Any]) -> None:
         from relayrl_gym.sinks.pg_copy import CopyColumn, copy_payload
@@ -441,21 +444,8 @@ class SQLSink(Sink):
         _copy(conn, episodes.name, names, payload)
 
     def _episode_dicts(self, closed: dict[str, Any]) -> list[dict[str, Any]]:
-        rows = []
-        for j in range(len(closed["episode_id"])):
-            rows.append({
-                "run_id": self.run_id, "episode_id": int(closed["episode_id"][j]),
-                "actor_id": closed["actor_id"][0][closed["actor_id"][1][j]],
-                "agent_id": closed["agent_id"][0][closed["agent_id"][1][j]],
-                "env_index": int(closed["env_index"][j]),
-                "model_version": int(closed["model_version"][j]),
-                "length": int(closed["length"][j]),
-                "episode_return": float(closed["episode_return"][j]),
-                "terminated": bool(closed["terminated"][j]),
-                "truncated": bool(closed["truncated"][j]), "finished": True,
-                "started": self._time(int(closed["started"][j])),
-                "ended": self._time(int(closed["ended"][j]))})
-        return rows
+        return [self._episode_row(int(closed["episode_id"][j]), self._episode_at(closed, j),
+                                  finished=True) for j in range(len(closed["episode_id"]))]
 
     def _episode_row(self, episode_id: int, ep: _Episode, finished: bool) -> dict[str, Any]:
         return {"run_id": self.run_id, "episode_id": episode_id, "actor_id": ep.actor_id,
@@ -500,10 +490,6 @@ def _nullable(column: pa.Array, convert: Any) -> list[Any]:
     if column.null_count == len(column):
         return [None] * len(column)
     return [None if v is None else convert(v) for v in column.to_pylist()]
-
-
-def _now_ns() -> int:
-    return time.time_ns()
 
 
 def _reason(err: BaseException) -> str:

@@ -4,14 +4,13 @@ version and outputs when those actions are stepped."""
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from gymnasium import spaces
 
-from relayrl_gym.errors import ConfigError
+from relayrl_gym.policies.fitting import VersionCounter, fitting_model, model_data_type
 
 __all__ = ["PolicyDriver"]
 
@@ -24,29 +23,14 @@ class PolicyDriver:
     def __init__(self, model: Any, observation_space: spaces.Space,
                  action_space: spaces.Space) -> None:
         """Loads ``model`` (a ModelModule or a path to one) and checks it fits the env."""
-        from relayrl_gym.runtime.client import model_data_type
-
         self.observation_space, self.action_space = observation_space, action_space
-        self.model = self._fit(model)
-        self.version = int(self.model.version)
+        self.model = fitting_model(model, observation_space, action_space, what="policy",
+                                   owner="env")
         self.data_type: pa.DataType = model_data_type(self.model)
+        self._versions = VersionCounter()
+        self.version = self._versions.version_of(self.model)
         self._lock = threading.Lock()
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
-
-    def _fit(self, model: Any) -> Any:
-        if isinstance(model, str | Path):
-            from relayrl_gym.policies import ModelModule
-
-            model = ModelModule.load_from_path(model)
-        if not hasattr(model, "step") or not hasattr(model, "version"):
-            raise ConfigError(f"`policy` must be a ModelModule or a path to one, got {model!r}; "
-                              "for a plain function use relayrl_gym.collect(policy=fn)")
-        if (model.observation_space != self.observation_space or
-                model.action_space != self.action_space):
-            raise ConfigError(
-                f"the policy's spaces ({model.observation_space}, {model.action_space}) do not "
-                f"fit the env's ({self.observation_space}, {self.action_space})")
-        return model
 
     def act(self, obs: Any, mask: Any = None) -> np.ndarray:
         """One batched model call for every env copy; remembers the answer for `take`."""
@@ -71,16 +55,11 @@ class PolicyDriver:
         self._last = None
 
     def update(self, model: Any) -> int:
-        """Swaps the model between steps; returns its version (moving forward only)."""
-        from relayrl_gym.runtime.client import model_data_type
-
-        module = self._fit(model)
-        if model_data_type(module) != self.data_type:
-            raise ConfigError(f"the new policy's extra outputs ({model_data_type(module)}) "
-                              f"differ from the run's ({self.data_type}); the old one keeps "
-                              "running")
+        """Swaps the model between steps; returns the version it runs as (see
+        `VersionCounter`)."""
+        module = fitting_model(model, self.observation_space, self.action_space, self.data_type,
+                               what="policy", owner="env", replacing=True)
         with self._lock:
-            new = int(module.version)
-            self.version = new if new > self.version else self.version + 1
+            self.version = self._versions.version_of(module)
             self.model = module
             return self.version
