@@ -40,9 +40,10 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _inspect(path: str) -> None:
-    from relayrl_gym.data.dataset import _SQL_SCHEMES, load
+    from relayrl_gym.data.dataset import load
+    from relayrl_gym.sinks.base import SQL_SCHEMES, url_scheme
 
-    if path.partition("://")[0].split("+")[0] in _SQL_SCHEMES and "run=" not in path:
+    if url_scheme(path) in SQL_SCHEMES and "run=" not in path:
         from relayrl_gym.data.sql_reader import list_sql_runs
 
         runs = list_sql_runs(path)

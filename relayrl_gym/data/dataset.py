@@ -16,6 +16,7 @@ from relayrl_gym.data.records import ActorSummary, Episode, Summary, Transitions
 from relayrl_gym.errors import DatasetError, missing_extra
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.arrow import RUN_FILE
+from relayrl_gym.sinks.base import SQL_SCHEMES, url_scheme
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -211,9 +212,6 @@ def _stat(fn: Any, values: np.ndarray) -> float:
     return float(fn(values)) if len(values) else float("nan")
 
 
-_SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
-
-
 def load(path: str | os.PathLike[str]) -> Dataset:
     """Loads a recorded run: the run directory an Arrow sink wrote (``envs.run_path``), or a
     database URL of a SQL sink with the run chosen by ``?run=<run_id>`` (e.g.
@@ -222,7 +220,7 @@ def load(path: str | os.PathLike[str]) -> Dataset:
     The rows, dtypes and shapes are the same whichever sink wrote them. A crashed run is read
     up to its last flushed batch.
     """
-    if isinstance(path, str) and path.partition("://")[0].split("+")[0] in _SQL_SCHEMES:
+    if isinstance(path, str) and url_scheme(path) in SQL_SCHEMES:
         from relayrl_gym.data.sql_reader import read_sql_run
 
         table, schema, _ = read_sql_run(path)

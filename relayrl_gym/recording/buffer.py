@@ -176,8 +176,9 @@ class StepBlock:
         valid = np.zeros(n, np.bool_)
         children = []
         for field in arrow_type:
-            leaf = field.type.value_type if pa.types.is_fixed_size_list(field.type) else field.type
-            width = field.type.list_size if pa.types.is_fixed_size_list(field.type) else 1
+            fixed = pa.types.is_fixed_size_list(field.type)  # an output with several values
+            leaf = field.type.value_type if fixed else field.type
+            width = field.type.list_size if fixed else 1
             column = np.zeros((n, width), numpy_dtype(leaf))
             for start, data, _ in self.dense:
                 if data is not None and field.name in data:
@@ -185,8 +186,7 @@ class StepBlock:
                     column[start : start + len(values)] = values
                     valid[start : start + len(values)] = True
             flat = numpy_to_arrow(column.reshape(-1), leaf)
-            children.append(flat if width == 1 and not pa.types.is_fixed_size_list(field.type)
-                            else pa.FixedSizeListArray.from_arrays(flat, width))
+            children.append(pa.FixedSizeListArray.from_arrays(flat, width) if fixed else flat)
         return pa.StructArray.from_arrays(children, fields=list(arrow_type),
                                           mask=numpy_to_arrow(~valid))
 

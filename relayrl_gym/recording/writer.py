@@ -161,8 +161,7 @@ class BackgroundWriter:
                     problems.append(str(err))
                     first = first or err
         if self._unreported is not None or self.rows_lost:
-            problems.insert(0, f"{self.rows_lost} recorded rows could not be converted to Arrow "
-                               f"batches: {self._unreported}")
+            problems.insert(0, self._conversion_problem(self._unreported))
             first = first or self._unreported
         if problems:
             raise SinkError("; ".join(problems)) from first
@@ -170,8 +169,10 @@ class BackgroundWriter:
     def _raise_unreported(self) -> None:
         err, self._unreported = self._unreported, None
         if err is not None:
-            raise SinkError(f"{self.rows_lost} recorded rows could not be converted to Arrow "
-                            f"batches: {err}") from err
+            raise SinkError(self._conversion_problem(err)) from err
+
+    def _conversion_problem(self, err: BaseException | None) -> str:
+        return f"{self.rows_lost} recorded rows could not be converted to Arrow batches: {err}"
 
     # -- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:

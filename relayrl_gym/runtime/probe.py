@@ -3,6 +3,7 @@ GIL-releasing ones."""
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -47,15 +48,19 @@ def _time_handoff(rounds: int = 20) -> float:
         thread.stop()
 
 
-def _step_loop(env: Any, deadline_steps: int, seconds: float) -> tuple[int, float]:
+def _step_loop(env: Any, deadline_steps: int, seconds: float) -> tuple[float, float]:
+    """Steps ``env``; returns the median step time (one preempted step does not sway it)
+    and the time spent."""
     env.reset(seed=0)
-    steps, start = 0, time.perf_counter()
-    while steps < deadline_steps and time.perf_counter() - start < seconds:
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < deadline_steps and time.perf_counter() - start < seconds:
+        before = time.perf_counter()
         _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        times.append(time.perf_counter() - before)
         if terminated or truncated:
             env.reset()
-        steps += 1
-    return steps, time.perf_counter() - start
+    return statistics.median(times), time.perf_counter() - start
 
 
 def _spin(stop: threading.Event) -> int:
@@ -94,10 +99,9 @@ def probe_router_scale(env_fn: Callable[[], Any], num_actors: int) -> ProbeResul
     handoff = _time_handoff()
     env = env_fn()
     try:
-        steps, elapsed = _step_loop(env, 4, _PROBE_SECONDS)  # warm-up (imports, JIT caches)
-        steps, elapsed = _step_loop(env, _PROBE_STEPS, _PROBE_SECONDS)
-        step = elapsed / max(steps, 1)
-        if num_actors < 2 or step * num_actors < num_actors * handoff / (1 - _MARGIN):
+        _step_loop(env, 4, _PROBE_SECONDS)  # warm-up (imports, caches)
+        step, elapsed = _step_loop(env, _PROBE_STEPS, _PROBE_SECONDS)
+        if step < handoff / (1 - _MARGIN):  # a hand-off costs more than threads could win
             return ProbeResult(step, 0.0, handoff, 0)
         # The env stays on this thread (the one that made it); the spinner runs beside it.
         solo = _spin_beside(lambda: time.sleep(min(elapsed, _PROBE_SECONDS)))

@@ -14,7 +14,8 @@ from relayrl_gym.errors import ConfigError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["DEFAULT_SINK_ROOT", "Sink", "open_sink", "redact_url", "register_sink"]
+__all__ = ["DEFAULT_SINK_ROOT", "SQL_SCHEMES", "Sink", "open_sink", "redact_url",
+           "register_sink", "url_scheme"]
 
 #: Where runs go when no sink is given.
 DEFAULT_SINK_ROOT = "relayrl_runs"
@@ -65,11 +66,24 @@ class Sink(abc.ABC):
         self.close()
 
 
-_SQL = "relayrl_gym.sinks.sql:SQLSink.from_url"
+#: URL schemes of databases (the SQL sink writes them, `relayrl_gym.load` reads them).
+SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
+
 _FACTORIES: dict[str, Callable[[str], Sink] | str] = {
     "arrow": "relayrl_gym.sinks.arrow:ArrowSink.from_url",
-    "sqlite": _SQL, "postgresql": _SQL, "postgres": _SQL, "mysql": _SQL, "mariadb": _SQL,
+    **{scheme: "relayrl_gym.sinks.sql:SQLSink.from_url" for scheme in SQL_SCHEMES},
 }
+
+
+def url_scheme(spec: str) -> str:
+    """The sink kind a spec names: the URL scheme without its ``+driver`` part ("arrow" for a
+    plain path).
+
+    >>> url_scheme("postgresql+psycopg://db"), url_scheme("runs/")
+    ('postgresql', 'arrow')
+    """
+    scheme, sep, _ = spec.partition("://")
+    return scheme.split("+", 1)[0] if sep else "arrow"
 
 
 def register_sink(scheme: str, factory: Callable[[str], Sink] | str) -> None:
@@ -92,9 +106,8 @@ def open_sink(spec: Any) -> Sink:
             f"`sink` must be a directory path, a URL such as 'arrow://DIR', a Sink object, a "
             f"list of those, or None; got {spec!r}"
         )
-    scheme, sep, _ = spec.partition("://")
     # "postgresql+psycopg://" and "zmq+tcp://" select a driver/transport within one scheme.
-    scheme = scheme.split("+", 1)[0] if sep else "arrow"
+    scheme = url_scheme(spec)
     factory = _FACTORIES.get(scheme)
     if factory is None:
         raise ConfigError(
