@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,7 +26,7 @@ import torch
 from gymnasium import spaces
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleave
+from _common import interleave, steps_per_second
 
 from relayrl_gym.policies import ModelModule
 from relayrl_gym.runtime.builder import AgentBuilder
@@ -36,10 +35,7 @@ BATCH = 64
 
 
 def seconds_per_call(call: Callable[[], object], calls: int) -> float:
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return (time.perf_counter() - start) / calls
+    return 1.0 / steps_per_second(lambda _: call(), calls)
 
 
 def main() -> None:

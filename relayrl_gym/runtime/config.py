@@ -29,7 +29,6 @@ spill_dir = ""                 # where rows wait while a sink is down ("" = next
 
 [trajectory]
 max_length = 0                 # steps; a longer trajectory is cut (truncated=True); 0 = none
-record_info = true
 
 [transport]
 kind = "local"                 # "local": this process writes
@@ -47,7 +46,6 @@ class SinkConfig:
 @dataclass(frozen=True)
 class TrajectoryConfig:
     max_length: int = 0
-    record_info: bool = True
 
 
 @dataclass(frozen=True)
