@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 from relayrl_gym.data.arrow_reader import read_run_dir
 from relayrl_gym.data.records import ActorSummary, Episode, Summary, Transitions
 from relayrl_gym.errors import DatasetError, missing_extra
+from relayrl_gym.schema.batches import concat, map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.arrow import RUN_FILE
 from relayrl_gym.sinks.base import SQL_SCHEMES, url_scheme
@@ -25,21 +26,8 @@ if TYPE_CHECKING:
 __all__ = ["Dataset", "load"]
 
 
-def _concat(parts: list[Any]) -> Any:
-    first = parts[0]
-    if isinstance(first, dict):
-        return {k: _concat([p[k] for p in parts]) for k in first}
-    if isinstance(first, tuple):
-        return tuple(_concat([p[i] for p in parts]) for i in range(len(first)))
-    return np.concatenate(parts)
-
-
 def _slice(batch: Any, start: int, stop: int) -> Any:
-    if isinstance(batch, dict):
-        return {k: _slice(v, start, stop) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_slice(v, start, stop) for v in batch)
-    return batch[start:stop]
+    return map_leaves(lambda leaf: leaf[start:stop], batch)
 
 
 def _rows(batch: Any, n: int) -> list[Any]:
@@ -139,7 +127,7 @@ class Dataset:
                 actor_id=actor[start].as_py(),
                 agent_id=agent[start].as_py(),
                 env_index=int(env_index[start]),
-                observations=_concat([_slice(obs, start, stop),
+                observations=concat([_slice(obs, start, stop),
                                       _slice(next_obs, stop - 1, stop)]),
                 actions=_slice(actions, start, stop),
                 rewards=rewards[start:stop],

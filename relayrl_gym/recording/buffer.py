@@ -10,10 +10,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from relayrl_gym.schema.batches import concat
 from relayrl_gym.schema.codecs import (
-    Codec,
-    DictCodec,
-    TupleCodec,
     numpy_dtype,
     numpy_to_arrow,
     strings_to_arrow,
@@ -53,14 +51,6 @@ def _str_keys(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _str_keys(v) for k, v in value.items()}
     return value
-
-
-def _concat(codec: Codec, parts: Sequence[Any]) -> Any:
-    if isinstance(codec, DictCodec):
-        return {k: _concat(c, [p[k] for p in parts]) for k, c in codec.children.items()}
-    if isinstance(codec, TupleCodec):
-        return tuple(_concat(c, [p[i] for p in parts]) for i, c in enumerate(codec.children))
-    return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
 
 
 def _flat(parts: Sequence[Any], dtype: Any, total: int) -> np.ndarray:
@@ -117,9 +107,9 @@ class StepBlock:
         agent = pa.DictionaryArray.from_arrays(indices, strings_to_arrow(agent_ids))
         run = pa.DictionaryArray.from_arrays(numpy_to_arrow(np.zeros(n, np.int32)),
                                              strings_to_arrow([run_id]))
-        obs = _concat(schema.obs, columns_by_name["obs"])
-        next_obs = _concat(schema.obs, columns_by_name["next_obs"])
-        action = _concat(schema.action, columns_by_name["action"])
+        obs = concat(columns_by_name["obs"])
+        next_obs = concat(columns_by_name["next_obs"])
+        action = concat(columns_by_name["action"])
         columns = [
             run.cast(pa.string()),
             actor.cast(pa.string()),

@@ -6,7 +6,6 @@ import datetime as _dt
 import json
 import logging
 from collections.abc import Callable, Sequence
-from copy import deepcopy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +24,7 @@ from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import RelayRLAgent, new_run_id
 from relayrl_gym.runtime.probe import ProbeResult, probe_router_scale
 from relayrl_gym.runtime.router import Router
+from relayrl_gym.schema.batches import copy_batch, map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.wrappers.actions import batch_action_checker
@@ -56,27 +56,8 @@ def parse_autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
     return found
 
 
-def _copy_batch(batch: Any) -> Any:
-    if type(batch) is np.ndarray:
-        return batch.copy()
-    if isinstance(batch, np.ndarray):
-        return batch.copy()
-    if isinstance(batch, dict):
-        return {k: _copy_batch(v) for k, v in batch.items()}
-    if isinstance(batch, tuple):
-        return tuple(_copy_batch(v) for v in batch)
-    return deepcopy(batch)
-
-
 def _put_row(batch: Any, i: int, value: Any) -> None:
-    if isinstance(batch, np.ndarray):
-        batch[i] = value
-    elif isinstance(batch, dict):
-        for k in batch:
-            _put_row(batch[k], i, value[k])
-    elif isinstance(batch, tuple):
-        for part, v in zip(batch, value):
-            _put_row(part, i, v)
+    map_leaves(lambda leaf, v: leaf.__setitem__(i, v), batch, value)
 
 
 class RelayRLVectorEnv(VectorEnv):
@@ -298,7 +279,7 @@ class RelayRLVectorEnv(VectorEnv):
             self._start_episode(i)
         self._any_done = bool(self._autoreset.any())
         self._broken_by = None
-        self._prev_obs = _copy_batch(obs) if self._recorder is not None else obs
+        self._prev_obs = copy_batch(obs) if self._recorder is not None else obs
         return obs, infos
 
     def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
@@ -364,7 +345,7 @@ class RelayRLVectorEnv(VectorEnv):
             self._prev_obs = obs
         else:
             # One copy of obs serves as this step's next_obs and the next step's obs.
-            own_obs = _copy_batch(obs)
+            own_obs = copy_batch(obs)
             # The per-env tuples are immutable: the recorder keeps them instead of array copies.
             self._record(actions, recorded_actions, own_obs, rewards_l, terminated_l, truncated_l,
                          info_l, finals, reset_rows)
@@ -395,7 +376,7 @@ class RelayRLVectorEnv(VectorEnv):
         assert self._recorder is not None
         next_obs = own_obs
         if finals:
-            next_obs = _copy_batch(own_obs)
+            next_obs = copy_batch(own_obs)
             for i, (final_obs, _) in finals.items():
                 _put_row(next_obs, i, final_obs)
         infos: dict[int, str] = {}
@@ -409,7 +390,7 @@ class RelayRLVectorEnv(VectorEnv):
         acted = self._policy.take(user_actions) if self._policy is not None else None
         self._recorder.record(
             self._arange, self._episode_ids, self._episode_steps, self._prev_obs,
-            actions if actions is not user_actions else _copy_batch(actions), rewards,
+            actions if actions is not user_actions else copy_batch(actions), rewards,
             next_obs, terminated, truncated,
             infos=infos, valid=None if reset_rows is None else ~reset_rows,
             model_version=-1 if acted is None else acted[0],
