@@ -1,0 +1,120 @@
+"""`RecordedAECEnv`: a PettingZoo `AECEnv` that records every agent's transitions, turn to turn."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pettingzoo.utils.env import ActionType, AECEnv, AgentID, ObsType
+from pettingzoo.utils.wrappers.base import BaseWrapper
+from typing_extensions import override
+
+from relayrl_gym.wrappers.pettingzoo.observations import action_mask
+from relayrl_gym.wrappers.pettingzoo.recording import AgentTracker, GameRecording
+
+__all__ = ["RecordedAECEnv"]
+
+
+class RecordedAECEnv(BaseWrapper[AgentID, ObsType, ActionType]):
+    """An `AECEnv` that behaves exactly as the wrapped one and records each agent's transitions.
+
+    A transition of an agent spans from its turn to its next turn: ``obs`` is what
+    ``last()`` gave it when it acted, ``action`` what it played; ``reward``, ``next_obs``,
+    ``terminated`` and ``truncated`` are what ``last()`` gives it at its next turn, so the
+    reward is everything it received in between (PettingZoo's ``_cumulative_rewards``). An
+    agent's final transition ends at the turn where it is selected dead (the turn whose only
+    valid action is None); that dead step itself is not a transition and is never recorded.
+    A transition that has not reached its next turn when the game is reset, or whose agent is
+    removed without being selected again, is dropped (never recorded with made-up values).
+
+    >>> import relayrl_gym, tempfile
+    >>> from pettingzoo.classic import tictactoe_v3
+    >>> env = relayrl_gym.wrap(tictactoe_v3.env(), sink=tempfile.mkdtemp())
+    >>> env.reset(seed=0)
+    >>> for move in (0, 3, 1, 4, 2):  # player_1 completes the top row
+    ...     env.step(move)
+    >>> while env.agents:
+    ...     env.step(None)  # the dead steps that end the game
+    >>> env.close()
+    >>> ds = relayrl_gym.load(env.run_path)
+    >>> ds.table.column("agent_id").to_pylist().count("player_1"), ds.table.column("reward")[-1]
+    (3, <pyarrow.DoubleScalar: 1.0>)
+    """
+
+    def __init__(self, env: AECEnv[AgentID, ObsType, ActionType],
+                 tracker: AgentTracker | None = None,
+                 recording: GameRecording | None = None) -> None:
+        """Wraps ``env`` (use `relayrl_gym.wrap`).
+
+        Args:
+            env: the game.
+            tracker: this game's bookkeeping in a run (None: nothing recorded).
+            recording: the run this env owns and closes with itself (None: owned elsewhere).
+        """
+        super().__init__(env)
+        self.tracker = tracker or AgentTracker(None, {})
+        self.recording = recording
+        self.run_id = recording.run_id if recording is not None else None
+        self.run_path = recording.run_path if recording is not None else None
+        self._seen: dict[Any, tuple[Any, dict[str, Any]]] = {}
+        self._source: tuple[int, dict[str, Any] | None] | None = None
+        self.closed = False
+
+    def acted_by(self, version: int, data: dict[str, Any] | None = None) -> None:
+        """Marks the next step's action as chosen by a model of ``version``."""
+        self._source = (version, data)
+
+    @override
+    def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
+        self.env.reset(seed=seed, options=options)
+        self.tracker.reset()
+        self._seen.clear()
+        self._source = None
+        self._at_turn()
+
+    @override
+    def step(self, action: ActionType) -> None:
+        env = self.env
+        agent = env.agent_selection
+        seen = self._seen.pop(agent, None)
+        source, self._source = self._source, None
+        if seen is not None and not (env.terminations.get(agent) or env.truncations.get(agent)):
+            version, data = source or (-1, None)
+            self.tracker.begin(agent, seen[0], action, action_mask(*seen), version, data)
+        env.step(action)
+        self._at_turn()
+
+    def _at_turn(self) -> None:
+        # Runs whenever an agent may have been selected: its transition in flight ends here.
+        env, tracker = self.env, self.tracker
+        agents = env.agents
+        for waiting in tracker.waiting():
+            if waiting not in agents:
+                tracker.drop(waiting)
+        if not agents or env.agent_selection not in agents:
+            return
+        agent = env.agent_selection
+        obs, reward, terminated, truncated, info = env.last()
+        tracker.finish(agent, obs, reward, terminated, truncated, info)
+        if not (terminated or truncated):
+            self._seen[agent] = (obs, info)
+
+    @override
+    def close(self) -> None:
+        """Closes the game, then flushes and closes the run it owns; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.env.close()
+        finally:
+            if self.recording is not None:
+                self.recording.close()
+
+    def flush(self) -> None:
+        """Writes every transition recorded so far to the sinks."""
+        if self.recording is not None:
+            self.recording.flush()
+
+    @override
+    def __str__(self) -> str:
+        return f"RecordedAECEnv<{self.env!s}>"
