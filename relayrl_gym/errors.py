@@ -14,6 +14,7 @@ __all__ = [
     "RouterError",
     "SinkError",
     "StateError",
+    "TransportError",
     "UnsupportedSpaceError",
 ]
 
@@ -44,6 +45,10 @@ class RouterError(RelayRLError, RuntimeError):
 
 class SinkError(RelayRLError, OSError):
     """A sink could not be opened or written."""
+
+
+class TransportError(RelayRLError, OSError):
+    """A ZMQ transport endpoint could not be bound, reached, or spoken to."""
 
 
 class DatasetError(RelayRLError, ValueError):

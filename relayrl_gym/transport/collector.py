@@ -1,0 +1,245 @@
+"""The collector: receives ZMQ sinks' batches, writes each once, acknowledges what is stored."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from relayrl_gym.errors import RelayRLError
+from relayrl_gym.transport._zmq import require_zmq
+from relayrl_gym.transport.protocol import (
+    Header,
+    Kind,
+    ProtocolViolation,
+    decode_header,
+    encode,
+)
+from relayrl_gym.transport.sockets import bind_socket
+from relayrl_gym.transport.stats import CollectorStats
+
+if TYPE_CHECKING:
+    from relayrl_gym.transport.keys import ServerKeys
+
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Collector", "RunStore"]
+
+log = logging.getLogger(__name__)
+
+#: The largest message a collector accepts (ZMQ drops a peer that sends a larger one).
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+_DRAIN_MESSAGES = 256
+_DRAIN_BYTES = 64 * 1024 * 1024
+
+#: Opens the store of a run: ``(run_id, schema) -> ArrowRunStore | SinkRunStore``.
+RunStore = Callable[[str, pa.Schema], Any]
+
+
+class _Round:
+    """What one drain of the socket wrote, per (run, sender): committed together, then acked."""
+
+    def __init__(self) -> None:
+        self.last: dict[tuple[str, str], int] = {}
+        self.identity: dict[tuple[str, str], bytes] = {}
+        self.batches: list[tuple[str, pa.RecordBatch]] = []
+
+
+class Collector:
+    """A ROUTER socket and the thread that serves it (see `relayrl_gym.transport.protocol`).
+
+    Batches of a sender are taken in sequence order only: a repeat is acknowledged again and
+    counted as a duplicate, a gap is answered with the sequence number expected. Each drain of
+    the socket writes its batches, commits every touched run (data first, then the per-sender
+    last sequence numbers), and only then acknowledges. Malformed, oversized or unknown-version
+    messages are refused with a ``reject`` reply and counted; nothing a peer sends stops the
+    thread. `TrainingServer` builds one; ``close`` joins the thread.
+    """
+
+    def __init__(self, ctx: Any, bind: str, open_store: RunStore, *,
+                 keys: ServerKeys | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 models_endpoint: str | None = None,
+                 on_batches: Callable[[list[tuple[str, pa.RecordBatch]]], None] | None = None
+                 ) -> None:
+        """Binds the socket and starts serving.
+
+        Args:
+            ctx: the ZMQ context (its authenticator enforces CURVE keys).
+            bind: the endpoint, e.g. ``tcp://*:7776`` (port ``*`` or 0: any free port).
+            open_store: opens a run's store.
+            keys: the server keypair for CurveZMQ.
+            max_message_bytes: larger messages are refused.
+            models_endpoint: announced to senders as where models come from.
+            on_batches: gets ``(run_id, batch)`` pairs once they are committed.
+        """
+        zmq = require_zmq()
+        self.stats = CollectorStats()
+        self.max_message_bytes = int(max_message_bytes)
+        self.models_endpoint = models_endpoint
+        self._open_store = open_store
+        self._on_batches = on_batches
+        self._stores: dict[str, Any] = {}
+        self._sock, self.endpoint = bind_socket(ctx, zmq.ROUTER, bind, keys=keys,
+                                                max_message_bytes=self.max_message_bytes)
+        self._stop = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="relayrl-zmq-collector",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops the thread and completes every run's files; idempotent."""
+        self._stop.set()
+        self._thread.join(timeout)
+        problems = []
+        for run_id, store in list(self._stores.items()):
+            try:
+                store.close()
+            except Exception as err:
+                problems.append(f"{run_id}: {err}")
+        self._stores.clear()
+        if problems:
+            log.error("closing runs failed: %s", "; ".join(problems))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    # -- thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        zmq = require_zmq()
+        sock = self._sock
+        try:
+            while not self._stop.is_set():
+                if not sock.poll(50):
+                    continue
+                messages: list[list[Any]] = []
+                size = 0
+                while len(messages) < _DRAIN_MESSAGES and size < _DRAIN_BYTES:
+                    try:
+                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    messages.append(frames)
+                    size += sum(len(f) for f in frames)
+                work = _Round()
+                for frames in messages:
+                    self._handle(frames, work)
+                self._commit(work)
+        except Exception as err:  # a bug, not a peer's doing: keep it visible
+            self.error = err
+            log.exception("the collector thread stopped")
+        finally:
+            sock.close(0)
+
+    def _reply(self, identity: bytes, kind: Kind, **fields: Any) -> None:
+        zmq = require_zmq()
+        with contextlib.suppress(zmq.ZMQError):  # the peer is gone or slow: it asks again
+            self._sock.send_multipart([identity, encode(kind, **fields)], zmq.NOBLOCK)
+
+    def _handle(self, frames: list[Any], work: _Round) -> None:
+        identity = frames[0].bytes
+        sender = "?"
+        try:
+            if len(frames) < 2:
+                raise ProtocolViolation("empty message")
+            if sum(len(f) for f in frames) > self.max_message_bytes:
+                raise ProtocolViolation(f"message over the {self.max_message_bytes}-byte limit")
+            header = decode_header(frames[1].buffer)
+            if header.kind not in (Kind.START, Kind.BATCH):
+                raise ProtocolViolation(f"a collector takes start and batch messages, not "
+                                        f"{header.kind.value!r}")
+            sender = header.name("sender")
+            run_id = header.name("run")
+            if len(frames) != 3:
+                raise ProtocolViolation(f"a {header.kind.value} message has one payload frame, "
+                                        f"got {len(frames) - 2}")
+            if header.kind is Kind.START:
+                self._start(identity, sender, run_id, frames[2])
+            else:
+                self._batch(identity, sender, run_id, header, frames[2], work)
+        except ProtocolViolation as err:
+            self.stats.count(sender, rejected=1)
+            log.warning("rejected a message from sender %s: %s", sender, err)
+            self._reply(identity, Kind.REJECT, reason=str(err)[:300])
+
+    def _start(self, identity: bytes, sender: str, run_id: str, payload: Any) -> None:
+        store = self._stores.get(run_id)
+        if store is None:
+            try:
+                schema = pa.ipc.read_schema(pa.py_buffer(payload.buffer))
+                from relayrl_gym.schema.transitions import TransitionSchema
+
+                TransitionSchema.from_arrow(schema)  # a recorded run's schema, metadata included
+            except Exception as err:
+                raise ProtocolViolation(f"start of run {run_id!r} carries no valid recorded-run "
+                                        f"schema: {str(err)[:200]}") from err
+            try:
+                store = self._open_store(run_id, schema)
+            except RelayRLError as err:
+                raise ProtocolViolation(f"cannot open run {run_id!r}: {err}") from err
+            self._stores[run_id] = store
+            log.info("run %s started by sender %s", run_id, sender)
+        last = store.last_seq(sender)
+        self.stats.set_last_seq(sender, last)
+        self._reply(identity, Kind.STARTED, run=run_id, next=last + 1,
+                    models=self.models_endpoint, max_bytes=self.max_message_bytes)
+
+    def _batch(self, identity: bytes, sender: str, run_id: str, header: Header, payload: Any,
+               work: _Round) -> None:
+        seq = header.integer("seq")
+        store = self._stores.get(run_id)
+        if store is None:
+            self._reply(identity, Kind.NEED_START, run=run_id)
+            return
+        key = (run_id, sender)
+        committed = store.last_seq(sender)
+        last = work.last.get(key, committed)
+        if seq <= last:
+            self.stats.count(sender, duplicates=1)
+            if seq <= committed:
+                self._reply(identity, Kind.ACK, run=run_id, seq=committed)
+            return
+        if seq > last + 1:
+            self.stats.count(sender, out_of_order=1)
+            self._reply(identity, Kind.NACK, run=run_id, expected=last + 1)
+            return
+        try:
+            batch = pa.ipc.read_record_batch(pa.py_buffer(payload.buffer), store.schema)
+            batch.validate(full=True)
+        except Exception as err:
+            raise ProtocolViolation(f"batch {seq} of run {run_id!r} is not a valid record "
+                                    f"batch of the run's schema: {str(err)[:200]}") from err
+        try:
+            store.write(batch)
+        except Exception as err:  # not acknowledged: the sender resends it
+            self.stats.sink_errors += 1
+            log.warning("writing batch %d of run %s failed: %s", seq, run_id, err)
+            return
+        work.last[key] = seq
+        work.identity[key] = identity
+        work.batches.append((run_id, batch))
+        self.stats.count(sender, batches=1, rows=batch.num_rows)
+
+    def _commit(self, work: _Round) -> None:
+        by_run: dict[str, dict[str, int]] = {}
+        for (run_id, sender), seq in work.last.items():
+            by_run.setdefault(run_id, {})[sender] = seq
+        committed_runs = set()
+        for run_id, seqs in by_run.items():
+            try:
+                self._stores[run_id].commit(seqs)
+            except Exception as err:  # not acknowledged: resent, written again after repair
+                self.stats.sink_errors += 1
+                log.error("committing run %s failed: %s", run_id, err)
+                continue
+            committed_runs.add(run_id)
+        for (run_id, sender), seq in work.last.items():
+            if run_id in committed_runs:
+                self.stats.set_last_seq(sender, seq)
+                self._reply(work.identity[(run_id, sender)], Kind.ACK, run=run_id, seq=seq)
+        if self._on_batches is not None and work.batches:
+            self._on_batches([(r, b) for r, b in work.batches if r in committed_runs])

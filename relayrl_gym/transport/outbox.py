@@ -1,0 +1,130 @@
+"""The sender's window: batches sent and not yet acknowledged, resent until they are."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from typing import Any, NamedTuple
+
+__all__ = ["Outbox", "Pending"]
+
+
+class Pending(NamedTuple):
+    """One batch in the window: its sequence number, IPC bytes and row count."""
+
+    seq: int
+    payload: Any
+    rows: int
+
+
+class Outbox:
+    """Numbered batches waiting for the collector's acknowledgement (go-back-N).
+
+    ``put`` numbers a batch; `due` hands out the batches to (re)send: each once at first, then
+    again after ``resend_after`` seconds doubling up to ``resend_max`` while unacknowledged.
+    ``ack(seq)`` is cumulative; ``rewind(expected)`` (a gap or a restarted collector) drops
+    what the collector has and makes the rest due at once. Thread-safe: the writer thread puts,
+    the sender's I/O thread sends and acknowledges.
+
+    >>> box = Outbox(max_bytes=1 << 20)
+    >>> box.put(b"a", 1), box.put(b"b", 1)
+    (0, 1)
+    >>> [p.seq for p in box.due()]
+    [0, 1]
+    >>> box.ack(0); box.rows, box.due()
+    (1, [])
+    """
+
+    def __init__(self, max_bytes: int, resend_after: float = 2.0, resend_max: float = 30.0
+                 ) -> None:
+        """Creates an empty window.
+
+        Args:
+            max_bytes: the most payload bytes the window holds (`full` past it).
+            resend_after: seconds before an unacknowledged batch is sent again.
+            resend_max: the longest wait between two sends of one batch.
+        """
+        self.max_bytes = int(max_bytes)
+        self.resend_after = float(resend_after)
+        self.resend_max = float(resend_max)
+        self.next_seq = 0
+        self.bytes = 0
+        self.rows = 0
+        self.acked_rows = 0
+        self.resent = 0
+        self._items: collections.OrderedDict[int, Pending] = collections.OrderedDict()
+        self._next_send: dict[int, float] = {}
+        self._delay: dict[int, float] = {}
+        self._lock = threading.Lock()
+        self.changed = threading.Condition(self._lock)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def full(self) -> bool:
+        return self.bytes >= self.max_bytes
+
+    def put(self, payload: Any, rows: int) -> int:
+        """Adds a batch (bytes-like); returns its sequence number."""
+        size = memoryview(payload).nbytes
+        with self._lock:
+            seq = self.next_seq
+            self.next_seq += 1
+            self._items[seq] = Pending(seq, payload, rows)
+            self._next_send[seq] = 0.0
+            self._delay[seq] = self.resend_after
+            self.bytes += size
+            self.rows += rows
+            return seq
+
+    def due(self, now: float | None = None) -> list[Pending]:
+        """Batches to send now, oldest first; each is rescheduled with backoff."""
+        now = time.monotonic() if now is None else now
+        out = []
+        with self._lock:
+            for seq, item in self._items.items():
+                if self._next_send[seq] <= now:
+                    if self._next_send[seq] > 0.0:
+                        self.resent += 1
+                    self._next_send[seq] = now + self._delay[seq]
+                    self._delay[seq] = min(self._delay[seq] * 2, self.resend_max)
+                    out.append(item)
+        return out
+
+    def unsent(self, seq: int) -> None:
+        """``seq`` could not be handed to the socket: due again at once."""
+        with self._lock:
+            if seq in self._next_send:
+                self._next_send[seq] = 0.0
+
+    def ack(self, seq: int) -> None:
+        """The collector has every batch up to ``seq``."""
+        with self._lock:
+            while self._items:
+                first = next(iter(self._items))
+                if first > seq:
+                    break
+                self._drop(first)
+            self.changed.notify_all()
+
+    def rewind(self, expected: int) -> None:
+        """The collector has everything before ``expected`` and wants the rest again now."""
+        self.ack(expected - 1)
+        with self._lock:
+            for seq in self._next_send:
+                self._next_send[seq] = 0.0
+                self._delay[seq] = self.resend_after
+
+    def pending(self) -> list[Pending]:
+        """What is still unacknowledged, oldest first."""
+        with self._lock:
+            return list(self._items.values())
+
+    def _drop(self, seq: int) -> None:
+        item = self._items.pop(seq)
+        del self._next_send[seq], self._delay[seq]
+        self.bytes -= memoryview(item.payload).nbytes
+        self.rows -= item.rows
+        self.acked_rows += item.rows

@@ -1,0 +1,248 @@
+"""Where the collector writes a run, with the de-duplication state that makes it exactly once.
+
+A run's store knows, per sender, the last sequence number it holds (``last_seq``). The collector
+writes batches, then `commit`s: the data is made durable first and the state second, and only
+then are the batches acknowledged. Two kinds:
+
+- `ArrowRunStore` (a directory, the default): ``ROOT/<run_id>/part-NNNNN.arrow`` like
+  `ArrowSink`, plus ``_collector.json`` (per-sender last seq, and how many batches of the file
+  being written are committed) and ``_schema.arrow``. Reopened after a crash (``kill -9``), it
+  cuts the file being written back to its committed batches, so batches written but never
+  acknowledged (which the sender resends) are not kept twice: exactly once across restarts.
+- `SinkRunStore` (any other sink: SQL URL): one sink per run and the state in
+  ``STATE_DIR/<run_id>.json``. A batch written just before a crash, before the state, may be
+  written twice after the restart, and a run resumed by a restarted collector continues as
+  ``<run_id>+r<N>`` (a SQL run cannot be reopened): exactly once within one collector process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from relayrl_gym.errors import SinkError
+from relayrl_gym.schema.transitions import METADATA_KEY
+from relayrl_gym.sinks.arrow import RUN_FILE, in_progress_name
+from relayrl_gym.sinks.base import Sink, open_sink
+
+__all__ = ["STATE_FILE", "ArrowRunStore", "SinkRunStore"]
+
+#: The collector's state beside a run's data (the underscore keeps it out of pyarrow.dataset).
+STATE_FILE = "_collector.json"
+_SCHEMA_FILE = "_schema.arrow"
+_FILE_MAGIC = b"ARROW1\x00\x00"
+
+
+def _write_json(path: Path, value: Any) -> None:
+    temp = path.with_name(path.name + ".tmp")
+    temp.write_text(json.dumps(value))
+    os.replace(temp, path)
+
+
+def _whole_batches(path: Path) -> list[pa.RecordBatch]:
+    """The complete batches of an unfinished IPC file (a batch cut off by a crash is not)."""
+    data = pa.memory_map(str(path)).read_buffer()
+    if data.size < len(_FILE_MAGIC) or data[: len(_FILE_MAGIC)].to_pybytes() != _FILE_MAGIC:
+        return []
+    batches: list[pa.RecordBatch] = []
+    try:
+        reader = pa.ipc.open_stream(data.slice(len(_FILE_MAGIC)))
+        while True:
+            batches.append(reader.read_next_batch())
+    except (StopIteration, pa.ArrowInvalid, OSError, EOFError):
+        pass
+    return batches
+
+
+class ArrowRunStore:
+    """One run directory written by the collector; survives a crash of the collector.
+
+    >>> import tempfile, pyarrow as pa
+    >>> schema = pa.schema([("x", pa.int64())])
+    >>> store = ArrowRunStore(tempfile.mkdtemp(), "run", schema)
+    >>> store.write(pa.record_batch([pa.array([1])], schema=schema)); store.commit({"s": 0})
+    >>> store.last_seq("s"), store.close()
+    (0, None)
+    """
+
+    def __init__(self, root: str | os.PathLike[str], run_id: str, schema: pa.Schema, *,
+                 max_file_bytes: int = 256 * 1024 * 1024, fsync: bool = False) -> None:
+        """Opens the run, creating it, or reopening (and repairing) one written before.
+
+        Args:
+            root: the collector's sink directory.
+            run_id: the run.
+            schema: the run's Arrow schema (must match a reopened run's).
+            max_file_bytes: a data file is completed and a new one started past this size.
+            fsync: also ``fsync`` data and state at each commit (survives power loss).
+        """
+        self.run_id = run_id
+        self.schema = schema
+        self.run_path = Path(root) / run_id
+        self.max_file_bytes = int(max_file_bytes)
+        self.fsync = fsync
+        self._file: Any = None
+        self._writer: Any = None
+        self._written = 0  # batches in the current file, committed or not
+        self._pending_rows = 0
+        state_path = self.run_path / STATE_FILE
+        try:
+            if state_path.exists():
+                self._state: dict[str, Any] = json.loads(state_path.read_text())
+                self._reopen()
+            else:
+                self.run_path.mkdir(parents=True, exist_ok=True)
+                meta = json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
+                (self.run_path / RUN_FILE).write_text(json.dumps(meta, indent=2))
+                (self.run_path / _SCHEMA_FILE).write_bytes(schema.serialize().to_pybytes())
+                self._state = {"senders": {}, "part": 0, "batches": 0, "rows": 0}
+                self._save_state()
+        except (OSError, ValueError) as err:
+            raise SinkError(f"cannot open run {run_id!r} in {str(root)!r}: {err}") from err
+
+    @property
+    def rows(self) -> int:
+        """Rows committed to the run."""
+        return int(self._state["rows"])
+
+    def last_seq(self, sender: str) -> int:
+        """The last batch of ``sender`` the run holds (-1: none)."""
+        return int(self._state["senders"].get(sender, -1))
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        """Appends a batch (not acknowledged before `commit`)."""
+        if self._writer is None:
+            name = self._name(self._state["part"])
+            self._file = pa.OSFile(str(self.run_path / in_progress_name(name)), "wb")
+            self._writer = pa.ipc.new_file(self._file, self.schema,
+                                           options=pa.ipc.IpcWriteOptions(compression="zstd"))
+        self._writer.write_batch(batch)
+        self._written += 1
+        self._pending_rows += batch.num_rows
+
+    def commit(self, last_seqs: dict[str, int]) -> None:
+        """Makes the written batches durable, then records ``last_seqs`` (sender -> seq)."""
+        if self._file is not None and self.fsync:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        self._state["senders"].update(last_seqs)
+        self._state["batches"] = self._written
+        self._state["rows"] += self._pending_rows
+        self._pending_rows = 0
+        self._save_state()
+        if self._file is not None and self._file.tell() >= self.max_file_bytes:
+            self._complete()
+
+    def close(self) -> None:
+        """Completes the file being written; idempotent."""
+        self._complete()
+
+    def _name(self, part: int) -> str:
+        return f"part-{part:05d}.arrow"
+
+    def _complete(self) -> None:
+        """Finishes the current file (every batch in it is committed) and moves on."""
+        if self._writer is None:
+            return
+        self._writer.close()
+        if self.fsync:
+            os.fsync(self._file.fileno())
+        self._file.close()
+        self._writer = self._file = None
+        name = self._name(self._state["part"])
+        os.replace(self.run_path / in_progress_name(name), self.run_path / name)
+        self._state["part"] += 1
+        self._state["batches"] = self._written = 0
+        self._save_state()
+
+    def _reopen(self) -> None:
+        stored = pa.ipc.read_schema(pa.py_buffer((self.run_path / _SCHEMA_FILE).read_bytes()))
+        if not stored.equals(self.schema, check_metadata=False):
+            raise SinkError(f"run {self.run_id!r} already exists in {str(self.run_path)!r} "
+                            "with another schema; a sender must not reuse a run id")
+        part, committed = self._state["part"], self._state["batches"]
+        name = self._name(part)
+        temp, final = self.run_path / in_progress_name(name), self.run_path / name
+        if temp.exists():
+            # Batches past the committed count were never acknowledged: the sender resends
+            # them, so they go; the committed ones make a complete file.
+            keep = _whole_batches(temp)[:committed]
+            if keep:
+                with pa.OSFile(str(final), "wb") as out, \
+                        pa.ipc.new_file(out, self.schema) as writer:
+                    for batch in keep:
+                        writer.write_batch(batch)
+                self._state["part"] += 1
+            temp.unlink()
+        elif final.exists():  # completed, but the crash came before the state said so
+            self._state["part"] += 1
+        self._state["batches"] = 0
+        self._save_state()
+
+    def _save_state(self) -> None:
+        _write_json(self.run_path / STATE_FILE, self._state)
+
+
+class SinkRunStore:
+    """One run written to any sink (e.g. ``sqlite:///runs.db``), its state in a JSON file.
+
+    >>> import tempfile, pyarrow as pa
+    >>> from relayrl_gym.sinks.arrow import ArrowSink
+    >>> schema = pa.schema([("x", pa.int64())])
+    >>> store = SinkRunStore(ArrowSink(tempfile.mkdtemp()), tempfile.mkdtemp(), "run", schema)
+    >>> store.last_seq("s"), store.close()
+    (-1, None)
+    """
+
+    def __init__(self, sink: Any, state_dir: str | os.PathLike[str], run_id: str,
+                 schema: pa.Schema) -> None:
+        """Opens ``sink`` (a spec or a fresh `Sink`) for the run.
+
+        Args:
+            sink: a sink URL, or a `Sink` not started yet.
+            state_dir: where the per-run de-duplication state is kept.
+            run_id: the run.
+            schema: its Arrow schema.
+        """
+        self.run_id = run_id
+        self._state_path = Path(state_dir) / f"{run_id}.json"
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+            self._state: dict[str, Any] = (json.loads(self._state_path.read_text())
+                           if self._state_path.exists() else
+                           {"senders": {}, "rows": 0, "restarts": -1})
+        except (OSError, ValueError) as err:
+            raise SinkError(f"cannot read the collector state {self._state_path}: {err}"
+                            ) from err
+        self._state["restarts"] += 1
+        restarts = self._state["restarts"]
+        self.sink: Sink = open_sink(sink)
+        self.sink.start(run_id if not restarts else f"{run_id}+r{restarts}", schema)
+        self.run_path = self.sink.run_path
+        self._pending_rows = 0
+        _write_json(self._state_path, self._state)
+
+    @property
+    def rows(self) -> int:
+        return int(self._state["rows"])
+
+    def last_seq(self, sender: str) -> int:
+        return int(self._state["senders"].get(sender, -1))
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self.sink.write(batch)
+        self._pending_rows += batch.num_rows
+
+    def commit(self, last_seqs: dict[str, int]) -> None:
+        self.sink.flush()
+        self._state["senders"].update(last_seqs)
+        self._state["rows"] += self._pending_rows
+        self._pending_rows = 0
+        _write_json(self._state_path, self._state)
+
+    def close(self) -> None:
+        self.sink.close()

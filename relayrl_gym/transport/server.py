@@ -1,0 +1,213 @@
+"""`TrainingServer`: the learner's end of the ZMQ transport (collector + model publisher)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from relayrl_gym.errors import ConfigError, StateError, TransportError
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
+from relayrl_gym.transport._zmq import require_zmq
+from relayrl_gym.transport.collector import DEFAULT_MAX_MESSAGE_BYTES, Collector
+from relayrl_gym.transport.run_store import ArrowRunStore, SinkRunStore
+
+__all__ = ["TrainingServer"]
+
+log = logging.getLogger(__name__)
+
+
+class TrainingServer:
+    """Receives trajectories from remote actors, writes them once, and publishes models.
+
+    Actors stream with ``sink="zmq+tcp://HOST:PORT"``; every batch they send is written once to
+    ``sink`` (a directory: one Arrow run directory per actor run, exactly once even across a
+    ``kill -9`` of this process; or a SQL URL) and acknowledged only then. A learner iterates
+    `trajectories` and calls `publish_model`; actors hot-swap each new version between steps.
+    ``stats`` counts received batches and rows, duplicates, rejected messages, per sender.
+    ``close()`` returns within seconds and leaves no thread behind.
+
+    >>> import tempfile
+    >>> with TrainingServer(bind="tcp://127.0.0.1:*", sink=tempfile.mkdtemp()) as server:
+    ...     server.endpoint.startswith("tcp://127.0.0.1:"), server.stats["received"]
+    (True, 0)
+    """
+
+    def __init__(self, bind: str = "tcp://*:7776", sink: Any = DEFAULT_SINK_ROOT,
+                 models: str | None = None, curve_keys: str | os.PathLike[str] | None = None, *,
+                 state_dir: str | os.PathLike[str] | None = None,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 learner_queue: int = 1024, fsync: bool = False) -> None:
+        """Binds the sockets and starts serving.
+
+        Args:
+            bind: where actors send data, ``tcp://HOST:PORT`` (port ``*``: any free port; read
+                `endpoint`).
+            sink: a directory (or ``arrow://DIR``) or a database URL (``sqlite:///runs.db``,
+                ``postgresql://...``).
+            models: where actors get models, e.g. ``tcp://*:50051``; None: no publishing.
+            curve_keys: a key folder from ``relayrl-gym keygen``: only clients whose public
+                key is in its ``authorized/`` folder get in (CurveZMQ); None: no encryption.
+            state_dir: where de-duplication state of a database sink is kept (default
+                ``relayrl_runs/_collector``); a directory sink keeps it in each run.
+            max_message_bytes: larger messages are refused (senders split big batches).
+            learner_queue: batches `trajectories` may hold for a slow learner; past it the
+                oldest are dropped from the learner's view (never from the dataset) and
+                counted as ``learner_dropped``.
+            fsync: ``fsync`` each commit of a directory sink (survives power loss).
+        """
+        zmq = require_zmq()
+        if isinstance(sink, Sink):
+            raise ConfigError("TrainingServer needs a sink spec it can open per run (a "
+                              "directory or a database URL), not a Sink object")
+        if learner_queue < 1:
+            raise ConfigError(f"`learner_queue` must be >= 1, got {learner_queue}")
+        self._sink_spec = str(sink)
+        self._state_dir = Path(state_dir) if state_dir is not None else Path(
+            DEFAULT_SINK_ROOT, "_collector")
+        self._fsync = fsync
+        self._queue: collections.deque[tuple[str, pa.RecordBatch]] = collections.deque(
+            maxlen=learner_queue)
+        self._arrived = threading.Condition()
+        self._listening = False
+        self._closed = False
+        self._ctx = zmq.Context()
+        self._auth: Any = None
+        self.publisher: Any = None
+        keys = None
+        try:
+            if curve_keys is not None:
+                from zmq.auth.thread import ThreadAuthenticator
+
+                from relayrl_gym.transport.keys import server_keys
+
+                keys = server_keys(curve_keys)
+                self._auth = ThreadAuthenticator(self._ctx)
+                self._auth.start()
+                self._auth.configure_curve(domain="*", location=str(keys.authorized))
+            if models is not None:
+                from relayrl_gym.transport.publisher import ModelPublisher
+
+                self.publisher = ModelPublisher(self._ctx, models, keys=keys)
+            self.collector = Collector(
+                self._ctx, bind, self._open_store, keys=keys,
+                max_message_bytes=max_message_bytes,
+                models_endpoint=self.publisher.endpoint if self.publisher else None,
+                on_batches=self._arrive)
+        except BaseException:
+            self._shutdown()
+            raise
+
+    # -- public ------------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        """The data endpoint actually bound (give actors ``zmq+tcp://HOST:PORT``)."""
+        return self.collector.endpoint
+
+    @property
+    def models_endpoint(self) -> str | None:
+        return self.publisher.endpoint if self.publisher is not None else None
+
+    @property
+    def sink_url(self) -> str:
+        """A sink URL for an actor on this host: ``zmq+tcp://127.0.0.1:PORT``."""
+        return "zmq+tcp://" + self.endpoint[len("tcp://"):].replace("0.0.0.0", "127.0.0.1")
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: ``received`` (batches), ``rows``, ``duplicates``, ``rejected``,
+        ``out_of_order``, ``sink_errors``, ``learner_dropped``, ``senders``, ``per_sender``,
+        and ``model_version`` / ``actors`` (model channel peers and the version each runs)."""
+        out = self.collector.stats.snapshot()
+        out["model_version"] = self.publisher.version if self.publisher else None
+        out["actors"] = self.publisher.peers if self.publisher else {}
+        out["model_rejected"] = self.publisher.rejected if self.publisher else 0
+        return out
+
+    def trajectories(self, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
+        """Record batches as they are committed, from every actor (``run_id`` and
+        ``actor_id`` are columns). Stops when the server closes, or after ``timeout`` seconds
+        without a batch. Only batches committed after the first call are seen."""
+        self._listening = True
+        while True:
+            with self._arrived:
+                if not self._arrived.wait_for(lambda: self._queue or self._closed, timeout):
+                    return
+                if not self._queue:
+                    return
+                _, batch = self._queue.popleft()
+            yield batch
+
+    def publish_model(self, module: Any) -> int:
+        """Publishes a ModelModule (or a path to one) to every actor; returns its version."""
+        if self._closed:
+            raise StateError("the server is closed")
+        if self.publisher is None:
+            raise ConfigError("this server publishes no models; create it with "
+                              "models='tcp://*:50051' (serve --models ...)")
+        return int(self.publisher.publish(module))
+
+    def wait_for_rows(self, rows: int, timeout: float = 30.0) -> bool:
+        """Waits until ``rows`` rows in all have been committed; True if they were."""
+        deadline = time.monotonic() + timeout
+        while self.collector.stats.snapshot()["rows"] < rows:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stops serving, completes the runs' files, joins every thread; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        with self._arrived:
+            self._arrived.notify_all()
+        self._shutdown(timeout)
+
+    def __enter__(self) -> TrainingServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"TrainingServer(endpoint={self.endpoint!r}, sink={self._sink_spec!r})"
+
+    # -- internals ---------------------------------------------------------------------------
+    def _shutdown(self, timeout: float = 5.0) -> None:
+        for part in (getattr(self, "collector", None), self.publisher):
+            if part is not None:
+                part.close(timeout)
+        if self._auth is not None:
+            self._auth.stop()
+        self._ctx.term()
+
+    def _open_store(self, run_id: str, schema: pa.Schema) -> Any:
+        spec = self._sink_spec
+        if url_scheme(spec) == "arrow":
+            root = spec[len("arrow://"):] if spec.startswith("arrow://") else spec
+            return ArrowRunStore(root, run_id, schema, fsync=self._fsync)
+        if url_scheme(spec) == "zmq":
+            raise TransportError("a collector cannot forward to another ZMQ sink")
+        return SinkRunStore(spec, self._state_dir, run_id, schema)
+
+    def _arrive(self, batches: list[tuple[str, pa.RecordBatch]]) -> None:
+        if not self._listening:
+            return
+        with self._arrived:
+            room = self._queue.maxlen or 0
+            dropped = max(0, len(self._queue) + len(batches) - room)
+            if dropped:
+                self.collector.stats.learner_dropped += dropped
+                log.warning("the learner is behind: %d batches dropped from its view (they "
+                            "are in the dataset)", dropped)
+            self._queue.extend(batches)
+            self._arrived.notify_all()

@@ -1,0 +1,327 @@
+"""The ZMQ sink: streams a run's Arrow batches to a collector, at least once, and follows the
+models the collector's learner publishes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pyarrow as pa
+
+from relayrl_gym.errors import ConfigError, SinkError
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
+from relayrl_gym.transport._zmq import require_zmq
+from relayrl_gym.transport.models import ModelFeed
+from relayrl_gym.transport.outbox import Outbox
+from relayrl_gym.transport.protocol import Kind, ProtocolViolation, decode_header, encode
+from relayrl_gym.transport.sockets import connect_socket, tcp_endpoint
+
+__all__ = ["DEFAULT_WINDOW_BYTES", "ZMQSink"]
+
+log = logging.getLogger(__name__)
+
+#: Bytes sent and not yet acknowledged before `write` refuses more (the writer's backlog,
+#: then its spill files, take over).
+DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
+_POLL_MS = 5
+_WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
+
+
+class ZMQSink(Sink):
+    """Sends each batch to a collector (``relayrl-gym serve`` / `TrainingServer`).
+
+    A batch travels as one Arrow IPC record-batch message behind a JSON header (protocol
+    version, run, sender, sequence number); the run starts with its Arrow schema, metadata
+    included, so the collector writes a self-describing dataset. Delivery is at least once:
+    every batch stays in a bounded window until the collector acknowledges that its sink has
+    it, and is resent after a timeout, a gap or a collector restart; the collector drops
+    duplicates, so its dataset holds each batch once. `write` never waits long: when the window
+    is full it raises and the background writer keeps the batch (memory, then spill files) and
+    retries. ``close`` waits up to ``close_timeout`` for the last acknowledgements; what is
+    still unacknowledged then is written to a local Arrow run under ``spill_dir``.
+
+    URL: ``zmq+tcp://HOST:PORT`` with optional ``?models=tcp://HOST:PORT`` (where models come
+    from; default: the endpoint the collector announces, ``off`` for none),
+    ``curve=DIR`` (a client key folder from ``relayrl-gym keygen``), ``spill=DIR`` and
+    ``close_timeout=SECONDS``.
+
+    >>> sink = ZMQSink.from_url("zmq+tcp://127.0.0.1:7776?models=off&close_timeout=3")
+    >>> sink.endpoint, sink.close_timeout
+    ('tcp://127.0.0.1:7776', 3.0)
+    """
+
+    def __init__(self, address: str, *, models: str | None = None,
+                 curve_keys: str | Path | None = None,
+                 spill_dir: str | Path = Path(DEFAULT_SINK_ROOT, "_spill", "zmq"),
+                 window_bytes: int = DEFAULT_WINDOW_BYTES, close_timeout: float = 10.0,
+                 resend_after: float = 2.0) -> None:
+        """Creates the sink; nothing connects before `start`.
+
+        Args:
+            address: the collector, ``tcp://HOST:PORT`` (or ``zmq+tcp://``, ``HOST:PORT``).
+            models: the model publisher's endpoint, ``"off"``, or None to use the one the
+                collector announces.
+            curve_keys: a client key folder (``client.key_secret`` and ``server.key``) to
+                speak CurveZMQ.
+            spill_dir: where batches still unacknowledged at close are kept.
+            window_bytes: bytes sent and unacknowledged before `write` refuses more.
+            close_timeout: seconds ``close`` waits for acknowledgements.
+            resend_after: seconds before an unacknowledged batch is sent again (doubling).
+        """
+        from relayrl_gym.transport.keys import client_keys
+
+        self.endpoint = tcp_endpoint(address)
+        self._models_off = models == "off"
+        self.models_endpoint = None if models in (None, "off") else tcp_endpoint(str(models))
+        self.keys = client_keys(curve_keys) if curve_keys is not None else None
+        self.spill_dir = Path(spill_dir)
+        self.close_timeout = float(close_timeout)
+        self.sender_id = uuid.uuid4().hex[:16]
+        self.run_id: str | None = None
+        self.outbox = Outbox(window_bytes, resend_after=resend_after)
+        self.rejected: list[str] = []
+        self.started = threading.Event()
+        self._schema: pa.Schema | None = None
+        self._max_batch_bytes = 32 * 1024 * 1024
+        self._feed: ModelFeed | None = None
+        self._ctx: Any = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+
+    @classmethod
+    def from_url(cls, url: str) -> ZMQSink:
+        """``zmq+tcp://HOST:PORT[?models=...&curve=DIR&spill=DIR&close_timeout=S]``."""
+        parts = urlsplit(url)
+        options = dict(parse_qsl(parts.query))
+        known = {"models", "curve", "spill", "close_timeout"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"unknown option(s) {unknown} in sink URL {url!r}; known: "
+                              f"{sorted(known)}")
+        kwargs: dict[str, Any] = {"models": options.get("models"),
+                                  "curve_keys": options.get("curve")}
+        if "spill" in options:
+            kwargs["spill_dir"] = options["spill"]
+        if "close_timeout" in options:
+            try:
+                kwargs["close_timeout"] = float(options["close_timeout"])
+            except ValueError as err:
+                raise ConfigError(f"close_timeout in {url!r} must be seconds, got "
+                                  f"{options['close_timeout']!r}") from err
+        return cls(f"tcp://{parts.netloc}", **kwargs)
+
+    def __repr__(self) -> str:
+        return f"ZMQSink({self.endpoint!r})"
+
+    @property
+    def model_version(self) -> int:
+        """The last model version received from the publisher (-1: none)."""
+        return self._feed.version if self._feed is not None else -1
+
+    # -- Sink API ---------------------------------------------------------------------------
+    def start(self, run_id: str, schema: pa.Schema) -> None:
+        zmq = require_zmq()
+        if self._thread is not None:
+            raise SinkError("ZMQSink.start() called twice; use one sink per run")
+        self.run_id, self._schema = run_id, schema
+        self._ctx = zmq.Context()
+        self._thread = threading.Thread(target=self._run, name=f"relayrl-zmq-sender-{run_id}",
+                                        daemon=True)
+        self._thread.start()
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._check()
+        if batch.num_rows > 1 and batch.nbytes > self._max_batch_bytes:
+            half = batch.num_rows // 2  # under the collector's message limit
+            self.write(batch.slice(0, half))
+            self.write(batch.slice(half))
+            return
+        with self.outbox.changed:  # a short wait for room smooths a busy collector
+            if not self.outbox.changed.wait_for(lambda: not self.outbox.full, timeout=1.0):
+                raise SinkError(
+                    f"the collector at {self.endpoint} has not acknowledged "
+                    f"{self.outbox.rows} rows ({self.outbox.bytes} bytes); batches wait "
+                    "locally and are retried. Check that `relayrl-gym serve` runs there")
+        self.outbox.put(batch.serialize(), batch.num_rows)
+
+    def flush(self) -> None:
+        self._check()
+
+    def wait_acknowledged(self, timeout: float = 10.0) -> bool:
+        """Waits until the collector has every batch written so far; True if it has."""
+        with self.outbox.changed:
+            return self.outbox.changed.wait_for(lambda: len(self.outbox) == 0, timeout)
+
+    def follow_models(self, update: Callable[[str], int]) -> None:
+        """Hot-swaps models the collector's learner publishes through ``update`` (called on
+        this sink's I/O thread with a model folder; it must apply the model between steps)."""
+        if not self._models_off:
+            self._feed = ModelFeed(update)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread is None:
+            return
+        acked = self.wait_acknowledged(self.close_timeout)
+        self._stop.set()
+        self._thread.join(10.0)
+        if self._ctx is not None:
+            self._ctx.term()
+        if not acked:
+            self._spill_pending()
+
+    # -- internals -------------------------------------------------------------------------
+    def _check(self) -> None:
+        if self._error is not None:
+            raise SinkError(f"the ZMQ sender to {self.endpoint} failed: {self._error}"
+                            ) from self._error
+        if self._thread is None or self._closed:
+            raise SinkError("ZMQSink.write() called before start() or after close()")
+
+    def _spill_pending(self) -> None:
+        from relayrl_gym.sinks.arrow import ArrowSink
+
+        pending = self.outbox.pending()
+        assert self._schema is not None and self.run_id is not None
+        spill = ArrowSink(self.spill_dir, compression="lz4")
+        try:
+            spill.start(self.run_id, self._schema)
+            for item in pending:
+                spill.write(pa.ipc.read_record_batch(item.payload, self._schema))
+            spill.close()
+        except (SinkError, OSError) as err:
+            raise SinkError(f"{self.outbox.rows} rows were never acknowledged by the collector "
+                            f"at {self.endpoint} and could not be spilled to "
+                            f"{str(self.spill_dir)!r} ({err}); they may be lost") from err
+        raise SinkError(
+            f"{self.outbox.rows} rows were not acknowledged by the collector at {self.endpoint} "
+            f"within {self.close_timeout} s. They are kept in {str(spill.run_path)!r} (read "
+            "them with relayrl_gym.load()); the collector may have some of them already")
+
+    def _run(self) -> None:
+        zmq = require_zmq()
+        sock = models = None
+        try:
+            sock = connect_socket(self._ctx, zmq.DEALER, self.endpoint, keys=self.keys,
+                                  identity=self.sender_id.encode())
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing to a collector that is not there
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            next_start = 0.0
+            start_delay = self.outbox.resend_after
+            while not self._stop.is_set():
+                if models is None and self._feed is not None and self.models_endpoint:
+                    models = connect_socket(self._ctx, zmq.DEALER, self.models_endpoint,
+                                            keys=self.keys)
+                    poller.register(models, zmq.POLLIN)
+                events = dict(poller.poll(_POLL_MS))
+                if sock in events:
+                    self._replies(sock)
+                if models is not None and models in events:
+                    self._model_messages(models)
+                now = time.monotonic()
+                if not self.started.is_set():
+                    if now >= next_start and self._send(sock, [encode(
+                            Kind.START, run=self.run_id, sender=self.sender_id, seq=-1),
+                            self._schema.serialize()]):  # type: ignore[union-attr]
+                        next_start = now + start_delay
+                        start_delay = min(start_delay * 2, self.outbox.resend_max)
+                else:
+                    start_delay = self.outbox.resend_after
+                    self._send_due(sock, now)
+                if models is not None and self._feed is not None:
+                    hello = self._feed.hello_due(now)
+                    if hello is not None:
+                        self._send(models, [hello])
+        except Exception as err:  # reported by the next write/flush
+            self._error = err
+            log.exception("the ZMQ sender to %s stopped", self.endpoint)
+        finally:
+            for s in (sock, models):
+                if s is not None:
+                    s.close(0)
+
+    def _send(self, sock: Any, frames: list[Any]) -> bool:
+        zmq = require_zmq()
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def _send_due(self, sock: Any, now: float) -> None:
+        due = self.outbox.due(now)
+        for i, item in enumerate(due):
+            header = encode(Kind.BATCH, run=self.run_id, sender=self.sender_id, seq=item.seq)
+            if not self._send(sock, [header, item.payload]):
+                for rest in due[i:]:
+                    self.outbox.unsent(rest.seq)
+                return
+
+    def _replies(self, sock: Any) -> None:
+        zmq = require_zmq()
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                header = decode_header(frames[0])
+                if header.kind is Kind.ACK:
+                    self.outbox.ack(header.integer("seq"))
+                elif header.kind is Kind.NACK:
+                    self.outbox.rewind(header.integer("expected"))
+                elif header.kind is Kind.STARTED:
+                    self._started(header.fields)
+                    self.outbox.rewind(header.integer("next"))
+                elif header.kind is Kind.NEED_START:
+                    self.started.clear()
+                elif header.kind is Kind.REJECT:
+                    reason = str(header.fields.get("reason", "?"))[:300]
+                    self.rejected.append(reason)
+                    log.warning("the collector at %s rejected a message: %s", self.endpoint,
+                                reason)
+            except ProtocolViolation as err:
+                log.warning("ignoring a malformed reply from %s: %s", self.endpoint, err)
+
+    def _model_messages(self, sock: Any) -> None:
+        zmq = require_zmq()
+        while self._feed is not None:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                header = decode_header(frames[0])
+            except ProtocolViolation as err:
+                self._feed.rejected += 1
+                log.warning("ignoring a malformed message on the model channel: %s", err)
+                continue
+            self._feed.handle(header, frames[1:])
+
+    def _started(self, fields: dict[str, Any]) -> None:
+        limit = fields.get("max_bytes")
+        if isinstance(limit, int) and limit > 0:
+            self._max_batch_bytes = max(1024, limit // 2)
+        announced = fields.get("models")
+        if self.models_endpoint is None and not self._models_off and isinstance(announced, str):
+            try:
+                endpoint = tcp_endpoint(announced)
+            except Exception:
+                log.warning("the collector announced an invalid model endpoint %r", announced)
+            else:
+                host, _, port = endpoint[len("tcp://"):].rpartition(":")
+                if host in _WILDCARD_HOSTS:  # bound on every interface: reach it as we did
+                    host = self.endpoint[len("tcp://"):].rpartition(":")[0]
+                self.models_endpoint = f"tcp://{host}:{port}"
+        self.started.set()
