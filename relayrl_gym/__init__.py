@@ -16,6 +16,7 @@ from relayrl_gym.runtime.builder import AgentBuilder
 from relayrl_gym.runtime.collect import CollectSummary, collect
 from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.sinks.base import Sink
+from relayrl_gym.transport.server import TrainingServer
 from relayrl_gym.wrap import wrap
 from relayrl_gym.wrappers.vector import RelayRLVectorEnv
 
@@ -30,6 +31,7 @@ __all__ = [
     "RelayRLError",
     "RelayRLVectorEnv",
     "Sink",
+    "TrainingServer",
     "__version__",
     "collect",
     "load",

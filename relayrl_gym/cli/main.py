@@ -1,4 +1,5 @@
-"""The ``relayrl-gym`` command: ``collect`` a recorded dataset, ``inspect`` one."""
+"""The ``relayrl-gym`` command: ``collect`` a recorded dataset, ``inspect`` one, ``serve`` remote
+actors (collector and model publisher), ``keygen`` CurveZMQ keys."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="relayrl-gym", description="Collect and inspect recorded RL experience.")
+        prog="relayrl-gym", description="Collect, inspect and serve recorded RL experience.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     collect = commands.add_parser("collect", help="run actors on an env and record every step")
@@ -36,7 +37,59 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print the summary of a recorded run")
     inspect.add_argument("path", help="a run directory (relayrl_runs/<run_id>) or a database "
                          "URL (sqlite:///runs.db, postgresql://...; ?run=<run_id> picks one)")
+
+    serve = commands.add_parser("serve", help="collect trajectories streamed by remote actors "
+                                "(sink=zmq+tcp://HOST:PORT) and publish models to them")
+    serve.add_argument("--bind", default="tcp://0.0.0.0:7776",
+                       help="data endpoint (default tcp://0.0.0.0:7776; port * = any free)")
+    serve.add_argument("--sink", default=DEFAULT_SINK_ROOT,
+                       help=f"directory or database URL to write (default {DEFAULT_SINK_ROOT})")
+    serve.add_argument("--models", default=None,
+                       help="model endpoint actors get models from, e.g. tcp://0.0.0.0:50051")
+    serve.add_argument("--curve-keys", default=None,
+                       help="key folder from `relayrl-gym keygen`: require CurveZMQ keys")
+    serve.add_argument("--publish", default=None,
+                       help="a ModelModule directory or file to publish at start")
+    serve.add_argument("--stats-every", type=float, default=30.0,
+                       help="seconds between counter lines on stdout (0 = none)")
+
+    keygen = commands.add_parser("keygen", help="create CurveZMQ keys for serve --curve-keys")
+    keygen.add_argument("dir", help="key folder (the server keypair is kept if present)")
+    keygen.add_argument("--client", action="append", default=None,
+                        help="client name to create a keypair for (repeatable; default actor)")
     return parser
+
+
+def _serve(args: argparse.Namespace) -> None:
+    import signal
+    import threading
+
+    from relayrl_gym.transport.server import TrainingServer
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with TrainingServer(bind=args.bind, sink=args.sink, models=args.models,
+                        curve_keys=args.curve_keys) as server:
+        if args.publish:
+            server.publish_model(args.publish)
+        print(f"relayrl-gym serve: listening on {server.endpoint}, models on "
+              f"{server.models_endpoint or '-'}, writing {args.sink}", flush=True)
+        every = args.stats_every if args.stats_every > 0 else None
+        while not stop.wait(every):
+            stats = server.stats
+            print(" ".join(f"{k}={stats[k]}" for k in ("senders", "received", "rows",
+                                                         "duplicates", "rejected")), flush=True)
+    print("relayrl-gym serve: stopped", flush=True)
+
+
+def _keygen(args: argparse.Namespace) -> None:
+    from relayrl_gym.transport.keys import generate_keys
+
+    root = generate_keys(args.dir, args.client or ["actor"])
+    print(f"server keys in {root} (serve --curve-keys {root}); client key folders:")
+    for name in args.client or ["actor"]:
+        print(f"  {root / 'clients' / name}  (sink URL: zmq+tcp://HOST:PORT?curve=<this folder>)")
 
 
 def _inspect(path: str) -> None:
@@ -73,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                               seed=args.seed, progress=not args.no_progress, policy=args.policy,
                               router_scale=_router_scale(args.router_scale))
             print(summary)
+        elif args.command == "serve":
+            _serve(args)
+        elif args.command == "keygen":
+            _keygen(args)
         else:
             _inspect(args.path)
     except (RelayRLError, ValueError) as err:

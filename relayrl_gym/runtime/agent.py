@@ -122,7 +122,8 @@ class RelayRLAgent(ClientAPI):
                                 config.trajectory.max_length)
         self.run_id = params.run_id or new_run_id("agent")
         model = self._default_model
-        sink = params.sink if params.sink is not _UNSET else list(config.sink.targets)
+        sink = params.sink if params.sink is not _UNSET else [
+            *config.sink.targets, *config.transport.sink_urls()]
         if sink is not None:
             meta = {"run_id": self.run_id, "source": "agent", "relayrl_gym_version": __version__,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
@@ -142,6 +143,10 @@ class RelayRLAgent(ClientAPI):
         self._resize_workers(params.router_scale)
         if params.actor_count:
             self.new_actors(params.actor_count)
+        for s in self.writer.sinks if self.writer is not None else ():
+            follow = getattr(s, "follow_models", None)  # a ZMQ sink: published models
+            if follow is not None:
+                follow(self.update_model)
 
     def _resize_workers(self, n: int) -> None:
         old, self._workers = self._workers, (

@@ -5,7 +5,8 @@ one is a `ConfigError` naming the file and the problem.
 
 The defaults are the text a missing file is created with (``DEFAULT_CONFIG_TOML`` below; the
 JSON form holds the same values): sinks ``["relayrl_runs"]`` flushed every second, no limit on
-trajectory length, a local transport.
+trajectory length, a local transport (``kind = "zmq"`` with ``address`` also streams to a
+collector, see `relayrl_gym.transport`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
@@ -31,8 +33,10 @@ spill_dir = ""                 # where rows wait while a sink is down ("" = next
 max_length = 0                 # steps; a longer trajectory is cut (truncated=True); 0 = none
 
 [transport]
-kind = "local"                 # "local": this process writes
-address = ""
+kind = "local"                 # "local": this process writes; "zmq": also stream to a collector
+address = ""                   # zmq: the collector, tcp://HOST:PORT (relayrl-gym serve)
+models = ""                    # zmq: where models come from ("" = what the collector announces)
+curve_keys = ""                # zmq: a client key folder from `relayrl-gym keygen` ("" = none)
 '''
 
 
@@ -52,6 +56,21 @@ class TrajectoryConfig:
 class TransportConfig:
     kind: str = "local"
     address: str = ""
+    models: str = ""
+    curve_keys: str = ""
+
+    def sink_urls(self) -> list[str]:
+        """The ZMQ sink URL this transport adds to the sinks (none for "local").
+
+        >>> TransportConfig("zmq", "tcp://learner:7776", curve_keys="keys").sink_urls()
+        ['zmq+tcp://learner:7776?curve=keys']
+        """
+        if self.kind != "zmq":
+            return []
+        options = urlencode([(k, v) for k, v in (("models", self.models),
+                                                  ("curve", self.curve_keys)) if v])
+        address = self.address.split("://", 1)[-1]
+        return [f"zmq+tcp://{address}" + (f"?{options}" if options else "")]
 
 
 @dataclass(frozen=True)
@@ -154,7 +173,10 @@ def load_config(path: str | Path | None) -> AgentConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
     config = AgentConfig(**{name: _section(path, name, raw.get(name, {})) for name in _SECTIONS})
-    if config.transport.kind != "local":
-        raise ConfigError(f"{path}: [transport] kind {config.transport.kind!r} is not available "
-                          "yet; use \"local\"")
+    if config.transport.kind not in ("local", "zmq"):
+        raise ConfigError(f"{path}: [transport] kind {config.transport.kind!r} is unknown; use "
+                          "\"local\" or \"zmq\"")
+    if config.transport.kind == "zmq" and not config.transport.address:
+        raise ConfigError(f"{path}: [transport] kind \"zmq\" needs address = "
+                          "\"tcp://HOST:PORT\" (where `relayrl-gym serve` listens)")
     return config

@@ -37,8 +37,10 @@ def test_settings_are_read(tmp_path):
     ("[sink]\ntargets = [1, 2]\n", r"\[sink\] targets must be a list of strings"),
     ("[trajectory]\nmax_length = -3\n", r"max_length must be a number >= 0"),
     ("[trajectory]\nrecord_info = true\n", r"unknown setting\(s\) \['record_info'\]"),
-    ("[transport]\nkind = 'zmq'\n", r"kind 'zmq' is not available yet"),
-], ids=["syntax", "section", "setting", "list", "negative", "unused", "transport"])
+    ("[transport]\nkind = 'grpc'\n", r"kind 'grpc' is unknown; use \"local\" or \"zmq\""),
+    ("[transport]\nkind = 'zmq'\n", r"kind \"zmq\" needs address"),
+], ids=["syntax", "section", "setting", "list", "negative", "unused", "transport",
+        "zmq-address"])
 def test_malformed_files_are_clear_errors(tmp_path, text, message):
     path = tmp_path / "agent.toml"
     path.write_text(text)
