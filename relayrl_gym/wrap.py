@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
-from relayrl_gym.errors import ConfigError
+from relayrl_gym.errors import ConfigError, EnvCreationError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 from relayrl_gym.wrappers.factory import env_factories
+from relayrl_gym.wrappers.pettingzoo.detect import is_pettingzoo
 from relayrl_gym.wrappers.vector import RelayRLVectorEnv, parse_autoreset_mode
 
 if TYPE_CHECKING:
@@ -19,22 +21,30 @@ __all__ = ["wrap"]
 _APIS = ("gymnasium", "sb3")
 
 
+def _made_by(env: Any) -> Any:
+    # A factory must be called to know what it makes (a Gymnasium env or a PettingZoo game).
+    try:
+        return env()
+    except Exception as err:
+        raise EnvCreationError(f"creating the environment with {env!r} failed: "
+                               f"{type(err).__name__}: {err}") from err
+
+
 @overload
-def wrap(env: Any, actors: int = ..., *, api: Literal["gymnasium"] = ...,
-         **kwargs: Any) -> RelayRLVectorEnv: ...
+def wrap(env: str | gym.Env, actors: int | None = ..., *,
+         api: Literal["gymnasium"] | None = ..., **kwargs: Any) -> RelayRLVectorEnv: ...
 @overload
-def wrap(env: Any, actors: int = ..., *, api: Literal["sb3"], **kwargs: Any
+def wrap(env: str | gym.Env, actors: int | None = ..., *, api: Literal["sb3"], **kwargs: Any
          ) -> RelayRLSB3VecEnv: ...
 @overload
-def wrap(env: Any, actors: int = ..., *, api: str, **kwargs: Any
-         ) -> RelayRLVectorEnv | RelayRLSB3VecEnv: ...
+def wrap(env: Any, actors: int | None = ..., *, api: str | None = ..., **kwargs: Any) -> Any: ...
 
 
 def wrap(
     env: Any,
-    actors: int = 1,
+    actors: int | None = None,
     *,
-    api: str = "gymnasium",
+    api: str | None = None,
     sink: Any = DEFAULT_SINK_ROOT,
     autoreset_mode: str | AutoresetMode | None = None,
     router_scale: int | str = "auto",
@@ -44,16 +54,23 @@ def wrap(
     batch_rows: int | None = None,
     spill_dir: str | None = None,
     policy: Any = None,
+    policies: dict[Any, Any] | None = None,
     **make_kwargs: Any,
-) -> RelayRLVectorEnv | RelayRLSB3VecEnv:
-    """Wraps an env into a recorded vector env of ``actors`` copies.
+) -> Any:
+    """Wraps an env into a recorded vector env of ``actors`` copies, or a PettingZoo game into
+    a recorded game.
 
     Args:
-        env: a Gymnasium env id, a `gymnasium.Env` (remade from its spec, else deep-copied), or
-            a zero-argument callable returning an env.
-        actors: number of env copies (actors), >= 1.
-        api: "gymnasium" for a `gymnasium.vector.VectorEnv`, "sb3" for a Stable-Baselines3
-            `VecEnv` (`RelayRLSB3VecEnv`; needs ``pip install "relayrl-gym[sb3]"``).
+        env: a Gymnasium env id, a `gymnasium.Env` (remade from its spec, else deep-copied), a
+            PettingZoo `ParallelEnv` / `AECEnv`, or a zero-argument callable returning one of
+            those (called once here to see which).
+        actors: number of env copies (actors), >= 1 (default 1). For a PettingZoo game:
+            game copies; left out, a game keeps its own API (or, with `policies` leaving one
+            agent, becomes a single `gymnasium.Env`).
+        api: "gymnasium" (default for Gymnasium envs) for a `gymnasium.vector.VectorEnv`,
+            "sb3" for a Stable-Baselines3 `VecEnv` (`RelayRLSB3VecEnv`; needs ``pip install
+            "relayrl-gym[sb3]"``), "pettingzoo" (default for a game without policies) for the
+            game's own API, recorded.
         sink: where transitions go: a directory (default ``./relayrl_runs``), ``arrow://DIR``, a
             `Sink`, a list of those, or None to record nothing.
         autoreset_mode: "next_step" (Gymnasium's default), "same_step" or "disabled";
@@ -69,11 +86,19 @@ def wrap(
             ``relayrl_runs/_spill``); they are retried with backoff.
         policy: a ModelModule (or a path to one) behind ``envs.act(obs)``: one batched model
             call for every copy; steps taking those actions record its version and outputs.
+        policies: PettingZoo only: ``{agent: ModelModule | path | callable}``, the agents the
+            runtime plays (batched across game copies, hot-swappable with
+            ``env.update_policy(agent, model)``); the caller plays the others.
         **make_kwargs: passed to `gymnasium.make` when ``env`` is an id.
 
     Returns:
-        A `RelayRLVectorEnv` (api="sb3": a `RelayRLSB3VecEnv` over one); ``run_id`` names the
-        run and ``run_path`` is its Arrow directory.
+        A `RelayRLVectorEnv` (api="sb3": a `RelayRLSB3VecEnv` over one). For a PettingZoo
+        game: a recorded env of the same kind (`RecordedParallelEnv` / `RecordedAECEnv`); with
+        `policies` leaving one agent, a `gymnasium.Env` of that agent (`PettingZooAgentEnv`),
+        or with ``actors`` or ``api`` a `PettingZooVectorEnv` of it (api="sb3": an SB3
+        `VecEnv`); a ParallelEnv with several agents left and ``actors`` / ``api``: those
+        agents as slots of one vector env (parameter sharing). ``run_id`` names the run and
+        ``run_path`` is its Arrow directory.
 
     >>> import relayrl_gym
     >>> envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=None)
@@ -81,6 +106,36 @@ def wrap(
     (4, Discrete(2))
     >>> envs.close()
     """
+    first = None
+    if is_pettingzoo(env):
+        first, make = env, None
+    elif callable(env) and not isinstance(env, str | gym.Env):
+        made = _made_by(env)
+        if is_pettingzoo(made):
+            first, make = made, env
+        elif hasattr(made, "close"):
+            made.close()  # a Gymnasium env: each actor makes its own below
+    if first is not None:
+        from relayrl_gym.wrappers.pettingzoo.build import wrap_pettingzoo
+
+        if policy is not None:
+            raise ConfigError("`policy` is for Gymnasium envs; for a PettingZoo game pass "
+                              "policies={agent: ModelModule, path or callable}")
+        if make_kwargs:
+            raise ConfigError(f"extra keyword arguments {sorted(make_kwargs)} are passed to "
+                              "gymnasium.make and need an env id string, not a PettingZoo game")
+        return wrap_pettingzoo(first, make, actors=actors, api=api, policies=policies,
+                               sink=sink, autoreset_mode=autoreset_mode,
+                               router_scale=router_scale, run_id=run_id,
+                               flush_interval=flush_interval, record_info=record_info,
+                               batch_rows=batch_rows, spill_dir=spill_dir)
+    if policies is not None:
+        raise ConfigError("`policies` plays agents of a PettingZoo game; for a Gymnasium env "
+                          "pass policy=ModelModule or path")
+    if api is None:
+        api = "gymnasium"
+    if actors is None:
+        actors = 1
     if api not in _APIS:
         raise ConfigError(f"`api` must be one of {', '.join(map(repr, _APIS))}, got {api!r}")
     sb3 = api == "sb3"

@@ -58,7 +58,7 @@ class RecordedParallelEnv(BaseParallelWrapper[AgentID, ObsType, ActionType]):
         self.closed = False
 
     @property
-    def agents(self) -> list[AgentID]:  # type: ignore[override]
+    def agents(self) -> list[AgentID]:
         return self.env.agents
 
     @property

@@ -1,0 +1,173 @@
+"""What ``relayrl_gym.wrap`` builds from a PettingZoo game: the same API recorded, a Gymnasium
+view of the one agent left to the caller, or a vector env of agents sharing one policy."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from gymnasium.vector import AutoresetMode
+
+from relayrl_gym.errors import ConfigError, EnvCreationError
+from relayrl_gym.wrappers.pettingzoo.detect import is_aec, is_parallel, require_pettingzoo
+from relayrl_gym.wrappers.pettingzoo.observations import policy_space
+from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
+
+__all__ = ["PZ_APIS", "wrap_pettingzoo"]
+
+#: ``api`` values for a PettingZoo game (None: its own API, or a Gymnasium view when
+#: policies leave one agent to the caller).
+PZ_APIS = ("pettingzoo", "gymnasium", "sb3")
+
+
+def _copy_of(env: Any) -> Any:
+    try:
+        return copy.deepcopy(env)
+    except Exception as err:
+        raise EnvCreationError(
+            f"cannot copy the {type(env).__name__} instance for more game copies "
+            f"({type(err).__name__}: {err}); pass a zero-argument callable returning a new "
+            "game instead (e.g. tictactoe_v3.env, not tictactoe_v3.env())") from err
+
+
+def _checked(make: Callable[[], Any], parallel: bool) -> Callable[[], Any]:
+    def made() -> Any:
+        env = make()
+        if (is_parallel(env) if parallel else is_aec(env)):
+            return env
+        raise EnvCreationError(f"the game factory returned {type(env).__name__}, expected a "
+                               f"PettingZoo {'ParallelEnv' if parallel else 'AECEnv'} like "
+                               "its first game")
+    return made
+
+
+def _check_policy_spaces(env: Any, players: AgentPolicies) -> None:
+    for agent in players.agents:
+        model = players.model_of(agent)
+        if model is None:
+            continue
+        obs_space, act_space = env.observation_space(agent), env.action_space(agent)
+        if model.observation_space != policy_space(obs_space) or \
+                model.action_space != act_space:
+            hint = (" (its observation is a dict with an 'action_mask': a policy takes the "
+                    "'observation' entry)" if policy_space(obs_space) is not obs_space else "")
+            raise ConfigError(
+                f"the policy for agent {agent!r} does not fit it: the policy takes "
+                f"{model.observation_space} and acts in {model.action_space}, expected "
+                f"{policy_space(obs_space)} and {act_space}{hint}; export a policy for the "
+                "agent's spaces")
+
+
+def wrap_pettingzoo(
+    first: Any,
+    make: Callable[[], Any] | None,
+    *,
+    actors: int | None,
+    api: str | None,
+    policies: dict[Any, Any] | None,
+    sink: Any,
+    autoreset_mode: str | AutoresetMode | None,
+    router_scale: int | str,
+    run_id: str | None,
+    flush_interval: float,
+    record_info: bool,
+    batch_rows: int | None,
+    spill_dir: Any,
+) -> Any:
+    """Builds the wrapped game (see `relayrl_gym.wrap` for the cases).
+
+    Args:
+        first: the game (a ParallelEnv or AECEnv instance), used as copy 0.
+        make: makes more copies (None: deep copies of ``first``).
+        Others: as `relayrl_gym.wrap`.
+    """
+    require_pettingzoo()
+    from relayrl_gym.wrappers.vector import parse_autoreset_mode
+
+    if api is not None and api not in PZ_APIS:
+        raise ConfigError(f"`api` for a PettingZoo game must be one of "
+                          f"{', '.join(map(repr, PZ_APIS))} or left out, got {api!r}")
+    if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or
+                               actors < 1):
+        raise ConfigError(f"`actors` must be an int >= 1 (game copies), got {actors!r}")
+    if router_scale not in ("auto", 0):
+        raise ConfigError(f"PettingZoo games step on the calling thread: `router_scale` must be "
+                          f"'auto' or 0, got {router_scale!r}")
+    parallel = is_parallel(first)
+    agents = list(first.possible_agents)
+    players = AgentPolicies(policies or {}, first)
+    _check_policy_spaces(first, players)
+    left = [agent for agent in agents if agent not in players]
+    if not left:
+        raise ConfigError(f"`policies` plays every agent ({agents}); leave at least one agent "
+                          "for the caller, or wrap the game without policies to record it")
+    own_api = api == "pettingzoo" or (api is None and actors is None and not players.agents)
+    vector = not own_api and (actors is not None or api is not None or len(left) > 1)
+    if own_api and (players.agents or actors is not None):
+        raise ConfigError(f"api='pettingzoo' keeps the game's own API, which has no "
+                          f"`policies` or `actors` (got policies for {players.agents}, "
+                          f"actors={actors!r}); use api='gymnasium' or 'sb3' for those")
+    mode = None if autoreset_mode is None else parse_autoreset_mode(autoreset_mode)
+    if mode is not None and not vector:
+        raise ConfigError(f"`autoreset_mode` applies to vector envs (actors=N or api="
+                          f"'gymnasium'/'sb3'), not to this {'PettingZoo' if own_api else ''}"
+                          f" env; got {autoreset_mode!r}")
+    if api == "sb3":
+        from relayrl_gym.wrappers.pettingzoo.sb3 import PettingZooSB3VecEnv  # noqa: F401
+        if mode not in (None, AutoresetMode.SAME_STEP):
+            raise ConfigError(f"api='sb3' resets a finished game in the same step: leave out "
+                              f"`autoreset_mode` or pass 'same_step', got {autoreset_mode!r}")
+        mode = AutoresetMode.SAME_STEP
+    if not parallel and not own_api and len(left) > 1:
+        raise ConfigError(
+            f"a turn-based (AEC) game as a Gymnasium env needs `policies` for every agent but "
+            f"one (agents {agents}, left to the caller: {left}); parameter sharing needs a "
+            "ParallelEnv. Or keep the AEC API: relayrl_gym.wrap(env) without actors/policies")
+    copies = actors or 1
+    factory = _checked(make if make is not None else functools.partial(_copy_of, first),
+                       parallel)
+    recording_args = {"run_id": run_id, "flush_interval": flush_interval,
+                      "record_info": record_info, "batch_rows": batch_rows,
+                      "spill_dir": spill_dir}
+    recording = (GameRecording(sink, first, 1 if own_api else copies,
+                               kind="parallel" if parallel else "aec",
+                               data_type=players.data_type, **recording_args)
+                 if sink is not None else None)
+    try:
+        return _build(first, factory, parallel, own_api, vector, copies, left, players,
+                      recording, mode, api)
+    except BaseException:
+        if recording is not None:
+            recording.close()
+        raise
+
+
+def _build(first: Any, factory: Callable[[], Any], parallel: bool, own_api: bool,
+           vector: bool, copies: int, left: list[Any], players: AgentPolicies,
+           recording: GameRecording | None, mode: AutoresetMode | None, api: str | None) -> Any:
+    from relayrl_gym.wrappers.pettingzoo.simultaneous import SimultaneousGames
+    from relayrl_gym.wrappers.pettingzoo.single import PettingZooAgentEnv
+    from relayrl_gym.wrappers.pettingzoo.turns import TurnGames
+    from relayrl_gym.wrappers.pettingzoo.vector import PettingZooVectorEnv
+
+    if own_api:
+        tracker = recording.tracker(0) if recording is not None else None
+        if parallel:
+            from relayrl_gym.wrappers.pettingzoo.parallel import RecordedParallelEnv
+
+            return RecordedParallelEnv(first, tracker, recording)
+        from relayrl_gym.wrappers.pettingzoo.aec import RecordedAECEnv
+
+        return RecordedAECEnv(first, tracker, recording)
+    env_id = recording.env_id if recording is not None else str(first.metadata.get("name", ""))
+    games: Any = (SimultaneousGames(factory, copies, left, players, recording, first=first)
+                  if parallel else
+                  TurnGames(factory, copies, left[0], players, recording, first=first))
+    if not vector:
+        return PettingZooAgentEnv(games, env_id=env_id or None)
+    envs = PettingZooVectorEnv(games, autoreset_mode=mode or AutoresetMode.NEXT_STEP,
+                               env_id=env_id or None)
+    return envs.as_sb3() if api == "sb3" else envs

@@ -1,0 +1,50 @@
+"""What the Gymnasium front ends need from copies of a game: slots to reset and step."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+from gymnasium import spaces
+
+from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
+
+__all__ = ["GameStep", "Games"]
+
+
+class GameStep(NamedTuple):
+    """One game copy's step, one entry per slot (a caller-played agent) in each list."""
+
+    obs: list[Any]
+    rewards: list[float]
+    terminated: list[bool]
+    truncated: list[bool]
+    infos: list[dict[str, Any]]
+    over: bool  # no caller-played agent is left in the game: it must be reset
+
+
+class Games(Protocol):
+    """Copies of a game whose caller-played agents are slots (``copies * slots`` in all) and
+    whose other agents are played by `policies`."""
+
+    copies: int
+    slots: int
+    agents: list[Any]  # the caller-played agents, slot order
+    observation_space: spaces.Space
+    action_space: spaces.Space
+    policies: AgentPolicies
+    recording: GameRecording | None
+    envs: list[Any]
+
+    def reset(self, copy: int, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+        """Resets one copy; the observation and info of each of its slots."""
+        ...
+
+    def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
+        """Steps the given copies, each with one action per slot."""
+        ...
+
+    def close(self) -> None:
+        """Closes every copy and the run's sinks."""
+        ...

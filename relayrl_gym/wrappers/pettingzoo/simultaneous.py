@@ -1,0 +1,125 @@
+"""`SimultaneousGames`: copies of a parallel game whose caller-played agents are slots, the
+other agents played by policies, batched across copies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gymnasium import spaces
+
+from relayrl_gym.wrappers.pettingzoo.games import GameStep
+from relayrl_gym.wrappers.pettingzoo.observations import action_mask, zeros_like
+from relayrl_gym.wrappers.pettingzoo.parallel import RecordedParallelEnv
+from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, shared_spaces
+
+__all__ = ["SimultaneousGames"]
+
+
+class SimultaneousGames:
+    """Copies of a `ParallelEnv` seen as ``copies x len(agents)`` slots (slot ``c * K + k`` is
+    caller agent ``k`` of copy ``c``); the env's other agents move with their policies, every
+    request for one model in a step answered by one batched call.
+
+    A slot whose agent is not in the game (done before the others, or not joined yet) is
+    padded: its action is ignored (the agent is never stepped and nothing is recorded for it),
+    its observation is all zeros, its reward 0 and its flags False, and its info says
+    ``active=False``. A copy is over when none of the caller's agents is left in it.
+    """
+
+    def __init__(self, make: Callable[[], Any], copies: int, agents: list[Any],
+                 policies: AgentPolicies, recording: GameRecording | None,
+                 first: Any = None) -> None:
+        """Creates the copies.
+
+        Args:
+            make: returns a new copy of the parallel game.
+            copies: how many copies.
+            agents: the caller-played agents (the slots of each copy), sharing their spaces.
+            policies: the policies of every other agent.
+            recording: the run (None: nothing recorded).
+            first: an already made copy to use as copy 0.
+        """
+        self.copies, self.slots, self.agents = copies, len(agents), list(agents)
+        self.policies, self.recording = policies, recording
+        self.envs: list[RecordedParallelEnv] = []
+        for c in range(copies):
+            env = first if c == 0 and first is not None else make()
+            self.envs.append(RecordedParallelEnv(env, recording.tracker(c) if recording
+                                                 else None))
+        self.observation_space: spaces.Space
+        self.action_space: spaces.Space
+        self.observation_space, self.action_space = shared_spaces(
+            self.envs[0], self.agents, "parameter sharing (agents as slots of one vector env)")
+        self._padding = zeros_like(self.observation_space)
+        self._obs: list[dict[Any, Any]] = [{} for _ in range(copies)]
+        self._infos: list[dict[Any, dict[str, Any]]] = [{} for _ in range(copies)]
+
+    def _slot_info(self, agent: Any, obs: Any, info: dict[str, Any] | None) -> dict[str, Any]:
+        out = dict(info or {})
+        mask = action_mask(obs, info)
+        if mask is not None:
+            out["action_mask"] = mask
+        out["active"] = True
+        return out
+
+    def _slots_of(self, c: int, alive: set[Any]) -> tuple[list[Any], list[dict[str, Any]]]:
+        obs, infos = self._obs[c], self._infos[c]
+        out_obs, out_infos = [], []
+        for agent in self.agents:
+            if agent in alive and agent in obs:
+                out_obs.append(obs[agent])
+                out_infos.append(self._slot_info(agent, obs[agent], infos.get(agent)))
+            else:
+                out_obs.append(self._padding)
+                out_infos.append({"active": False})
+        return out_obs, out_infos
+
+    def reset(self, copy: int, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+        if seed is not None:
+            self.policies.seed(seed)
+        obs, infos = self.envs[copy].reset(seed=seed, options=options)
+        self._obs[copy], self._infos[copy] = dict(obs), dict(infos)
+        return self._slots_of(copy, set(self.envs[copy].agents))
+
+    def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
+        joint: list[dict[Any, Any]] = []
+        requests, askers = [], []
+        for c, slot_actions in zip(copies, actions):
+            env, seen, seen_infos = self.envs[c], self._obs[c], self._infos[c]
+            alive = env.agents
+            moves = {agent: action for agent, action in zip(self.agents, slot_actions)
+                     if agent in alive}
+            for agent in alive:
+                if agent in self.policies:
+                    requests.append((agent, seen[agent], seen_infos.get(agent)))
+                    askers.append((c, len(joint), agent))
+            joint.append(moves)
+        if requests:
+            for (c, j, agent), move in zip(askers, self.policies.act(requests)):
+                joint[j][agent] = move.action
+                self.envs[c].acted_by(agent, move.version, move.data)
+        out = []
+        for c, moves in zip(copies, joint):
+            env = self.envs[c]
+            obs, rewards, terminated, truncated, infos = env.step(moves)
+            self._obs[c] = {**self._obs[c], **obs}
+            self._infos[c] = {**self._infos[c], **infos}
+            now = set(env.agents)
+            slot_obs, slot_infos = self._slots_of(c, now | (set(moves) & set(obs)))
+            out.append(GameStep(
+                slot_obs,
+                [float(rewards.get(a, 0.0)) if a in moves else 0.0 for a in self.agents],
+                [bool(terminated.get(a, False)) if a in moves else False for a in self.agents],
+                [bool(truncated.get(a, False)) if a in moves else False for a in self.agents],
+                slot_infos,
+                not any(agent in now for agent in self.agents)))
+        return out
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        if self.recording is not None:
+            self.recording.close()

@@ -1,0 +1,146 @@
+"""`TurnGames`: copies of a turn-based (AEC) game in which the caller plays one agent and
+policies play the others, batched across copies."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from gymnasium import spaces
+
+from relayrl_gym.errors import StateError
+from relayrl_gym.wrappers.pettingzoo.aec import RecordedAECEnv
+from relayrl_gym.wrappers.pettingzoo.games import GameStep
+from relayrl_gym.wrappers.pettingzoo.observations import action_mask
+from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
+
+__all__ = ["TurnGames"]
+
+#: Policy turns in a row after which a game that never comes back to the caller is an error.
+_MAX_TURNS = 100_000
+
+
+def _dead(env: Any, agent: Any) -> bool:
+    return bool(env.terminations.get(agent) or env.truncations.get(agent))
+
+
+class TurnGames:
+    """Copies of an AEC game seen from one agent: a caller's step is its move followed by every
+    other agent's moves until its next turn (or the end of its game).
+
+    The caller's observation is what ``last()`` gives it at its turn, its reward everything it
+    received since its move (PettingZoo's ``_cumulative_rewards``). Other agents move with
+    their policies: in each round, the copies waiting for the same model share one call. When
+    the caller's agent is done, the agents already done take their dead steps, so that their
+    last transitions end and are recorded; the game is then over for the caller.
+    """
+
+    def __init__(self, make: Callable[[], Any], copies: int, agent: Any,
+                 policies: AgentPolicies, recording: GameRecording | None,
+                 first: Any = None) -> None:
+        """Creates the copies.
+
+        Args:
+            make: returns a new copy of the AEC game.
+            copies: how many copies.
+            agent: the agent the caller plays.
+            policies: the policies of every other agent.
+            recording: the run (None: nothing recorded).
+            first: an already made copy to use as copy 0.
+        """
+        self.copies, self.slots, self.agents = copies, 1, [agent]
+        self.agent, self.policies, self.recording = agent, policies, recording
+        self.envs: list[RecordedAECEnv] = []
+        for c in range(copies):
+            env = first if c == 0 and first is not None else make()
+            self.envs.append(RecordedAECEnv(env, recording.tracker(c) if recording else None))
+        self.observation_space: spaces.Space = self.envs[0].observation_space(agent)
+        self.action_space: spaces.Space = self.envs[0].action_space(agent)
+        self._last: list[tuple[Any, dict[str, Any]] | None] = [None] * copies
+
+    def reset(self, copy: int, seed: int | None = None,
+              options: dict[str, Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
+        if seed is not None:
+            self.policies.seed(seed)
+        self.envs[copy].reset(seed=seed, options=options)
+        self._play([copy])
+        obs, _, terminated, truncated, info = self._view(copy)
+        if terminated or truncated:
+            raise StateError(f"the game ended before agent {self.agent!r} had a turn; the "
+                             "caller's agent must play at least once per game")
+        return [obs], [info]
+
+    def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
+        for c, (action,) in zip(copies, actions):
+            env = self.envs[c]
+            if env.agent_selection != self.agent or _dead(env, self.agent) or \
+                    self.agent not in env.agents:
+                raise StateError(f"game copy {c} is over for agent {self.agent!r}; reset it "
+                                 "before stepping again")
+            env.step(action)
+        self._play(copies)
+        out = []
+        for c in copies:
+            obs, reward, terminated, truncated, info = self._view(c)
+            over = terminated or truncated
+            if over:
+                self._end(c)
+            out.append(GameStep([obs], [reward], [terminated], [truncated], [info], over))
+        return out
+
+    def _waiting(self, c: int) -> bool:
+        env = self.envs[c]
+        return bool(env.agents) and self.agent in env.agents and \
+            env.agent_selection != self.agent
+
+    def _play(self, copies: list[int]) -> None:
+        """Moves the other agents of ``copies`` until the caller's turn, one model call per
+        model per round."""
+        active = [c for c in copies if self._waiting(c)]
+        for _ in range(_MAX_TURNS):
+            if not active:
+                return
+            requests, movers = [], []
+            for c in active:
+                env = self.envs[c]
+                agent = env.agent_selection
+                if _dead(env, agent):
+                    env.step(None)
+                    continue
+                obs, info = env.observe(agent), env.infos.get(agent, {})
+                requests.append((agent, obs, info))
+                movers.append(env)
+            for env, move in zip(movers, self.policies.act(requests)):
+                env.acted_by(move.version, move.data)
+                env.step(move.action)
+            active = [c for c in active if self._waiting(c)]
+        raise StateError(f"the other agents played {_MAX_TURNS} turns without agent "
+                         f"{self.agent!r} getting one")
+
+    def _view(self, c: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        env = self.envs[c]
+        if self.agent not in env.agents:
+            # Removed without a turn of its own: nothing more to observe or receive.
+            last = self._last[c]
+            obs, info = last if last is not None else (None, {})
+            return obs, 0.0, True, False, dict(info)
+        obs, reward, terminated, truncated, info = env.last()
+        info = dict(info)
+        mask = action_mask(obs, info)
+        if mask is not None:
+            info["action_mask"] = mask
+        self._last[c] = (obs, info)
+        return obs, float(reward), bool(terminated), bool(truncated), info
+
+    def _end(self, c: int) -> None:
+        # The caller's dead step, then the other dead agents': their last transitions end.
+        env = self.envs[c]
+        while env.agents and _dead(env, env.agent_selection):
+            env.step(None)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+        if self.recording is not None:
+            self.recording.close()

@@ -1,0 +1,212 @@
+"""`PettingZooVectorEnv`: copies of a game as a Gymnasium vector env whose slots are the
+caller-played agents, every agent recorded."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+
+from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.wrappers.pettingzoo.games import Games
+
+if TYPE_CHECKING:
+    from relayrl_gym.wrappers.pettingzoo.sb3 import PettingZooSB3VecEnv
+
+__all__ = ["PettingZooVectorEnv"]
+
+
+class PettingZooVectorEnv(VectorEnv):
+    """A `gymnasium.vector.VectorEnv` over ``copies`` copies of a PettingZoo game: slot
+    ``c * K + k`` is the ``k``-th caller-played agent of copy ``c`` (``K`` = 1 when policies
+    play every other agent; every agent under parameter sharing).
+
+    Copy ``c`` is reset with ``seed + c``. A copy is reset when none of the caller's agents is
+    left in it: in NEXT_STEP mode (default) at the next step (its slots then return the reset
+    observation, reward 0, flags False, and their actions are ignored), in SAME_STEP mode in
+    the same step (the finished slots' last observation and info under ``final_obs`` /
+    ``final_info``). Slots whose agent is absent from a running game are padded (see
+    `SimultaneousGames`). Action masks, when the game gives them, are in
+    ``info["action_mask"]``. Every agent's transitions, the policy-played ones included, are
+    recorded with their own actor and ``agent_id`` (`relayrl_gym.load(envs.run_path)`).
+
+    >>> import relayrl_gym
+    >>> from pettingzoo.classic import rps_v2
+    >>> envs = relayrl_gym.wrap(rps_v2.parallel_env, actors=3, sink=None)
+    >>> envs.num_envs  # 3 games x 2 players, one shared policy
+    6
+    >>> obs, infos = envs.reset(seed=0)
+    >>> _ = envs.step(envs.action_space.sample())
+    >>> envs.close()
+    """
+
+    def __init__(self, games: Games, *, autoreset_mode: AutoresetMode = AutoresetMode.NEXT_STEP,
+                 env_id: str | None = None) -> None:
+        """Puts the Gymnasium vector API in front of ``games`` (use `relayrl_gym.wrap`).
+
+        Args:
+            games: the game copies (`TurnGames` or `SimultaneousGames`); closed with this env.
+            autoreset_mode: NEXT_STEP or SAME_STEP.
+            env_id: the game's name.
+        """
+        super().__init__()
+        if autoreset_mode not in (AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+            games.close()
+            raise ConfigError(f"`autoreset_mode` for a PettingZoo game must be 'next_step' or "
+                              f"'same_step', got {autoreset_mode.value!r}")
+        self.games = games
+        self.autoreset_mode = autoreset_mode
+        self.num_envs = games.copies * games.slots
+        self.single_observation_space = games.observation_space
+        self.single_action_space = games.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        first = games.envs[0]
+        self.metadata = {**dict(first.metadata), "autoreset_mode": autoreset_mode}
+        self.render_mode = getattr(first, "render_mode", None)
+        self.env_id = env_id
+        self.agent = None  # PettingZoo games step inline: no RelayRLAgent behind them
+        recording = games.recording
+        self.run_id: str | None = recording.run_id if recording is not None else None
+        self.run_path: Path | None = recording.run_path if recording is not None else None
+        self.closed = False
+        self._prev_obs: Any = None
+        self._over = np.zeros(games.copies, dtype=np.bool_)
+        self._items: list[Any] = [None] * self.num_envs
+
+    @property
+    def agents(self) -> list[Any]:
+        """The caller-played agent of each slot of a copy."""
+        return list(self.games.agents)
+
+    def update_policy(self, agent: Any, policy: Any) -> int:
+        """Hot-swaps the policy of a policy-played ``agent`` (ModelModule, path or callable)
+        from the next step on; returns the version its transitions are recorded with."""
+        self._check_open()
+        return self.games.policies.update(agent, policy)
+
+    def reset(self, *, seed: int | Sequence[int | None] | None = None,
+              options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+        """Resets the copies (copy ``c`` gets ``seed + c``; a list gives one seed per copy)."""
+        self._check_open()
+        n = self.games.copies
+        if seed is None or isinstance(seed, int | np.integer):
+            seeds = [None if seed is None else int(seed) + c for c in range(n)]
+        else:
+            seeds = list(seed)
+            if len(seeds) not in (n, self.num_envs):
+                raise ConfigError(f"`seed` as a list must have one seed per game copy ({n}), got "
+                                  f"{len(seeds)}")
+            seeds = seeds[:: len(seeds) // n]
+        options = dict(options) if options else None
+        copies = self._reset_copies(options)
+        infos: dict[str, Any] = {}
+        for c in copies:
+            obs, slot_infos = self.games.reset(c, seeds[c], options)
+            infos = self._put(c, obs, slot_infos, infos)
+            self._over[c] = False
+        self._prev_obs = self._stack()
+        return self._prev_obs, infos
+
+    def _reset_copies(self, options: dict[str, Any] | None) -> list[int]:
+        if not options or "reset_mask" not in options:
+            return list(range(self.games.copies))
+        mask = np.asarray(options.pop("reset_mask"), dtype=np.bool_)
+        per_copy = mask.reshape(self.games.copies, self.games.slots)
+        if mask.shape != (self.num_envs,) or not (per_copy.all(1) | ~per_copy.any(1)).all():
+            raise ConfigError("`options['reset_mask']` must select whole game copies (all "
+                              f"{self.games.slots} slots of a copy or none), got {mask!r}")
+        if self._prev_obs is None and not mask.all():
+            raise StateError("the first reset() must reset every game copy (no reset_mask)")
+        return np.flatnonzero(per_copy[:, 0]).tolist()
+
+    def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Steps every copy (see the class docstring for resets and padded slots)."""
+        self._check_open()
+        if self._prev_obs is None:
+            raise StateError("step() called before reset(); call envs.reset(seed=...) first")
+        k = self.games.slots
+        slot_actions = list(iterate(self.action_space, actions))
+        if len(slot_actions) != self.num_envs:
+            raise ConfigError(f"`actions` must hold one action per slot ({self.num_envs}), got "
+                              f"{len(slot_actions)}")
+        rewards = np.zeros(self.num_envs, dtype=np.float64)
+        terminated = np.zeros(self.num_envs, dtype=np.bool_)
+        truncated = np.zeros(self.num_envs, dtype=np.bool_)
+        infos: dict[str, Any] = {}
+        stepped = [c for c in range(self.games.copies) if not self._over[c]]
+        for c in np.flatnonzero(self._over).tolist():  # NEXT_STEP: the reset pseudo-step
+            obs, slot_infos = self.games.reset(c)
+            infos = self._put(c, obs, slot_infos, infos)
+            self._over[c] = False
+        results = self.games.step(stepped, [slot_actions[c * k:(c + 1) * k] for c in stepped])
+        for c, result in zip(stepped, results):
+            span = slice(c * k, (c + 1) * k)
+            rewards[span], terminated[span], truncated[span] = (
+                result.rewards, result.terminated, result.truncated)
+            if result.over and self.autoreset_mode is AutoresetMode.SAME_STEP:
+                final_obs, final_infos = result.obs, result.infos
+                obs, slot_infos = self.games.reset(c)
+                infos = self._put(c, obs, slot_infos, infos)
+                for s in range(k):
+                    if result.terminated[s] or result.truncated[s]:
+                        infos = self._add_info(infos, {"final_obs": final_obs[s],
+                                                       "final_info": final_infos[s]}, c * k + s)
+            else:
+                infos = self._put(c, result.obs, result.infos, infos)
+                self._over[c] = result.over
+        self._prev_obs = self._stack()
+        return self._prev_obs, rewards, terminated, truncated, infos
+
+    def _put(self, c: int, obs: list[Any], slot_infos: list[dict[str, Any]],
+             infos: dict[str, Any]) -> dict[str, Any]:
+        k = self.games.slots
+        for s in range(k):
+            self._items[c * k + s] = obs[s]
+            if slot_infos[s]:
+                infos = self._add_info(infos, slot_infos[s], c * k + s)
+        return infos
+
+    def _stack(self) -> Any:
+        out = create_empty_array(self.single_observation_space, self.num_envs, fn=np.empty)
+        return concatenate(self.single_observation_space, self._items, out)  # type: ignore[arg-type]
+
+    def render(self) -> tuple[Any, ...]:
+        """Each copy's render output."""
+        self._check_open()
+        return tuple(env.render() for env in self.games.envs)
+
+    def flush(self) -> None:
+        """Writes every transition recorded so far to the sinks (and waits for it)."""
+        self._check_open()
+        if self.games.recording is not None:
+            self.games.recording.flush()
+
+    def close_extras(self, **kwargs: Any) -> None:
+        """Closes every copy, flushes and closes the sinks."""
+        self.games.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True):
+            with contextlib.suppress(Exception):  # at exit the atexit hook flushes the rest
+                self.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise StateError("this env is closed; create a new one with relayrl_gym.wrap(...)")
+
+    def as_sb3(self) -> PettingZooSB3VecEnv:
+        """This env behind Stable-Baselines3's `VecEnv` API (needs SAME_STEP mode, which
+        ``relayrl_gym.wrap(..., api="sb3")`` sets)."""
+        from relayrl_gym.wrappers.pettingzoo.sb3 import PettingZooSB3VecEnv
+
+        return PettingZooSB3VecEnv(self)
+
+    def __repr__(self) -> str:
+        return (f"PettingZooVectorEnv({self.env_id or 'game'}, copies={self.games.copies}, "
+                f"agents={self.games.agents}, run_id={self.run_id!r})")
