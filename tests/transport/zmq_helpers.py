@@ -1,0 +1,107 @@
+"""Helpers of the transport tests: collectors and actor processes, comparing datasets."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+import relayrl_gym
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent.parent
+KEY_COLUMNS = ["actor_id", "episode_id", "step"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return env
+
+
+def start_actor(*args: str, cwd: Path) -> subprocess.Popen:
+    """An actor process (zmq_actor.py); its first stdout line names its run."""
+    return subprocess.Popen([sys.executable, str(HERE / "zmq_actor.py"), *args], cwd=cwd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env())
+
+
+def first_line(proc: subprocess.Popen) -> dict:
+    line = proc.stdout.readline()
+    if not line:
+        raise AssertionError(f"process ended without output: {proc.stderr.read()}")
+    return json.loads(line)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60.0) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def start_serve(*args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
+    """``relayrl-gym serve`` in its own process; returns it with its data endpoint."""
+    proc = subprocess.Popen([sys.executable, "-m", "relayrl_gym.cli.main", "serve",
+                             "--stats-every", "0", *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    line = proc.stdout.readline()
+    if "listening on" not in line:
+        proc.kill()
+        raise AssertionError(f"serve did not start: {line} {proc.stderr.read()}")
+    return proc, line.split("listening on ")[1].split(",")[0]
+
+
+def kill(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=10)
+
+
+def wait_until(condition, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def committed_rows(run_dir: Path) -> int:
+    try:
+        return int(json.loads((run_dir / "_collector.json").read_text())["rows"])
+    except (OSError, ValueError):
+        return 0
+
+
+def rows(path: Path) -> pa.Table:
+    """A run's rows without the timestamp-free columns that differ by sink, keyed and sorted."""
+    table = relayrl_gym.load(path).table
+    return table.sort_by([(c, "ascending") for c in KEY_COLUMNS])
+
+
+def assert_no_duplicates(table: pa.Table) -> None:
+    keys = table.group_by(KEY_COLUMNS).aggregate([("step", "count")])
+    assert pc.max(keys["step_count"]).as_py() == 1, "some transition was written twice"
+
+
+def assert_same_rows(got: pa.Table, expected: pa.Table) -> None:
+    assert_no_duplicates(got)
+    assert got.num_rows == expected.num_rows
+    for name in ("actor_id", "episode_id", "step", "obs", "action", "reward", "next_obs",
+                 "terminated", "truncated", "model_version"):
+        assert got[name].equals(expected[name]), name
+
+
