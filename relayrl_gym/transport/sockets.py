@@ -38,7 +38,10 @@ def bind_socket(ctx: Any, kind: int, endpoint: str, *, keys: ServerKeys | None =
     zmq = require_zmq()
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    # ZMQ drops a peer whose message passes twice the limit before reading it; up to twice
+    # the limit a message is read, refused and counted.
+    sock.setsockopt(zmq.MAXMSGSIZE, -1 if max_message_bytes < 0 else
+                    2 * max_message_bytes + 65536)
     sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting peer takes its identity back
     if keys is not None:
         sock.curve_server = True

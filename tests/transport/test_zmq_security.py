@@ -1,0 +1,178 @@
+"""CurveZMQ keeps clients without an allowed key out (no data in, no model out); malformed,
+oversized and unknown-version messages are refused and counted, and the collector keeps
+serving everyone else."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import pyarrow as pa
+import pytest
+import zmq
+from zmq_helpers import assert_same_rows, rows, wait_until
+
+import relayrl_gym
+from relayrl_gym.errors import ConfigError, SinkError
+from relayrl_gym.transport import TrainingServer
+from relayrl_gym.transport.keys import generate_keys
+from relayrl_gym.transport.protocol import Kind, decode_header, encode
+
+
+def _record(tmp_path, steps=20):
+    """A real recorded run: its schema (with metadata) and batches."""
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path / "local")
+    envs.reset(seed=0)
+    for _ in range(steps):
+        envs.step(envs.action_space.sample())
+    envs.close()
+    (part,) = (tmp_path / "local" / envs.run_id).glob("part-*.arrow")
+    with pa.ipc.open_file(str(part)) as reader:
+        return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
+
+
+class RawClient:
+    """A hand-driven DEALER: sends exactly the frames a test gives."""
+
+    def __init__(self, endpoint: str, **curve: bytes) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        for name, value in curve.items():
+            setattr(self.sock, name, value)
+        self.sock.connect(endpoint)
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def reply(self, timeout_ms: int = 3000):
+        assert self.sock.poll(timeout_ms), "no reply"
+        return decode_header(self.sock.recv_multipart()[0])
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()
+
+
+def test_malformed_frames_are_refused_counted_and_harmless(tmp_path):
+    schema, batches = _record(tmp_path)
+    good_start = [encode(Kind.START, run="run-1", sender="s1", seq=-1),
+                  schema.serialize().to_pybytes()]
+    payload = batches[0].serialize().to_pybytes()
+    rng = os.urandom
+    bad = [
+        [rng(64)],                                                      # random bytes
+        [rng(3000), rng(100), rng(10)],                                 # random frames
+        [b"[1, 2]", b""],                                               # not an object
+        [json.dumps({"v": 99, "t": "batch"}).encode(), payload],        # unknown version
+        [encode(Kind.ACK, run="run-1", seq=0)],                         # wrong kind
+        [encode(Kind.START, run="../../etc", sender="s1", seq=-1), good_start[1]],
+        [encode(Kind.START, run="run-2", sender="s1", seq=-1), rng(200)],   # bad schema
+        [encode(Kind.BATCH, run="run-1", sender="s1", seq=0), payload[: len(payload) // 2]],
+        [encode(Kind.BATCH, run="run-1", sender="s1", seq="x"), payload],   # bad seq
+        [encode(Kind.BATCH, run="run-1", sender="s1", seq=0)],          # payload missing
+        [b"x" * 5000, b""],                                             # oversized header
+        [encode(Kind.BATCH, run="run-1", sender="s1", seq=0), rng(1_500_000)],  # oversized
+    ]
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
+                        max_message_bytes=1_000_000) as server:
+        client = RawClient(server.endpoint)
+        try:
+            client.send(*good_start)
+            assert client.reply().kind is Kind.STARTED
+            for frames in bad:
+                client.send(*frames)
+                assert client.reply().kind is Kind.REJECT
+            client.send(rng(10), rng(3_000_000))  # past twice the limit: ZMQ drops the peer
+            time.sleep(0.2)
+            assert server.collector.alive
+            assert server.stats["rejected"] == len(bad)
+            # the collector keeps serving a good sender
+            envs = relayrl_gym.wrap("CartPole-v1", actors=2,
+                                    sink=[tmp_path / "copy", server.sink_url])
+            envs.reset(seed=1)
+            for _ in range(30):
+                envs.step(envs.action_space.sample())
+            envs.close()
+            assert_same_rows(rows(tmp_path / "collected" / envs.run_id),
+                             rows(tmp_path / "copy" / envs.run_id))
+            assert not (tmp_path / "etc").exists()
+        finally:
+            client.close()
+
+
+def test_duplicates_and_gaps_are_answered(tmp_path):
+    schema, batches = _record(tmp_path, steps=60)
+    payload = batches[0].serialize().to_pybytes()
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:
+        client = RawClient(server.endpoint)
+        try:
+            client.send(encode(Kind.BATCH, run="r", sender="s", seq=0), payload)
+            assert client.reply().kind is Kind.NEED_START
+            client.send(encode(Kind.START, run="r", sender="s", seq=-1),
+                        schema.serialize().to_pybytes())
+            assert client.reply().fields["next"] == 0
+            for _ in range(3):
+                client.send(encode(Kind.BATCH, run="r", sender="s", seq=0), payload)
+                assert client.reply().fields == {"run": "r", "seq": 0}
+            client.send(encode(Kind.BATCH, run="r", sender="s", seq=5), payload)
+            reply = client.reply()
+            assert reply.kind is Kind.NACK and reply.fields["expected"] == 1
+        finally:
+            client.close()
+        stats = server.stats["per_sender"]["s"]
+        assert (stats["batches"], stats["duplicates"], stats["out_of_order"]) == (1, 2, 1)
+    assert len(relayrl_gym.load(tmp_path / "collected" / "r")) == batches[0].num_rows
+
+
+@pytest.fixture
+def keys(tmp_path):
+    generate_keys(tmp_path / "keys", ["good"])
+    generate_keys(tmp_path / "other", ["bad"])  # a keypair the server does not list
+    shutil.copyfile(tmp_path / "keys" / "server.key", tmp_path / "other" / "clients" / "bad" /
+                    "server.key")
+    return tmp_path / "keys", tmp_path / "other" / "clients" / "bad"
+
+
+def test_curve_lets_allowed_keys_in_and_nobody_else(tmp_path, keys, cartpole_policy):
+    server_dir, bad_dir = keys
+    cartpole_policy(0).save(tmp_path / "pi")
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
+                        models="tcp://127.0.0.1:*", curve_keys=server_dir) as server:
+        version = server.publish_model(cartpole_policy(1))
+        good = relayrl_gym.wrap(
+            "CartPole-v1", actors=2, policy=tmp_path / "pi",
+            sink=[tmp_path / "copy", f"{server.sink_url}?curve={server_dir / 'clients' / 'good'}"])
+        bad = relayrl_gym.wrap("CartPole-v1", actors=2, policy=tmp_path / "pi",
+                               sink=f"{server.sink_url}?curve={bad_dir}&close_timeout=1"
+                               f"&spill={tmp_path / 'spill'}")
+        plain = relayrl_gym.wrap("CartPole-v1", actors=2, policy=tmp_path / "pi",
+                                 sink=f"{server.sink_url}?close_timeout=1"
+                                 f"&spill={tmp_path / 'spill'}")
+        for envs in (good, bad, plain):
+            envs.reset(seed=0)
+        wait_until(lambda: good.agent.get_model_version() == [version, version],
+                   what="the allowed client to get the model")
+        for envs in (good, bad, plain):
+            for _ in range(20):
+                envs.step(envs.act())
+        good.close()
+        for envs in (bad, plain):
+            assert envs.agent.get_model_version() == [0, 0]  # no model out
+            with pytest.raises(SinkError, match="not acknowledged"):
+                envs.close()
+        assert server.stats["senders"] == 1  # no data in
+        assert len(server.stats["actors"]) == 1
+    expected = rows(tmp_path / "copy" / good.run_id)
+    assert_same_rows(rows(tmp_path / "collected" / good.run_id), expected)
+    kept = relayrl_gym.load(tmp_path / "spill" / bad.run_id)  # nothing lost: kept locally
+    assert len(kept) == bad.agent.writer.rows_written > 30
+
+
+def test_key_errors_say_what_to_do(tmp_path):
+    with pytest.raises(ConfigError, match="relayrl-gym keygen"):
+        TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path, curve_keys=tmp_path / "none")
+    with pytest.raises(ConfigError, match=r"client secret key .* is missing"):
+        relayrl_gym.wrap("CartPole-v1", sink=f"zmq+tcp://127.0.0.1:9?curve={tmp_path}")
