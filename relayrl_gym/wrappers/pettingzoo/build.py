@@ -14,7 +14,7 @@ from relayrl_gym.errors import ConfigError, EnvCreationError
 from relayrl_gym.wrappers.pettingzoo.detect import is_aec, is_parallel, require_pettingzoo
 from relayrl_gym.wrappers.pettingzoo.observations import policy_space
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
-from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, shared_spaces
 
 __all__ = ["PZ_APIS", "wrap_pettingzoo"]
 
@@ -126,6 +126,10 @@ def wrap_pettingzoo(
             f"a turn-based (AEC) game as a Gymnasium env needs `policies` for every agent but "
             f"one (agents {agents}, left to the caller: {left}); parameter sharing needs a "
             "ParallelEnv. Or keep the AEC API: relayrl_gym.wrap(env) without actors/policies")
+    if parallel and not own_api:
+        from relayrl_gym.wrappers.pettingzoo.simultaneous import SHARING
+
+        shared_spaces(first, left, *SHARING)  # before any sink is opened
     copies = actors or 1
     factory = _checked(make if make is not None else functools.partial(_copy_of, first),
                        parallel)

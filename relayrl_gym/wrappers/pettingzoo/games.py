@@ -36,9 +36,10 @@ class Games(Protocol):
     recording: GameRecording | None
     envs: list[Any]
 
-    def reset(self, copy: int, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
-        """Resets one copy; the observation and info of each of its slots."""
+    def reset(self, copies: list[int], seeds: list[int | None],
+              options: dict[str, Any] | None = None
+              ) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        """Resets the given copies; for each, the observation and info of each of its slots."""
         ...
 
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:

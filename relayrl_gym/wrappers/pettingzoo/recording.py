@@ -25,11 +25,13 @@ from relayrl_gym.wrappers.pettingzoo.observations import one_row
 __all__ = ["AgentTracker", "GameRecording", "shared_spaces"]
 
 
-def shared_spaces(env: Any, agents: list[str], why: str) -> tuple[gym.Space, gym.Space]:
+def shared_spaces(env: Any, agents: list[str], why: str, fix: str
+                  ) -> tuple[gym.Space, gym.Space]:
     """The observation and action space every agent in ``agents`` shares.
 
     Raises:
-        UnsupportedSpaceError: the agents' spaces differ (``why`` says what needs them equal).
+        UnsupportedSpaceError: the agents' spaces differ (``why`` says what needs them equal,
+            ``fix`` how to do without).
     """
     obs_space, act_space = env.observation_space(agents[0]), env.action_space(agents[0])
     for agent in agents[1:]:
@@ -37,7 +39,7 @@ def shared_spaces(env: Any, agents: list[str], why: str) -> tuple[gym.Space, gym
             raise UnsupportedSpaceError(
                 f"{why} needs agents with the same spaces: agent {agents[0]!r} has "
                 f"({obs_space}, {act_space}), agent {agent!r} has "
-                f"({env.observation_space(agent)}, {env.action_space(agent)})")
+                f"({env.observation_space(agent)}, {env.action_space(agent)}); {fix}")
     return obs_space, act_space
 
 
@@ -68,8 +70,8 @@ class GameRecording:
         """
         self.agents = list(env.possible_agents)
         self.observation_space, self.action_space = shared_spaces(
-            env, self.agents, "recording a game (one schema per run; pass sink=None to play "
-            "it unrecorded)")
+            env, self.agents, "recording a game (one schema per run)",
+            "pass sink=None to play it unrecorded")
         self.record_info = record_info
         self.env_id = str(env.metadata.get("name") or type(env.unwrapped).__name__)
         self.run_id = run_id or new_run_id(self.env_id)

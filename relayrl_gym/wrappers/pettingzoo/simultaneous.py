@@ -14,7 +14,12 @@ from relayrl_gym.wrappers.pettingzoo.parallel import RecordedParallelEnv
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, shared_spaces
 
-__all__ = ["SimultaneousGames"]
+__all__ = ["SHARING", "SimultaneousGames"]
+
+#: What needs the caller's agents to share their spaces, and how to do without.
+SHARING = ("parameter sharing (agents as slots of one vector env)",
+           "play the other agents with policies={agent: model}, or keep the ParallelEnv API "
+           "(relayrl_gym.wrap(env) without actors or api)")
 
 
 class SimultaneousGames:
@@ -51,7 +56,7 @@ class SimultaneousGames:
         self.observation_space: spaces.Space
         self.action_space: spaces.Space
         self.observation_space, self.action_space = shared_spaces(
-            self.envs[0], self.agents, "parameter sharing (agents as slots of one vector env)")
+            self.envs[0], self.agents, *SHARING)
         self._padding = zeros_like(self.observation_space)
         self._obs: list[dict[Any, Any]] = [{} for _ in range(copies)]
         self._infos: list[dict[Any, dict[str, Any]]] = [{} for _ in range(copies)]
@@ -76,13 +81,17 @@ class SimultaneousGames:
                 out_infos.append({"active": False})
         return out_obs, out_infos
 
-    def reset(self, copy: int, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
-        if seed is not None:
-            self.policies.seed(seed)
-        obs, infos = self.envs[copy].reset(seed=seed, options=options)
-        self._obs[copy], self._infos[copy] = dict(obs), dict(infos)
-        return self._slots_of(copy, set(self.envs[copy].agents))
+    def reset(self, copies: list[int], seeds: list[int | None],
+              options: dict[str, Any] | None = None
+              ) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        if seeds and seeds[0] is not None:
+            self.policies.seed(seeds[0])
+        out = []
+        for c, seed in zip(copies, seeds):
+            obs, infos = self.envs[c].reset(seed=seed, options=options)
+            self._obs[c], self._infos[c] = dict(obs), dict(infos)
+            out.append(self._slots_of(c, set(self.envs[c].agents)))
+        return out
 
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
         joint: list[dict[Any, Any]] = []

@@ -67,7 +67,7 @@ class PettingZooAgentEnv(gym.Env):
               ) -> tuple[Any, dict[str, Any]]:
         super().reset(seed=seed)
         self._check_open()
-        obs, infos = self.games.reset(0, seed, options)
+        ((obs, infos),) = self.games.reset([0], [seed], options)
         self._running = True
         return obs[0], infos[0]
 

@@ -59,17 +59,22 @@ class TurnGames:
         self.action_space: spaces.Space = self.envs[0].action_space(agent)
         self._last: list[tuple[Any, dict[str, Any]] | None] = [None] * copies
 
-    def reset(self, copy: int, seed: int | None = None,
-              options: dict[str, Any] | None = None) -> tuple[list[Any], list[dict[str, Any]]]:
-        if seed is not None:
-            self.policies.seed(seed)
-        self.envs[copy].reset(seed=seed, options=options)
-        self._play([copy])
-        obs, _, terminated, truncated, info = self._view(copy)
-        if terminated or truncated:
-            raise StateError(f"the game ended before agent {self.agent!r} had a turn; the "
-                             "caller's agent must play at least once per game")
-        return [obs], [info]
+    def reset(self, copies: list[int], seeds: list[int | None],
+              options: dict[str, Any] | None = None
+              ) -> list[tuple[list[Any], list[dict[str, Any]]]]:
+        if seeds and seeds[0] is not None:
+            self.policies.seed(seeds[0])
+        for c, seed in zip(copies, seeds):
+            self.envs[c].reset(seed=seed, options=options)
+        self._play(copies)
+        out = []
+        for c in copies:
+            obs, _, terminated, truncated, info = self._view(c)
+            if terminated or truncated:
+                raise StateError(f"the game ended before agent {self.agent!r} had a turn; the "
+                                 "caller's agent must play at least once per game")
+            out.append(([obs], [info]))
+        return out
 
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
         for c, (action,) in zip(copies, actions):

@@ -21,6 +21,18 @@ if TYPE_CHECKING:
 __all__ = ["PettingZooVectorEnv"]
 
 
+def _clear_slot(infos: dict[str, Any], i: int) -> None:
+    """Removes slot ``i``'s entries from a vector info (its ``_key`` masks set False)."""
+    for key in list(infos):
+        if key.startswith("_") or key in ("final_obs", "final_info"):
+            continue
+        mask = infos.get(f"_{key}")
+        if mask is not None:
+            mask[i] = False
+            if isinstance(infos[key], dict):
+                _clear_slot(infos[key], i)
+
+
 class PettingZooVectorEnv(VectorEnv):
     """A `gymnasium.vector.VectorEnv` over ``copies`` copies of a PettingZoo game: slot
     ``c * K + k`` is the ``k``-th caller-played agent of copy ``c`` (``K`` = 1 when policies
@@ -106,8 +118,8 @@ class PettingZooVectorEnv(VectorEnv):
         options = dict(options) if options else None
         copies = self._reset_copies(options)
         infos: dict[str, Any] = {}
-        for c in copies:
-            obs, slot_infos = self.games.reset(c, seeds[c], options)
+        for c, (obs, slot_infos) in zip(copies, self.games.reset(
+                copies, [seeds[c] for c in copies], options)):
             infos = self._put(c, obs, slot_infos, infos)
             self._over[c] = False
         self._prev_obs = self._stack()
@@ -140,34 +152,52 @@ class PettingZooVectorEnv(VectorEnv):
         truncated = np.zeros(self.num_envs, dtype=np.bool_)
         infos: dict[str, Any] = {}
         stepped = [c for c in range(self.games.copies) if not self._over[c]]
-        for c in np.flatnonzero(self._over).tolist():  # NEXT_STEP: the reset pseudo-step
-            obs, slot_infos = self.games.reset(c)
-            infos = self._put(c, obs, slot_infos, infos)
-            self._over[c] = False
+        resetting = np.flatnonzero(self._over).tolist()  # NEXT_STEP: the reset pseudo-step
+        if resetting:
+            for c, (obs, slot_infos) in zip(resetting, self.games.reset(
+                    resetting, [None] * len(resetting))):
+                infos = self._put(c, obs, slot_infos, infos)
+                self._over[c] = False
         results = self.games.step(stepped, [slot_actions[c * k:(c + 1) * k] for c in stepped])
+        finished = []
         for c, result in zip(stepped, results):
             span = slice(c * k, (c + 1) * k)
             rewards[span], terminated[span], truncated[span] = (
                 result.rewards, result.terminated, result.truncated)
-            if result.over and self.autoreset_mode is AutoresetMode.SAME_STEP:
-                final_obs, final_infos = result.obs, result.infos
-                obs, slot_infos = self.games.reset(c)
-                infos = self._put(c, obs, slot_infos, infos)
-                for s in range(k):
-                    if result.terminated[s] or result.truncated[s]:
-                        infos = self._add_info(infos, {"final_obs": final_obs[s],
-                                                       "final_info": final_infos[s]}, c * k + s)
-            else:
-                infos = self._put(c, result.obs, result.infos, infos)
-                self._over[c] = result.over
+            infos = self._put(c, result.obs, result.infos, infos)
+            if result.over:
+                finished.append((c, result))
+        if finished and self.autoreset_mode is AutoresetMode.SAME_STEP:
+            copies = [c for c, _ in finished]
+            infos = self._reset_same_step(finished, self.games.reset(copies, [None] * len(copies)),
+                                          infos)
+        else:
+            for c, _ in finished:
+                self._over[c] = True
         self._prev_obs = self._stack()
         return self._prev_obs, rewards, terminated, truncated, infos
 
+    def _reset_same_step(self, finished: list[tuple[int, Any]],
+                         resets: list[tuple[list[Any], list[dict[str, Any]]]],
+                         infos: dict[str, Any]) -> dict[str, Any]:
+        # The finished slots' last observation and info move to final_obs / final_info; the
+        # copy's slots then show the reset (as Gymnasium's SAME_STEP autoreset does).
+        k = self.games.slots
+        for (c, result), (obs, slot_infos) in zip(finished, resets):
+            for s in range(k):
+                if result.terminated[s] or result.truncated[s]:
+                    infos = self._add_info(infos, {"final_obs": result.obs[s],
+                                                   "final_info": result.infos[s]}, c * k + s)
+            infos = self._put(c, obs, slot_infos, infos, replace=True)
+        return infos
+
     def _put(self, c: int, obs: list[Any], slot_infos: list[dict[str, Any]],
-             infos: dict[str, Any]) -> dict[str, Any]:
+             infos: dict[str, Any], replace: bool = False) -> dict[str, Any]:
         k = self.games.slots
         for s in range(k):
             self._items[c * k + s] = obs[s]
+            if replace:
+                _clear_slot(infos, c * k + s)
             if slot_infos[s]:
                 infos = self._add_info(infos, slot_infos[s], c * k + s)
         return infos

@@ -1,0 +1,158 @@
+"""policies={agent: ModelModule | path | callable}: agents played by real exported models,
+batched across game copies, recorded with their versions; the caller's one agent as a
+gymnasium.Env."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+pytest.importorskip("pettingzoo")
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from pettingzoo.classic import rps_v2, tictactoe_v3
+
+import relayrl_gym
+from relayrl_gym.errors import ConfigError
+
+
+def _counting(module, calls):
+    """Counts the batched model calls (and their batch sizes) of a real module."""
+    step = module.step
+
+    def counted(obs, mask=None, **kwargs):
+        calls.append(len(obs))
+        return step(obs, mask, **kwargs)
+
+    module.step = counted
+    return module
+
+
+def _legal(infos):
+    return np.array([int(np.flatnonzero(m)[0]) for m in infos["action_mask"]])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("caller", ["player_1", "player_2"])
+def test_check_env_on_the_single_agent_view(caller, ttt_module, tmp_path):
+    other = "player_2" if caller == "player_1" else "player_1"
+    env = relayrl_gym.wrap(tictactoe_v3.env(), policies={other: ttt_module()}, sink=tmp_path)
+    assert isinstance(env, gym.Env) and env.agent_name == caller
+    check_env(env, skip_render_check=True)
+    env.close()
+    rps = relayrl_gym.wrap(rps_v2.parallel_env(), policies={"player_0": lambda obs: 2},
+                           sink=None)
+    check_env(rps, skip_render_check=True)
+    rps.close()
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_policy_agents_recorded_with_version_and_batched(fmt, ttt_module, tmp_path):
+    module = _counting(ttt_module(fmt), calls := [])
+    envs = relayrl_gym.wrap(tictactoe_v3.env, actors=4, policies={"player_1": module},
+                            sink=tmp_path / "runs")
+    assert envs.num_envs == 4 and envs.agents == ["player_2"]
+    calls.clear()  # wrap's own check of the model's outputs
+    _, infos = envs.reset(seed=0)
+    assert calls == [4]  # player_1 moves first: one call for the 4 copies
+    calls.clear()
+    for _ in range(12):
+        _, _, _, _, infos = envs.step(_legal(infos))
+        assert len(calls) <= 1  # one model call per step for every copy
+        calls.clear()
+    envs.close()
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    mine, theirs = rows[rows["agent_id"] == "player_2"], rows[rows["agent_id"] == "player_1"]
+    assert (mine["model_version"] == -1).all() and (theirs["model_version"] == 0).all()
+    assert theirs["actor_id"].nunique() == 4 and mine["actor_id"].nunique() == 4
+    # Every recorded move of player_1 is what the model answers for what it saw.
+    obs = np.stack([o["observation"] for o in theirs["obs"]])
+    masks = np.stack([np.asarray(m) for m in theirs["mask"]])
+    expected, _ = module.step(obs, masks)
+    assert theirs["action"].tolist() == expected.tolist()
+
+
+def test_a_policy_given_as_a_path_and_shared_by_two_parallel_copies(ttt_module, tmp_path):
+    ttt_module("onnx", name="saved")
+    env = relayrl_gym.wrap(tictactoe_v3.env(), policies={"player_1": str(tmp_path / "saved")},
+                           sink=tmp_path / "runs")
+    obs, info = env.reset(seed=0)
+    assert obs["observation"].sum() == 1  # player_1 moved before the caller's first turn
+    done = False
+    while not done:
+        obs, _, terminated, truncated, info = env.step(int(np.flatnonzero(
+            info["action_mask"])[0]))
+        done = terminated or truncated
+    env.close()
+    rows = relayrl_gym.load(env.run_path).to_pandas()
+    assert set(rows["agent_id"]) == {"player_1", "player_2"}
+    assert rows.groupby("agent_id")["terminated"].sum().tolist() == [1, 1]
+
+
+def test_hot_swap_changes_model_version(ttt_module, tmp_path):
+    first, second = ttt_module("onnx", seed=0), ttt_module("torchscript", seed=1, version=5)
+    envs = relayrl_gym.wrap(tictactoe_v3.env, actors=2, policies={"player_2": first},
+                            sink=tmp_path / "runs")
+    _, infos = envs.reset(seed=0)
+    for _ in range(2):
+        _, _, _, _, infos = envs.step(_legal(infos))
+    assert envs.update_policy("player_2", second) == 5
+    with pytest.raises(ConfigError, match="old model keeps running"):
+        envs.update_policy("player_2", relayrl_gym.ModelModule.from_torch(
+            __import__("torch").nn.Linear(4, 2), gym.spaces.Box(-1, 1, (4,)),
+            gym.spaces.Discrete(2)))
+    for _ in range(6):
+        _, _, _, _, infos = envs.step(_legal(infos))
+    envs.close()
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    versions = rows[rows["agent_id"] == "player_2"]["model_version"].tolist()
+    assert versions[:2] == [0, 0] and set(versions) == {0, 5} and versions[-1] == 5
+    assert versions == sorted(versions)
+
+
+def test_sampled_actions_record_their_outputs_and_seed_replays(ttt_module, tmp_path):
+    module = ttt_module("onnx", action_head="sample")
+
+    def game(seed):
+        env = relayrl_gym.wrap(tictactoe_v3.env(), policies={"player_1": module},
+                               sink=tmp_path / "runs")
+        obs, info = env.reset(seed=seed)
+        seen = [obs["observation"].copy()]
+        for _ in range(3):
+            obs, _, term, trunc, info = env.step(int(np.flatnonzero(info["action_mask"])[0]))
+            seen.append(obs["observation"].copy())
+            if term or trunc:
+                break
+        env.close()
+        return np.stack(seen), relayrl_gym.load(env.run_path).to_pandas()
+
+    (a, rows), (b, _) = game(3), game(3)
+    np.testing.assert_array_equal(a, b)  # reset(seed=...) seeds the policy's sampling too
+    theirs = rows[rows["agent_id"] == "player_1"]
+    assert all(d is not None and "log_prob" in d for d in theirs["data"])
+    assert rows[rows["agent_id"] == "player_2"]["data"].isna().all()
+
+
+def test_parallel_self_play_one_call_per_model_per_step(toy_game, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    game = toy_game()
+    module = _counting(relayrl_gym.ModelModule.from_torch(
+        net, game.observation_space("a0"), game.action_space("a0")), calls := [])
+    # a0 and a2 share one model; the caller plays a1 in 3 copies of the game.
+    envs = relayrl_gym.wrap(lambda: toy_game(max_steps=3), actors=3,
+                            policies={"a0": module, "a2": module}, sink=tmp_path / "runs")
+    calls.clear()
+    envs.reset(seed=0)
+    envs.step(np.zeros(3, np.int64))
+    assert calls == [3]  # step 1: a0 of every copy (a2 has not joined yet)
+    envs.step(np.zeros(3, np.int64))
+    assert calls == [3, 6]  # step 2: a0 and a2 of every copy, one call
+    envs.close()
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    assert set(rows[rows["model_version"] == 0]["agent_id"]) == {"a0", "a2"}
+    assert set(rows[rows["model_version"] == -1]["agent_id"]) == {"a1"}
