@@ -209,6 +209,7 @@ class SinkRunStore:
             schema: its Arrow schema.
         """
         self.run_id = run_id
+        self.schema = schema
         self._state_path = Path(state_dir) / f"{run_id}.json"
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
