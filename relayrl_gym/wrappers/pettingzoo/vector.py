@@ -14,6 +14,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 
 from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.wrappers.pettingzoo.games import Games
+from relayrl_gym.wrappers.pettingzoo.observations import zeros_like
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.pettingzoo.sb3 import PettingZooSB3VecEnv
@@ -42,7 +43,8 @@ class PettingZooVectorEnv(VectorEnv):
     left in it: in NEXT_STEP mode (default) at the next step (its slots then return the reset
     observation, reward 0, flags False, and their actions are ignored), in SAME_STEP mode in
     the same step (the finished slots' last observation and info under ``final_obs`` /
-    ``final_info``). Slots whose agent is absent from a running game are padded (see
+    ``final_info``; a slot whose agent is done before its game ends does the same, showing
+    the padding next). Slots whose agent is absent from a running game are padded (see
     `SimultaneousGames`). Action masks, when the game gives them, are in
     ``info["action_mask"]``. Every agent's transitions, the policy-played ones included, are
     recorded with their own actor and ``agent_id`` (`relayrl_gym.load(envs.run_path)`).
@@ -90,6 +92,7 @@ class PettingZooVectorEnv(VectorEnv):
         self._prev_obs: Any = None
         self._over = np.zeros(games.copies, dtype=np.bool_)
         self._items: list[Any] = [None] * self.num_envs
+        self._padding = zeros_like(self.single_observation_space)
 
     @property
     def agents(self) -> list[Any]:
@@ -159,37 +162,40 @@ class PettingZooVectorEnv(VectorEnv):
                 infos = self._put(c, obs, slot_infos, infos)
                 self._over[c] = False
         results = self.games.step(stepped, [slot_actions[c * k:(c + 1) * k] for c in stepped])
+        same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
         finished = []
         for c, result in zip(stepped, results):
             span = slice(c * k, (c + 1) * k)
             rewards[span], terminated[span], truncated[span] = (
                 result.rewards, result.terminated, result.truncated)
-            infos = self._put(c, result.obs, result.infos, infos)
+            obs_items, slot_infos = result.obs, result.infos
+            if same_step:
+                infos, obs_items, slot_infos = self._move_finals(c, result, infos)
+            infos = self._put(c, obs_items, slot_infos, infos)
             if result.over:
-                finished.append((c, result))
-        if finished and self.autoreset_mode is AutoresetMode.SAME_STEP:
-            copies = [c for c, _ in finished]
-            infos = self._reset_same_step(finished, self.games.reset(copies, [None] * len(copies)),
-                                          infos)
+                finished.append(c)
+        if finished and same_step:
+            resets = self.games.reset(finished, [None] * len(finished))
+            for c, (obs_items, slot_infos) in zip(finished, resets):
+                infos = self._put(c, obs_items, slot_infos, infos, replace=True)
         else:
-            for c, _ in finished:
-                self._over[c] = True
+            self._over[finished] = True
         self._prev_obs = self._stack()
         return self._prev_obs, rewards, terminated, truncated, infos
 
-    def _reset_same_step(self, finished: list[tuple[int, Any]],
-                         resets: list[tuple[list[Any], list[dict[str, Any]]]],
-                         infos: dict[str, Any]) -> dict[str, Any]:
-        # The finished slots' last observation and info move to final_obs / final_info; the
-        # copy's slots then show the reset (as Gymnasium's SAME_STEP autoreset does).
+    def _move_finals(self, c: int, result: Any, infos: dict[str, Any]
+                     ) -> tuple[dict[str, Any], list[Any], list[dict[str, Any]]]:
+        # SAME_STEP: a finished slot's last observation and info go to final_obs / final_info;
+        # the slot shows what comes next: the padding (its game goes on) or, once its game is
+        # reset in this step, the reset observation.
         k = self.games.slots
-        for (c, result), (obs, slot_infos) in zip(finished, resets):
-            for s in range(k):
-                if result.terminated[s] or result.truncated[s]:
-                    infos = self._add_info(infos, {"final_obs": result.obs[s],
-                                                   "final_info": result.infos[s]}, c * k + s)
-            infos = self._put(c, obs, slot_infos, infos, replace=True)
-        return infos
+        obs_items, slot_infos = list(result.obs), list(result.infos)
+        for s in range(k):
+            if result.terminated[s] or result.truncated[s]:
+                infos = self._add_info(infos, {"final_obs": result.obs[s],
+                                               "final_info": result.infos[s]}, c * k + s)
+                obs_items[s], slot_infos[s] = self._padding, {"active": False}
+        return infos, obs_items, slot_infos
 
     def _put(self, c: int, obs: list[Any], slot_infos: list[dict[str, Any]],
              infos: dict[str, Any], replace: bool = False) -> dict[str, Any]:
