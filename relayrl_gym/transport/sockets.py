@@ -36,6 +36,9 @@ def bind_socket(ctx: Any, kind: int, endpoint: str, *, keys: ServerKeys | None =
     """A server socket bound to ``endpoint`` (CURVE server when ``keys``); returns it with the
     endpoint actually bound (port 0 or ``*`` resolved)."""
     zmq = require_zmq()
+    endpoint = tcp_endpoint(endpoint)
+    if endpoint.endswith(":0"):
+        endpoint = endpoint[:-1] + "*"
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     # ZMQ drops a peer whose message passes twice the limit before reading it; up to twice
@@ -47,9 +50,6 @@ def bind_socket(ctx: Any, kind: int, endpoint: str, *, keys: ServerKeys | None =
         sock.curve_server = True
         sock.curve_secretkey = keys.secret
         sock.curve_publickey = keys.public
-    endpoint = tcp_endpoint(endpoint)
-    if endpoint.endswith(":0"):
-        endpoint = endpoint[:-1] + "*"
     try:
         sock.bind(endpoint)
     except zmq.ZMQError as err:
@@ -64,6 +64,7 @@ def connect_socket(ctx: Any, kind: int, endpoint: str, *, keys: ClientKeys | Non
     """A client socket connecting to ``endpoint`` (CURVE client when ``keys``); it reconnects
     by itself whenever the server comes back."""
     zmq = require_zmq()
+    endpoint = tcp_endpoint(endpoint)
     sock = ctx.socket(kind)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
@@ -74,7 +75,6 @@ def connect_socket(ctx: Any, kind: int, endpoint: str, *, keys: ClientKeys | Non
         sock.curve_serverkey = keys.server
         sock.curve_publickey = keys.public
         sock.curve_secretkey = keys.secret
-    endpoint = tcp_endpoint(endpoint)
     try:
         sock.connect(endpoint)
     except zmq.ZMQError as err:
