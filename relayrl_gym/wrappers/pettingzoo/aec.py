@@ -57,6 +57,9 @@ class RecordedAECEnv(BaseWrapper[AgentID, ObsType, ActionType]):
         self.run_path = recording.run_path if recording is not None else None
         self._seen: dict[Any, tuple[Any, dict[str, Any]]] = {}
         self._source: tuple[int, dict[str, Any] | None] | None = None
+        # (agent, obs, reward, terminated, truncated, info): last() of the selected agent,
+        # read once per turn (nothing changes it until the next step or reset)
+        self._turn: tuple[Any, ...] | None = None
         self.closed = False
 
     def acted_by(self, version: int, data: dict[str, Any] | None = None) -> None:
@@ -83,17 +86,33 @@ class RecordedAECEnv(BaseWrapper[AgentID, ObsType, ActionType]):
         env.step(action)
         self._at_turn()
 
+    def turn(self) -> tuple[Any, ...] | None:
+        """``(agent, obs, reward, terminated, truncated, info)`` of the selected agent, as
+        ``last()`` gives them; None when no agent is left."""
+        return self._turn
+
+    @override
+    def last(self, observe: bool = True) -> tuple[Any, float, bool, bool, dict[str, Any]]:
+        turn = self._turn
+        if turn is None or not observe:
+            return self.env.last(observe)
+        return turn[1], turn[2], turn[3], turn[4], turn[5]
+
     def _at_turn(self) -> None:
         # Runs whenever an agent may have been selected: its transition in flight ends here.
         env, tracker = self.env, self.tracker
         agents = env.agents
+        self._turn = None
         for waiting in tracker.waiting():
             if waiting not in agents:
                 tracker.drop(waiting)
-        if not agents or env.agent_selection not in agents:
+        if not agents:
             return
         agent = env.agent_selection
+        if agent not in agents:
+            return
         obs, reward, terminated, truncated, info = env.last()
+        self._turn = (agent, obs, reward, terminated, truncated, info)
         tracker.finish(agent, obs, reward, terminated, truncated, info)
         if not (terminated or truncated):
             self._seen[agent] = (obs, info)

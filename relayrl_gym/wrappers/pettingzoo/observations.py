@@ -55,9 +55,18 @@ def policy_input(obs: Any) -> Any:
     return obs["observation"] if _masked_dict(obs) else obs
 
 
-def one_row(value: Any) -> Any:
-    """An owned one-row batch of ``value`` (an observation or action, possibly nested)."""
-    return map_leaves(lambda leaf: np.array(leaf)[None], value)
+def _row_copy(leaf: Any) -> np.ndarray:
+    return np.array(leaf)[None]
+
+
+def _row_view(leaf: Any) -> np.ndarray:
+    return np.asarray(leaf)[None]
+
+
+def one_row(value: Any, copy: bool = True) -> Any:
+    """A one-row batch of ``value`` (an observation or action, possibly nested): a copy, or
+    with ``copy=False`` a view of a value nobody modifies."""
+    return map_leaves(_row_copy if copy else _row_view, value)
 
 
 def zeros_like(space: spaces.Space) -> Any:

@@ -182,7 +182,8 @@ class AgentTracker:
             infos = {0: text} if text is not None else None
         recorder.record(
             np.array([self._slots[agent]], np.int32), np.array([episode[0]], np.int64),
-            np.array([episode[1]], np.int64), one_row(pending.obs), one_row(pending.action),
+            np.array([episode[1]], np.int64), one_row(pending.obs, copy=False),
+            one_row(pending.action, copy=False),
             (float(reward),), one_row(next_obs), (bool(terminated),), (bool(truncated),),
             model_version=pending.version, infos=infos,
             masks=None if pending.mask is None else {0: pending.mask.tolist()},

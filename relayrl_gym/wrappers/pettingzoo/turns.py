@@ -21,10 +21,6 @@ __all__ = ["TurnGames"]
 _MAX_TURNS = 100_000
 
 
-def _dead(env: Any, agent: Any) -> bool:
-    return bool(env.terminations.get(agent) or env.truncations.get(agent))
-
-
 class TurnGames:
     """Copies of an AEC game seen from one agent: a caller's step is its move followed by every
     other agent's moves until its next turn (or the end of its game).
@@ -79,8 +75,8 @@ class TurnGames:
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
         for c, (action,) in zip(copies, actions):
             env = self.envs[c]
-            if env.agent_selection != self.agent or _dead(env, self.agent) or \
-                    self.agent not in env.agents:
+            turn = env.turn()
+            if turn is None or turn[0] != self.agent or turn[3] or turn[4]:
                 raise StateError(f"game copy {c} is over for agent {self.agent!r}; reset it "
                                  "before stepping again")
             env.step(action)
@@ -96,8 +92,8 @@ class TurnGames:
 
     def _waiting(self, c: int) -> bool:
         env = self.envs[c]
-        return bool(env.agents) and self.agent in env.agents and \
-            env.agent_selection != self.agent
+        turn = env.turn()
+        return turn is not None and turn[0] != self.agent and self.agent in env.agents
 
     def _play(self, copies: list[int]) -> None:
         """Moves the other agents of ``copies`` until the caller's turn, one model call per
@@ -109,11 +105,10 @@ class TurnGames:
             requests, movers = [], []
             for c in active:
                 env = self.envs[c]
-                agent = env.agent_selection
-                if _dead(env, agent):
+                agent, obs, _, terminated, truncated, info = env.turn()  # type: ignore[misc]
+                if terminated or truncated:
                     env.step(None)
                     continue
-                obs, info = env.observe(agent), env.infos.get(agent, {})
                 requests.append((agent, obs, info))
                 movers.append(env)
             for env, move in zip(movers, self.policies.act(requests)):
@@ -124,13 +119,13 @@ class TurnGames:
                          f"{self.agent!r} getting one")
 
     def _view(self, c: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        env = self.envs[c]
-        if self.agent not in env.agents:
+        turn = self.envs[c].turn()
+        if turn is None or turn[0] != self.agent:
             # Removed without a turn of its own: nothing more to observe or receive.
             last = self._last[c]
             obs, info = last if last is not None else (None, {})
             return obs, 0.0, True, False, dict(info)
-        obs, reward, terminated, truncated, info = env.last()
+        _, obs, reward, terminated, truncated, info = turn
         info = dict(info)
         mask = action_mask(obs, info)
         if mask is not None:
@@ -141,8 +136,10 @@ class TurnGames:
     def _end(self, c: int) -> None:
         # The caller's dead step, then the other dead agents': their last transitions end.
         env = self.envs[c]
-        while env.agents and _dead(env, env.agent_selection):
+        turn = env.turn()
+        while turn is not None and (turn[3] or turn[4]):
             env.step(None)
+            turn = env.turn()
 
     def close(self) -> None:
         for env in self.envs:
