@@ -70,7 +70,8 @@ class ArrowRunStore:
     """
 
     def __init__(self, root: str | os.PathLike[str], run_id: str, schema: pa.Schema, *,
-                 max_file_bytes: int = 256 * 1024 * 1024, fsync: bool = False) -> None:
+                 max_file_bytes: int = 256 * 1024 * 1024, compression: str | None = "lz4",
+                 fsync: bool = False) -> None:
         """Opens the run, creating it, or reopening (and repairing) one written before.
 
         Args:
@@ -78,6 +79,8 @@ class ArrowRunStore:
             run_id: the run.
             schema: the run's Arrow schema (must match a reopened run's).
             max_file_bytes: a data file is completed and a new one started past this size.
+            compression: IPC buffer compression, "lz4" (as fast as none here, files ~4x
+                smaller), "zstd" or None.
             fsync: also ``fsync`` data and state at each commit (survives power loss).
         """
         self.run_id = run_id
@@ -85,6 +88,7 @@ class ArrowRunStore:
         self.run_path = Path(root) / run_id
         self.max_file_bytes = int(max_file_bytes)
         self.fsync = fsync
+        self.compression = compression
         self._file: Any = None
         self._writer: Any = None
         self._written = 0  # batches in the current file, committed or not
@@ -118,8 +122,8 @@ class ArrowRunStore:
         if self._writer is None:
             name = self._name(self._state["part"])
             self._file = pa.OSFile(str(self.run_path / in_progress_name(name)), "wb")
-            self._writer = pa.ipc.new_file(self._file, self.schema,
-                                           options=pa.ipc.IpcWriteOptions(compression="zstd"))
+            options = pa.ipc.IpcWriteOptions(compression=self.compression)
+            self._writer = pa.ipc.new_file(self._file, self.schema, options=options)
         self._writer.write_batch(batch)
         self._written += 1
         self._pending_rows += batch.num_rows

@@ -3,7 +3,9 @@ models the collector's learner publishes."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -29,7 +31,7 @@ log = logging.getLogger(__name__)
 #: Bytes sent and not yet acknowledged before `write` refuses more (the writer's backlog,
 #: then its spill files, take over).
 DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
-_POLL_MS = 5
+_POLL_MS = 50  # timers (resends, hellos) are checked at least this often
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
 
 
@@ -93,6 +95,7 @@ class ZMQSink(Sink):
         self._ctx: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._wake_r, self._wake_w = -1, -1  # a pipe: `write` wakes the I/O thread at once
         self._error: BaseException | None = None
         self._closed = False
 
@@ -132,6 +135,9 @@ class ZMQSink(Sink):
         if self._thread is not None:
             raise SinkError("ZMQSink.start() called twice; use one sink per run")
         self.run_id, self._schema = run_id, schema
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._ctx = zmq.Context()
         self._thread = threading.Thread(target=self._run, name=f"relayrl-zmq-sender-{run_id}",
                                         daemon=True)
@@ -151,6 +157,11 @@ class ZMQSink(Sink):
                     f"{self.outbox.rows} rows ({self.outbox.bytes} bytes); batches wait "
                     "locally and are retried. Check that `relayrl-gym serve` runs there")
         self.outbox.put(batch.serialize(), batch.num_rows)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # already woken (the pipe is full), or closing
+            os.write(self._wake_w, b"x")
 
     def flush(self) -> None:
         self._check()
@@ -174,9 +185,12 @@ class ZMQSink(Sink):
             return
         acked = self.wait_acknowledged(self.close_timeout)
         self._stop.set()
+        self._wake()
         self._thread.join(10.0)
         if self._ctx is not None:
             self._ctx.term()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
         if not acked:
             self._spill_pending()
 
@@ -217,6 +231,7 @@ class ZMQSink(Sink):
             sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing to a collector that is not there
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
+            poller.register(self._wake_r, zmq.POLLIN)
             next_start = 0.0
             start_delay = self.outbox.resend_after
             while not self._stop.is_set():
@@ -225,6 +240,9 @@ class ZMQSink(Sink):
                                             keys=self.keys)
                     poller.register(models, zmq.POLLIN)
                 events = dict(poller.poll(_POLL_MS))
+                if self._wake_r in events:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
                 if sock in events:
                     self._replies(sock)
                 if models is not None and models in events:
