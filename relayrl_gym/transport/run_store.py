@@ -90,6 +90,7 @@ class ArrowRunStore:
         self.fsync = fsync
         self.compression = compression
         self._file: Any = None
+        self._stream: Any = None
         self._writer: Any = None
         self._written = 0  # batches in the current file, committed or not
         self._pending_rows = 0
@@ -122,23 +123,26 @@ class ArrowRunStore:
         if self._writer is None:
             name = self._name(self._state["part"])
             self._file = pa.OSFile(str(self.run_path / in_progress_name(name)), "wb")
+            # Fewer, larger writes; `commit` flushes before anything is acknowledged.
+            self._stream = pa.BufferedOutputStream(self._file, buffer_size=4 * 1024 * 1024)
             options = pa.ipc.IpcWriteOptions(compression=self.compression)
-            self._writer = pa.ipc.new_file(self._file, self.schema, options=options)
+            self._writer = pa.ipc.new_file(self._stream, self.schema, options=options)
         self._writer.write_batch(batch)
         self._written += 1
         self._pending_rows += batch.num_rows
 
     def commit(self, last_seqs: dict[str, int]) -> None:
         """Makes the written batches durable, then records ``last_seqs`` (sender -> seq)."""
-        if self._file is not None and self.fsync:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        if self._stream is not None:
+            self._stream.flush()
+            if self.fsync:
+                os.fsync(self._file.fileno())
         self._state["senders"].update(last_seqs)
         self._state["batches"] = self._written
         self._state["rows"] += self._pending_rows
         self._pending_rows = 0
         self._save_state()
-        if self._file is not None and self._file.tell() >= self.max_file_bytes:
+        if self._stream is not None and self._stream.tell() >= self.max_file_bytes:
             self._complete()
 
     def close(self) -> None:
@@ -153,10 +157,12 @@ class ArrowRunStore:
         if self._writer is None:
             return
         self._writer.close()
+        self._stream.flush()
         if self.fsync:
             os.fsync(self._file.fileno())
+        self._stream.close()
         self._file.close()
-        self._writer = self._file = None
+        self._writer = self._stream = self._file = None
         name = self._name(self._state["part"])
         os.replace(self.run_path / in_progress_name(name), self.run_path / name)
         self._state["part"] += 1
