@@ -8,9 +8,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from relayrl_gym.schema.batches import map_leaves
-
-__all__ = ["MASK_KEY", "action_mask", "one_row", "policy_input", "policy_space", "zeros_like"]
+__all__ = ["MASK_KEY", "action_mask", "policy_input", "policy_space", "zeros_like"]
 
 #: Where PettingZoo envs put the legal actions: ``obs["action_mask"]`` or ``info["action_mask"]``.
 MASK_KEY = "action_mask"
@@ -53,20 +51,6 @@ def policy_space(space: spaces.Space) -> spaces.Space:
 def policy_input(obs: Any) -> Any:
     """The part of an agent's observation its policy takes (see `policy_space`)."""
     return obs["observation"] if _masked_dict(obs) else obs
-
-
-def _row_copy(leaf: Any) -> np.ndarray:
-    return np.array(leaf)[None]
-
-
-def _row_view(leaf: Any) -> np.ndarray:
-    return np.asarray(leaf)[None]
-
-
-def one_row(value: Any, copy: bool = True) -> Any:
-    """A one-row batch of ``value`` (an observation or action, possibly nested): a copy, or
-    with ``copy=False`` a view of a value nobody modifies."""
-    return map_leaves(_row_copy if copy else _row_view, value)
 
 
 def zeros_like(space: spaces.Space) -> Any:

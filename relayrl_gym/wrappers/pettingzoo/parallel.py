@@ -91,13 +91,15 @@ class RecordedParallelEnv(BaseParallelWrapper[AgentID, ObsType, ActionType]):
                 tracker.begin(agent, seen[agent], action,
                               action_mask(seen[agent], seen_infos.get(agent)), version, data)
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        outcomes = []
         for agent in actions:
             if agent in obs:
-                tracker.finish(agent, obs[agent], rewards.get(agent, 0.0),
-                               terminated.get(agent, False), truncated.get(agent, False),
-                               infos.get(agent))
+                outcomes.append((agent, obs[agent], rewards.get(agent, 0.0),
+                                 terminated.get(agent, False), truncated.get(agent, False),
+                                 infos.get(agent)))
             else:
                 tracker.drop(agent)  # no next observation: no transition to record
+        tracker.finish_many(outcomes)
         self._obs, self._infos = dict(obs), dict(infos)
         return obs, rewards, terminated, truncated, infos
 

@@ -20,7 +20,6 @@ from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.runtime.agent import new_run_id
 from relayrl_gym.schema.batches import map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
-from relayrl_gym.wrappers.pettingzoo.observations import one_row
 
 __all__ = ["AgentTracker", "GameRecording", "shared_spaces"]
 
@@ -168,26 +167,56 @@ class AgentTracker:
     def finish(self, agent: str, next_obs: Any, reward: float, terminated: bool,
                truncated: bool, info: dict[str, Any] | None) -> None:
         """Records ``agent``'s transition in flight, if any, with what followed its action."""
-        pending = self._pending.pop(agent, None)
-        if pending is None or self._recording is None:
+        self.finish_many([(agent, next_obs, reward, terminated, truncated, info)])
+
+    def finish_many(self, outcomes: list[tuple[str, Any, float, bool, bool,
+                                               dict[str, Any] | None]]) -> None:
+        """`finish` for several agents at once (one recorded batch): ``outcomes`` holds
+        ``(agent, next_obs, reward, terminated, truncated, info)`` tuples."""
+        if self._recording is None:
+            return
+        done = [(self._pending.pop(o[0]), o) for o in outcomes if o[0] in self._pending]
+        if not done:
             return
         recording = self._recording
         recorder = recording.recorder
-        episode = self._episodes.get(agent)
-        if episode is None:
-            episode = self._episodes[agent] = [recorder.new_episode_id(), 0]
-        infos = None
-        if recording.record_info and info:
-            text = info_to_json(info)
-            infos = {0: text} if text is not None else None
+        slots, episodes, steps = [], [], []
+        infos: dict[int, str] = {}
+        masks: dict[int, Any] = {}
+        data: dict[int, dict[str, Any]] = {}
+        for row, (pending, (agent, _, _, terminated, truncated, info)) in enumerate(done):
+            episode = self._episodes.get(agent)
+            if episode is None:
+                episode = self._episodes[agent] = [recorder.new_episode_id(), 0]
+            slots.append(self._slots[agent])
+            episodes.append(episode[0])
+            steps.append(episode[1])
+            episode[1] += 1
+            if terminated or truncated:
+                del self._episodes[agent]
+            if recording.record_info and info:
+                text = info_to_json(info)
+                if text is not None:
+                    infos[row] = text
+            if pending.mask is not None:
+                masks[row] = pending.mask.tolist()
+            if pending.data:
+                data[row] = pending.data
+        first = done[0]
         recorder.record(
-            np.array([self._slots[agent]], np.int32), np.array([episode[0]], np.int64),
-            np.array([episode[1]], np.int64), one_row(pending.obs, copy=False),
-            one_row(pending.action, copy=False),
-            (float(reward),), one_row(next_obs), (bool(terminated),), (bool(truncated),),
-            model_version=pending.version, infos=infos,
-            masks=None if pending.mask is None else {0: pending.mask.tolist()},
-            data=None if not pending.data else {0: pending.data})
-        episode[1] += 1
-        if terminated or truncated:
-            del self._episodes[agent]
+            np.array(slots, np.int32), np.array(episodes, np.int64), np.array(steps, np.int64),
+            _rows([p.obs for p, _ in done]), _rows([p.action for p, _ in done]),
+            tuple(float(o[2]) for _, o in done), _rows([o[1] for _, o in done]),
+            tuple(bool(o[3]) for _, o in done), tuple(bool(o[4]) for _, o in done),
+            model_version=(first[0].version if len(done) == 1 else
+                           np.array([p.version for p, _ in done], np.int64)),
+            infos=infos or None, masks=masks or None, data=data or None)
+
+
+def _stack(*leaves: Any) -> np.ndarray:
+    return np.stack([np.asarray(leaf) for leaf in leaves])
+
+
+def _rows(values: list[Any]) -> Any:
+    """Values of one space (possibly nested) as one owned batch."""
+    return map_leaves(_stack, values[0], *values[1:])
