@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from pettingzoo.utils.env import ActionType, AECEnv, AgentID, ObsType
@@ -133,6 +134,12 @@ class RecordedAECEnv(BaseWrapper[AgentID, ObsType, ActionType]):
         """Writes every transition recorded so far to the sinks."""
         if self.recording is not None:
             self.recording.flush()
+
+    def __del__(self) -> None:
+        # Dropped without close(): its run's writer thread must not outlive it.
+        if not getattr(self, "closed", True) and getattr(self, "recording", None) is not None:
+            with contextlib.suppress(Exception):
+                self.close()
 
     @override
     def __str__(self) -> str:

@@ -3,6 +3,7 @@ agents played by policies, every agent recorded."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,12 @@ class PettingZooAgentEnv(gym.Env):
             return
         self.closed = True
         self.games.close()
+
+    def __del__(self) -> None:
+        # Dropped without close(): its run's writer thread must not outlive it.
+        if not getattr(self, "closed", True):
+            with contextlib.suppress(Exception):
+                self.close()
 
     def _check_open(self) -> None:
         if self.closed:

@@ -156,3 +156,33 @@ def test_parallel_self_play_one_call_per_model_per_step(toy_game, tmp_path):
     rows = relayrl_gym.load(envs.run_path).to_pandas()
     assert set(rows[rows["model_version"] == 0]["agent_id"]) == {"a0", "a2"}
     assert set(rows[rows["model_version"] == -1]["agent_id"]) == {"a1"}
+
+
+def test_connect_four_single_agent_copies(tmp_path, pz_helpers):
+    from pettingzoo.classic import connect_four_v3
+
+    envs = relayrl_gym.wrap(connect_four_v3.env, actors=3, sink=tmp_path,
+                            policies={"player_1": pz_helpers["random_legal"](1)})
+    assert envs.single_action_space == gym.spaces.Discrete(7)
+    _, infos = envs.reset(seed=0)
+    ended = 0
+    for _ in range(40):
+        actions = [int(np.flatnonzero(m)[0]) if m.any() else 0 for m in infos["action_mask"]]
+        _, _, terminated, truncated, infos = envs.step(np.array(actions))
+        ended += int((terminated | truncated).sum())
+    envs.close()
+    assert ended >= 3
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    assert rows.groupby("agent_id")["terminated"].sum().min() >= 3  # both sides' last moves
+
+
+def test_envs_dropped_without_close_leave_no_thread(tmp_path):
+    import gc
+
+    for env in (relayrl_gym.wrap(rps_v2.parallel_env(), sink=tmp_path / "p"),
+                relayrl_gym.wrap(tictactoe_v3.env(), sink=tmp_path / "a"),
+                relayrl_gym.wrap(tictactoe_v3.env(), policies={"player_2": lambda o: 0},
+                                 sink=tmp_path / "s")):
+        env.reset(seed=0)
+    del env
+    gc.collect()  # the conftest fixture then checks that no relayrl thread is left
