@@ -134,8 +134,11 @@ class TrainingServer:
     def trajectories(self, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
         """Record batches as they are committed, from every actor (``run_id`` and
         ``actor_id`` are columns). Stops when the server closes, or after ``timeout`` seconds
-        without a batch. Only batches committed after the first call are seen."""
+        without a batch. Only batches committed after this call are seen."""
         self._listening = True
+        return self._iterate(timeout)
+
+    def _iterate(self, timeout: float | None) -> Iterator[pa.RecordBatch]:
         while True:
             with self._arrived:
                 if not self._arrived.wait_for(lambda: self._queue or self._closed, timeout):
