@@ -1,10 +1,27 @@
 """PettingZoo front ends: recorded ParallelEnv / AECEnv wrappers, policy-played agents, a
 Gymnasium view of the one agent left to the caller, and parameter sharing.
 
-Importing this package does not import PettingZoo; `relayrl_gym.wrap` imports the modules that
-need it only when it is given a PettingZoo env.
+Importing this package does not import PettingZoo; its classes are loaded (with PettingZoo) on
+first access, and `relayrl_gym.wrap` loads them only when it is given a PettingZoo game.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import importlib
+from typing import Any
+
+__all__ = ["PettingZooAgentEnv", "PettingZooVectorEnv", "RecordedAECEnv",
+           "RecordedParallelEnv"]
+
+_HOMES = {"PettingZooAgentEnv": "single", "PettingZooVectorEnv": "vector",
+          "RecordedAECEnv": "aec", "RecordedParallelEnv": "parallel"}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from relayrl_gym.wrappers.pettingzoo.detect import require_pettingzoo
+
+    require_pettingzoo()
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
