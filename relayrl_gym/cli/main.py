@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="model endpoint actors get models from, e.g. tcp://0.0.0.0:50051")
     serve.add_argument("--curve-keys", default=None,
                        help="key folder from `relayrl-gym keygen`: require CurveZMQ keys")
+    serve.add_argument("--compression", default="lz4", choices=["lz4", "zstd", "none"],
+                       help="compression of the Arrow files written (default lz4)")
     serve.add_argument("--publish", default=None,
                        help="a ModelModule directory or file to publish at start")
     serve.add_argument("--stats-every", type=float, default=30.0,
@@ -70,7 +72,9 @@ def _serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with TrainingServer(bind=args.bind, sink=args.sink, models=args.models,
-                        curve_keys=args.curve_keys) as server:
+                        curve_keys=args.curve_keys,
+                        compression=None if args.compression == "none" else args.compression
+                        ) as server:
         if args.publish:
             server.publish_model(args.publish)
         print(f"relayrl-gym serve: listening on {server.endpoint}, models on "
