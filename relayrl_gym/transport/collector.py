@@ -56,6 +56,13 @@ class Collector:
     last sequence numbers), and only then acknowledges. Malformed, oversized or unknown-version
     messages are refused with a ``reject`` reply and counted; nothing a peer sends stops the
     thread. `TrainingServer` builds one; ``close`` joins the thread.
+
+    >>> import zmq
+    >>> ctx = zmq.Context()
+    >>> collector = Collector(ctx, "tcp://127.0.0.1:*", open_store=lambda run, schema: None)
+    >>> collector.alive, collector.stats.snapshot()["received"]
+    (True, 0)
+    >>> collector.close(); ctx.term()
     """
 
     def __init__(self, ctx: Any, bind: str, open_store: RunStore, *,

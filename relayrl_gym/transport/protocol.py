@@ -58,7 +58,12 @@ class ProtocolViolation(TransportError, ValueError):
 
 
 class Header(NamedTuple):
-    """A decoded header: its kind and the other fields as sent."""
+    """A decoded header: its kind and the other fields as sent.
+
+    >>> header = decode_header(encode(Kind.BATCH, run="r1", sender="s", seq=4))
+    >>> header.kind, header.name("run"), header.integer("seq")
+    (<Kind.BATCH: 'batch'>, 'r1', 4)
+    """
 
     kind: Kind
     fields: dict[str, Any]

@@ -32,6 +32,13 @@ class ModelPublisher:
     later hello shows it did not arrive. A late joiner's first hello gets the current model.
     ``versions`` only move forward: a published model gets ``max(module.version, last + 1)``.
     Hellos from peers are counted in ``hellos``; malformed ones in ``rejected``.
+
+    >>> import zmq
+    >>> ctx = zmq.Context()
+    >>> publisher = ModelPublisher(ctx, "tcp://127.0.0.1:*")
+    >>> publisher.version, publisher.peers
+    (0, {})
+    >>> publisher.close(); ctx.term()
     """
 
     def __init__(self, ctx: Any, bind: str, *, keys: ServerKeys | None = None,

@@ -48,6 +48,11 @@ class ZMQSink(Sink):
     retries. ``close`` waits up to ``close_timeout`` for the last acknowledgements; what is
     still unacknowledged then is written to a local Arrow run under ``spill_dir``.
 
+    A sender process that dies ends its run: restarted, it records a new run (new run id and
+    sender id). What the collector acknowledged is kept exactly once; batches the dead process
+    had not sent yet are lost with it, as with any sink (at most the last flush interval), and
+    batches it had spilled stay in its spill directory, readable with `relayrl_gym.load`.
+
     URL: ``zmq+tcp://HOST:PORT`` with optional ``?models=tcp://HOST:PORT`` (where models come
     from; default: the endpoint the collector announces, ``off`` for none),
     ``curve=DIR`` (a client key folder from ``relayrl-gym keygen``), ``spill=DIR`` and
@@ -151,7 +156,7 @@ class ZMQSink(Sink):
             self.write(batch.slice(half))
             return
         with self.outbox.changed:  # a short wait for room smooths a busy collector
-            if not self.outbox.changed.wait_for(lambda: not self.outbox.full, timeout=1.0):
+            if not self.outbox.changed.wait_for(lambda: not self.outbox.full, timeout=0.25):
                 raise SinkError(
                     f"the collector at {self.endpoint} has not acknowledged "
                     f"{self.outbox.rows} rows ({self.outbox.bytes} bytes); batches wait "
