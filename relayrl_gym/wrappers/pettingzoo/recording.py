@@ -7,7 +7,7 @@ import datetime as _dt
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -93,14 +93,44 @@ class GameRecording:
             batch_rows=batch_rows)
         self.recorder.agent_ids = agent_ids
         self.closed = False
+        #: Hold finished transitions until `commit` (game copies stepped together record one
+        #: batch per step); False: every transition goes to the recorder at once.
+        self.batching = False
+        self._staged: list[_Row] = []
 
     def tracker(self, copy: int) -> AgentTracker:
         """The bookkeeping of game copy ``copy``."""
         k = len(self.agents)
         return AgentTracker(self, {agent: copy * k + i for i, agent in enumerate(self.agents)})
 
+    def stage(self, rows: list[_Row]) -> None:
+        """Takes finished transitions: recorded now, or at the next `commit` when batching."""
+        self._staged.extend(rows)
+        if not self.batching:
+            self.commit()
+
+    def commit(self) -> None:
+        """Hands the staged transitions to the recorder as one batch."""
+        rows, self._staged = self._staged, []
+        if not rows:
+            return
+        infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
+        masks = {i: r.mask.tolist() for i, r in enumerate(rows) if r.mask is not None}
+        data = {i: r.data for i, r in enumerate(rows) if r.data}
+        self.recorder.record(
+            np.array([r.slot for r in rows], np.int32),
+            np.array([r.episode for r in rows], np.int64),
+            np.array([r.step for r in rows], np.int64),
+            _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
+            tuple(r.reward for r in rows), _rows([r.next_obs for r in rows]),
+            tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
+            model_version=(rows[0].version if len(rows) == 1 else
+                           np.array([r.version for r in rows], np.int64)),
+            infos=infos or None, masks=masks or None, data=data or None)
+
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
+        self.commit()
         self.recorder.flush()
 
     def close(self, timeout: float = 30.0) -> None:
@@ -108,8 +138,27 @@ class GameRecording:
         if self.closed:
             return
         self.closed = True
+        self.commit()
         self.recorder.close()
         self.writer.close(timeout)
+
+
+class _Row(NamedTuple):
+    """One finished transition, owned (nobody modifies its values)."""
+
+    slot: int
+    episode: int
+    step: int
+    obs: Any
+    action: Any
+    reward: float
+    next_obs: Any
+    terminated: bool
+    truncated: bool
+    version: int
+    info: str | None
+    mask: np.ndarray | None
+    data: dict[str, Any] | None
 
 
 @dataclass
@@ -179,44 +228,32 @@ class AgentTracker:
         if not done:
             return
         recording = self._recording
-        recorder = recording.recorder
-        slots, episodes, steps = [], [], []
-        infos: dict[int, str] = {}
-        masks: dict[int, Any] = {}
-        data: dict[int, dict[str, Any]] = {}
-        for row, (pending, (agent, _, _, terminated, truncated, info)) in enumerate(done):
+        rows = []
+        for pending, (agent, next_obs, reward, terminated, truncated, info) in done:
             episode = self._episodes.get(agent)
             if episode is None:
-                episode = self._episodes[agent] = [recorder.new_episode_id(), 0]
-            slots.append(self._slots[agent])
-            episodes.append(episode[0])
-            steps.append(episode[1])
+                episode = self._episodes[agent] = [recording.recorder.new_episode_id(), 0]
+            text = info_to_json(info) if recording.record_info and info else None
+            rows.append(_Row(self._slots[agent], episode[0], episode[1], pending.obs,
+                             pending.action, float(reward), map_leaves(np.array, next_obs),
+                             bool(terminated), bool(truncated), pending.version, text,
+                             pending.mask, pending.data))
             episode[1] += 1
             if terminated or truncated:
                 del self._episodes[agent]
-            if recording.record_info and info:
-                text = info_to_json(info)
-                if text is not None:
-                    infos[row] = text
-            if pending.mask is not None:
-                masks[row] = pending.mask.tolist()
-            if pending.data:
-                data[row] = pending.data
-        first = done[0]
-        recorder.record(
-            np.array(slots, np.int32), np.array(episodes, np.int64), np.array(steps, np.int64),
-            _rows([p.obs for p, _ in done]), _rows([p.action for p, _ in done]),
-            tuple(float(o[2]) for _, o in done), _rows([o[1] for _, o in done]),
-            tuple(bool(o[3]) for _, o in done), tuple(bool(o[4]) for _, o in done),
-            model_version=(first[0].version if len(done) == 1 else
-                           np.array([p.version for p, _ in done], np.int64)),
-            infos=infos or None, masks=masks or None, data=data or None)
+        recording.stage(rows)
 
 
 def _stack(*leaves: Any) -> np.ndarray:
     return np.stack([np.asarray(leaf) for leaf in leaves])
 
 
+def _row_view(leaf: Any) -> np.ndarray:
+    return np.asarray(leaf)[None]
+
+
 def _rows(values: list[Any]) -> Any:
-    """Values of one space (possibly nested) as one owned batch."""
+    """Owned values of one space (possibly nested) as one batch."""
+    if len(values) == 1:
+        return map_leaves(_row_view, values[0])
     return map_leaves(_stack, values[0], *values[1:])

@@ -48,6 +48,8 @@ class SimultaneousGames:
         """
         self.copies, self.slots, self.agents = copies, len(agents), list(agents)
         self.policies, self.recording = policies, recording
+        if recording is not None:
+            recording.batching = True  # one recorded batch per step of all copies
         self.envs: list[RecordedParallelEnv] = []
         for c in range(copies):
             env = first if c == 0 and first is not None else make()
@@ -91,7 +93,7 @@ class SimultaneousGames:
             obs, infos = self.envs[c].reset(seed=seed, options=options)
             self._obs[c], self._infos[c] = dict(obs), dict(infos)
             out.append(self._slots_of(c, set(self.envs[c].agents)))
-        return out
+        return out  # a reset finishes no transition: nothing to commit
 
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
         joint: list[dict[Any, Any]] = []
@@ -125,6 +127,8 @@ class SimultaneousGames:
                 [bool(truncated.get(a, False)) if a in moves else False for a in self.agents],
                 slot_infos,
                 not any(agent in now for agent in self.agents)))
+        if self.recording is not None:
+            self.recording.commit()
         return out
 
     def close(self) -> None:

@@ -47,6 +47,8 @@ class TurnGames:
         """
         self.copies, self.slots, self.agents = copies, 1, [agent]
         self.agent, self.policies, self.recording = agent, policies, recording
+        if recording is not None:
+            recording.batching = True  # one recorded batch per step of all copies
         self.envs: list[RecordedAECEnv] = []
         for c in range(copies):
             env = first if c == 0 and first is not None else make()
@@ -70,6 +72,7 @@ class TurnGames:
                 raise StateError(f"the game ended before agent {self.agent!r} had a turn; the "
                                  "caller's agent must play at least once per game")
             out.append(([obs], [info]))
+        self._commit()
         return out
 
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
@@ -88,7 +91,12 @@ class TurnGames:
             if over:
                 self._end(c)
             out.append(GameStep([obs], [reward], [terminated], [truncated], [info], over))
+        self._commit()
         return out
+
+    def _commit(self) -> None:
+        if self.recording is not None:
+            self.recording.commit()
 
     def _waiting(self, c: int) -> bool:
         env = self.envs[c]
