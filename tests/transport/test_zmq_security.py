@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import time
 
@@ -176,3 +177,38 @@ def test_key_errors_say_what_to_do(tmp_path):
         TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path, curve_keys=tmp_path / "none")
     with pytest.raises(ConfigError, match=r"client secret key .* is missing"):
         relayrl_gym.wrap("CartPole-v1", sink=f"zmq+tcp://127.0.0.1:9?curve={tmp_path}")
+
+
+def test_fuzzed_messages_never_stall_either_channel(tmp_path, cartpole_policy):
+    rng = random.Random(0)
+    schema, batches = _record(tmp_path)
+    valid = [encode(Kind.BATCH, run="r", sender="s", seq=0), batches[0].serialize().to_pybytes()]
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
+                        models="tcp://127.0.0.1:*") as server:
+        data, models = RawClient(server.endpoint), RawClient(server.models_endpoint)
+        try:
+            sent = 0
+            for _ in range(150):
+                frames = [bytearray(f) for f in valid[:rng.randint(1, 2)]]
+                for frame in frames:  # flip, cut or replace bytes of a valid message
+                    if rng.random() < 0.5 and frame:
+                        frame[rng.randrange(min(len(frame), 60))] ^= 1 << rng.randrange(8)
+                    if rng.random() < 0.3:
+                        del frame[rng.randrange(len(frame) + 1):]
+                    if rng.random() < 0.2:
+                        frame[:] = os.urandom(rng.randint(0, 300))
+                data.send(*map(bytes, frames))
+                models.send(*map(bytes, frames))
+                sent += 1
+            data.send(encode(Kind.START, run="r", sender="s", seq=-1),
+                      schema.serialize().to_pybytes())
+            while (reply := data.reply()).kind is not Kind.STARTED:  # all answered, in order
+                assert reply.kind in (Kind.REJECT, Kind.NEED_START)
+            wait_until(lambda: server.stats["model_rejected"] == sent, what="model rejects")
+            version = server.publish_model(cartpole_policy(5))  # the model channel still serves
+            models.send(encode(Kind.HELLO, have=-1))
+            assert models.reply().fields["version"] == version
+        finally:
+            data.close()
+            models.close()
+        assert server.collector.alive and server.stats["rows"] == 0

@@ -141,3 +141,20 @@ def test_missing_pyzmq_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "zmq", None)
     with pytest.raises(MissingDependencyError, match=r'pip install "relayrl-gym\[zmq\]"'):
         require_zmq()
+
+
+def test_agent_config_file_streams_to_the_collector(tmp_path, server, cartpole_policy):
+    import numpy as np
+
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[sink]\ntargets = []\n[transport]\nkind = "zmq"\n'
+                      f'address = "{server.endpoint}"\n')
+    agent, params = (relayrl_gym.AgentBuilder().actor_count(2).config_path(config)
+                     .default_model(cartpole_policy(2)).build())
+    agent.start(params)
+    ids = agent.get_actor_ids()
+    for _ in range(5):
+        agent.request_action(ids, np.zeros((2, 4), np.float32), reward=1.0)
+    agent.flag_last_action(ids, reward=1.0)
+    agent.shutdown()
+    assert len(relayrl_gym.load(tmp_path / "collected" / agent.run_id)) == 10
