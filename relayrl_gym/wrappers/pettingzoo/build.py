@@ -112,9 +112,10 @@ def wrap_pettingzoo(
                           f"actors={actors!r}); use api='gymnasium' or 'sb3' for those")
     mode = None if autoreset_mode is None else parse_autoreset_mode(autoreset_mode)
     if mode is not None and not vector:
+        made = "the game with its own API" if own_api else "a single gymnasium.Env"
         raise ConfigError(f"`autoreset_mode` applies to vector envs (actors=N or api="
-                          f"'gymnasium'/'sb3'), not to this {'PettingZoo' if own_api else ''}"
-                          f" env; got {autoreset_mode!r}")
+                          f"'gymnasium'/'sb3'), and this call makes {made}: leave it out, got "
+                          f"{autoreset_mode!r}")
     if api == "sb3":
         from relayrl_gym.wrappers.pettingzoo.sb3 import PettingZooSB3VecEnv  # noqa: F401
         if mode not in (None, AutoresetMode.SAME_STEP):
