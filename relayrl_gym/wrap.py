@@ -9,7 +9,7 @@ from gymnasium.vector import AutoresetMode
 
 from relayrl_gym.errors import ConfigError, EnvCreationError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
-from relayrl_gym.wrappers.factory import env_factories
+from relayrl_gym.wrappers.factory import FirstMade, env_factories
 from relayrl_gym.wrappers.pettingzoo.detect import is_pettingzoo
 from relayrl_gym.wrappers.vector import RelayRLVectorEnv, parse_autoreset_mode
 
@@ -22,11 +22,12 @@ _APIS = ("gymnasium", "sb3")
 
 
 def _made_by(env: Any) -> Any:
-    # A factory must be called to know what it makes (a Gymnasium env or a PettingZoo game).
+    # A factory must be called to know what it makes (a Gymnasium env or a PettingZoo game);
+    # what it makes is the first actor's env (or game), so errors name actor 0.
     try:
         return env()
     except Exception as err:
-        raise EnvCreationError(f"creating the environment with {env!r} failed: "
+        raise EnvCreationError(f"creating the environment of actor 0 failed: "
                                f"{type(err).__name__}: {err}") from err
 
 
@@ -106,15 +107,13 @@ def wrap(
     (4, Discrete(2))
     >>> envs.close()
     """
-    first = None
+    first = made = None
     if is_pettingzoo(env):
         first, make = env, None
     elif callable(env) and not isinstance(env, str | gym.Env):
         made = _made_by(env)
         if is_pettingzoo(made):
             first, make = made, env
-        elif hasattr(made, "close"):
-            made.close()  # a Gymnasium env: each actor makes its own below
     if first is not None:
         from relayrl_gym.wrappers.pettingzoo.build import wrap_pettingzoo
 
@@ -149,10 +148,18 @@ def wrap(
     if autoreset_mode is None:
         autoreset_mode = AutoresetMode.SAME_STEP if sb3 else AutoresetMode.NEXT_STEP
     env_fns, env_id = env_factories(env, actors, make_kwargs)
-    envs = RelayRLVectorEnv(env_fns, sink=sink, autoreset_mode=autoreset_mode,
-                            router_scale=router_scale, run_id=run_id, env_id=env_id,
-                            flush_interval=flush_interval, record_info=record_info,
-                            batch_rows=batch_rows, spill_dir=spill_dir, policy=policy)
+    premade = None
+    if made is not None:  # the env made to see what the factory makes serves once more
+        premade = FirstMade(env_fns[0], made)
+        env_fns = [premade, *env_fns[1:]]
+    try:
+        envs = RelayRLVectorEnv(env_fns, sink=sink, autoreset_mode=autoreset_mode,
+                                router_scale=router_scale, run_id=run_id, env_id=env_id,
+                                flush_interval=flush_interval, record_info=record_info,
+                                batch_rows=batch_rows, spill_dir=spill_dir, policy=policy)
+    finally:
+        if premade is not None:
+            premade.discard()
     if not sb3:
         return envs
     try:

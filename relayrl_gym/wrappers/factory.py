@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,7 +12,7 @@ import gymnasium as gym
 
 from relayrl_gym.errors import ConfigError, EnvCreationError
 
-__all__ = ["env_factories", "make_checked"]
+__all__ = ["FirstMade", "env_factories", "make_checked"]
 
 
 def _make_from_id(env_id: str, kwargs: dict[str, Any]) -> gym.Env:
@@ -25,6 +26,44 @@ def _copy_of(env: gym.Env) -> gym.Env:
         except Exception:  # a spec that cannot be remade (e.g. wrappers without recorded args)
             pass
     return copy.deepcopy(env)
+
+
+class FirstMade:
+    """An env factory that first hands out an env already made, then calls the factory.
+
+    `wrap` calls a user's factory once to see whether it makes a Gymnasium env or a PettingZoo
+    game; that env is not wasted: the first call on the thread that made it gets it (the
+    router's probe, or actor 0 when stepping inline). An env still unclaimed when the vector
+    env is built is closed by `discard`, on its own thread.
+
+    >>> import gymnasium as gym
+    >>> first = gym.make("CartPole-v1")
+    >>> fn = FirstMade(lambda: gym.make("CartPole-v1"), first)
+    >>> fn() is first, fn() is first
+    (True, False)
+    >>> fn.discard()
+    """
+
+    def __init__(self, fn: Callable[[], Any], env: Any) -> None:
+        self._fn = fn
+        self._env = env
+        self._lock = threading.Lock()
+        self._thread = threading.get_ident()
+
+    def __call__(self) -> Any:
+        if threading.get_ident() == self._thread:
+            with self._lock:
+                env, self._env = self._env, None
+            if env is not None:
+                return env
+        return self._fn()
+
+    def discard(self) -> None:
+        """Closes the premade env if nothing took it (call on the thread that made it)."""
+        with self._lock:
+            env, self._env = self._env, None
+        if env is not None and hasattr(env, "close"):
+            env.close()
 
 
 def make_checked(fn: Callable[[], Any], index: int) -> gym.Env:

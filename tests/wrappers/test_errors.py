@@ -150,3 +150,20 @@ def test_env_exception_propagates_with_its_type(sink_dir):
 def test_extra_make_kwargs_need_an_id():
     with pytest.raises(ConfigError, match="need an env id string"):
         relayrl_gym.wrap(lambda: gym.make("CartPole-v1"), max_episode_steps=5)
+
+
+def test_factory_env_made_to_tell_its_kind_is_used_not_wasted():
+    made = []
+
+    def make():
+        made.append(TestingEnv())
+        return made[-1]
+
+    envs = relayrl_gym.wrap(make, actors=2, sink=None, router_scale=0)
+    assert len(made) == 2  # the env wrap made to see the factory's kind is actor 0's env
+    assert envs.get_attr("unwrapped")[0] is made[0]
+    envs.close()
+    envs = relayrl_gym.wrap(make, actors=2, sink=None, router_scale=2)
+    # Threaded: actors make their envs on their own threads; the first one is closed unused.
+    assert len(made) == 5 and made[2].closed and not any(e.closed for e in made[3:])
+    envs.close()

@@ -109,7 +109,7 @@ def test_factories_that_fail_or_change_kind():
     def broken():
         raise RuntimeError("no board")
 
-    with pytest.raises(EnvCreationError, match=r"creating the environment with .* failed: "
+    with pytest.raises(EnvCreationError, match=r"creating the environment of actor 0 failed: "
                                                r"RuntimeError: no board"):
         relayrl_gym.wrap(broken, sink=None)
 
