@@ -84,3 +84,39 @@ def test_sender_killed_and_restarted(tmp_path, server):
     for name in ("actor_id", "episode_id", "step", "obs", "action", "reward"):
         assert got[name].equals(head[name]), name
     assert pc.min(got["step"]).as_py() == 0
+
+
+def test_collector_down_window_full_spills_then_delivers_once(tmp_path):
+    """Past the sender's window, batches wait in the writer's backlog (spilled to disk past its
+    bound) and are retried; when the collector comes up, every one arrives once."""
+    import pyarrow as pa
+
+    import relayrl_gym
+    from relayrl_gym.recording.delivery import SinkDelivery
+    from relayrl_gym.transport import TrainingServer, ZMQSink
+
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path / "local", batch_rows=64)
+    envs.reset(seed=0)
+    for _ in range(1000):
+        envs.step(envs.action_space.sample())
+    envs.close()
+    source = relayrl_gym.load(envs.run_path).table
+    batches = source.to_batches(max_chunksize=100)
+    port = free_port()
+    sink = ZMQSink(f"tcp://127.0.0.1:{port}", models="off", window_bytes=20_000,
+                   resend_after=0.2)
+    sink.start("late-run", source.schema)
+    delivery = SinkDelivery(sink, "late-run", tmp_path / "spill", max_backlog_bytes=30_000,
+                            retry_initial=0.05, retry_max=0.2)
+    for batch in batches:
+        delivery.offer(pa.record_batch(batch.columns, schema=source.schema))
+    assert delivery.rows_waiting > 0 and (tmp_path / "spill" / "late-run").exists()
+    with TrainingServer(bind=f"tcp://127.0.0.1:{port}", sink=tmp_path / "collected"):
+        wait_until(lambda: delivery.retry() and sink.wait_acknowledged(0.05),
+                   what="the backlog to drain")
+        delivery.close()
+        sink.close()
+    got = rows(tmp_path / "collected" / "late-run")
+    assert_same_rows(got, source.sort_by([(c, "ascending") for c in
+                                          ("actor_id", "episode_id", "step")]))
+    assert not (tmp_path / "spill" / "late-run").exists()  # delivered spill files are removed
