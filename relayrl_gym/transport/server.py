@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import collections
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ from relayrl_gym.transport.run_store import ArrowRunStore, SinkRunStore
 __all__ = ["TrainingServer"]
 
 log = logging.getLogger(__name__)
+
+_LIVE: weakref.WeakSet[TrainingServer] = weakref.WeakSet()
 
 
 class TrainingServer:
@@ -110,6 +114,7 @@ class TrainingServer:
         except BaseException:
             self._shutdown()
             raise
+        _LIVE.add(self)
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -177,6 +182,7 @@ class TrainingServer:
         if self._closed:
             return
         self._closed = True
+        _LIVE.discard(self)
         with self._arrived:
             self._arrived.notify_all()
         self._shutdown(timeout)
@@ -221,3 +227,13 @@ class TrainingServer:
                             "are in the dataset)", dropped)
             self._queue.extend(batches)
             self._arrived.notify_all()
+
+
+@atexit.register
+def _close_live_servers() -> None:
+    """Servers left open at interpreter exit complete their runs' files."""
+    for server in list(_LIVE):
+        try:
+            server.close()
+        except Exception:
+            log.exception("closing a TrainingServer at exit failed")
