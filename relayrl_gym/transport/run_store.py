@@ -99,13 +99,17 @@ class ArrowRunStore:
             if state_path.exists():
                 self._state: dict[str, Any] = json.loads(state_path.read_text())
                 self._reopen()
-            else:
-                self.run_path.mkdir(parents=True, exist_ok=True)
+            else:  # a run directory without collector state is someone else's: keep off
+                self.run_path.mkdir(parents=True, exist_ok=False)
                 meta = json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
                 (self.run_path / RUN_FILE).write_text(json.dumps(meta, indent=2))
                 (self.run_path / _SCHEMA_FILE).write_bytes(schema.serialize().to_pybytes())
                 self._state = {"senders": {}, "part": 0, "batches": 0, "rows": 0}
                 self._save_state()
+        except FileExistsError as err:
+            raise SinkError(f"{str(self.run_path)!r} exists but was not written by a collector "
+                            "(no _collector.json); give the collector its own sink directory"
+                            ) from err
         except (OSError, ValueError) as err:
             raise SinkError(f"cannot open run {run_id!r} in {str(root)!r}: {err}") from err
 

@@ -95,6 +95,9 @@ def test_run_store_cuts_unacknowledged_batches_after_a_crash(tmp_path):
     assert values == [0, 0, 1, 1, 2, 2, 3, 3]
     with pytest.raises(relayrl_gym.errors.SinkError, match="another schema"):
         ArrowRunStore(tmp_path, "run", pa.schema([("y", pa.int8())]))
+    (tmp_path / "local-run").mkdir()  # e.g. an actor's own Arrow sink in the same directory
+    with pytest.raises(relayrl_gym.errors.SinkError, match="not written by a collector"):
+        ArrowRunStore(tmp_path, "local-run", schema)
 
 
 def test_outbox_resends_with_backoff_and_rewinds():
