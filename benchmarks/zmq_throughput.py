@@ -8,9 +8,11 @@ so it includes serializing, the JSON headers, the collector's checks and Arrow w
 commit state and the acknowledgements. The anchor sends each batch's IPC bytes with PUSH and
 stops when the PULL process has received them all; a second anchor also appends the bytes to
 a file (what any collector must at least do), to show how much of the gap is the disk.
+Then ``wrap(CartPole-v1, actors=4)`` steps recording to nothing, to an Arrow directory and to the
+ZMQ sink (close included), for the transitions/s an actor sustains.
 
 Run: python benchmarks/zmq_throughput.py [--rows 400000] [--rounds 5] [--batch-rows 8192]
-     [--compression lz4 none]
+     [--compression lz4 none] [--env-steps 20000] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -49,6 +51,20 @@ def recorded_batches(rows: int, batch_rows: int, workdir: Path
         pa.record_batch(b.columns, schema=table.schema).serialize().to_pybytes()), table.schema)
         for b in table.to_batches(max_chunksize=batch_rows)]
     return table.schema, batches
+
+
+def env_steps_per_second(sink: object, steps: int) -> float:
+    """Transitions/s of ``wrap(CartPole-v1, actors=4)`` recording to ``sink`` (close included:
+    every row delivered, for the ZMQ sink acknowledged)."""
+    envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=sink, router_scale=0)
+    envs.reset(seed=0)
+    envs.action_space.seed(0)
+    actions = [envs.action_space.sample() for _ in range(64)]
+    start = time.perf_counter()
+    for i in range(steps):
+        envs.step(actions[i % 64])
+    envs.close()
+    return 4 * steps / (time.perf_counter() - start)
 
 
 def free_port() -> int:
@@ -92,6 +108,8 @@ def main() -> None:
     parser.add_argument("--compression", nargs="+", default=["lz4", "none"],
                         choices=["lz4", "zstd", "none"],
                         help="collector file compressions to measure (default lz4 none)")
+    parser.add_argument("--env-steps", type=int, default=20_000,
+                        help="steps of the wrapped-CartPole comparison")
     parser.add_argument("--dir", default=None,
                         help="where the collectors (and the file anchor) write (default: a "
                         "temporary directory; /dev/shm takes the disk out of the figure)")
@@ -161,6 +179,14 @@ def main() -> None:
         for run in candidates.values():  # warm every path up (connections, page cache)
             run()
         result = interleave(candidates, args.rounds)
+        lz4_port = ports.get("lz4", next(iter(ports.values())))
+        env_rates = interleave({
+            "no sink": lambda: env_steps_per_second(None, args.env_steps),
+            "Arrow directory": lambda: env_steps_per_second(work / "env-local",
+                                                            args.env_steps),
+            "ZMQ sink": lambda: env_steps_per_second(
+                f"zmq+tcp://127.0.0.1:{lz4_port}?models=off", args.env_steps)},
+            max(1, args.rounds // 2))
     finally:
         for push, done, receiver in anchors:
             push.send(b"-1")
@@ -176,6 +202,10 @@ def main() -> None:
         print(f"{name:30s} {rate:12,.0f} transitions/s  "
               f"{rate * total_bytes / args.rows / 1e6:8.1f} MB/s  {rate / anchor:5.2f}x raw")
     print("target: sink -> collector >= 0.8x raw")
+    print(f"wrap(CartPole-v1, actors=4), {args.env_steps} steps, recording to:")
+    for name, rate in env_rates.items():
+        print(f"  {name:16s} {rate:12,.0f} transitions/s  {rate / env_rates['no sink']:5.2f}x "
+              "no sink")
     for compression in ports:
         runs = list((work / f"collected-{compression}").iterdir())
         written = sum(len(relayrl_gym.load(run)) for run in runs)
