@@ -94,6 +94,7 @@ class ModelPublisher:
                     if now - seen < _PEER_TTL}
 
     def close(self, timeout: float = 5.0) -> None:
+        """Stops the thread (it closes the socket); idempotent."""
         self._stop.set()
         self._thread.join(timeout)
 

@@ -243,16 +243,20 @@ class SinkRunStore:
 
     @property
     def rows(self) -> int:
+        """Rows committed to the run by this collector."""
         return int(self._state["rows"])
 
     def last_seq(self, sender: str) -> int:
+        """The last batch of ``sender`` the run holds (-1: none)."""
         return int(self._state["senders"].get(sender, -1))
 
     def write(self, batch: pa.RecordBatch) -> None:
+        """Hands a batch to the sink."""
         self.sink.write(batch)
         self._pending_rows += batch.num_rows
 
     def commit(self, last_seqs: dict[str, int]) -> None:
+        """Flushes the sink, then records ``last_seqs`` (sender -> seq)."""
         self.sink.flush()
         self._state["senders"].update(last_seqs)
         self._state["rows"] += self._pending_rows
@@ -260,4 +264,5 @@ class SinkRunStore:
         _write_json(self._state_path, self._state)
 
     def close(self) -> None:
+        """Closes the sink (a SQL run is marked closed)."""
         self.sink.close()

@@ -55,3 +55,38 @@ def test_serve_errors_are_one_line_and_exit_2(tmp_path):
     out = _cli("serve", "--bind", "tcp://127.0.0.1:*", "--curve-keys", "nokeys", cwd=tmp_path)
     assert out.returncode == 2 and "relayrl-gym keygen" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_serve_publishes_a_model_to_actors(tmp_path):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    import time
+
+    import gymnasium as gym
+
+    env = gym.make("CartPole-v1")
+    for name in ("start", "published"):
+        net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+        relayrl_gym.ModelModule.from_torch(net, env.observation_space, env.action_space,
+                                           path=tmp_path / name, format="onnx")
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "relayrl_gym.cli.main", "serve", "--bind", "tcp://127.0.0.1:*",
+         "--sink", "collected", "--models", "tcp://0.0.0.0:*", "--publish", "published",
+         "--stats-every", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True)
+    try:
+        line = serve.stdout.readline()
+        assert "models on tcp://0.0.0.0:" in line, serve.stderr.read()
+        endpoint = line.split("listening on ")[1].split(",")[0]
+        envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=f"zmq+{endpoint}",
+                                policy=tmp_path / "start")
+        envs.reset(seed=0)
+        deadline = time.monotonic() + 20
+        while envs.agent.get_model_version() != [1, 1]:  # the wildcard host reached as 127.0.0.1
+            assert time.monotonic() < deadline, "the published model never arrived"
+            envs.step(envs.act())
+        envs.close()
+    finally:
+        serve.send_signal(signal.SIGTERM)
+        serve.communicate(timeout=20)
+    assert serve.returncode == 0
