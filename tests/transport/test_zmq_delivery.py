@@ -39,24 +39,26 @@ def test_collector_killed_and_restarted_mid_stream(tmp_path):
     bind = f"tcp://127.0.0.1:{port}"
     sink = tmp_path / "collected"
     collector, _ = start_serve("--bind", bind, "--sink", str(sink), cwd=tmp_path)
-    actor = start_actor("--url", f"zmq+tcp://127.0.0.1:{port}?models=off", "--local",
-                        str(tmp_path / "local"), "--steps", "2500", "--sleep", "0.001",
-                        cwd=tmp_path)
-    run = first_line(actor)["run_id"]
-    wait_until(lambda: committed_rows(sink / run) > 200, what="rows at the collector")
+    actors = [start_actor("--url", f"zmq+tcp://127.0.0.1:{port}?models=off", "--local",
+                          str(tmp_path / "local"), "--steps", "2500", "--sleep", "0.001",
+                          "--seed", str(i), cwd=tmp_path) for i in range(2)]
+    runs = [first_line(actor)["run_id"] for actor in actors]
+    wait_until(lambda: all(committed_rows(sink / run) > 200 for run in runs),
+               what="rows at the collector")
     kill(collector)  # SIGKILL: no flush, no goodbye
-    rows_before = committed_rows(sink / run)
+    rows_before = [committed_rows(sink / run) for run in runs]
     collector, _ = start_serve("--bind", bind, "--sink", str(sink), cwd=tmp_path)
     try:
-        result = finish(actor)
+        results = [finish(actor) for actor in actors]
     finally:
         collector.terminate()
         out, _ = collector.communicate(timeout=20)
     assert collector.returncode == 0 and "stopped" in out
-    assert result["steps"] == 2500
-    got = rows(sink / run)
-    assert got.num_rows > rows_before
-    assert_same_rows(got, rows(tmp_path / "local" / run))
+    assert [r["steps"] for r in results] == [2500, 2500]
+    for run, before in zip(runs, rows_before):
+        got = rows(sink / run)
+        assert got.num_rows > before
+        assert_same_rows(got, rows(tmp_path / "local" / run))
 
 
 def test_sender_killed_and_restarted(tmp_path, server):
