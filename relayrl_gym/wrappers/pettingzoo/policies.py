@@ -129,15 +129,16 @@ class AgentPolicies:
         """Swaps ``agent``'s policy (between steps); returns the version it runs as.
 
         Raises:
-            ConfigError: ``agent`` has no policy, or the new one does not fit (the old one
-                keeps running).
+            ConfigError: ``agent`` has no policy, or the new one does not fit: other spaces,
+                or other extra outputs than the run records (the old one keeps running).
         """
         if agent not in self._policies:
             raise ConfigError(f"agent {agent!r} is not played by a policy; the policy-played "
                               f"agents are {self.agents}")
         if _is_model(policy):
-            policy = self._fitting(agent, policy, self.data_type if self.data_type != pa.null()
-                                   else None, replacing=True)
+            # Null included: the run's `data` column was typed at wrap time, and rows with
+            # outputs it cannot hold would fail in the writer, taking their batch with them.
+            policy = self._fitting(agent, policy, self.data_type, replacing=True)
         elif not callable(policy):
             raise ConfigError(f"the policy of agent {agent!r} must be a ModelModule, a path to "
                               f"one, or a callable obs -> action; got {type(policy).__name__}")

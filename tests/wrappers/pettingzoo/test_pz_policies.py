@@ -186,3 +186,26 @@ def test_envs_dropped_without_close_leave_no_thread(tmp_path):
         env.reset(seed=0)
     del env
     gc.collect()  # the conftest fixture then checks that no relayrl thread is left
+
+
+@pytest.mark.parametrize("first", ["argmax-model", "callable"])
+def test_hot_swap_to_other_extra_outputs_is_refused_and_the_run_stays_whole(first, ttt_module,
+                                                                           tmp_path):
+    # The run's `data` column is typed at wrap time (null here: no extra outputs); a model
+    # that samples (log-prob outputs) would make every batch holding its rows unwritable.
+    opponent = (ttt_module("onnx") if first == "argmax-model" else
+                (lambda obs: int(np.flatnonzero(obs["action_mask"])[0])))
+    envs = relayrl_gym.wrap(tictactoe_v3.env, actors=2, policies={"player_1": opponent},
+                            sink=tmp_path / "runs")
+    _, infos = envs.reset(seed=0)
+    with pytest.raises(ConfigError, match=r"extra outputs .* differ from the run's \(null\); "
+                                          r"the old model keeps running"):
+        envs.update_policy("player_1", ttt_module("onnx", seed=1, action_head="sample"))
+    assert envs.update_policy("player_1", ttt_module("torchscript", seed=2, version=7)) == 7
+    for _ in range(4):
+        _, _, _, _, infos = envs.step(_legal(infos))
+    envs.close()
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    theirs = rows[rows["agent_id"] == "player_1"]
+    assert len(theirs) >= 6 and theirs["data"].isna().all()
+    assert set(theirs["model_version"]) <= {-1, 0, 7} and theirs["model_version"].iloc[-1] == 7
