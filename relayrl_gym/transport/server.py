@@ -26,6 +26,7 @@ __all__ = ["TrainingServer"]
 log = logging.getLogger(__name__)
 
 _LIVE: weakref.WeakSet[TrainingServer] = weakref.WeakSet()
+_LEARNER_QUEUE_BYTES = 256 * 1024 * 1024
 
 
 class TrainingServer:
@@ -63,9 +64,9 @@ class TrainingServer:
             state_dir: where de-duplication state of a database sink is kept (default
                 ``relayrl_runs/_collector``); a directory sink keeps it in each run.
             max_message_bytes: larger messages are refused (senders split big batches).
-            learner_queue: batches `trajectories` may hold for a slow learner; past it the
-                oldest are dropped from the learner's view (never from the dataset) and
-                counted as ``learner_dropped``.
+            learner_queue: batches `trajectories` may hold for a slow learner (and at most
+                256 MiB of them); past it the oldest are dropped from the learner's view (never
+                from the dataset) and counted as ``learner_dropped``.
             compression: Arrow IPC compression of a directory sink's files: "lz4" (default;
                 about as fast as none, files ~4x smaller), "zstd" or None.
             fsync: ``fsync`` each commit of a directory sink (survives power loss).
@@ -83,8 +84,9 @@ class TrainingServer:
             raise ConfigError(f"`compression` must be 'lz4', 'zstd' or None, got {compression!r}")
         self._compression = compression
         self._fsync = fsync
-        self._queue: collections.deque[tuple[str, pa.RecordBatch]] = collections.deque(
-            maxlen=learner_queue)
+        self._queue: collections.deque[tuple[str, pa.RecordBatch]] = collections.deque()
+        self._queue_max = learner_queue
+        self._queue_bytes = 0
         self._arrived = threading.Condition()
         self._listening = False
         self._closed = False
@@ -157,6 +159,7 @@ class TrainingServer:
                 if not self._queue:
                     return
                 _, batch = self._queue.popleft()
+                self._queue_bytes -= batch.nbytes
             yield batch
 
     def publish_model(self, module: Any) -> int:
@@ -219,13 +222,17 @@ class TrainingServer:
         if not self._listening:
             return
         with self._arrived:
-            room = self._queue.maxlen or 0
-            dropped = max(0, len(self._queue) + len(batches) - room)
+            self._queue.extend(batches)
+            self._queue_bytes += sum(b.nbytes for _, b in batches)
+            dropped = 0
+            while len(self._queue) > 1 and (len(self._queue) > self._queue_max or
+                                            self._queue_bytes > _LEARNER_QUEUE_BYTES):
+                self._queue_bytes -= self._queue.popleft()[1].nbytes
+                dropped += 1
             if dropped:
                 self.collector.stats.learner_dropped += dropped
                 log.warning("the learner is behind: %d batches dropped from its view (they "
                             "are in the dataset)", dropped)
-            self._queue.extend(batches)
             self._arrived.notify_all()
 
 

@@ -161,3 +161,20 @@ def test_agent_config_file_streams_to_the_collector(tmp_path, server, cartpole_p
     agent.flag_last_action(ids, reward=1.0)
     agent.shutdown()
     assert len(relayrl_gym.load(tmp_path / "collected" / agent.run_id)) == 10
+
+
+def test_a_slow_learner_misses_batches_not_the_dataset(tmp_path):
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
+                        learner_queue=2) as server:
+        arriving = server.trajectories(timeout=0.5)
+        envs = relayrl_gym.wrap("CartPole-v1", actors=2, batch_rows=32,
+                                sink=[tmp_path / "copy", server.sink_url])
+        envs.reset(seed=0)
+        for _ in range(200):
+            envs.step(envs.action_space.sample())
+        envs.close()
+        seen = list(arriving)
+        stats = server.stats
+    assert len(seen) == 2 and stats["learner_dropped"] == stats["received"] - 2 > 0
+    assert_same_rows(rows(tmp_path / "collected" / envs.run_id), rows(tmp_path / "copy" /
+                                                                      envs.run_id))
