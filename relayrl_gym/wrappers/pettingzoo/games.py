@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, NamedTuple, Protocol
 
 from gymnasium import spaces
@@ -9,7 +10,7 @@ from gymnasium import spaces
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
 
-__all__ = ["GameStep", "Games"]
+__all__ = ["GameStep", "Games", "close_copies"]
 
 
 class GameStep(NamedTuple):
@@ -49,3 +50,24 @@ class Games(Protocol):
     def close(self) -> None:
         """Closes every copy and the run's sinks."""
         ...
+
+
+def close_copies(envs: Iterable[Any], recording: GameRecording | None) -> None:
+    """Closes every game copy, then flushes and closes the run, whatever fails on the way.
+
+    A copy whose ``close`` raises must not keep the other copies open or the run's writer
+    thread alive with its rows unwritten: everything is closed first, then the first error
+    is raised.
+    """
+    error: BaseException | None = None
+    for env in envs:
+        try:
+            env.close()
+        except Exception as err:
+            error = error or err
+    try:
+        if recording is not None:
+            recording.close()
+    finally:
+        if error is not None:
+            raise error

@@ -8,7 +8,7 @@ from typing import Any
 
 from gymnasium import spaces
 
-from relayrl_gym.wrappers.pettingzoo.games import GameStep
+from relayrl_gym.wrappers.pettingzoo.games import GameStep, close_copies
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask, zeros_like
 from relayrl_gym.wrappers.pettingzoo.parallel import RecordedParallelEnv
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
@@ -132,7 +132,4 @@ class SimultaneousGames:
         return out
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
-        if self.recording is not None:
-            self.recording.close()
+        close_copies(self.envs, self.recording)

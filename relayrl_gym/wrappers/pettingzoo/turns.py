@@ -10,7 +10,7 @@ from gymnasium import spaces
 
 from relayrl_gym.errors import StateError
 from relayrl_gym.wrappers.pettingzoo.aec import RecordedAECEnv
-from relayrl_gym.wrappers.pettingzoo.games import GameStep
+from relayrl_gym.wrappers.pettingzoo.games import GameStep, close_copies
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
@@ -150,7 +150,4 @@ class TurnGames:
             turn = env.turn()
 
     def close(self) -> None:
-        for env in self.envs:
-            env.close()
-        if self.recording is not None:
-            self.recording.close()
+        close_copies(self.envs, self.recording)

@@ -1,0 +1,47 @@
+"""Lifecycles of wrapped PettingZoo games: close() closes everything and keeps every row even
+when a game's own close fails; a wrap that fails leaves nothing open behind it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("pettingzoo")
+
+from pettingzoo.utils.conversions import parallel_to_aec
+
+import relayrl_gym
+
+
+@pytest.fixture
+def bad_close(toy_game):
+    class BadClose(toy_game):
+        """A game whose close() fails (a renderer that is already gone, say)."""
+
+        def close(self) -> None:
+            raise RuntimeError("renderer gone")
+
+    return BadClose
+
+
+@pytest.mark.parametrize("kind", ["sharing", "single-parallel", "turns"])
+def test_a_game_failing_to_close_still_flushes_and_stops_the_writer(kind, bad_close,
+                                                                     tmp_path):
+    if kind == "sharing":
+        envs = relayrl_gym.wrap(bad_close, actors=2, api="gymnasium", sink=tmp_path)
+    elif kind == "single-parallel":
+        envs = relayrl_gym.wrap(bad_close, sink=tmp_path,
+                                policies={"a0": lambda obs: 1, "a2": lambda obs: 2})
+    else:
+        envs = relayrl_gym.wrap(lambda: parallel_to_aec(bad_close()), actors=2, sink=tmp_path,
+                                policies={"a0": lambda obs: 1, "a2": lambda obs: 2})
+    envs.reset(seed=0)
+    for _ in range(2):
+        envs.step(np.ones(envs.action_space.shape, np.int64) if envs.action_space.shape
+                  else 1)
+    with pytest.raises(RuntimeError, match="renderer gone"):
+        envs.close()
+    envs.close()  # what could be closed is closed: no second error
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    assert len(rows) > 0 and {"a0", "a1"} <= set(rows["agent_id"])
+    # (the autouse fixture of tests/conftest.py fails the test if a writer thread is left)
