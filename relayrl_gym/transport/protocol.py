@@ -28,13 +28,16 @@ from typing import Any, NamedTuple
 
 from relayrl_gym.errors import TransportError
 
-__all__ = ["MAX_HEADER_BYTES", "PROTOCOL_VERSION", "Header", "Kind", "ProtocolViolation",
-           "decode_header", "encode"]
+__all__ = ["MAX_HEADER_BYTES", "MIN_MESSAGE_LIMIT", "PROTOCOL_VERSION", "Header", "Kind",
+           "ProtocolViolation", "decode_header", "encode"]
 
 #: Bumped on any incompatible change; a peer speaking another version is rejected.
 PROTOCOL_VERSION = 1
 #: The most a header frame may hold.
 MAX_HEADER_BYTES = 4096
+#: Every collector takes messages this large; a sender splits batches to half of it until the
+#: collector's ``started`` reply tells its own limit.
+MIN_MESSAGE_LIMIT = 2 * 1024 * 1024
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 

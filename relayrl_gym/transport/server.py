@@ -19,6 +19,7 @@ from relayrl_gym.errors import ConfigError, StateError, TransportError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
 from relayrl_gym.transport._zmq import require_zmq
 from relayrl_gym.transport.collector import DEFAULT_MAX_MESSAGE_BYTES, Collector
+from relayrl_gym.transport.protocol import MIN_MESSAGE_LIMIT
 from relayrl_gym.transport.run_store import ArrowRunStore, SinkRunStore
 
 __all__ = ["TrainingServer"]
@@ -75,6 +76,9 @@ class TrainingServer:
         if isinstance(sink, Sink):
             raise ConfigError("TrainingServer needs a sink spec it can open per run (a "
                               "directory or a database URL), not a Sink object")
+        if max_message_bytes < MIN_MESSAGE_LIMIT:
+            raise ConfigError(f"`max_message_bytes` must be >= {MIN_MESSAGE_LIMIT} (2 MiB), "
+                              f"got {max_message_bytes}")
         if learner_queue < 1:
             raise ConfigError(f"`learner_queue` must be >= 1, got {learner_queue}")
         self._sink_spec = str(sink)

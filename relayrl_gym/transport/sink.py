@@ -21,7 +21,13 @@ from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.transport._zmq import require_zmq
 from relayrl_gym.transport.models import ModelFeed
 from relayrl_gym.transport.outbox import Outbox
-from relayrl_gym.transport.protocol import Kind, ProtocolViolation, decode_header, encode
+from relayrl_gym.transport.protocol import (
+    MIN_MESSAGE_LIMIT,
+    Kind,
+    ProtocolViolation,
+    decode_header,
+    encode,
+)
 from relayrl_gym.transport.sockets import connect_socket, tcp_endpoint
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "ZMQSink"]
@@ -95,7 +101,7 @@ class ZMQSink(Sink):
         self.rejected: list[str] = []
         self.started = threading.Event()
         self._schema: pa.Schema | None = None
-        self._max_batch_bytes = 32 * 1024 * 1024
+        self._max_batch_bytes = MIN_MESSAGE_LIMIT // 2  # until the collector tells its limit
         self._feed: ModelFeed | None = None
         self._ctx: Any = None
         self._thread: threading.Thread | None = None
@@ -150,19 +156,23 @@ class ZMQSink(Sink):
 
     def write(self, batch: pa.RecordBatch) -> None:
         self._check()
-        if batch.num_rows > 1 and batch.nbytes > self._max_batch_bytes:
-            half = batch.num_rows // 2  # under the collector's message limit
-            self.write(batch.slice(0, half))
-            self.write(batch.slice(half))
-            return
         with self.outbox.changed:  # a short wait for room smooths a busy collector
             if not self.outbox.changed.wait_for(lambda: not self.outbox.full, timeout=0.25):
                 raise SinkError(
                     f"the collector at {self.endpoint} has not acknowledged "
                     f"{self.outbox.rows} rows ({self.outbox.bytes} bytes); batches wait "
                     "locally and are retried. Check that `relayrl-gym serve` runs there")
-        self.outbox.put(batch.serialize(), batch.num_rows)
+        # All parts or none: a batch refused half-way would be offered again whole.
+        for part in self._parts(batch):
+            self.outbox.put(part.serialize(), part.num_rows)
         self._wake()
+
+    def _parts(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+        """``batch`` cut in halves until each fits the collector's message limit."""
+        if batch.num_rows <= 1 or batch.nbytes <= self._max_batch_bytes:
+            return [batch]
+        half = batch.num_rows // 2
+        return self._parts(batch.slice(0, half)) + self._parts(batch.slice(half))
 
     def _wake(self) -> None:
         with contextlib.suppress(OSError):  # already woken (the pipe is full), or closing
@@ -334,8 +344,8 @@ class ZMQSink(Sink):
 
     def _started(self, fields: dict[str, Any]) -> None:
         limit = fields.get("max_bytes")
-        if isinstance(limit, int) and limit > 0:
-            self._max_batch_bytes = max(1024, limit // 2)
+        if isinstance(limit, int) and limit >= MIN_MESSAGE_LIMIT:
+            self._max_batch_bytes = limit // 2
         announced = fields.get("models")
         if self.models_endpoint is None and not self._models_off and isinstance(announced, str):
             try:

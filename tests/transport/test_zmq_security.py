@@ -75,10 +75,10 @@ def test_malformed_frames_are_refused_counted_and_harmless(tmp_path):
         [encode(Kind.BATCH, run="run-1", sender="s1", seq="x"), payload],   # bad seq
         [encode(Kind.BATCH, run="run-1", sender="s1", seq=0)],          # payload missing
         [b"x" * 5000, b""],                                             # oversized header
-        [encode(Kind.BATCH, run="run-1", sender="s1", seq=0), rng(1_500_000)],  # oversized
+        [encode(Kind.BATCH, run="run-1", sender="s1", seq=0), rng(3_000_000)],  # oversized
     ]
     with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
-                        max_message_bytes=1_000_000) as server:
+                        max_message_bytes=2_097_152) as server:
         client = RawClient(server.endpoint)
         try:
             client.send(*good_start)
@@ -86,7 +86,7 @@ def test_malformed_frames_are_refused_counted_and_harmless(tmp_path):
             for frames in bad:
                 client.send(*frames)
                 assert client.reply().kind is Kind.REJECT
-            client.send(rng(10), rng(3_000_000))  # past twice the limit: ZMQ drops the peer
+            client.send(rng(10), rng(5_000_000))  # past twice the limit: ZMQ drops the peer
             time.sleep(0.2)
             assert server.collector.alive
             assert server.stats["rejected"] == len(bad)

@@ -178,3 +178,20 @@ def test_a_slow_learner_misses_batches_not_the_dataset(tmp_path):
     assert len(seen) == 2 and stats["learner_dropped"] == stats["received"] - 2 > 0
     assert_same_rows(rows(tmp_path / "collected" / envs.run_id), rows(tmp_path / "copy" /
                                                                       envs.run_id))
+
+
+def test_batches_over_the_collectors_limit_are_split(tmp_path):
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
+                        max_message_bytes=2 * 1024 * 1024) as server:
+        envs = relayrl_gym.wrap("CartPole-v1", actors=2, batch_rows=1 << 20, flush_interval=60,
+                                sink=[tmp_path / "copy", server.sink_url])
+        envs.reset(seed=0)
+        for _ in range(10_000):  # ~3.5 MB in one batch, written at close
+            envs.step(envs.action_space.sample())
+        envs.close()
+        stats = server.stats
+    assert stats["received"] >= 4 and stats["rejected"] == 0
+    assert_same_rows(rows(tmp_path / "collected" / envs.run_id),
+                     rows(tmp_path / "copy" / envs.run_id))
+    with pytest.raises(ConfigError, match="max_message_bytes"):
+        TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path, max_message_bytes=1000)
