@@ -3,6 +3,7 @@ view of the one agent left to the caller, or a vector env of agents sharing one 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 from collections.abc import Callable
@@ -33,15 +34,37 @@ def _copy_of(env: Any) -> Any:
             "game instead (e.g. tictactoe_v3.env, not tictactoe_v3.env())") from err
 
 
-def _checked(make: Callable[[], Any], parallel: bool) -> Callable[[], Any]:
-    def made() -> Any:
-        env = make()
-        if (is_parallel(env) if parallel else is_aec(env)):
-            return env
-        raise EnvCreationError(f"the game factory returned {type(env).__name__}, expected a "
-                               f"PettingZoo {'ParallelEnv' if parallel else 'AECEnv'} like "
-                               "its first game")
-    return made
+def _close_quietly(env: Any) -> None:
+    with contextlib.suppress(Exception):  # already failing: the first error is the one to see
+        env.close()
+
+
+def _copies_of(first: Any, factory: Callable[[], Any], copies: int, parallel: bool
+               ) -> list[Any]:
+    """``first`` and ``copies - 1`` more games from ``factory``, each checked to be of the
+    first's kind; on failure the games made here are closed before the error is raised."""
+    envs = [first]
+    kind = "ParallelEnv" if parallel else "AECEnv"
+    try:
+        for c in range(1, copies):
+            try:
+                env = factory()
+            except EnvCreationError:
+                raise
+            except Exception as err:
+                raise EnvCreationError(f"creating game copy {c} failed: {type(err).__name__}: "
+                                       f"{err}") from err
+            if not (is_parallel(env) if parallel else is_aec(env)):
+                _close_quietly(env)
+                raise EnvCreationError(f"the game factory returned {type(env).__name__} for "
+                                       f"game copy {c}, expected a PettingZoo {kind} like its "
+                                       "first game")
+            envs.append(env)
+    except BaseException:
+        for env in envs[1:]:
+            _close_quietly(env)
+        raise
+    return envs
 
 
 def _check_policy_spaces(env: Any, players: AgentPolicies) -> None:
@@ -81,10 +104,30 @@ def wrap_pettingzoo(
 
     Args:
         first: the game (a ParallelEnv or AECEnv instance), used as copy 0.
-        make: makes more copies (None: deep copies of ``first``).
+        make: makes more copies (None: deep copies of ``first``); when given, ``first`` was
+            made by it in `relayrl_gym.wrap` and is closed here if wrapping fails.
         Others: as `relayrl_gym.wrap`.
+
+    Every game copy is made and every argument checked before the run's sinks are opened; a
+    failure closes what was made and opened (nothing is left running, no run directory).
     """
     require_pettingzoo()
+    try:
+        return _wrap(first, make, actors=actors, api=api, policies=policies, sink=sink,
+                     autoreset_mode=autoreset_mode, router_scale=router_scale, run_id=run_id,
+                     flush_interval=flush_interval, record_info=record_info,
+                     batch_rows=batch_rows, spill_dir=spill_dir)
+    except BaseException:
+        if make is not None:  # ``first`` was made by wrap (to see what the factory makes)
+            _close_quietly(first)
+        raise
+
+
+def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api: str | None,
+          policies: dict[Any, Any] | None, sink: Any,
+          autoreset_mode: str | AutoresetMode | None, router_scale: int | str,
+          run_id: str | None, flush_interval: float, record_info: bool, batch_rows: int | None,
+          spill_dir: Any) -> Any:
     from relayrl_gym.wrappers.vector import parse_autoreset_mode
 
     if api is not None and api not in PZ_APIS:
@@ -111,6 +154,9 @@ def wrap_pettingzoo(
                           f"`policies` or `actors` (got policies for {players.agents}, "
                           f"actors={actors!r}); use api='gymnasium' or 'sb3' for those")
     mode = None if autoreset_mode is None else parse_autoreset_mode(autoreset_mode)
+    if mode not in (None, AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
+        raise ConfigError(f"`autoreset_mode` for a PettingZoo game must be 'next_step' or "
+                          f"'same_step', got {mode.value!r}")
     if mode is not None and not vector:
         made = "the game with its own API" if own_api else "a single gymnasium.Env"
         raise ConfigError(f"`autoreset_mode` applies to vector envs (actors=N or api="
@@ -131,33 +177,40 @@ def wrap_pettingzoo(
         from relayrl_gym.wrappers.pettingzoo.simultaneous import SHARING
 
         shared_spaces(first, left, *SHARING)  # before any sink is opened
-    copies = actors or 1
-    factory = _checked(make if make is not None else functools.partial(_copy_of, first),
-                       parallel)
+    copies = 1 if own_api else actors or 1
+    factory = make if make is not None else functools.partial(_copy_of, first)
+    # Every copy is made before the run is opened: a game that cannot be made leaves no run
+    # directory (and no open sink) behind.
+    envs = _copies_of(first, factory, copies, parallel)
     recording_args = {"run_id": run_id, "flush_interval": flush_interval,
                       "record_info": record_info, "batch_rows": batch_rows,
                       "spill_dir": spill_dir}
-    recording = (GameRecording(sink, first, 1 if own_api else copies,
-                               kind="parallel" if parallel else "aec",
-                               data_type=players.data_type, **recording_args)
-                 if sink is not None else None)
     try:
-        return _build(first, factory, parallel, own_api, vector, copies, left, players,
-                      recording, mode, api)
+        recording = (GameRecording(sink, first, copies,
+                                   kind="parallel" if parallel else "aec",
+                                   data_type=players.data_type, **recording_args)
+                     if sink is not None else None)
+        try:
+            return _build(envs, parallel, own_api, vector, left, players, recording, mode, api)
+        except BaseException:
+            if recording is not None:
+                recording.close()
+            raise
     except BaseException:
-        if recording is not None:
-            recording.close()
+        for env in envs[1:]:  # the first is closed by wrap_pettingzoo when wrap made it
+            _close_quietly(env)
         raise
 
 
-def _build(first: Any, factory: Callable[[], Any], parallel: bool, own_api: bool,
-           vector: bool, copies: int, left: list[Any], players: AgentPolicies,
-           recording: GameRecording | None, mode: AutoresetMode | None, api: str | None) -> Any:
+def _build(envs: list[Any], parallel: bool, own_api: bool, vector: bool, left: list[Any],
+           players: AgentPolicies, recording: GameRecording | None, mode: AutoresetMode | None,
+           api: str | None) -> Any:
     from relayrl_gym.wrappers.pettingzoo.simultaneous import SimultaneousGames
     from relayrl_gym.wrappers.pettingzoo.single import PettingZooAgentEnv
     from relayrl_gym.wrappers.pettingzoo.turns import TurnGames
     from relayrl_gym.wrappers.pettingzoo.vector import PettingZooVectorEnv
 
+    first = envs[0]
     if own_api:
         tracker = recording.tracker(0) if recording is not None else None
         if parallel:
@@ -168,11 +221,10 @@ def _build(first: Any, factory: Callable[[], Any], parallel: bool, own_api: bool
 
         return RecordedAECEnv(first, tracker, recording)
     env_id = recording.env_id if recording is not None else str(first.metadata.get("name", ""))
-    games: Any = (SimultaneousGames(factory, copies, left, players, recording, first=first)
-                  if parallel else
-                  TurnGames(factory, copies, left[0], players, recording, first=first))
+    games: Any = (SimultaneousGames(envs, left, players, recording) if parallel else
+                  TurnGames(envs, left[0], players, recording))
     if not vector:
         return PettingZooAgentEnv(games, env_id=env_id or None)
-    envs = PettingZooVectorEnv(games, autoreset_mode=mode or AutoresetMode.NEXT_STEP,
-                               env_id=env_id or None)
-    return envs.as_sb3() if api == "sb3" else envs
+    vector_env = PettingZooVectorEnv(games, autoreset_mode=mode or AutoresetMode.NEXT_STEP,
+                                     env_id=env_id or None)
+    return vector_env.as_sb3() if api == "sb3" else vector_env

@@ -3,7 +3,6 @@ other agents played by policies, batched across copies."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from gymnasium import spaces
@@ -33,26 +32,22 @@ class SimultaneousGames:
     ``active=False``. A copy is over when none of the caller's agents is left in it.
     """
 
-    def __init__(self, make: Callable[[], Any], copies: int, agents: list[Any],
-                 policies: AgentPolicies, recording: GameRecording | None,
-                 first: Any = None) -> None:
-        """Creates the copies.
+    def __init__(self, envs: list[Any], agents: list[Any],
+                 policies: AgentPolicies, recording: GameRecording | None) -> None:
+        """Takes the copies over (closed with this object).
 
         Args:
-            make: returns a new copy of the parallel game.
-            copies: how many copies.
+            envs: the copies of the parallel game.
             agents: the caller-played agents (the slots of each copy), sharing their spaces.
             policies: the policies of every other agent.
             recording: the run (None: nothing recorded).
-            first: an already made copy to use as copy 0.
         """
-        self.copies, self.slots, self.agents = copies, len(agents), list(agents)
+        self.copies, self.slots, self.agents = len(envs), len(agents), list(agents)
         self.policies, self.recording = policies, recording
         if recording is not None:
             recording.batching = True  # one recorded batch per step of all copies
         self.envs: list[RecordedParallelEnv] = []
-        for c in range(copies):
-            env = first if c == 0 and first is not None else make()
+        for c, env in enumerate(envs):
             self.envs.append(RecordedParallelEnv(env, recording.tracker(c) if recording
                                                  else None))
         self.observation_space: spaces.Space
@@ -60,8 +55,8 @@ class SimultaneousGames:
         self.observation_space, self.action_space = shared_spaces(
             self.envs[0], self.agents, *SHARING)
         self._padding = zeros_like(self.observation_space)
-        self._obs: list[dict[Any, Any]] = [{} for _ in range(copies)]
-        self._infos: list[dict[Any, dict[str, Any]]] = [{} for _ in range(copies)]
+        self._obs: list[dict[Any, Any]] = [{} for _ in range(self.copies)]
+        self._infos: list[dict[Any, dict[str, Any]]] = [{} for _ in range(self.copies)]
 
     def _slot_info(self, agent: Any, obs: Any, info: dict[str, Any] | None) -> dict[str, Any]:
         out = dict(info or {})

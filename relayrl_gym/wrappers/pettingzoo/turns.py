@@ -3,7 +3,6 @@ policies play the others, batched across copies."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from gymnasium import spaces
@@ -32,30 +31,26 @@ class TurnGames:
     last transitions end and are recorded; the game is then over for the caller.
     """
 
-    def __init__(self, make: Callable[[], Any], copies: int, agent: Any,
-                 policies: AgentPolicies, recording: GameRecording | None,
-                 first: Any = None) -> None:
-        """Creates the copies.
+    def __init__(self, envs: list[Any], agent: Any,
+                 policies: AgentPolicies, recording: GameRecording | None) -> None:
+        """Takes the copies over (closed with this object).
 
         Args:
-            make: returns a new copy of the AEC game.
-            copies: how many copies.
+            envs: the copies of the AEC game.
             agent: the agent the caller plays.
             policies: the policies of every other agent.
             recording: the run (None: nothing recorded).
-            first: an already made copy to use as copy 0.
         """
-        self.copies, self.slots, self.agents = copies, 1, [agent]
+        self.copies, self.slots, self.agents = len(envs), 1, [agent]
         self.agent, self.policies, self.recording = agent, policies, recording
         if recording is not None:
             recording.batching = True  # one recorded batch per step of all copies
         self.envs: list[RecordedAECEnv] = []
-        for c in range(copies):
-            env = first if c == 0 and first is not None else make()
+        for c, env in enumerate(envs):
             self.envs.append(RecordedAECEnv(env, recording.tracker(c) if recording else None))
         self.observation_space: spaces.Space = self.envs[0].observation_space(agent)
         self.action_space: spaces.Space = self.envs[0].action_space(agent)
-        self._last: list[tuple[Any, dict[str, Any]] | None] = [None] * copies
+        self._last: list[tuple[Any, dict[str, Any]] | None] = [None] * self.copies
 
     def reset(self, copies: list[int], seeds: list[int | None],
               options: dict[str, Any] | None = None

@@ -11,6 +11,7 @@ pytest.importorskip("pettingzoo")
 from pettingzoo.utils.conversions import parallel_to_aec
 
 import relayrl_gym
+from relayrl_gym.errors import ConfigError, EnvCreationError
 
 
 @pytest.fixture
@@ -45,3 +46,48 @@ def test_a_game_failing_to_close_still_flushes_and_stops_the_writer(kind, bad_cl
     rows = relayrl_gym.load(envs.run_path).to_pandas()
     assert len(rows) > 0 and {"a0", "a1"} <= set(rows["agent_id"])
     # (the autouse fixture of tests/conftest.py fails the test if a writer thread is left)
+
+
+@pytest.fixture
+def counted(toy_game):
+    """A game class that counts how many of its instances were made and closed."""
+
+    class Counted(toy_game):
+        made = 0
+        closed = 0
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            type(self).made += 1
+
+        def close(self) -> None:
+            type(self).closed += 1
+
+    return Counted
+
+
+def test_a_copy_that_cannot_be_made_leaves_no_run_and_no_open_game(counted, tmp_path):
+    def factory():
+        if counted.made == 2:
+            raise RuntimeError("no more boards")
+        return counted()
+
+    with pytest.raises(EnvCreationError, match=r"creating game copy 2 failed: RuntimeError: no "
+                                               r"more boards"):
+        relayrl_gym.wrap(factory, actors=4, api="gymnasium", sink=tmp_path)
+    assert not any(tmp_path.iterdir())  # no run directory for a run that never started
+    assert counted.made == counted.closed == 2  # wrap's first game and copy 1
+
+
+@pytest.mark.parametrize("bad", [{"autoreset_mode": "disabled"}, {"api": "parallel"},
+                                 {"policies": {"a7": lambda obs: 0}}],
+                         ids=["autoreset", "api", "policies"])
+def test_bad_arguments_leave_no_run_and_close_the_game_wrap_made(bad, counted, tmp_path):
+    with pytest.raises(ConfigError):
+        relayrl_gym.wrap(counted, actors=2, sink=tmp_path, **bad)
+    assert not any(tmp_path.iterdir())
+    assert counted.made == counted.closed == 1
+    game = counted()
+    with pytest.raises(ConfigError):
+        relayrl_gym.wrap(game, actors=2, sink=tmp_path, **bad)
+    assert counted.closed == 1  # the caller's own game is the caller's to close
