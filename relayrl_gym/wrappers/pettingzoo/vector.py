@@ -132,8 +132,12 @@ class PettingZooVectorEnv(VectorEnv):
         if not options or "reset_mask" not in options:
             return list(range(self.games.copies))
         mask = np.asarray(options.pop("reset_mask"), dtype=np.bool_)
+        if mask.shape != (self.num_envs,):
+            raise ConfigError(f"`options['reset_mask']` must hold one bool per slot (shape "
+                              f"({self.num_envs},): {self.games.copies} game copies x "
+                              f"{self.games.slots} slots), got shape {mask.shape}")
         per_copy = mask.reshape(self.games.copies, self.games.slots)
-        if mask.shape != (self.num_envs,) or not (per_copy.all(1) | ~per_copy.any(1)).all():
+        if not (per_copy.all(1) | ~per_copy.any(1)).all():
             raise ConfigError("`options['reset_mask']` must select whole game copies (all "
                               f"{self.games.slots} slots of a copy or none), got {mask!r}")
         if self._prev_obs is None and not mask.all():

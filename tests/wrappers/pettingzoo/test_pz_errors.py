@@ -138,3 +138,17 @@ def test_missing_pettingzoo_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pettingzoo", None)  # import pettingzoo now fails
     with pytest.raises(MissingDependencyError, match=r'pip install "relayrl-gym\[pettingzoo\]"'):
         require_pettingzoo()
+
+
+def test_reset_mask_that_does_not_fit():
+    envs = relayrl_gym.wrap(rps_v2.parallel_env, actors=2, sink=None)  # 2 copies x 2 slots
+    envs.reset(seed=0)
+    for mask in ([True, False, True], [True, False]):
+        with pytest.raises(ConfigError, match=r"`options\['reset_mask'\]` must hold one bool "
+                                              r"per slot \(shape \(4,\): 2 game copies x 2 "
+                                              rf"slots\), got shape \({len(mask)},\)"):
+            envs.reset(options={"reset_mask": mask})
+    with pytest.raises(ConfigError, match=r"must select whole game copies \(all 2 slots of a "
+                                          r"copy or none\)"):
+        envs.reset(options={"reset_mask": [True, False, False, False]})
+    envs.close()

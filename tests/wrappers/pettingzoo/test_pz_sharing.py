@@ -91,3 +91,24 @@ def test_padded_slots_same_step_and_sb3(toy_game, tmp_path):
     assert venv.get_attr("possible_agents")[0] == ["a0", "a1", "a2"]
     venv.close()
     assert len(relayrl_gym.load(venv.run_path)) == 2 * (2 + 3 + 2)
+
+
+def test_reset_mask_resets_only_the_chosen_copies(toy_game, tmp_path):
+    envs = relayrl_gym.wrap(lambda: toy_game(max_steps=6), actors=2, api="gymnasium",
+                            sink=tmp_path)
+    envs.reset(seed=0)
+    for _ in range(2):
+        obs, *_ = envs.step(np.ones(6, np.int64))
+    kept = obs[:3].copy()
+    obs, infos = envs.reset(seed=[0, 50], options={"reset_mask": [False] * 3 + [True] * 3})
+    raw_obs, _ = toy_game().reset(seed=50)
+    np.testing.assert_array_equal(obs[:3], kept)  # copy 0 is left as it was
+    np.testing.assert_array_equal(obs[3:5], [raw_obs["a0"], raw_obs["a1"]])
+    assert infos["_active"].tolist() == [False] * 3 + [True] * 3
+    envs.step(np.ones(6, np.int64))
+    envs.close()
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    copy1_a1 = rows[(rows["agent_id"] == "a1") & (rows["env_index"] == 4)]
+    assert copy1_a1["step"].tolist() == [0, 1, 0] and copy1_a1["episode_id"].nunique() == 2
+    copy0_a1 = rows[(rows["agent_id"] == "a1") & (rows["env_index"] == 1)]
+    assert copy0_a1["step"].tolist() == [0, 1, 2] and copy0_a1["episode_id"].nunique() == 1
