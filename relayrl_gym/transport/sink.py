@@ -52,7 +52,8 @@ class ZMQSink(Sink):
     duplicates, so its dataset holds each batch once. `write` never waits long: when the window
     is full it raises and the background writer keeps the batch (memory, then spill files) and
     retries. ``close`` waits up to ``close_timeout`` for the last acknowledgements; what is
-    still unacknowledged then is written to a local Arrow run under ``spill_dir``.
+    still unacknowledged then is written to a local Arrow run under ``spill_dir``. A batch
+    larger than half the collector's message limit is sent in row slices.
 
     A sender process that dies ends its run: restarted, it records a new run (new run id and
     sender id). What the collector acknowledged is kept exactly once; batches the dead process
