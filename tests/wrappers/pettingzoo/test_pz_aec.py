@@ -111,3 +111,31 @@ def test_a_won_game_recorded_by_hand(tmp_path):
     # player_2 saw player_1's first two marks when it played 4 (its own plane is channel 0)
     assert p2["obs"].iloc[1]["observation"][0, :, 1].tolist() == [1, 1, 0]
     assert len(rows) == 5
+
+
+def test_a_parallel_game_turned_turn_based_with_agents_dying_early_and_joining_late(
+        toy_game, tmp_path):
+    # a0 is terminated at step 2, a2 joins after step 1, the others are truncated at step 5:
+    # rows must match a reference loop over the raw game, turn to turn, whole games only.
+    make = lambda: parallel_to_aec(toy_game(max_steps=5))  # noqa: E731
+    _, lived = _play(make(), seed=4, games=3)
+    env = relayrl_gym.wrap(make, sink=tmp_path)
+    _play(env, seed=4, games=3)
+    env.close()
+    rows = relayrl_gym.load(env.run_path).to_pandas()
+    assert {a: len(t) for a, t in lived.items()} == {"a0": 6, "a1": 15, "a2": 12}
+    for agent, transitions in lived.items():
+        mine = rows[rows["agent_id"] == agent]
+        assert len(mine) == len(transitions)
+        for (_, row), (obs, action, reward, nxt, term, trunc) in zip(mine.iterrows(),
+                                                                      transitions):
+            np.testing.assert_array_equal(row["obs"], obs)
+            np.testing.assert_array_equal(row["next_obs"], nxt)
+            assert (row["action"], row["reward"], row["terminated"], row["truncated"]) == \
+                (action, reward, term, trunc)
+        for _, episode in mine.groupby("episode_id"):  # one whole game per episode
+            assert episode["step"].tolist() == list(range(len(episode)))
+            assert (episode["terminated"] | episode["truncated"]).tolist()[-1]
+            for before, after in zip(episode["next_obs"].iloc[:-1], episode["obs"].iloc[1:]):
+                np.testing.assert_array_equal(before, after)
+    assert rows["mask"].notna().all()  # from info["action_mask"] at the agent's turn

@@ -209,3 +209,27 @@ def test_hot_swap_to_other_extra_outputs_is_refused_and_the_run_stays_whole(firs
     theirs = rows[rows["agent_id"] == "player_1"]
     assert len(theirs) >= 6 and theirs["data"].isna().all()
     assert set(theirs["model_version"]) <= {-1, 0, 7} and theirs["model_version"].iloc[-1] == 7
+
+
+@pytest.mark.parametrize("head", ["argmax", "sample"])
+def test_a_masked_policy_never_plays_an_illegal_move(head, ttt_module, tmp_path):
+    # The untrained net prefers some cells whatever the board: without the mask it would play
+    # taken cells (and TerminateIllegalWrapper would end those games) in most games.
+    envs = relayrl_gym.wrap(tictactoe_v3.env, actors=8, sink=tmp_path,
+                            policies={"player_1": ttt_module("onnx", action_head=head)})
+    _, infos = envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        actions = [int(rng.choice(np.flatnonzero(m))) if m.any() else 0
+                   for m in infos["action_mask"]]
+        _, _, _, _, infos = envs.step(np.array(actions))
+    envs.close()
+    rows = relayrl_gym.load(envs.run_path).to_pandas()
+    theirs = rows[rows["agent_id"] == "player_1"]
+    assert theirs["episode_id"].nunique() >= 100 and len(theirs) >= 300
+    assert all(np.asarray(mask)[action] for mask, action in zip(theirs["mask"],
+                                                                 theirs["action"]))
+    # no game ended by an illegal move: every finished game has a winner or a full board
+    last = theirs[theirs["terminated"]]
+    boards = [o["observation"].sum() + 1 for o in last["obs"]]  # marks after its last move
+    assert all(r != 0 or b == 9 for r, b in zip(last["reward"], boards))
