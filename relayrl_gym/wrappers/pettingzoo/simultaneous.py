@@ -54,7 +54,6 @@ class SimultaneousGames:
         self.action_space: spaces.Space
         self.observation_space, self.action_space = shared_spaces(
             self.envs[0], self.agents, *SHARING)
-        self._padding = zeros_like(self.observation_space)
         self._obs: list[dict[Any, Any]] = [{} for _ in range(self.copies)]
         self._infos: list[dict[Any, dict[str, Any]]] = [{} for _ in range(self.copies)]
 
@@ -74,7 +73,7 @@ class SimultaneousGames:
                 out_obs.append(obs[agent])
                 out_infos.append(self._slot_info(agent, obs[agent], infos.get(agent)))
             else:
-                out_obs.append(self._padding)
+                out_obs.append(zeros_like(self.observation_space))  # the caller's to keep
                 out_infos.append({"active": False})
         return out_obs, out_infos
 

@@ -3,6 +3,7 @@ policies play the others, batched across copies."""
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from gymnasium import spaces
@@ -22,7 +23,8 @@ _MAX_TURNS = 100_000
 
 class TurnGames:
     """Copies of an AEC game seen from one agent: a caller's step is its move followed by every
-    other agent's moves until its next turn (or the end of its game).
+    other agent's moves until its next turn (or the end of its game). An agent that joins the
+    game late gets its first observation from ``reset`` once it has its first turn.
 
     The caller's observation is what ``last()`` gives it at its turn, its reward everything it
     received since its move (PettingZoo's ``_cumulative_rewards``). Other agents move with
@@ -51,6 +53,8 @@ class TurnGames:
         self.observation_space: spaces.Space = self.envs[0].observation_space(agent)
         self.action_space: spaces.Space = self.envs[0].action_space(agent)
         self._last: list[tuple[Any, dict[str, Any]] | None] = [None] * self.copies
+        # Whether the caller's agent has been in the game since its reset (it may join late).
+        self._joined = [False] * self.copies
 
     def reset(self, copies: list[int], seeds: list[int | None],
               options: dict[str, Any] | None = None
@@ -59,6 +63,7 @@ class TurnGames:
             self.policies.seed(seeds[0])
         for c, seed in zip(copies, seeds):
             self.envs[c].reset(seed=seed, options=options)
+            self._last[c], self._joined[c] = None, False
         self._play(copies)
         out = []
         for c in copies:
@@ -94,9 +99,15 @@ class TurnGames:
             self.recording.commit()
 
     def _waiting(self, c: int) -> bool:
+        # The others play while the caller's agent is in the game and it is not its turn, or
+        # while it has not joined yet; not once it has been removed.
         env = self.envs[c]
+        present = self.agent in env.agents
+        self._joined[c] = self._joined[c] or present
         turn = env.turn()
-        return turn is not None and turn[0] != self.agent and self.agent in env.agents
+        if turn is None or turn[0] == self.agent:
+            return False
+        return present or not self._joined[c]
 
     def _play(self, copies: list[int]) -> None:
         """Moves the other agents of ``copies`` until the caller's turn, one model call per
@@ -126,8 +137,8 @@ class TurnGames:
         if turn is None or turn[0] != self.agent:
             # Removed without a turn of its own: nothing more to observe or receive.
             last = self._last[c]
-            obs, info = last if last is not None else (None, {})
-            return obs, 0.0, True, False, dict(info)
+            obs, info = copy.deepcopy(last) if last is not None else (None, {})
+            return obs, 0.0, True, False, info
         _, obs, reward, terminated, truncated, info = turn
         info = dict(info)
         mask = action_mask(obs, info)

@@ -233,3 +233,32 @@ def test_a_masked_policy_never_plays_an_illegal_move(head, ttt_module, tmp_path)
     last = theirs[theirs["terminated"]]
     boards = [o["observation"].sum() + 1 for o in last["obs"]]  # marks after its last move
     assert all(r != 0 or b == 9 for r, b in zip(last["reward"], boards))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("turn_based", [False, True], ids=["parallel", "aec"])
+@pytest.mark.parametrize("caller", ["a0", "a2"], ids=["dies-early", "joins-late"])
+def test_check_env_on_an_agent_that_dies_early_or_joins_late(caller, turn_based, toy_game,
+                                                              tmp_path):
+    from pettingzoo.utils.conversions import parallel_to_aec
+
+    others = {a: (lambda obs: 1) for a in ("a0", "a1", "a2") if a != caller}
+    make = (lambda: parallel_to_aec(toy_game())) if turn_based else toy_game
+    env = relayrl_gym.wrap(make, policies=others, sink=tmp_path)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    if turn_based and caller == "a2":
+        assert obs[0] == 1.0  # its first turn comes after the first joint step
+    done, steps = False, 0
+    while not done:
+        _, _, terminated, truncated, _ = env.step(1)
+        done, steps = terminated or truncated, steps + 1
+    env.close()
+    # a0 lives 2 joint steps; a2 lives 3 (steps 2-4), its padded first step (parallel view:
+    # action ignored) not recorded
+    lived = 2 if caller == "a0" else 3
+    assert steps == (4 if caller == "a2" and not turn_based else lived)
+    rows = relayrl_gym.load(env.run_path).to_pandas()
+    mine = rows[rows["agent_id"] == caller].tail(lived)
+    assert mine["step"].tolist() == list(range(lived)) and mine["episode_id"].nunique() == 1
+    assert mine["obs"].iloc[0][0] == (0.0 if caller == "a0" else 1.0)
