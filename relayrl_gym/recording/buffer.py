@@ -61,6 +61,24 @@ def _flat(parts: Sequence[Any], dtype: Any, total: int) -> np.ndarray:
     return np.concatenate(parts).astype(dtype, copy=False)
 
 
+def _repeated(value: str, n: int) -> pa.Array:
+    """``n`` copies of one string, built from buffers (a gather would index n times)."""
+    data = value.encode()
+    if n * len(data) >= 2**31:  # past int32 offsets: let Arrow pick the layout
+        return pa.array([value] * n, pa.string())
+    offsets = np.arange(0, (n + 1) * len(data), len(data), np.int32) if data else \
+        np.zeros(n + 1, np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
+                                                  pa.py_buffer(data * n)])
+
+
+def _gathered(names: list[str], indices: pa.Array) -> pa.Array:
+    """``names[i]`` for each index: one name for every row when they are all the same."""
+    if len(set(names)) == 1:
+        return _repeated(names[0], len(indices))
+    return strings_to_arrow(names).take(indices)
+
+
 class StepBlock:
     """Recorded calls awaiting conversion: each call is a tuple of batch arrays the block owns.
 
@@ -103,17 +121,13 @@ class StepBlock:
             versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
                                        for v, k in zip(versions_by_call, k_rows.tolist())])
         indices = numpy_to_arrow(env_index)
-        actor = pa.DictionaryArray.from_arrays(indices, strings_to_arrow(actor_ids))
-        agent = pa.DictionaryArray.from_arrays(indices, strings_to_arrow(agent_ids))
-        run = pa.DictionaryArray.from_arrays(numpy_to_arrow(np.zeros(n, np.int32)),
-                                             strings_to_arrow([run_id]))
         obs = concat(columns_by_name["obs"])
         next_obs = concat(columns_by_name["next_obs"])
         action = concat(columns_by_name["action"])
         columns = [
-            run.cast(pa.string()),
-            actor.cast(pa.string()),
-            agent.cast(pa.string()),
+            _repeated(run_id, n),
+            _gathered(actor_ids, indices),
+            _gathered(agent_ids, indices),
             indices,
             numpy_to_arrow(np.concatenate(columns_by_name["episode_id"]).astype(np.int64)),
             numpy_to_arrow(np.concatenate(columns_by_name["step"]).astype(np.int64)),
