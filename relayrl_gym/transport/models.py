@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 #: The largest model (all files together) a subscriber accepts.
 DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 
-_FILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}")  # used with fullmatch
 _HELLO_EVERY = 1.0
 
 
@@ -44,7 +44,7 @@ def unpack_model(header: Header, frames: list[Any], into: Path, max_bytes: int) 
     message is malformed or larger than ``max_bytes``."""
     files = header.fields.get("files")
     if (not isinstance(files, list) or len(files) != len(frames) or
-            not all(isinstance(f, str) and _FILE_NAME.match(f) for f in files) or
+            not all(isinstance(f, str) and _FILE_NAME.fullmatch(f) for f in files) or
             "metadata.json" not in files):
         raise ProtocolViolation("model message must name its files (plain names, "
                                 "metadata.json among them), one frame each")

@@ -39,7 +39,7 @@ MAX_HEADER_BYTES = 4096
 #: collector's ``started`` reply tells its own limit.
 MIN_MESSAGE_LIMIT = 2 * 1024 * 1024
 
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,199}")  # used with fullmatch
 
 
 class Kind(str, enum.Enum):
@@ -75,7 +75,7 @@ class Header(NamedTuple):
         """A run or sender name: safe as a directory name (no path separators, no dots
         first); raises `ProtocolViolation` otherwise."""
         value = self.fields.get(key)
-        if not isinstance(value, str) or not _NAME.match(value):
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
             raise ProtocolViolation(f"header field {key!r} must be a name of letters, digits and "
                                     f"'._+-' (1-200 chars), got {str(value)[:60]!r}")
         return value
@@ -114,6 +114,8 @@ def decode_header(frame: bytes | memoryview) -> Header:
         raw = json.loads(bytes(frame))
     except (ValueError, UnicodeDecodeError) as err:
         raise ProtocolViolation(f"header frame is not JSON: {err}") from err
+    except RecursionError as err:  # '[[[[...' nests deeper than the parser goes
+        raise ProtocolViolation("header frame nests too deeply") from err
     if not isinstance(raw, dict):
         raise ProtocolViolation("header frame must be a JSON object")
     version = raw.pop("v", None)

@@ -10,55 +10,18 @@ import random
 import shutil
 import time
 
-import pyarrow as pa
 import pytest
-import zmq
-from zmq_helpers import assert_same_rows, rows, wait_until
+from zmq_helpers import RawClient, assert_same_rows, record_batches, rows, wait_until
 
 import relayrl_gym
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.transport import TrainingServer
 from relayrl_gym.transport.keys import generate_keys
-from relayrl_gym.transport.protocol import Kind, decode_header, encode
-
-
-def _record(tmp_path, steps=20):
-    """A real recorded run: its schema (with metadata) and batches."""
-    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path / "local")
-    envs.reset(seed=0)
-    for _ in range(steps):
-        envs.step(envs.action_space.sample())
-    envs.close()
-    (part,) = (tmp_path / "local" / envs.run_id).glob("part-*.arrow")
-    with pa.ipc.open_file(str(part)) as reader:
-        return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
-
-
-class RawClient:
-    """A hand-driven DEALER: sends exactly the frames a test gives."""
-
-    def __init__(self, endpoint: str, **curve: bytes) -> None:
-        self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
-        for name, value in curve.items():
-            setattr(self.sock, name, value)
-        self.sock.connect(endpoint)
-
-    def send(self, *frames: bytes) -> None:
-        self.sock.send_multipart(list(frames))
-
-    def reply(self, timeout_ms: int = 3000):
-        assert self.sock.poll(timeout_ms), "no reply"
-        return decode_header(self.sock.recv_multipart()[0])
-
-    def close(self) -> None:
-        self.sock.close(0)
-        self.ctx.term()
+from relayrl_gym.transport.protocol import Kind, encode
 
 
 def test_malformed_frames_are_refused_counted_and_harmless(tmp_path):
-    schema, batches = _record(tmp_path)
+    schema, batches = record_batches(tmp_path)
     good_start = [encode(Kind.START, run="run-1", sender="s1", seq=-1),
                   schema.serialize().to_pybytes()]
     payload = batches[0].serialize().to_pybytes()
@@ -105,7 +68,7 @@ def test_malformed_frames_are_refused_counted_and_harmless(tmp_path):
 
 
 def test_duplicates_and_gaps_are_answered(tmp_path):
-    schema, batches = _record(tmp_path, steps=60)
+    schema, batches = record_batches(tmp_path, steps=60)
     payload = batches[0].serialize().to_pybytes()
     with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:
         client = RawClient(server.endpoint)
@@ -181,7 +144,7 @@ def test_key_errors_say_what_to_do(tmp_path):
 
 def test_fuzzed_messages_never_stall_either_channel(tmp_path, cartpole_policy):
     rng = random.Random(0)
-    schema, batches = _record(tmp_path)
+    schema, batches = record_batches(tmp_path)
     valid = [encode(Kind.BATCH, run="r", sender="s", seq=0), batches[0].serialize().to_pybytes()]
     with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
                         models="tcp://127.0.0.1:*") as server:

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import zmq
 
 import relayrl_gym
+from relayrl_gym.transport.protocol import decode_header
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -105,3 +107,36 @@ def assert_same_rows(got: pa.Table, expected: pa.Table) -> None:
         assert got[name].equals(expected[name]), name
 
 
+def record_batches(tmp_path, steps=20):
+    """A real recorded run: its schema (with metadata) and batches."""
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path / "local")
+    envs.reset(seed=0)
+    for _ in range(steps):
+        envs.step(envs.action_space.sample())
+    envs.close()
+    (part,) = (tmp_path / "local" / envs.run_id).glob("part-*.arrow")
+    with pa.ipc.open_file(str(part)) as reader:
+        return reader.schema, [reader.get_batch(i) for i in range(reader.num_record_batches)]
+
+
+class RawClient:
+    """A hand-driven DEALER: sends exactly the frames a test gives."""
+
+    def __init__(self, endpoint: str, **curve: bytes) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.linger = 0
+        for name, value in curve.items():
+            setattr(self.sock, name, value)
+        self.sock.connect(endpoint)
+
+    def send(self, *frames: bytes) -> None:
+        self.sock.send_multipart(list(frames))
+
+    def reply(self, timeout_ms: int = 3000):
+        assert self.sock.poll(timeout_ms), "no reply"
+        return decode_header(self.sock.recv_multipart()[0])
+
+    def close(self) -> None:
+        self.sock.close(0)
+        self.ctx.term()

@@ -1,0 +1,46 @@
+"""Peers that send what no relayrl-gym sender would: the collector and the model publisher
+refuse it, count it, and go on serving."""
+
+from __future__ import annotations
+
+from zmq_helpers import RawClient, record_batches
+
+from relayrl_gym.transport import TrainingServer
+from relayrl_gym.transport.protocol import Kind, encode
+
+
+def test_a_deeply_nested_header_is_refused_on_both_channels(tmp_path, cartpole_policy):
+    schema, _ = record_batches(tmp_path)
+    nested = b"[" * 3000  # under the header size limit, deeper than the JSON parser goes
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected",
+                        models="tcp://127.0.0.1:*") as server:
+        data, models = RawClient(server.endpoint), RawClient(server.models_endpoint)
+        try:
+            data.send(nested, b"")
+            assert data.reply().kind is Kind.REJECT
+            models.send(nested)
+            version = server.publish_model(cartpole_policy(3))
+            models.send(encode(Kind.HELLO, have=-1))
+            assert models.reply().fields["version"] == version
+            data.send(encode(Kind.START, run="r", sender="s", seq=-1),
+                      schema.serialize().to_pybytes())
+            assert data.reply().kind is Kind.STARTED
+        finally:
+            data.close()
+            models.close()
+        assert server.collector.alive
+        assert server.stats["rejected"] == 1 and server.stats["model_rejected"] == 1
+
+
+def test_a_name_with_a_line_break_is_refused(tmp_path):
+    schema, _ = record_batches(tmp_path)
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:
+        client = RawClient(server.endpoint)
+        try:
+            client.send(encode(Kind.START, run="run\n", sender="s", seq=-1),
+                        schema.serialize().to_pybytes())
+            reply = client.reply()
+        finally:
+            client.close()
+    assert reply.kind is Kind.REJECT and "'run'" in reply.fields["reason"]
+    assert not (tmp_path / "collected").exists()
