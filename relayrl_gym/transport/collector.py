@@ -172,24 +172,33 @@ class Collector:
             self.stats.count(sender, rejected=1)
             log.warning("rejected a message from sender %s: %s", sender, err)
             self._reply(identity, Kind.REJECT, reason=str(err)[:300])
+        except Exception as err:  # a bug; one message must not stop serving everyone else
+            self.stats.count(sender, rejected=1)
+            log.exception("handling a message from sender %s failed", sender)
+            self._reply(identity, Kind.REJECT, reason=f"collector error: {str(err)[:200]}")
 
     def _start(self, identity: bytes, sender: str, run_id: str, payload: Any) -> None:
+        try:
+            schema = pa.ipc.read_schema(pa.py_buffer(payload.buffer))
+            from relayrl_gym.schema.transitions import TransitionSchema
+
+            TransitionSchema.from_arrow(schema)  # a recorded run's schema, metadata included
+        except Exception as err:
+            raise ProtocolViolation(f"start of run {run_id!r} carries no valid recorded-run "
+                                    f"schema: {str(err)[:200]}") from err
         store = self._stores.get(run_id)
         if store is None:
             try:
-                schema = pa.ipc.read_schema(pa.py_buffer(payload.buffer))
-                from relayrl_gym.schema.transitions import TransitionSchema
-
-                TransitionSchema.from_arrow(schema)  # a recorded run's schema, metadata included
-            except Exception as err:
-                raise ProtocolViolation(f"start of run {run_id!r} carries no valid recorded-run "
-                                        f"schema: {str(err)[:200]}") from err
-            try:
                 store = self._open_store(run_id, schema)
-            except RelayRLError as err:
+            except Exception as err:  # a damaged run directory must not stop the thread
+                if not isinstance(err, RelayRLError):
+                    log.exception("opening run %s failed", run_id)
                 raise ProtocolViolation(f"cannot open run {run_id!r}: {err}") from err
             self._stores[run_id] = store
             log.info("run %s started by sender %s", run_id, sender)
+        elif not store.schema.equals(schema, check_metadata=False):
+            raise ProtocolViolation(f"run {run_id!r} is already being written with another "
+                                    "schema; a sender must not reuse a run id")
         last = store.last_seq(sender)
         self.stats.set_last_seq(sender, last)
         self._reply(identity, Kind.STARTED, run=run_id, next=last + 1,

@@ -110,8 +110,9 @@ class ArrowRunStore:
             raise SinkError(f"{str(self.run_path)!r} exists but was not written by a collector "
                             "(no _collector.json); give the collector its own sink directory"
                             ) from err
-        except (OSError, ValueError) as err:
-            raise SinkError(f"cannot open run {run_id!r} in {str(root)!r}: {err}") from err
+        except (OSError, ValueError, KeyError, TypeError) as err:  # KeyError: damaged state
+            raise SinkError(f"cannot open run {run_id!r} in {str(root)!r}: "
+                            f"{type(err).__name__}: {err}") from err
 
     @property
     def rows(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from zmq_helpers import RawClient, record_batches
 
+import relayrl_gym
 from relayrl_gym.transport import TrainingServer
 from relayrl_gym.transport.protocol import Kind, encode
 
@@ -44,3 +45,48 @@ def test_a_name_with_a_line_break_is_refused(tmp_path):
             client.close()
     assert reply.kind is Kind.REJECT and "'run'" in reply.fields["reason"]
     assert not (tmp_path / "collected").exists()
+
+
+def test_a_run_id_reused_with_another_schema_is_refused(tmp_path):
+    schema, batches = record_batches(tmp_path)
+    other, _ = record_batches(tmp_path, env_id="Pendulum-v1")
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:
+        first, second = RawClient(server.endpoint), RawClient(server.endpoint)
+        try:
+            first.send(encode(Kind.START, run="r", sender="a", seq=-1),
+                       schema.serialize().to_pybytes())
+            assert first.reply().kind is Kind.STARTED
+            second.send(encode(Kind.START, run="r", sender="b", seq=-1),
+                        other.serialize().to_pybytes())
+            reply = second.reply()
+            assert reply.kind is Kind.REJECT and "another schema" in reply.fields["reason"]
+            first.send(encode(Kind.BATCH, run="r", sender="a", seq=0),
+                       batches[0].serialize().to_pybytes())
+            assert first.reply().kind is Kind.ACK
+        finally:
+            first.close()
+            second.close()
+        assert server.collector.alive and server.stats["rejected"] == 1
+    assert relayrl_gym.load(tmp_path / "collected" / "r").table.schema.equals(
+        schema, check_metadata=False)
+
+
+def test_a_damaged_run_directory_is_refused_and_others_go_on(tmp_path):
+    schema, _ = record_batches(tmp_path)
+    damaged = tmp_path / "collected" / "r"
+    damaged.mkdir(parents=True)
+    (damaged / "_collector.json").write_text("{}")  # state without its fields
+    (damaged / "_schema.arrow").write_bytes(schema.serialize().to_pybytes())
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:
+        client = RawClient(server.endpoint)
+        try:
+            client.send(encode(Kind.START, run="r", sender="s", seq=-1),
+                        schema.serialize().to_pybytes())
+            reply = client.reply()
+            assert reply.kind is Kind.REJECT and "cannot open run 'r'" in reply.fields["reason"]
+            client.send(encode(Kind.START, run="r2", sender="s", seq=-1),
+                        schema.serialize().to_pybytes())
+            assert client.reply().kind is Kind.STARTED
+        finally:
+            client.close()
+        assert server.collector.alive

@@ -107,9 +107,9 @@ def assert_same_rows(got: pa.Table, expected: pa.Table) -> None:
         assert got[name].equals(expected[name]), name
 
 
-def record_batches(tmp_path, steps=20):
+def record_batches(tmp_path, steps=20, env_id="CartPole-v1"):
     """A real recorded run: its schema (with metadata) and batches."""
-    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path / "local")
+    envs = relayrl_gym.wrap(env_id, actors=2, sink=tmp_path / "local")
     envs.reset(seed=0)
     for _ in range(steps):
         envs.step(envs.action_space.sample())
