@@ -165,7 +165,7 @@ class Collector:
                 raise ProtocolViolation(f"a {header.kind.value} message has one payload frame, "
                                         f"got {len(frames) - 2}")
             if header.kind is Kind.START:
-                self._start(identity, sender, run_id, frames[2])
+                self._start(identity, sender, run_id, header, frames[2], work)
             else:
                 self._batch(identity, sender, run_id, header, frames[2], work)
         except ProtocolViolation as err:
@@ -177,7 +177,8 @@ class Collector:
             log.exception("handling a message from sender %s failed", sender)
             self._reply(identity, Kind.REJECT, reason=f"collector error: {str(err)[:200]}")
 
-    def _start(self, identity: bytes, sender: str, run_id: str, payload: Any) -> None:
+    def _start(self, identity: bytes, sender: str, run_id: str, header: Header, payload: Any,
+               work: _Round) -> None:
         try:
             schema = pa.ipc.read_schema(pa.py_buffer(payload.buffer))
             from relayrl_gym.schema.transitions import TransitionSchema
@@ -199,7 +200,17 @@ class Collector:
         elif not store.schema.equals(schema, check_metadata=False):
             raise ProtocolViolation(f"run {run_id!r} is already being written with another "
                                     "schema; a sender must not reuse a run id")
-        last = store.last_seq(sender)
+        key = (run_id, sender)
+        last = work.last.get(key, store.last_seq(sender))
+        first = header.fields.get("first")
+        if isinstance(first, int) and not isinstance(first, bool) and first - 1 > last:
+            # The sender no longer has batches this run never got: an earlier collector (whose
+            # state is gone: another sink directory, a lost state file) acknowledged them.
+            log.warning("sender %s of run %s resumes at batch %d; batches %d..%d were "
+                        "acknowledged by a collector whose state this one does not have",
+                        sender, run_id, first, last + 1, first - 1)
+            last = work.last[key] = first - 1
+            work.identity[key] = identity
         self.stats.set_last_seq(sender, last)
         self._reply(identity, Kind.STARTED, run=run_id, next=last + 1,
                     models=self.models_endpoint, max_bytes=self.max_message_bytes)

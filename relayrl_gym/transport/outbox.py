@@ -63,6 +63,12 @@ class Outbox:
         return len(self._items)
 
     @property
+    def first_seq(self) -> int:
+        """The oldest unacknowledged sequence number (``next_seq`` when none is pending)."""
+        with self._lock:
+            return next(iter(self._items), self.next_seq)
+
+    @property
     def full(self) -> bool:
         return self.bytes >= self.max_bytes
 

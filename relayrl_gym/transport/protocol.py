@@ -5,10 +5,12 @@ at most `MAX_HEADER_BYTES`) with ``"v"`` (`PROTOCOL_VERSION`) and ``"t"`` (the `
 frames are raw bytes: Arrow IPC messages for data, model files for models. Nothing is pickled.
 
 Data channel (sender DEALER -> collector ROUTER):
-    ``start``  {run, sender, seq: -1} + the run's Arrow schema (IPC schema message)
+    ``start``  {run, sender, seq: -1, first} + the run's Arrow schema (IPC schema message);
+               ``first``: the sender's oldest unacknowledged seq (all before it were acked)
     ``batch``  {run, sender, seq}     + one record batch (IPC record-batch message)
 Collector replies:
-    ``started`` {run, next, models}  the run is open; ``next`` is the seq it expects
+    ``started`` {run, next, models}  the run is open; ``next`` is the seq it expects (at least
+                                     ``first``: a collector that lost its state skips ahead)
     ``ack``     {run, seq}           cumulative: every batch up to ``seq`` is in the sink
     ``nack``    {run, expected}      a gap: resend from ``expected``
     ``need_start`` {run}             unknown run (e.g. a restarted collector): send start again

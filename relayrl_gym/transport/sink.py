@@ -266,7 +266,8 @@ class ZMQSink(Sink):
                 now = time.monotonic()
                 if not self.started.is_set():
                     if now >= next_start and self._send(sock, [encode(
-                            Kind.START, run=self.run_id, sender=self.sender_id, seq=-1),
+                            Kind.START, run=self.run_id, sender=self.sender_id, seq=-1,
+                            first=self.outbox.first_seq),
                             self._schema.serialize()]):  # type: ignore[union-attr]
                         next_start = now + start_delay
                         start_delay = min(start_delay * 2, self.outbox.resend_max)
@@ -314,7 +315,14 @@ class ZMQSink(Sink):
                 if header.kind is Kind.ACK:
                     self.outbox.ack(header.integer("seq"))
                 elif header.kind is Kind.NACK:
-                    self.outbox.rewind(header.integer("expected"))
+                    expected = header.integer("expected")
+                    if expected < self.outbox.first_seq:  # acked before: its state is gone
+                        log.warning("the collector at %s asks for batch %d, acknowledged "
+                                    "before; starting the run again with it", self.endpoint,
+                                    expected)
+                        self.started.clear()
+                    else:
+                        self.outbox.rewind(expected)
                 elif header.kind is Kind.STARTED:
                     self._started(header.fields)
                     self.outbox.rewind(header.integer("next"))
