@@ -44,6 +44,7 @@ class _Round:
     def __init__(self) -> None:
         self.last: dict[tuple[str, str], int] = {}
         self.identity: dict[tuple[str, str], bytes] = {}
+        self.rows: dict[tuple[str, str], list[int]] = {}  # [batches, rows], counted at commit
         self.batches: list[tuple[str, pa.RecordBatch]] = []
 
 
@@ -245,11 +246,27 @@ class Collector:
         except Exception as err:  # not acknowledged: the sender resends it
             self.stats.sink_errors += 1
             log.warning("writing batch %d of run %s failed: %s", seq, run_id, err)
+            self._abandon(run_id, work)
             return
         work.last[key] = seq
         work.identity[key] = identity
         work.batches.append((run_id, batch))
-        self.stats.count(sender, batches=1, rows=batch.num_rows)
+        counts = work.rows.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += batch.num_rows
+
+    def _abandon(self, run_id: str, work: _Round | None = None) -> None:
+        """Drops a run whose files a failed write or commit left in an unknown state; its
+        senders' next batches get ``need_start``, and reopening it cuts the uncommitted
+        batches (written again when resent), so none is kept twice."""
+        store = self._stores.pop(run_id, None)
+        if store is not None:
+            store.abandon()
+        if work is not None:  # this round's batches of the run are gone with its file
+            for key in [k for k in work.last if k[0] == run_id]:
+                del work.last[key], work.identity[key]
+                work.rows.pop(key, None)
+            work.batches = [(r, b) for r, b in work.batches if r != run_id]
 
     def _commit(self, work: _Round) -> None:
         by_run: dict[str, dict[str, int]] = {}
@@ -258,14 +275,20 @@ class Collector:
         committed_runs = set()
         for run_id, seqs in by_run.items():
             try:
-                self._stores[run_id].commit(seqs)
+                store = self._stores.get(run_id)
+                if store is None:  # abandoned during the round
+                    continue
+                store.commit(seqs)
             except Exception as err:  # not acknowledged: resent, written again after repair
                 self.stats.sink_errors += 1
                 log.error("committing run %s failed: %s", run_id, err)
+                self._abandon(run_id)
                 continue
             committed_runs.add(run_id)
         for (run_id, sender), seq in work.last.items():
             if run_id in committed_runs:
+                batches, rows = work.rows.get((run_id, sender), (0, 0))
+                self.stats.count(sender, batches=batches, rows=rows)
                 self.stats.set_last_seq(sender, seq)
                 self._reply(work.identity[(run_id, sender)], Kind.ACK, run=run_id, seq=seq)
         if self._on_batches is not None and work.batches:

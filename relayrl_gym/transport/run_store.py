@@ -17,6 +17,7 @@ then are the batches acknowledged. Two kinds:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -142,13 +143,24 @@ class ArrowRunStore:
             self._stream.flush()
             if self.fsync:
                 os.fsync(self._file.fileno())
-        self._state["senders"].update(last_seqs)
-        self._state["batches"] = self._written
-        self._state["rows"] += self._pending_rows
+        # The state in memory moves only once it is saved: after a failure it still says
+        # what the files hold, and the collector `abandon`s the store and reopens the run.
+        state = {**self._state, "senders": {**self._state["senders"], **last_seqs},
+                 "batches": self._written, "rows": self._state["rows"] + self._pending_rows}
+        _write_json(self.run_path / STATE_FILE, state)
+        self._state = state
         self._pending_rows = 0
-        self._save_state()
         if self._stream is not None and self._stream.tell() >= self.max_file_bytes:
             self._complete()
+
+    def abandon(self) -> None:
+        """Lets go of the data file without completing it, after a failed `write` or
+        `commit` left it in an unknown state; reopening the run cuts it back to its committed
+        batches (as after a crash)."""
+        file, self._writer, self._stream, self._file = self._file, None, None, None
+        if file is not None:
+            with contextlib.suppress(Exception):
+                file.close()
 
     def close(self) -> None:
         """Completes the file being written; idempotent."""
@@ -259,11 +271,18 @@ class SinkRunStore:
     def commit(self, last_seqs: dict[str, int]) -> None:
         """Flushes the sink, then records ``last_seqs`` (sender -> seq)."""
         self.sink.flush()
-        self._state["senders"].update(last_seqs)
-        self._state["rows"] += self._pending_rows
+        state = {**self._state, "senders": {**self._state["senders"], **last_seqs},
+                 "rows": self._state["rows"] + self._pending_rows}
+        _write_json(self._state_path, state)
+        self._state = state
         self._pending_rows = 0
-        _write_json(self._state_path, self._state)
 
     def close(self) -> None:
         """Closes the sink (a SQL run is marked closed)."""
         self.sink.close()
+
+    def abandon(self) -> None:
+        """Closes the sink after a failed `write` or `commit` (reopened, the run continues
+        as ``<run_id>+r<N>``)."""
+        with contextlib.suppress(Exception):
+            self.sink.close()

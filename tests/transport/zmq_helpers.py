@@ -55,11 +55,12 @@ def finish(proc: subprocess.Popen, timeout: float = 60.0) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def start_serve(*args: str, cwd: Path) -> tuple[subprocess.Popen, str]:
+def start_serve(*args: str, cwd: Path, preexec_fn=None) -> tuple[subprocess.Popen, str]:
     """``relayrl-gym serve`` in its own process; returns it with its data endpoint."""
     proc = subprocess.Popen([sys.executable, "-m", "relayrl_gym.cli.main", "serve",
                              "--stats-every", "0", *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
+                            stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=preexec_fn)
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
