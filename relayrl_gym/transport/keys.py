@@ -61,12 +61,14 @@ def generate_keys(directory: str | os.PathLike[str],
         root.mkdir(parents=True, exist_ok=True)
         if not (root / "server.key_secret").exists():
             zmq.auth.create_certificates(str(root), "server")
+        os.chmod(root / "server.key_secret", 0o600)  # pyzmq leaves it to the umask
         (root / "authorized").mkdir(exist_ok=True)
         for name in clients:
             folder = root / "clients" / name
             folder.mkdir(parents=True, exist_ok=True)
             if not (folder / "client.key_secret").exists():
                 zmq.auth.create_certificates(str(folder), "client")
+            os.chmod(folder / "client.key_secret", 0o600)
             shutil.copyfile(root / "server.key", folder / "server.key")
             shutil.copyfile(folder / "client.key", root / "authorized" / f"{name}.key")
     except OSError as err:
@@ -81,6 +83,10 @@ def _load(path: Path, what: str) -> tuple[bytes, bytes | None]:
     if not path.is_file():
         raise ConfigError(f"{what} {str(path)!r} is missing; create keys with "
                           "`relayrl-gym keygen DIR`")
+    if "secret" in what and os.name == "posix" and path.stat().st_mode & 0o077:
+        raise ConfigError(f"{what} {str(path)!r} can be read by other users (mode "
+                          f"{path.stat().st_mode & 0o777:o}); make it private: chmod 600 "
+                          f"{str(path)!r}")
     try:
         public, secret = zmq.auth.load_certificate(str(path))
     except (OSError, ValueError) as err:
@@ -96,6 +102,8 @@ def server_keys(directory: str | os.PathLike[str]) -> ServerKeys:
     if not authorized.is_dir() or not any(authorized.glob("*.key")):
         raise ConfigError(f"no allowed client keys in {str(authorized)!r}; add one with "
                           f"`relayrl-gym keygen {root} --client NAME`")
+    for key in sorted(authorized.glob("*.key")):  # one bad file empties the whole allow-list
+        _load(key, "the allowed client key")
     if secret is None:
         raise ConfigError(f"{str(root / 'server.key_secret')!r} holds no secret key")
     return ServerKeys(public, secret, authorized)

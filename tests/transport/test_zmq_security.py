@@ -175,3 +175,19 @@ def test_fuzzed_messages_never_stall_either_channel(tmp_path, cartpole_policy):
             data.close()
             models.close()
         assert server.collector.alive and server.stats["rows"] == 0
+
+
+def test_secret_keys_are_private_and_every_allowed_key_is_checked(tmp_path):
+    from relayrl_gym.transport.keys import client_keys, server_keys
+
+    root = generate_keys(tmp_path / "keys", ["a"])
+    client = root / "clients" / "a"
+    for secret in (root / "server.key_secret", client / "client.key_secret"):
+        assert secret.stat().st_mode & 0o777 == 0o600
+    server_keys(root), client_keys(client)  # as generated: accepted
+    (client / "client.key_secret").chmod(0o644)
+    with pytest.raises(ConfigError, match=r"can be read by other users .*chmod 600"):
+        client_keys(client)
+    (root / "authorized" / "junk.key").write_text("not a certificate")
+    with pytest.raises(ConfigError, match=r"allowed client key .*junk.key.* not a ZMQ cert"):
+        TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "c", curve_keys=root)
