@@ -64,7 +64,8 @@ class ModelFeed:
     late joiner's request for the current model); a newer model is written to a temporary
     folder and handed, as that path, to ``update`` (``RelayRLAgent.update_model`` or a wrapped
     env's policy swap, both of which apply it between steps). A refused model is logged and
-    not asked for again. ``version`` is the last version received (-1: none yet).
+    not asked for again. ``version`` is the last version received (-1: none yet), ``running``
+    the last one applied: hellos report both, so the publisher shows what each actor runs.
 
     >>> ModelFeed(lambda path: 0).version
     -1
@@ -81,6 +82,7 @@ class ModelFeed:
         self.update = update
         self.max_bytes = max_bytes
         self.version = -1
+        self.running = -1
         self.received = 0
         self.refused = 0
         self.rejected = 0
@@ -91,7 +93,7 @@ class ModelFeed:
         if now < self._next_hello:
             return None
         self._next_hello = now + _HELLO_EVERY
-        return encode(Kind.HELLO, have=self.version)
+        return encode(Kind.HELLO, have=self.running, seen=self.version)
 
     def handle(self, header: Header, frames: list[Any]) -> None:
         """A message from the publisher: applies a newer model."""
@@ -120,6 +122,7 @@ class ModelFeed:
                             version, err)
             else:
                 self.received += 1
+                self.running = version
                 log.info("model version %d running as %d (swap took %.1f ms)", version, running,
                          1e3 * (time.perf_counter() - started))
         self.version = version

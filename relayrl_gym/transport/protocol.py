@@ -17,7 +17,9 @@ Collector replies:
     ``reject``  {reason}             the message was refused (counted)
 
 Model channel (subscriber DEALER -> publisher ROUTER):
-    ``hello`` {have}                 sent every second: subscription, heartbeat, late-join request
+    ``hello`` {have, seen}           sent every second: subscription, heartbeat, late-join
+                                     request; ``have``: the version the actor runs, ``seen``:
+                                     the newest it got (a refused model is not sent again)
     ``model`` {version, files}       + one frame per file of the ModelModule directory
 """
 

@@ -59,7 +59,8 @@ class ModelPublisher:
         self.rejected = 0
         self.sent = 0
         self._frames: list[Any] | None = None
-        self._peers: dict[bytes, tuple[int, float]] = {}  # identity -> (version it runs, seen)
+        # identity -> (version it runs, newest it got, when it was last heard from)
+        self._peers: dict[bytes, tuple[int, int, float]] = {}
         self._sent_at: dict[bytes, tuple[int, float]] = {}
         self._lock = threading.Lock()
         self._fresh = threading.Event()
@@ -90,8 +91,8 @@ class ModelPublisher:
         """Actors heard from in the last 30 s and the model version each reported."""
         now = time.monotonic()
         with self._lock:
-            return {ident.hex(): have for ident, (have, seen) in self._peers.items()
-                    if now - seen < _PEER_TTL}
+            return {ident.hex(): have for ident, (have, _, heard) in self._peers.items()
+                    if now - heard < _PEER_TTL}
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the thread (it closes the socket); idempotent."""
@@ -107,8 +108,8 @@ class ModelPublisher:
                     self._fresh.clear()
                     now = time.monotonic()
                     with self._lock:
-                        targets = [i for i, (_, seen) in self._peers.items()
-                                   if now - seen < _PEER_TTL]
+                        targets = [i for i, (_, _, heard) in self._peers.items()
+                                   if now - heard < _PEER_TTL]
                     for identity in targets:
                         self._offer(identity, force=True)
         except Exception:
@@ -132,20 +133,21 @@ class ModelPublisher:
                     raise ProtocolViolation(f"the publisher takes hellos, not "
                                             f"{header.kind.value!r}")
                 have = header.integer("have", minimum=-1)
+                seen = header.integer("seen", minimum=-1) if "seen" in header.fields else have
             except ProtocolViolation as err:
                 self.rejected += 1
                 log.warning("rejected a message on the model channel: %s", err)
                 continue
             self.hellos += 1
             with self._lock:
-                self._peers[identity] = (have, time.monotonic())
+                self._peers[identity] = (have, max(have, seen), time.monotonic())
             self._offer(identity)
 
     def _offer(self, identity: bytes, force: bool = False) -> None:
         zmq = require_zmq()
         with self._lock:
             frames, version = self._frames, self.version
-            have = self._peers.get(identity, (-1, 0.0))[0]
+            have = self._peers.get(identity, (-1, -1, 0.0))[1]  # running or refused
             sent_version, sent_at = self._sent_at.get(identity, (-1, 0.0))
         if frames is None or have >= version:
             return

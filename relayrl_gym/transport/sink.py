@@ -138,8 +138,13 @@ class ZMQSink(Sink):
 
     @property
     def model_version(self) -> int:
-        """The last model version received from the publisher (-1: none)."""
-        return self._feed.version if self._feed is not None else -1
+        """The last published model version the actors swapped to (-1: none)."""
+        return self._feed.running if self._feed is not None else -1
+
+    @property
+    def models_refused(self) -> int:
+        """Published models the actors refused (they did not fit; the old one kept running)."""
+        return self._feed.refused if self._feed is not None else 0
 
     # -- Sink API ---------------------------------------------------------------------------
     def start(self, run_id: str, schema: pa.Schema) -> None:

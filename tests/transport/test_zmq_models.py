@@ -75,3 +75,36 @@ def test_publish_errors(tmp_path):
     with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path, models="tcp://127.0.0.1:*"
                         ) as server, pytest.raises(ConfigError, match="ModelModule or a path"):
         server.publish_model(42)
+
+
+def test_a_model_that_does_not_fit_is_refused_and_the_old_one_keeps_running(
+        tmp_path, server, cartpole_policy):
+    torch = pytest.importorskip("torch")
+    import gymnasium as gym
+
+    from relayrl_gym.policies import ModelModule
+
+    cartpole_policy(9).save(tmp_path / "start")
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, policy=tmp_path / "start",
+                            sink=server.sink_url)
+    try:
+        envs.reset(seed=0)
+        good = server.publish_model(cartpole_policy(1))
+        wait_until(lambda: envs.agent.get_model_version() == [good, good],
+                   what="the actors to run the published model")
+        three_actions = ModelModule.from_torch(
+            torch.nn.Linear(4, 3), envs.single_observation_space, gym.spaces.Discrete(3),
+            path=tmp_path / "misfit", format="onnx")
+        server.publish_model(three_actions)
+        sink = envs.agent.writer.sinks[0]
+        wait_until(lambda: sink.models_refused == 1, what="the misfit to be refused")
+        envs.step(envs.act())  # the old model keeps acting
+        assert envs.agent.get_model_version() == [good, good] and sink.model_version == good
+        wait_until(lambda: list(server.stats["actors"].values()) == [good],
+                   what="the actor's hello")
+        sent = server.publisher.sent
+        time.sleep(1.5)  # hellos go on; the refused model is not sent again
+        assert server.publisher.sent == sent
+        assert list(server.stats["actors"].values()) == [good]  # what it runs, not the misfit
+    finally:
+        envs.close()
