@@ -66,8 +66,7 @@ def _repeated(value: str, n: int) -> pa.Array:
     data = value.encode()
     if n * len(data) >= 2**31:  # past int32 offsets: let Arrow pick the layout
         return pa.array([value] * n, pa.string())
-    offsets = np.arange(0, (n + 1) * len(data), len(data), np.int32) if data else \
-        np.zeros(n + 1, np.int32)
+    offsets = np.arange(n + 1, dtype=np.int32) * np.int32(len(data))
     return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets),
                                                   pa.py_buffer(data * n)])
 
