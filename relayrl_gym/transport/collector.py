@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 #: The largest message a collector accepts (ZMQ drops a peer that sends a larger one).
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _DRAIN_MESSAGES = 256
-_DRAIN_BYTES = 64 * 1024 * 1024
+# One commit (and acknowledgement) per this many bytes: a quarter of a sender's default window,
+# so acknowledgements keep flowing while the rest of the window is in flight (draining a whole
+# window before acknowledging made senders stop and wait: ~13% less throughput).
+_DRAIN_BYTES = 8 * 1024 * 1024
 
 #: Opens the store of a run: ``(run_id, schema) -> ArrowRunStore | SinkRunStore``.
 RunStore = Callable[[str, pa.Schema], Any]
