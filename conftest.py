@@ -8,3 +8,7 @@ import importlib.util
 # cannot even be collected (the tests that need them skip themselves).
 collect_ignore = [] if importlib.util.find_spec("stable_baselines3") else [
     "relayrl_gym/wrappers/sb3.py"]
+
+# conftest.py files hold fixtures, not doctests; collected as doctest modules they clash by
+# name ("conftest") when several test folders are passed to pytest at once.
+collect_ignore_glob = ["tests/**/conftest.py"]

@@ -14,7 +14,7 @@ from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.arrow import RUN_FILE, final_name, in_progress_name
 
-__all__ = ["read_run_dir"]
+__all__ = ["read_in_progress", "read_run_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def _read_complete(path: Path) -> list[pa.RecordBatch]:
         return [reader.get_batch(i) for i in range(reader.num_record_batches)]
 
 
-def _read_in_progress(path: Path) -> list[pa.RecordBatch]:
+def read_in_progress(path: Path) -> list[pa.RecordBatch]:
     """An unfinished IPC file is the stream format after an 8-byte magic: read whole batches
     until the data ends (a batch cut off by a crash is dropped)."""
     data = pa.memory_map(str(path)).read_buffer()
@@ -49,7 +49,7 @@ def _read_part(file: Path, final: Path) -> list[pa.RecordBatch]:
     if file == final:
         return _read_complete(file)
     try:
-        return _read_in_progress(file)
+        return read_in_progress(file)
     except FileNotFoundError:  # completed and renamed since the directory was listed
         return _read_complete(final)
 

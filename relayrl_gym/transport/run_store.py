@@ -25,6 +25,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from relayrl_gym.data.arrow_reader import read_in_progress
 from relayrl_gym.errors import SinkError
 from relayrl_gym.schema.transitions import METADATA_KEY
 from relayrl_gym.sinks.arrow import RUN_FILE, in_progress_name
@@ -35,28 +36,12 @@ __all__ = ["STATE_FILE", "ArrowRunStore", "SinkRunStore"]
 #: The collector's state beside a run's data (the underscore keeps it out of pyarrow.dataset).
 STATE_FILE = "_collector.json"
 _SCHEMA_FILE = "_schema.arrow"
-_FILE_MAGIC = b"ARROW1\x00\x00"
 
 
 def _write_json(path: Path, value: Any) -> None:
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(json.dumps(value))
     os.replace(temp, path)
-
-
-def _whole_batches(path: Path) -> list[pa.RecordBatch]:
-    """The complete batches of an unfinished IPC file (a batch cut off by a crash is not)."""
-    data = pa.memory_map(str(path)).read_buffer()
-    if data.size < len(_FILE_MAGIC) or data[: len(_FILE_MAGIC)].to_pybytes() != _FILE_MAGIC:
-        return []
-    batches: list[pa.RecordBatch] = []
-    try:
-        reader = pa.ipc.open_stream(data.slice(len(_FILE_MAGIC)))
-        while True:
-            batches.append(reader.read_next_batch())
-    except (StopIteration, pa.ArrowInvalid, OSError, EOFError):
-        pass
-    return batches
 
 
 class ArrowRunStore:
@@ -197,7 +182,7 @@ class ArrowRunStore:
         if temp.exists():
             # Batches past the committed count were never acknowledged: the sender resends
             # them, so they go; the committed ones make a complete file.
-            keep = _whole_batches(temp)[:committed]
+            keep = read_in_progress(temp)[:committed]
             if keep:
                 with pa.OSFile(str(final), "wb") as out, \
                         pa.ipc.new_file(out, self.schema) as writer:

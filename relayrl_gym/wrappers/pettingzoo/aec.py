@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from pettingzoo.utils.env import ActionType, AECEnv, AgentID, ObsType
@@ -10,12 +9,12 @@ from pettingzoo.utils.wrappers.base import BaseWrapper
 from typing_extensions import override
 
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask
-from relayrl_gym.wrappers.pettingzoo.recording import AgentTracker, GameRecording
+from relayrl_gym.wrappers.pettingzoo.recording import AgentTracker, GameRecording, RunOwner
 
 __all__ = ["RecordedAECEnv"]
 
 
-class RecordedAECEnv(BaseWrapper[AgentID, ObsType, ActionType]):
+class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
     """An `AECEnv` that behaves exactly as the wrapped one and records each agent's transitions.
 
     A transition of an agent spans from its turn to its next turn: ``obs`` is what
@@ -117,29 +116,6 @@ class RecordedAECEnv(BaseWrapper[AgentID, ObsType, ActionType]):
         tracker.finish(agent, obs, reward, terminated, truncated, info)
         if not (terminated or truncated):
             self._seen[agent] = (obs, info)
-
-    @override
-    def close(self) -> None:
-        """Closes the game, then flushes and closes the run it owns; idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.env.close()
-        finally:
-            if self.recording is not None:
-                self.recording.close()
-
-    def flush(self) -> None:
-        """Writes every transition recorded so far to the sinks."""
-        if self.recording is not None:
-            self.recording.flush()
-
-    def __del__(self) -> None:
-        # Dropped without close(): its run's writer thread must not outlive it.
-        if not getattr(self, "closed", True) and getattr(self, "recording", None) is not None:
-            with contextlib.suppress(Exception):
-                self.close()
 
     @override
     def __str__(self) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from pettingzoo.utils.env import ActionType, AgentID, ObsType, ParallelEnv
@@ -10,12 +9,12 @@ from pettingzoo.utils.wrappers.base_parallel import BaseParallelWrapper
 from typing_extensions import override
 
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask
-from relayrl_gym.wrappers.pettingzoo.recording import AgentTracker, GameRecording
+from relayrl_gym.wrappers.pettingzoo.recording import AgentTracker, GameRecording, RunOwner
 
 __all__ = ["RecordedParallelEnv"]
 
 
-class RecordedParallelEnv(BaseParallelWrapper[AgentID, ObsType, ActionType]):
+class RecordedParallelEnv(RunOwner, BaseParallelWrapper[AgentID, ObsType, ActionType]):
     """A `ParallelEnv` that returns exactly what the wrapped one returns and records, for every
     agent that acts, the transition ``(obs it saw, its action, its reward, its next obs, its
     terminated/truncated flags)`` with its action mask (from ``obs["action_mask"]`` or
@@ -103,29 +102,6 @@ class RecordedParallelEnv(BaseParallelWrapper[AgentID, ObsType, ActionType]):
         tracker.finish_many(outcomes)
         self._obs, self._infos = dict(obs), dict(infos)
         return obs, rewards, terminated, truncated, infos
-
-    @override
-    def close(self) -> None:
-        """Closes the game, then flushes and closes the run it owns; idempotent."""
-        if self.closed:
-            return
-        self.closed = True
-        try:
-            self.env.close()
-        finally:
-            if self.recording is not None:
-                self.recording.close()
-
-    def flush(self) -> None:
-        """Writes every transition recorded so far to the sinks."""
-        if self.recording is not None:
-            self.recording.flush()
-
-    def __del__(self) -> None:
-        # Dropped without close(): its run's writer thread must not outlive it.
-        if not getattr(self, "closed", True) and getattr(self, "recording", None) is not None:
-            with contextlib.suppress(Exception):
-                self.close()
 
     def __str__(self) -> str:
         return f"RecordedParallelEnv<{self.env!s}>"

@@ -3,6 +3,7 @@ transitions, written to one run."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import uuid
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from relayrl_gym.runtime.agent import new_run_id
 from relayrl_gym.schema.batches import map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
 
-__all__ = ["AgentTracker", "GameRecording", "shared_spaces"]
+__all__ = ["AgentTracker", "GameRecording", "RunOwner", "shared_spaces"]
 
 
 def shared_spaces(env: Any, agents: list[str], why: str, fix: str
@@ -257,3 +258,38 @@ def _rows(values: list[Any]) -> Any:
     if len(values) == 1:
         return map_leaves(_row_view, values[0])
     return map_leaves(_stack, values[0], *values[1:])
+
+
+class RunOwner:
+    """The lifecycle of a recorded game wrapper (parallel or turn-based): closing it closes the
+    game, then flushes and closes the run it owns; a wrapper dropped without `close` still
+    flushes, so its writer thread never outlives it.
+
+    Mixed in before the PettingZoo wrapper base, whose ``close`` it replaces; the wrapper sets
+    ``env``, ``recording`` (None when nothing is recorded) and ``closed``.
+    """
+
+    env: Any
+    recording: GameRecording | None
+    closed: bool
+
+    def close(self) -> None:
+        """Closes the game, then flushes and closes the run it owns; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.env.close()
+        finally:
+            if self.recording is not None:
+                self.recording.close()
+
+    def flush(self) -> None:
+        """Writes every transition recorded so far to the sinks."""
+        if self.recording is not None:
+            self.recording.flush()
+
+    def __del__(self) -> None:
+        if not getattr(self, "closed", True) and getattr(self, "recording", None) is not None:
+            with contextlib.suppress(Exception):
+                self.close()
