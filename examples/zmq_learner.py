@@ -180,7 +180,7 @@ def main() -> None:
         return
     args = Args(**{f.name: getattr(ns, f.name) for f in dataclasses.fields(Args)})
     if ns.short:
-        args = dataclasses.replace(args, versions=15, episodes=12)
+        args = dataclasses.replace(args, versions=25, episodes=12)
     learn(args)
 
 

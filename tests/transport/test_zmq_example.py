@@ -22,10 +22,10 @@ def test_zmq_learner_example_learns(tmp_path):
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     versions = re.findall(r"version +(\d+): mean return", out.stdout)
-    assert [int(v) for v in versions] == list(range(1, 16))
+    assert [int(v) for v in versions] == list(range(1, 26))
     first, last = map(float, re.search(r"rose from ([\d.]+) .* to ([\d.]+)", out.stdout).groups())
-    assert last > first
+    assert last > first  # 25 versions: ~200-300 against ~22 (REINFORCE is noisy over 15)
     assert "0 duplicates dropped" in out.stdout
     assert len(list((tmp_path / "runs").iterdir())) == 2  # one run per actor process
     finals = re.findall(r"ended on model version (\d+)", out.stdout)
-    assert len(finals) == 2 and all(int(v) >= 14 for v in finals)  # both hot-swapped along
+    assert len(finals) == 2 and all(int(v) >= 24 for v in finals)  # both hot-swapped along
