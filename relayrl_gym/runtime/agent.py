@@ -143,10 +143,8 @@ class RelayRLAgent(ClientAPI):
         self._resize_workers(params.router_scale)
         if params.actor_count:
             self.new_actors(params.actor_count)
-        for s in self.writer.sinks if self.writer is not None else ():
-            follow = getattr(s, "follow_models", None)  # a ZMQ sink: published models
-            if follow is not None:
-                follow(self.update_model)
+        if self.writer is not None:
+            self.writer.follow_models(self.update_model)
 
     def _resize_workers(self, n: int) -> None:
         old, self._workers = self._workers, (

@@ -172,10 +172,8 @@ class RelayRLVectorEnv(VectorEnv):
         if self._policy is not None:
             for actor in self._actors:
                 actor.model, actor.model_version = self._policy.model, self._policy.version
-            for s in writer.sinks if writer is not None else ():
-                follow = getattr(s, "follow_models", None)  # a ZMQ sink: published models
-                if follow is not None:
-                    follow(self.agent.update_model)
+            if writer is not None:
+                writer.follow_models(self.agent.update_model)
         self._recorder = recorder
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
         self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
