@@ -44,7 +44,28 @@ def _write_json(path: Path, value: Any) -> None:
     os.replace(temp, path)
 
 
-class ArrowRunStore:
+class _CommittedState:
+    """What a run store has committed: the last batch of each sender and the rows, saved as
+    JSON; a commit builds the next state from it and the rows written since."""
+
+    _state: dict[str, Any]
+    _pending_rows: int
+
+    @property
+    def rows(self) -> int:
+        """Rows committed to the run (by this collector, for a database sink)."""
+        return int(self._state["rows"])
+
+    def last_seq(self, sender: str) -> int:
+        """The last batch of ``sender`` the run holds (-1: none)."""
+        return int(self._state["senders"].get(sender, -1))
+
+    def _committing(self, last_seqs: dict[str, int], **extra: Any) -> dict[str, Any]:
+        return {**self._state, "senders": {**self._state["senders"], **last_seqs},
+                "rows": self._state["rows"] + self._pending_rows, **extra}
+
+
+class ArrowRunStore(_CommittedState):
     """One run directory written by the collector; survives a crash of the collector.
 
     >>> import tempfile, pyarrow as pa
@@ -100,15 +121,6 @@ class ArrowRunStore:
             raise SinkError(f"cannot open run {run_id!r} in {str(root)!r}: "
                             f"{type(err).__name__}: {err}") from err
 
-    @property
-    def rows(self) -> int:
-        """Rows committed to the run."""
-        return int(self._state["rows"])
-
-    def last_seq(self, sender: str) -> int:
-        """The last batch of ``sender`` the run holds (-1: none)."""
-        return int(self._state["senders"].get(sender, -1))
-
     def write(self, batch: pa.RecordBatch) -> None:
         """Appends a batch (not acknowledged before `commit`)."""
         if self._writer is None:
@@ -130,8 +142,7 @@ class ArrowRunStore:
                 os.fsync(self._file.fileno())
         # The state in memory moves only once it is saved: after a failure it still says
         # what the files hold, and the collector `abandon`s the store and reopens the run.
-        state = {**self._state, "senders": {**self._state["senders"], **last_seqs},
-                 "batches": self._written, "rows": self._state["rows"] + self._pending_rows}
+        state = self._committing(last_seqs, batches=self._written)
         _write_json(self.run_path / STATE_FILE, state)
         self._state = state
         self._pending_rows = 0
@@ -199,7 +210,7 @@ class ArrowRunStore:
         _write_json(self.run_path / STATE_FILE, self._state)
 
 
-class SinkRunStore:
+class SinkRunStore(_CommittedState):
     """One run written to any sink (e.g. ``sqlite:///runs.db``), its state in a JSON file.
 
     >>> import tempfile, pyarrow as pa
@@ -239,15 +250,6 @@ class SinkRunStore:
         self._pending_rows = 0
         _write_json(self._state_path, self._state)
 
-    @property
-    def rows(self) -> int:
-        """Rows committed to the run by this collector."""
-        return int(self._state["rows"])
-
-    def last_seq(self, sender: str) -> int:
-        """The last batch of ``sender`` the run holds (-1: none)."""
-        return int(self._state["senders"].get(sender, -1))
-
     def write(self, batch: pa.RecordBatch) -> None:
         """Hands a batch to the sink."""
         self.sink.write(batch)
@@ -256,8 +258,7 @@ class SinkRunStore:
     def commit(self, last_seqs: dict[str, int]) -> None:
         """Flushes the sink, then records ``last_seqs`` (sender -> seq)."""
         self.sink.flush()
-        state = {**self._state, "senders": {**self._state["senders"], **last_seqs},
-                 "rows": self._state["rows"] + self._pending_rows}
+        state = self._committing(last_seqs)
         _write_json(self._state_path, state)
         self._state = state
         self._pending_rows = 0
