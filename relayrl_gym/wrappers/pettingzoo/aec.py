@@ -51,16 +51,12 @@ class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
             recording: the run this env owns and closes with itself (None: owned elsewhere).
         """
         super().__init__(env)
-        self.tracker = tracker or AgentTracker(None, {})
-        self.recording = recording
-        self.run_id = recording.run_id if recording is not None else None
-        self.run_path = recording.run_path if recording is not None else None
+        self._own_run(tracker, recording)
         self._seen: dict[Any, tuple[Any, dict[str, Any]]] = {}
         self._source: tuple[int, dict[str, Any] | None] | None = None
         # (agent, obs, reward, terminated, truncated, info): last() of the selected agent,
         # read once per turn (nothing changes it until the next step or reset)
         self._turn: tuple[Any, ...] | None = None
-        self.closed = False
 
     def acted_by(self, version: int, data: dict[str, Any] | None = None) -> None:
         """Marks the next step's action as chosen by a model of ``version``."""

@@ -48,14 +48,10 @@ class RecordedParallelEnv(RunOwner, BaseParallelWrapper[AgentID, ObsType, Action
         super().__init__(env)
         self.metadata = env.metadata
         self.possible_agents = env.possible_agents
-        self.tracker = tracker or AgentTracker(None, {})
-        self.recording = recording
-        self.run_id = recording.run_id if recording is not None else None
-        self.run_path = recording.run_path if recording is not None else None
+        self._own_run(tracker, recording)
         self._obs: dict[Any, Any] = {}
         self._infos: dict[Any, dict[str, Any]] = {}
         self._sources: dict[Any, tuple[int, dict[str, Any] | None]] = {}
-        self.closed = False
 
     @property
     def agents(self) -> list[AgentID]:

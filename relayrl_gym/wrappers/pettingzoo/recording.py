@@ -273,6 +273,15 @@ class RunOwner:
     recording: GameRecording | None
     closed: bool
 
+    def _own_run(self, tracker: AgentTracker | None, recording: GameRecording | None) -> None:
+        """Takes this game's bookkeeping in a run (None: nothing recorded) and the run it
+        owns and closes with itself (None: owned elsewhere)."""
+        self.tracker = tracker or AgentTracker(None, {})
+        self.recording = recording
+        self.run_id = recording.run_id if recording is not None else None
+        self.run_path = recording.run_path if recording is not None else None
+        self.closed = False
+
     def close(self) -> None:
         """Closes the game, then flushes and closes the run it owns; idempotent."""
         if self.closed:
