@@ -11,6 +11,7 @@ from pettingzoo.classic import connect_four_v3, tictactoe_v3
 from pettingzoo.test import api_test
 from pettingzoo.utils.conversions import parallel_to_aec
 from pettingzoo.utils.env import AECEnv
+from tests_helpers import assert_same_nested
 
 import relayrl_gym
 
@@ -41,15 +42,6 @@ def _play(env, seed, games=3, rng_seed=0):
     return seen, lived
 
 
-def _same(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _same(a[k], b[k])
-    else:
-        np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("name", GAMES)
 def test_api_test_passes(name, tmp_path):
     env = relayrl_gym.wrap(GAMES[name](), sink=tmp_path)
@@ -76,15 +68,15 @@ def test_transparent_and_rows_are_turn_to_turn(name, tmp_path):
     assert len(seen) == len(raw_seen)
     for raw, wrapped in zip(raw_seen, seen):
         for r, w in zip(raw, wrapped):
-            _same(r, w)
+            assert_same_nested(r, w)
     rows = relayrl_gym.load(env.run_path).to_pandas()
     for agent, transitions in lived.items():
         mine = rows[rows["agent_id"] == agent]
         assert len(mine) == len(transitions)
         for (_, row), (obs, action, reward, nxt, term, trunc) in zip(mine.iterrows(),
                                                                       transitions):
-            _same(row["obs"], obs)
-            _same(row["next_obs"], nxt)
+            assert_same_nested(row["obs"], obs)
+            assert_same_nested(row["next_obs"], nxt)
             assert row["mask"].tolist() == obs["action_mask"].astype(bool).tolist()
             assert (row["action"], row["reward"], row["terminated"], row["truncated"]) == \
                 (action, reward, term, trunc)

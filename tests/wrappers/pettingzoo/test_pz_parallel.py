@@ -10,6 +10,7 @@ pytest.importorskip("pettingzoo")
 from pettingzoo.classic import rps_v2
 from pettingzoo.test import parallel_api_test
 from pettingzoo.utils.env import ParallelEnv
+from tests_helpers import assert_same_nested
 
 import relayrl_gym
 
@@ -35,15 +36,6 @@ def _play(env, seed, steps, rng_seed=0):
     return outputs, lived
 
 
-def _same(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _same(a[k], b[k])
-    else:
-        np.testing.assert_array_equal(a, b)
-
-
 @pytest.mark.parametrize("make", [rps_v2.parallel_env, "toy"], ids=["rps", "toy"])
 def test_parallel_api_test_passes(make, toy_game, tmp_path):
     env = relayrl_gym.wrap(toy_game() if make == "toy" else make(), sink=tmp_path)
@@ -65,7 +57,7 @@ def test_transparent_and_rows_are_what_each_agent_lived(make, toy_game, tmp_path
     for raw, wrapped in zip(raw_out, wrapped_out):
         assert len(raw) == len(wrapped)
         for r, w in zip(raw, wrapped):
-            _same(r, w)
+            assert_same_nested(r, w)
     ds = relayrl_gym.load(env.run_path)
     rows = ds.to_pandas()
     assert sorted(set(rows["agent_id"])) == sorted(lived)
