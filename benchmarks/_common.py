@@ -5,8 +5,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
-__all__ = ["interleave", "steps_per_second"]
+import pyarrow as pa
+
+import relayrl_gym
+
+__all__ = ["interleave", "recorded_table", "steps_per_second"]
 
 
 def steps_per_second(step: Callable[[int], None], steps: int) -> float:
@@ -27,3 +32,13 @@ def interleave(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, f
         for name, run in runs.items():
             results[name].append(run())
     return {name: statistics.median(values) for name, values in results.items()}
+
+
+def recorded_table(rows: int, workdir: Path) -> pa.Table:
+    """``rows`` real CartPole transitions (4 actors, random actions), recorded and read back."""
+    envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=workdir, router_scale=0)
+    envs.reset(seed=0)
+    while envs.agent.recorder.rows_recorded < rows:
+        envs.step(envs.action_space.sample())
+    envs.close()
+    return relayrl_gym.load(envs.run_path).table.slice(0, rows)

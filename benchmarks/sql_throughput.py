@@ -24,9 +24,8 @@ from pathlib import Path
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleave
+from _common import interleave, recorded_table
 
-import relayrl_gym
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.sql import SQLSink, engine_from_url
 from relayrl_gym.sinks.sql_tables import ensure_schema
@@ -40,12 +39,7 @@ PG_TYPES = ["text", "int8", "text", "text", "int4", "int8", "int8", "bytea", "by
 
 def recorded_batches(rows: int, workdir: Path) -> tuple[pa.Schema, list[pa.RecordBatch]]:
     """Real CartPole transitions, as the writer hands them to sinks (8192-row batches)."""
-    envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=workdir, router_scale=0)
-    envs.reset(seed=0)
-    while envs.agent.recorder.rows_recorded < rows:
-        envs.step(envs.action_space.sample())
-    envs.close()
-    table = relayrl_gym.load(envs.run_path).table.slice(0, rows)
+    table = recorded_table(rows, workdir)
     return table.schema, table.to_batches(max_chunksize=8192)
 
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleave
+from _common import interleave, recorded_table
 
 import relayrl_gym
 from relayrl_gym.transport import ZMQSink
@@ -39,12 +39,7 @@ from relayrl_gym.transport import ZMQSink
 
 def recorded_batches(rows: int, batch_rows: int, workdir: Path
                      ) -> tuple[pa.Schema, list[pa.RecordBatch]]:
-    envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=workdir, router_scale=0)
-    envs.reset(seed=0)
-    while envs.agent.recorder.rows_recorded < rows:
-        envs.step(envs.action_space.sample())
-    envs.close()
-    table = relayrl_gym.load(envs.run_path).table.slice(0, rows)
+    table = recorded_table(rows, workdir)
     # Each batch in its own buffers, as the writer builds them (a slice of a table would make
     # serializing copy and trim every column).
     batches = [pa.ipc.read_record_batch(pa.py_buffer(
