@@ -61,7 +61,7 @@ def driver_rows(url: str, schema: pa.Schema, batches: list[pa.RecordBatch]) -> l
     sink._schema = TransitionSchema.from_arrow(schema)
     out = []
     for batch in batches:
-        out.append(list(zip(*sink._row_values(batch))))
+        out.append(list(zip(*sink._row_values(sink._columns(batch)))))
         sink._rows += batch.num_rows
     sink.engine.dispose()
     return out
