@@ -1,7 +1,11 @@
 """Batched inference: ModelModule.step on 64 rows vs one raw onnxruntime call on the same batch.
 
 A CartPole-sized ONNX MLP (4 -> 64 -> 64 -> 2, argmax head). Candidates, in interleaved rounds:
-- raw onnxruntime: one ``InferenceSession.run`` on the 64-row batch (the anchor);
+- raw onnxruntime: one ``InferenceSession.run`` on the 64-row batch, as a user writes it
+  (default session options; the anchor of the target);
+- raw onnxruntime, 1 thread: the same with the session options ModelModule uses on the CPU
+  (one intra-op thread, ``RELAYRL_GYM_ONNX_THREADS``), to show the overhead apart from the
+  faster session;
 - ModelModule.step: the same batch through ``step`` (cast and shape check, run, argmax);
 - 64 x step(1 row): what acting for 64 actors costs without batching;
 - agent.request_action for 64 actors sharing the module (recording to Arrow: every call also
@@ -51,6 +55,10 @@ def main() -> None:
                                     path=directory)
     session = ort.InferenceSession(str(directory / module.metadata.model_file),
                                    providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session_1t = ort.InferenceSession(str(directory / module.metadata.model_file), options,
+                                      providers=["CPUExecutionProvider"])
     obs = np.random.default_rng(0).normal(size=(BATCH, 4)).astype(np.float32)
     rows = [obs[i : i + 1] for i in range(BATCH)]
     assert (module.step(obs)[0] == session.run(None, {"obs": obs})[0].argmax(1)).all()
@@ -68,6 +76,7 @@ def main() -> None:
 
     candidates: dict[str, Callable[[], object]] = {
         "raw onnxruntime run (64 rows)": lambda: session.run(None, {"obs": obs}),
+        "raw onnxruntime, 1 thread (64 rows)": lambda: session_1t.run(None, {"obs": obs}),
         "ModelModule.step (64 rows)": lambda: module.step(obs),
         "64 x ModelModule.step (1 row)": singles,
         "agent.request_action (64 actors)": lambda: agent.request_action(ids, obs, reward=1.0),
@@ -83,13 +92,16 @@ def main() -> None:
     print(f"MLP 4-64-64-2 (ONNX, CPU), batch {BATCH}, {args.calls} calls x {args.rounds} rounds "
           "(median time per call)")
     for name, seconds in med.items():
-        print(f"  {name:32} {seconds * 1e6:9.1f} us   {seconds / base:6.2f}x")
+        print(f"  {name:36} {seconds * 1e6:9.1f} us   {seconds / base:6.2f}x")
     print(f"step overhead over raw (64 rows): {med['ModelModule.step (64 rows)'] / base:.2f}x; "
           f"64 single-row steps: {med['64 x ModelModule.step (1 row)'] / base:.1f}x")
     request = med["agent.request_action (64 actors)"]
     print(f"request_action, 64 actors: {request / base:.2f}x the raw 64-row call (target <= 2x); "
           f"{med['64 x ModelModule.step (1 row)'] / request:.1f}x faster than 64 separate calls "
           "(target >= 10x)")
+    same = med["raw onnxruntime, 1 thread (64 rows)"]
+    print(f"  against the raw call with ModelModule's session options: {request / same:.2f}x "
+          f"(request_action costs {(request - same) * 1e6:.1f} us over that model run)")
     single = med["agent.request_action (1 actor)"] - med["raw onnxruntime run (1 row)"]
     print(f"request_action, 1 actor: {single * 1e6:.1f} us over the raw 1-row call")
     agent.shutdown()

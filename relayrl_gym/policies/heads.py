@@ -136,8 +136,7 @@ class ArgmaxHead(_DiscreteHead):
     def __call__(
         self, raw: np.ndarray, mask: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        logits = _checked_logits(raw, mask)
-        actions = np.argmax(logits, axis=1)
+        actions = _checked_logits(raw, mask).argmax(axis=1)
         if self._start:
             actions += self._start
         return actions.astype(self._dtype, copy=False), {}

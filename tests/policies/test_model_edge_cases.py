@@ -40,6 +40,27 @@ def test_nan_observations_are_an_error_not_a_silent_action(tmp_path):
         module.step(np.full((1, 4), np.nan, np.float32))
 
 
+def test_onnx_sessions_use_the_configured_cpu_threads(tmp_path, monkeypatch):
+    from relayrl_gym.policies.onnx_backend import CPU_THREADS_ENV
+
+    net = torch.nn.Linear(4, 2)
+    module = ModelModule.from_torch(net, spaces.Box(-1, 1, (4,)), spaces.Discrete(2),
+                                    path=tmp_path / "pi", format="onnx")
+    obs = np.random.default_rng(0).normal(size=(64, 4)).astype(np.float32)
+    expected = net(torch.from_numpy(obs)).argmax(1).numpy()
+    options = module._backend._session.get_session_options()
+    assert options.intra_op_num_threads == 1  # the default for a policy on the CPU
+    assert (module.step(obs)[0] == expected).all()
+    monkeypatch.setenv(CPU_THREADS_ENV, "2")
+    two = ModelModule.load_from_path(tmp_path / "pi")
+    assert two._backend._session.get_session_options().intra_op_num_threads == 2
+    assert (two.step(obs)[0] == expected).all()
+    for bad, why in (("many", "whole number"), ("-1", ">= 0")):
+        monkeypatch.setenv(CPU_THREADS_ENV, bad)
+        with pytest.raises(ModelError, match=f"{CPU_THREADS_ENV} must be .*{why}"):
+            ModelModule.load_from_path(tmp_path / "pi")
+
+
 def test_a_model_working_in_place_leaves_the_callers_observations_alone(tmp_path):
     class InPlace(torch.nn.Module):
         def forward(self, x):
