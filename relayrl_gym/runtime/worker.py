@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 from collections.abc import Callable
@@ -20,19 +21,17 @@ class CommandGroup:
     env pay for.
     """
 
-    __slots__ = ("_done", "_lock", "_remaining")
+    __slots__ = ("_done", "_tokens")
 
     def __init__(self, size: int) -> None:
-        self._lock = threading.Lock()
-        self._remaining = size
+        # One token per command; ``deque.pop`` is atomic, and the command that takes token 0
+        # is the last to end: a countdown without a lock round trip per actor.
+        self._tokens = collections.deque(range(size))
         self._done = threading.Lock()
         self._done.acquire()
 
     def arrive(self) -> None:
-        with self._lock:
-            self._remaining -= 1
-            last = self._remaining == 0
-        if last:
+        if self._tokens.pop() == 0:
             self._done.release()
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -65,6 +64,7 @@ class ActorThread:
         self._finished = False
         self._group: CommandGroup | None = None
         self._grouped = False
+        self._stopped = False  # set when the thread ends (cheaper to read than is_alive())
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -81,7 +81,7 @@ class ActorThread:
         """
         if self._busy:
             raise RouterError(f"actor thread {self.name} is still running its previous command")
-        if not self._thread.is_alive():
+        if self._stopped:
             raise RouterError(f"actor thread {self.name} has stopped")
         self._busy = True
         self._finished = False
@@ -152,6 +152,12 @@ class ActorThread:
             raise RouterError(f"actor thread {self.name} did not stop within {timeout} s")
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._stopped = True
+
+    def _serve(self) -> None:
         while True:
             self._go.acquire()
             fn, args = self._fn, self._args
