@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ def _str_keys(value: Any) -> Any:
 def _flat(parts: Sequence[Any], dtype: Any, total: int) -> np.ndarray:
     """One column from per-call parts: arrays, or tuples of per-env scalars (cheaper to keep
     on the stepping thread than array copies, and read here in one C loop)."""
-    if any(type(part) is tuple for part in parts):
+    if tuple in set(map(type, parts)):
         return np.fromiter(itertools.chain.from_iterable(parts), dtype, count=total)
     return np.concatenate(parts).astype(dtype, copy=False)
 
@@ -71,11 +72,17 @@ def _repeated(value: str, n: int) -> pa.Array:
                                                   pa.py_buffer(data * n)])
 
 
+@functools.lru_cache(maxsize=16)
+def _names_array(names: tuple[str, ...]) -> pa.Array:
+    # A run's actor ids rarely change: built once, not for every batch.
+    return strings_to_arrow(names)
+
+
 def _gathered(names: list[str], indices: pa.Array) -> pa.Array:
     """``names[i]`` for each index: one name for every row when they are all the same."""
     if len(set(names)) == 1:
         return _repeated(names[0], len(indices))
-    return strings_to_arrow(names).take(indices)
+    return _names_array(tuple(names)).take(indices)
 
 
 class StepBlock:
