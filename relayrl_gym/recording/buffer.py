@@ -54,10 +54,18 @@ def _str_keys(value: Any) -> Any:
     return value
 
 
-def _flat(parts: Sequence[Any], dtype: Any, total: int) -> np.ndarray:
-    """One column from per-call parts: arrays, or tuples of per-env scalars (cheaper to keep
-    on the stepping thread than array copies, and read here in one C loop)."""
-    if tuple in set(map(type, parts)):
+def _flat(parts: Sequence[Any], dtype: Any, total: int, rows: np.ndarray) -> np.ndarray:
+    """One column from per-call parts: arrays, tuples of per-env scalars (cheaper to keep on
+    the stepping thread than array copies, and read here in one C loop), or one Python float
+    for every row of its call (``rows[i]`` rows)."""
+    kinds = set(map(type, parts))
+    if kinds == {float}:  # e.g. one reward for every actor of each request
+        return np.repeat(np.asarray(parts, dtype), rows)
+    if float in kinds:
+        parts = [np.full(k, p, dtype) if type(p) is float else p
+                 for p, k in zip(parts, rows.tolist())]
+        kinds = set(map(type, parts))
+    if tuple in kinds:
         return np.fromiter(itertools.chain.from_iterable(parts), dtype, count=total)
     return np.concatenate(parts).astype(dtype, copy=False)
 
@@ -139,10 +147,10 @@ class StepBlock:
             numpy_to_arrow(np.concatenate(columns_by_name["step"]).astype(np.int64)),
             schema.obs.to_arrow(obs, n),
             schema.action.to_arrow(action, n),
-            numpy_to_arrow(_flat(columns_by_name["reward"], np.float64, n)),
+            numpy_to_arrow(_flat(columns_by_name["reward"], np.float64, n, k_rows)),
             schema.obs.to_arrow(next_obs, n),
-            numpy_to_arrow(_flat(columns_by_name["terminated"], np.bool_, n)),
-            numpy_to_arrow(_flat(columns_by_name["truncated"], np.bool_, n)),
+            numpy_to_arrow(_flat(columns_by_name["terminated"], np.bool_, n, k_rows)),
+            numpy_to_arrow(_flat(columns_by_name["truncated"], np.bool_, n, k_rows)),
             numpy_to_arrow(versions),
             numpy_to_arrow(timestamps, _TIMESTAMP),
             self._dense_mask(n) if self.dense else self._sparse(self.mask, n, MASK_TYPE),

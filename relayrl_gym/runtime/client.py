@@ -156,7 +156,10 @@ class ClientAPI:
             self._check_running()  # shutdown may have happened while this call waited
             found = self._slots(ids)
             slots = found.slots
-            rewards = _per_row(reward, len(slots), "reward")
+            # One float stays one float: the recorder spreads it over the rows on its thread.
+            rewards: np.ndarray | float = (
+                float(reward) if isinstance(reward, float | int)
+                else _per_row(reward, len(slots), "reward"))
             if obs.shape != (len(slots), *table.obs_shape):
                 raise ConfigError(f"`obs` must have one row per id: shape "
                                   f"{(len(slots), *table.obs_shape)}, got {obs.shape}")

@@ -118,13 +118,13 @@ class TrajectoryTable:
 
     def request(self, key: object, slots: np.ndarray, obs: np.ndarray, actions: np.ndarray,
                 versions: np.ndarray, data: dict[str, np.ndarray], mask: np.ndarray | None,
-                rewards: np.ndarray) -> None:
+                rewards: np.ndarray | float) -> None:
         """One request of actors ``slots``: completes their pending steps with ``rewards`` and
         ``obs`` (recorded) and makes ``obs``/``actions`` their new pending steps.
 
         ``key`` identifies the list of actors (the same object while it is unchanged); ``obs``,
-        ``actions``, ``data``, ``versions`` and a per-slot ``rewards`` array are kept, not
-        copied: the caller hands them over.
+        ``actions``, ``data``, ``versions`` and ``rewards`` (one per slot, or one float for
+        all) are kept, not copied: the caller hands them over.
         """
         chain = self._chain
         if chain is not None and chain.key is key and mask is None:
@@ -138,6 +138,8 @@ class TrajectoryTable:
             chain.steps = chain.steps + 1
             return
         self.materialize()
+        if not isinstance(rewards, np.ndarray):
+            rewards = np.full(len(slots), rewards, np.float64)
         self.complete(slots, rewards, obs)
         self.begin(slots, obs, actions, versions, data, mask)
         if mask is None and not self.max_length:

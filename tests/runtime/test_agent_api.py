@@ -314,3 +314,23 @@ def test_review_regressions_rewards_versions_and_failed_start(tmp_path):
         agent.start(params)
     assert {t.name for t in threading.enumerate()} == before
     assert not (tmp_path / "dict").exists()
+
+
+def test_one_reward_for_all_and_one_per_id_mix_in_a_steady_stream(tmp_path):
+    # A scalar reward is spread over the actors' rows on the writer thread; arrays, ints,
+    # floats and numpy scalars in the same stream each land on the right rows.
+    agent = _agent(tmp_path, actors=3)
+    ids = agent.get_actor_ids()
+    obs = np.zeros((3, 4), np.float32)
+    rewards = [0.0, 1.5, np.array([1.0, 2.0, 3.0]), 2, np.float32(0.25), [4.0, 5.0, 6.0], -1.0]
+    for reward in rewards:
+        agent.request_action(ids, obs, reward=reward)
+    agent.flag_last_action(ids, reward=7.0)
+    agent.shutdown()
+    table = relayrl_gym.load(agent.run_path).table
+    per_actor = {}
+    for actor, reward in zip(table["actor_id"].to_pylist(), table["reward"].to_pylist()):
+        per_actor.setdefault(actor, []).append(reward)
+    for k, actor_id in enumerate(ids):
+        assert per_actor[str(actor_id)] == [1.5, [1.0, 2.0, 3.0][k], 2.0, 0.25,
+                                            [4.0, 5.0, 6.0][k], -1.0, 7.0]
