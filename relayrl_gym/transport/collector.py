@@ -205,7 +205,10 @@ class Collector:
             raise ProtocolViolation(f"run {run_id!r} is already being written with another "
                                     "schema; a sender must not reuse a run id")
         key = (run_id, sender)
-        last = work.last.get(key, store.last_seq(sender))
+        # ``next`` is what is committed, never a batch of this round that a failed commit
+        # could still lose: a sender takes ``next`` as an acknowledgement.
+        committed = store.last_seq(sender)
+        last = work.last.get(key, committed)
         first = header.fields.get("first")
         if isinstance(first, int) and not isinstance(first, bool) and first - 1 > last:
             # The sender no longer has batches this run never got: an earlier collector (whose
@@ -213,10 +216,10 @@ class Collector:
             log.warning("sender %s of run %s resumes at batch %d; batches %d..%d were "
                         "acknowledged by a collector whose state this one does not have",
                         sender, run_id, first, last + 1, first - 1)
-            last = work.last[key] = first - 1
+            committed = work.last[key] = first - 1
             work.identity[key] = identity
-        self.stats.set_last_seq(sender, last)
-        self._reply(identity, Kind.STARTED, run=run_id, next=last + 1,
+        self.stats.set_last_seq(sender, committed)
+        self._reply(identity, Kind.STARTED, run=run_id, next=committed + 1,
                     models=self.models_endpoint, max_bytes=self.max_message_bytes)
 
     def _batch(self, identity: bytes, sender: str, run_id: str, header: Header, payload: Any,

@@ -29,6 +29,7 @@ from relayrl_gym.transport.protocol import (
     encode,
 )
 from relayrl_gym.transport.sockets import connect_socket, tcp_endpoint
+from relayrl_gym.transport.spill import SPILL_INDEX, write_spill
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "ZMQSink"]
 
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 #: then its spill files, take over).
 DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
 _POLL_MS = 50  # timers (resends, hellos) are checked at least this often
+_PROBE_EVERY = 0.5  # while closing: seconds between asking the collector what it committed
 _WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]", "::")
 
 
@@ -51,9 +53,15 @@ class ZMQSink(Sink):
     it, and is resent after a timeout, a gap or a collector restart; the collector drops
     duplicates, so its dataset holds each batch once. `write` never waits long: when the window
     is full it raises and the background writer keeps the batch (memory, then spill files) and
-    retries. ``close`` waits up to ``close_timeout`` for the last acknowledgements; what is
-    still unacknowledged then is written to a local Arrow run under ``spill_dir``. A batch
-    larger than half the collector's message limit is sent in row slices.
+    retries. A batch larger than half the collector's message limit is sent in row slices.
+
+    ``close`` waits up to ``close_timeout`` for the last acknowledgements, asking the collector
+    meanwhile which batches it committed (so an acknowledgement lost on the way is made up for
+    without waiting for a resend), and takes every acknowledgement that arrived before it
+    stopped listening. What is still unacknowledged then is written to a local Arrow run under
+    ``spill_dir`` with an index of each batch's sequence number (`relayrl_gym.transport.spill`):
+    a batch the collector committed but could not acknowledge in time may be among them, and
+    `relayrl_gym.transport.spill.uncollected` drops those against the collector's state.
 
     A sender process that dies ends its run: restarted, it records a new run (new run id and
     sender id). What the collector acknowledged is kept exactly once; batches the dead process
@@ -107,6 +115,7 @@ class ZMQSink(Sink):
         self._ctx: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
+        self._closing = threading.Event()
         self._wake_r, self._wake_w = -1, -1  # a pipe: `write` wakes the I/O thread at once
         self._error: BaseException | None = None
         self._closed = False
@@ -204,7 +213,9 @@ class ZMQSink(Sink):
         self._closed = True
         if self._thread is None:
             return
-        acked = self.wait_acknowledged(self.close_timeout)
+        self._closing.set()  # the I/O thread asks the collector what it has committed
+        self._wake()
+        self.wait_acknowledged(self.close_timeout)
         self._stop.set()
         self._wake()
         self._thread.join(10.0)
@@ -212,7 +223,7 @@ class ZMQSink(Sink):
             self._ctx.term()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
-        if not acked:
+        if len(self.outbox):  # acknowledgements taken after the wait count too
             self._spill_pending()
 
     # -- internals -------------------------------------------------------------------------
@@ -224,24 +235,22 @@ class ZMQSink(Sink):
             raise SinkError("ZMQSink.write() called before start() or after close()")
 
     def _spill_pending(self) -> None:
-        from relayrl_gym.sinks.arrow import ArrowSink
-
         pending = self.outbox.pending()
         assert self._schema is not None and self.run_id is not None
-        spill = ArrowSink(self.spill_dir, compression="lz4")
         try:
-            spill.start(self.run_id, self._schema)
-            for item in pending:
-                spill.write(pa.ipc.read_record_batch(item.payload, self._schema))
-            spill.close()
+            path = write_spill(self.spill_dir, self.run_id, self.sender_id, self.endpoint,
+                               self._schema, pending)
         except (SinkError, OSError) as err:
             raise SinkError(f"{self.outbox.rows} rows were never acknowledged by the collector "
                             f"at {self.endpoint} and could not be spilled to "
                             f"{str(self.spill_dir)!r} ({err}); they may be lost") from err
         raise SinkError(
-            f"{self.outbox.rows} rows were not acknowledged by the collector at {self.endpoint} "
-            f"within {self.close_timeout} s. They are kept in {str(spill.run_path)!r} (read "
-            "them with relayrl_gym.load()); the collector may have some of them already")
+            f"{self.outbox.rows} rows (batches {pending[0].seq}..{pending[-1].seq} of sender "
+            f"{self.sender_id}) were not acknowledged by the collector at {self.endpoint} "
+            f"within {self.close_timeout} s. They are kept in {str(path)!r} with their sequence "
+            f"numbers in {SPILL_INDEX}; the collector may have committed some of them. Take only "
+            "the rows it lacks with relayrl_gym.transport.spill.uncollected(spill, "
+            "collector_run_dir)")
 
     def _run(self) -> None:
         zmq = require_zmq()
@@ -253,7 +262,7 @@ class ZMQSink(Sink):
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             poller.register(self._wake_r, zmq.POLLIN)
-            next_start = 0.0
+            next_start = next_probe = 0.0
             start_delay = self.outbox.resend_after
             while not self._stop.is_set():
                 if models is None and self._feed is not None and self.models_endpoint:
@@ -270,19 +279,24 @@ class ZMQSink(Sink):
                     self._model_messages(models)
                 now = time.monotonic()
                 if not self.started.is_set():
-                    if now >= next_start and self._send(sock, [encode(
-                            Kind.START, run=self.run_id, sender=self.sender_id, seq=-1,
-                            first=self.outbox.first_seq),
-                            self._schema.serialize()]):  # type: ignore[union-attr]
+                    if now >= next_start and self._send(sock, self._start_frames()):
                         next_start = now + start_delay
                         start_delay = min(start_delay * 2, self.outbox.resend_max)
                 else:
                     start_delay = self.outbox.resend_after
                     self._send_due(sock, now)
+                    # Closing: the answer to ``start`` (``started``) says what the collector
+                    # committed, making up for acknowledgements lost on the way (a resend would
+                    # only after its backoff, maybe after ``close_timeout``).
+                    if (self._closing.is_set() and len(self.outbox) and now >= next_probe and
+                            self._send(sock, self._start_frames())):
+                        next_probe = now + _PROBE_EVERY
                 if models is not None and self._feed is not None:
                     hello = self._feed.hello_due(now)
                     if hello is not None:
                         self._send(models, [hello])
+            if sock is not None:  # acknowledgements that arrived while stopping: not spilled
+                self._replies(sock)
         except Exception as err:  # reported by the next write/flush
             self._error = err
             log.exception("the ZMQ sender to %s stopped", self.endpoint)
@@ -290,6 +304,11 @@ class ZMQSink(Sink):
             for s in (sock, models):
                 if s is not None:
                     s.close(0)
+
+    def _start_frames(self) -> list[Any]:
+        assert self._schema is not None
+        return [encode(Kind.START, run=self.run_id, sender=self.sender_id, seq=-1,
+                       first=self.outbox.first_seq), self._schema.serialize()]
 
     def _send(self, sock: Any, frames: list[Any]) -> bool:
         zmq = require_zmq()
@@ -329,8 +348,11 @@ class ZMQSink(Sink):
                     else:
                         self.outbox.rewind(expected)
                 elif header.kind is Kind.STARTED:
-                    self._started(header.fields)
-                    self.outbox.rewind(header.integer("next"))
+                    if self.started.is_set():  # a close-time probe: take what it says it has
+                        self.outbox.ack(header.integer("next") - 1)
+                    else:
+                        self._started(header.fields)
+                        self.outbox.rewind(header.integer("next"))
                 elif header.kind is Kind.NEED_START:
                     self.started.clear()
                 elif header.kind is Kind.REJECT:
