@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from relayrl_gym.errors import RelayRLError
+from relayrl_gym.errors import ConfigError, RelayRLError
 from relayrl_gym.transport._zmq import require_zmq
 from relayrl_gym.transport.protocol import (
     Header,
@@ -25,12 +26,15 @@ from relayrl_gym.transport.stats import CollectorStats
 if TYPE_CHECKING:
     from relayrl_gym.transport.keys import ServerKeys
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "Collector", "RunStore"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_RUN_IDLE_TIMEOUT", "Collector", "RunStore"]
 
 log = logging.getLogger(__name__)
 
 #: The largest message a collector accepts (ZMQ drops a peer that sends a larger one).
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+#: Seconds without a message of a run before the collector closes it (completes its files,
+#: lets go of its state; a sender that comes back reopens it).
+DEFAULT_RUN_IDLE_TIMEOUT = 600.0
 _DRAIN_MESSAGES = 256
 # One commit (and acknowledgement) per this many bytes: a quarter of a sender's default window,
 # so acknowledgements keep flowing while the rest of the window is in flight (draining a whole
@@ -59,7 +63,10 @@ class Collector:
     the socket writes its batches, commits every touched run (data first, then the per-sender
     last sequence numbers), and only then acknowledges. Malformed, oversized or unknown-version
     messages are refused with a ``reject`` reply and counted; nothing a peer sends stops the
-    thread. `TrainingServer` builds one; ``close`` joins the thread.
+    thread. A run without a message for ``run_idle_timeout`` seconds is closed: its files are
+    completed (readable as a finished run) and its committed state stays on disk, so a sender
+    that comes back later is asked to start again and continues the same run, its batches
+    still de-duplicated. `TrainingServer` builds one; ``close`` joins the thread.
 
     >>> import zmq
     >>> ctx = zmq.Context()
@@ -73,8 +80,8 @@ class Collector:
                  keys: ServerKeys | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  models_endpoint: str | None = None,
-                 on_batches: Callable[[list[tuple[str, pa.RecordBatch]]], None] | None = None
-                 ) -> None:
+                 on_batches: Callable[[list[tuple[str, pa.RecordBatch]]], None] | None = None,
+                 run_idle_timeout: float | None = DEFAULT_RUN_IDLE_TIMEOUT) -> None:
         """Binds the socket and starts serving.
 
         Args:
@@ -85,14 +92,21 @@ class Collector:
             max_message_bytes: larger messages are refused.
             models_endpoint: announced to senders as where models come from.
             on_batches: gets ``(run_id, batch)`` pairs once they are committed.
+            run_idle_timeout: seconds without a message of a run before it is closed
+                (default 600); None: runs stay open until the collector closes.
         """
         zmq = require_zmq()
+        if run_idle_timeout is not None and not run_idle_timeout > 0:
+            raise ConfigError(f"`run_idle_timeout` must be > 0 seconds or None (never close "
+                              f"idle runs), got {run_idle_timeout!r}")
+        self.run_idle_timeout = run_idle_timeout
         self.stats = CollectorStats()
         self.max_message_bytes = int(max_message_bytes)
         self.models_endpoint = models_endpoint
         self._open_store = open_store
         self._on_batches = on_batches
         self._stores: dict[str, Any] = {}
+        self._heard: dict[str, float] = {}  # run -> when a message of it last came
         self._sock, self.endpoint = bind_socket(ctx, zmq.ROUTER, bind, keys=keys,
                                                 max_message_bytes=self.max_message_bytes)
         self._stop = threading.Event()
@@ -112,6 +126,7 @@ class Collector:
             except Exception as err:
                 problems.append(f"{run_id}: {err}")
         self._stores.clear()
+        self._heard.clear()
         if problems:
             log.error("closing runs failed: %s", "; ".join(problems))
 
@@ -119,12 +134,21 @@ class Collector:
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def open_runs(self) -> list[str]:
+        """The runs being written now (idle ones are closed, see ``run_idle_timeout``)."""
+        return list(self._stores)
+
     # -- thread ------------------------------------------------------------------------------
     def _run(self) -> None:
         zmq = require_zmq()
         sock = self._sock
+        idle_check = 0.0
         try:
             while not self._stop.is_set():
+                if self.run_idle_timeout is not None and time.monotonic() >= idle_check:
+                    self._close_idle_runs(self.run_idle_timeout)
+                    idle_check = time.monotonic() + min(1.0, self.run_idle_timeout / 4)
                 if not sock.poll(50):
                     continue
                 messages: list[list[Any]] = []
@@ -204,6 +228,7 @@ class Collector:
         elif not store.schema.equals(schema, check_metadata=False):
             raise ProtocolViolation(f"run {run_id!r} is already being written with another "
                                     "schema; a sender must not reuse a run id")
+        self._heard[run_id] = time.monotonic()
         key = (run_id, sender)
         # ``next`` is what is committed, never a batch of this round that a failed commit
         # could still lose: a sender takes ``next`` as an acknowledgement.
@@ -229,6 +254,7 @@ class Collector:
         if store is None:
             self._reply(identity, Kind.NEED_START, run=run_id)
             return
+        self._heard[run_id] = time.monotonic()
         key = (run_id, sender)
         committed = store.last_seq(sender)
         last = work.last.get(key, committed)
@@ -266,6 +292,7 @@ class Collector:
         senders' next batches get ``need_start``, and reopening it cuts the uncommitted
         batches (written again when resent), so none is kept twice."""
         store = self._stores.pop(run_id, None)
+        self._heard.pop(run_id, None)
         if store is not None:
             store.abandon()
         if work is not None:  # this round's batches of the run are gone with its file
@@ -273,6 +300,24 @@ class Collector:
                 del work.last[key], work.identity[key]
                 work.rows.pop(key, None)
             work.batches = [(r, b) for r, b in work.batches if r != run_id]
+
+    def _close_idle_runs(self, idle: float) -> None:
+        """Closes the runs without a message for ``idle`` seconds. Between rounds every batch
+        written is committed, so a closed run's files and state agree; a sender that comes
+        back gets ``need_start`` and its ``start`` reopens the run where it stopped."""
+        now = time.monotonic()
+        for run_id in [r for r in self._stores if now - self._heard.get(r, now) >= idle]:
+            store = self._stores.pop(run_id)
+            self._heard.pop(run_id, None)
+            try:
+                store.close()
+            except Exception as err:  # reopening repairs it (cut back to what is committed)
+                self.stats.sink_errors += 1
+                log.error("closing idle run %s failed: %s", run_id, err)
+                store.abandon()
+            else:
+                log.info("run %s closed after %.0f s without a message", run_id, idle)
+            self.stats.runs_idle_closed += 1
 
     def _commit(self, work: _Round) -> None:
         by_run: dict[str, dict[str, int]] = {}

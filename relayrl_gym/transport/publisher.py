@@ -16,11 +16,12 @@ from relayrl_gym.transport.sockets import bind_socket
 if TYPE_CHECKING:
     from relayrl_gym.transport.keys import ServerKeys
 
-__all__ = ["ModelPublisher"]
+__all__ = ["DEFAULT_PEER_TIMEOUT", "ModelPublisher"]
 
 log = logging.getLogger(__name__)
 
-_PEER_TTL = 30.0  # an actor silent this long is forgotten
+#: Seconds without a hello (actors send one a second) before an actor is forgotten.
+DEFAULT_PEER_TIMEOUT = 30.0
 _RESEND_AFTER = 5.0  # a model not confirmed by the next hellos is sent again after this
 
 
@@ -31,7 +32,9 @@ class ModelPublisher:
     an older one than the current gets the current one, at once on `publish` and again if a
     later hello shows it did not arrive. A late joiner's first hello gets the current model.
     ``versions`` only move forward: a published model gets ``max(module.version, last + 1)``.
-    Hellos from peers are counted in ``hellos``; malformed ones in ``rejected``.
+    Hellos from peers are counted in ``hellos``; malformed ones in ``rejected``. An actor
+    silent for ``peer_timeout`` seconds is forgotten (counted in ``dropped``): it gets no more
+    models, and its next hello, if it comes back, makes it a late joiner again.
 
     >>> import zmq
     >>> ctx = zmq.Context()
@@ -42,7 +45,8 @@ class ModelPublisher:
     """
 
     def __init__(self, ctx: Any, bind: str, *, keys: ServerKeys | None = None,
-                 max_message_bytes: int = 4096) -> None:
+                 max_message_bytes: int = 4096,
+                 peer_timeout: float = DEFAULT_PEER_TIMEOUT) -> None:
         """Binds the socket and starts serving.
 
         Args:
@@ -50,14 +54,21 @@ class ModelPublisher:
             bind: the endpoint, e.g. ``tcp://*:50051``.
             keys: the server keypair for CurveZMQ.
             max_message_bytes: the largest message an actor may send (hellos are tiny).
+            peer_timeout: seconds without a hello before an actor is forgotten (default 30,
+                thirty hellos).
         """
         zmq = require_zmq()
+        if not peer_timeout > 0:
+            raise ConfigError(f"`peer_timeout` must be > 0 seconds (actors say hello every "
+                              f"second; a few times that at least), got {peer_timeout!r}")
+        self.peer_timeout = float(peer_timeout)
         self._sock, self.endpoint = bind_socket(ctx, zmq.ROUTER, bind, keys=keys,
                                                 max_message_bytes=max_message_bytes)
         self.version = 0
         self.hellos = 0
         self.rejected = 0
         self.sent = 0
+        self.dropped = 0
         self._frames: list[Any] | None = None
         # identity -> (version it runs, newest it got, when it was last heard from)
         self._peers: dict[bytes, tuple[int, int, float]] = {}
@@ -88,11 +99,12 @@ class ModelPublisher:
 
     @property
     def peers(self) -> dict[str, int]:
-        """Actors heard from in the last 30 s and the model version each reported."""
+        """Actors heard from in the last ``peer_timeout`` seconds and the model version each
+        reported."""
         now = time.monotonic()
         with self._lock:
             return {ident.hex(): have for ident, (have, _, heard) in self._peers.items()
-                    if now - heard < _PEER_TTL}
+                    if now - heard < self.peer_timeout}
 
     def close(self, timeout: float = 5.0) -> None:
         """Stops the thread (it closes the socket); idempotent."""
@@ -100,22 +112,40 @@ class ModelPublisher:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        prune_at = 0.0
         try:
             while not self._stop.is_set():
                 if self._sock.poll(50):
                     self._hellos()
+                if time.monotonic() >= prune_at:
+                    self._prune()
+                    prune_at = time.monotonic() + min(1.0, self.peer_timeout / 4)
                 if self._fresh.is_set():
                     self._fresh.clear()
                     now = time.monotonic()
                     with self._lock:
                         targets = [i for i, (_, _, heard) in self._peers.items()
-                                   if now - heard < _PEER_TTL]
+                                   if now - heard < self.peer_timeout]
                     for identity in targets:
                         self._offer(identity, force=True)
         except Exception:
             log.exception("the model publisher thread stopped")
         finally:
             self._sock.close(0)
+
+    def _prune(self) -> None:
+        """Forgets the actors silent for ``peer_timeout`` (gone, or restarted with a new
+        identity): the table holds the live ones only, however many came and went."""
+        now = time.monotonic()
+        with self._lock:
+            gone = [i for i, (_, _, heard) in self._peers.items()
+                    if now - heard >= self.peer_timeout]
+            for identity in gone:
+                del self._peers[identity]
+                self._sent_at.pop(identity, None)
+            self.dropped += len(gone)
+        if gone:
+            log.info("forgot %d actor(s) silent for %.0f s", len(gone), self.peer_timeout)
 
     def _hellos(self) -> None:
         zmq = require_zmq()

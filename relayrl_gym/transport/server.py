@@ -18,7 +18,11 @@ import pyarrow as pa
 from relayrl_gym.errors import ConfigError, StateError, TransportError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
 from relayrl_gym.transport._zmq import require_zmq
-from relayrl_gym.transport.collector import DEFAULT_MAX_MESSAGE_BYTES, Collector
+from relayrl_gym.transport.collector import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_RUN_IDLE_TIMEOUT,
+    Collector,
+)
 from relayrl_gym.transport.protocol import MIN_MESSAGE_LIMIT
 from relayrl_gym.transport.run_store import ArrowRunStore, SinkRunStore
 
@@ -51,7 +55,9 @@ class TrainingServer:
                  state_dir: str | os.PathLike[str] | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  learner_queue: int = 1024, compression: str | None = "lz4",
-                 fsync: bool = False) -> None:
+                 fsync: bool = False,
+                 run_idle_timeout: float | None = DEFAULT_RUN_IDLE_TIMEOUT,
+                 peer_timeout: float = 30.0) -> None:
         """Binds the sockets and starts serving.
 
         Args:
@@ -71,6 +77,12 @@ class TrainingServer:
             compression: Arrow IPC compression of a directory sink's files: "lz4" (default;
                 about as fast as none, files ~4x smaller), "zstd" or None.
             fsync: ``fsync`` each commit of a directory sink (survives power loss).
+            run_idle_timeout: seconds without a message of a run before its files are
+                completed and its state let go (default 600; None: never). A sender that
+                comes back continues the same run, each batch still written once (a database
+                sink continues it as ``<run_id>+r<N>``, as after a restart of this server).
+            peer_timeout: seconds without a hello before an actor on the model channel is
+                forgotten (default 30; actors say hello every second).
         """
         zmq = require_zmq()
         if isinstance(sink, Sink):
@@ -111,12 +123,13 @@ class TrainingServer:
             if models is not None:
                 from relayrl_gym.transport.publisher import ModelPublisher
 
-                self.publisher = ModelPublisher(self._ctx, models, keys=keys)
+                self.publisher = ModelPublisher(self._ctx, models, keys=keys,
+                                                peer_timeout=peer_timeout)
             self.collector = Collector(
                 self._ctx, bind, self._open_store, keys=keys,
                 max_message_bytes=max_message_bytes,
                 models_endpoint=self.publisher.endpoint if self.publisher else None,
-                on_batches=self._arrive)
+                on_batches=self._arrive, run_idle_timeout=run_idle_timeout)
         except BaseException:
             self._shutdown()
             raise
@@ -140,11 +153,15 @@ class TrainingServer:
     @property
     def stats(self) -> dict[str, Any]:
         """Counters: ``received`` (batches), ``rows``, ``duplicates``, ``rejected``,
-        ``out_of_order``, ``sink_errors``, ``learner_dropped``, ``senders``, ``per_sender``,
-        and ``model_version`` / ``actors`` (model channel peers and the version each runs)."""
+        ``out_of_order``, ``sink_errors``, ``learner_dropped``, ``runs_idle_closed``,
+        ``open_runs``, ``senders``, ``per_sender``, and ``model_version`` / ``actors`` (model
+        channel peers and the version each runs) / ``actors_dropped`` (forgotten after
+        ``peer_timeout``)."""
         out = self.collector.stats.snapshot()
+        out["open_runs"] = len(self.collector.open_runs)
         out["model_version"] = self.publisher.version if self.publisher else None
         out["actors"] = self.publisher.peers if self.publisher else {}
+        out["actors_dropped"] = self.publisher.dropped if self.publisher else 0
         out["model_rejected"] = self.publisher.rejected if self.publisher else 0
         return out
 

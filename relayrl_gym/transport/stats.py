@@ -33,6 +33,7 @@ class CollectorStats:
     senders: dict[str, SenderStats] = field(default_factory=dict)
     sink_errors: int = 0
     learner_dropped: int = 0
+    runs_idle_closed: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def count(self, sender: str, **increments: int) -> None:
@@ -48,11 +49,13 @@ class CollectorStats:
 
     def snapshot(self) -> dict[str, Any]:
         """Totals (``received`` batches, ``rows``, ``duplicates``, ``rejected``,
-        ``out_of_order``, ``sink_errors``, ``learner_dropped``) and ``per_sender``."""
+        ``out_of_order``, ``sink_errors``, ``learner_dropped``, ``runs_idle_closed``) and
+        ``per_sender``."""
         with self._lock:
             per = {name: asdict(s) for name, s in self.senders.items()}
             totals = {key: sum(s[key] for s in per.values())
                       for key in ("rows", "duplicates", "rejected", "out_of_order")}
             return {"received": sum(s["batches"] for s in per.values()), **totals,
                     "sink_errors": self.sink_errors, "learner_dropped": self.learner_dropped,
+                    "runs_idle_closed": self.runs_idle_closed,
                     "senders": len([n for n in per if n != "?"]), "per_sender": per}
