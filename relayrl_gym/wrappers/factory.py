@@ -33,8 +33,8 @@ class FirstMade:
 
     `wrap` calls a user's factory once to see whether it makes a Gymnasium env or a PettingZoo
     game; that env is not wasted: the first call on the thread that made it gets it (the
-    router's probe, or actor 0, which runs on the calling thread). An env still unclaimed when
-    the vector env is built is closed by `discard`, on its own thread.
+    router's probe, or actor 0 when stepping inline). An env still unclaimed when the vector
+    env is built is closed by `discard`, on its own thread.
 
     >>> import gymnasium as gym
     >>> first = gym.make("CartPole-v1")
