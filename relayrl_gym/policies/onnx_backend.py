@@ -17,6 +17,7 @@ __all__ = ["CPU_THREADS_ENV", "OnnxBackend", "onnx_dtype"]
 
 #: Environment variable with the number of intra-op threads a CPU session uses (default 1).
 CPU_THREADS_ENV = "RELAYRL_GYM_ONNX_THREADS"
+_MAX_THREADS = 1024
 
 _PROVIDERS = {DeviceType.CUDA: "CUDAExecutionProvider", DeviceType.MPS: "CoreMLExecutionProvider"}
 _DTYPES = {
@@ -73,7 +74,8 @@ class OnnxBackend:
                                   f"(install onnxruntime-gpu for CUDA); running on the CPU")
         if name is None:
             name = "the in-memory model" if isinstance(source, bytes) else str(source)
-        options = _session_options(ort)
+        # GPU sessions keep onnxruntime's defaults (their CPU fallback kernels may want them).
+        options = _session_options(ort) if providers == ["CPUExecutionProvider"] else None
         try:
             self._session = ort.InferenceSession(
                 source if isinstance(source, bytes) else str(source), options,
@@ -123,7 +125,11 @@ class OnnxBackend:
         return self._signature
 
     def _core_run(self, names: None, feed: dict[str, np.ndarray]) -> Sequence[np.ndarray]:
-        outputs: Sequence[np.ndarray] = self._core.run(self._output_names, feed, None)
+        try:
+            outputs: Sequence[np.ndarray] = self._core.run(self._output_names, feed, None)
+        except TypeError:  # an onnxruntime whose core call differs: the public path from now on
+            self._session_run = self._session.run
+            return self._session_run(None, feed)
         return outputs
 
     def run(self, obs: np.ndarray) -> Sequence[np.ndarray]:
@@ -143,14 +149,10 @@ def _session_options(ort: Any) -> Any:
     (CartPole's 4-64-64-2 MLP on 64 rows: 13 us against 17 us with the default pool).
     """
     options = ort.SessionOptions()
-    value = os.environ.get(CPU_THREADS_ENV, "1").strip()
-    try:
-        threads = int(value)
-    except ValueError:
-        raise ModelError(f"{CPU_THREADS_ENV} must be a whole number of threads (0: "
-                         f"onnxruntime's default, one per core), got {value!r}") from None
-    if threads < 0:
-        raise ModelError(f"{CPU_THREADS_ENV} must be >= 0 (0: onnxruntime's default), got "
-                         f"{threads}")
-    options.intra_op_num_threads = threads
+    value = os.environ.get(CPU_THREADS_ENV, "").strip() or "1"
+    if not value.isdigit() or int(value) > _MAX_THREADS:
+        raise ModelError(f"{CPU_THREADS_ENV} must be a whole number of threads from 0 to "
+                         f"{_MAX_THREADS} (0: onnxruntime's default, one per core), got "
+                         f"{value!r}")
+    options.intra_op_num_threads = int(value)
     return options

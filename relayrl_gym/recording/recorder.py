@@ -101,7 +101,7 @@ class Recorder:
         The recorder keeps the arrays passed in (no copy): the caller must not modify them
         afterwards. ``infos``, ``masks`` and ``data`` map a row of this call to its value.
         ``valid`` (bool per row) marks rows to drop (False) instead of recording them.
-        ``reward`` may be one float for every row of the call.
+        ``reward`` may be one Python ``float`` (exactly that type) for every row of the call.
         ``batch_data`` (policy outputs, arrays with one row per row) and ``batch_mask`` (a
         ``(rows, n)`` action-mask array) are the whole-batch forms the agent API uses.
         """

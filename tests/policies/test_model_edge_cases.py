@@ -55,10 +55,30 @@ def test_onnx_sessions_use_the_configured_cpu_threads(tmp_path, monkeypatch):
     two = ModelModule.load_from_path(tmp_path / "pi")
     assert two._backend._session.get_session_options().intra_op_num_threads == 2
     assert (two.step(obs)[0] == expected).all()
-    for bad, why in (("many", "whole number"), ("-1", ">= 0")):
+    monkeypatch.setenv(CPU_THREADS_ENV, " ")  # set but empty: the default
+    assert ModelModule.load_from_path(tmp_path / "pi")._backend._session.get_session_options(
+    ).intra_op_num_threads == 1
+    for bad in ("many", "-1", "2_0", "99999"):
         monkeypatch.setenv(CPU_THREADS_ENV, bad)
-        with pytest.raises(ModelError, match=f"{CPU_THREADS_ENV} must be .*{why}"):
+        with pytest.raises(ModelError, match=f"{CPU_THREADS_ENV} must be a whole number of "
+                                             f"threads from 0 to 1024 .*got '{bad}'"):
             ModelModule.load_from_path(tmp_path / "pi")
+
+
+def test_a_changed_session_core_call_falls_back_to_the_public_run(tmp_path):
+    net = torch.nn.Linear(4, 2)
+    module = ModelModule.from_torch(net, spaces.Box(-1, 1, (4,)), spaces.Discrete(2),
+                                    path=tmp_path / "pi", format="onnx")
+
+    class OtherCore:  # what a future onnxruntime with another core signature would do
+        def run(self, *args):
+            raise TypeError("run(): incompatible function arguments")
+
+    module._backend._core = OtherCore()
+    obs = np.random.default_rng(1).normal(size=(8, 4)).astype(np.float32)
+    expected = net(torch.from_numpy(obs)).argmax(1).numpy()
+    assert (module.step(obs)[0] == expected).all()  # the public run answered
+    assert (module.step(obs)[0] == expected).all()  # and keeps answering
 
 
 def test_a_model_working_in_place_leaves_the_callers_observations_alone(tmp_path):
