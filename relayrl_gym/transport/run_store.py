@@ -31,14 +31,16 @@ from relayrl_gym.schema.transitions import METADATA_KEY
 from relayrl_gym.sinks.arrow import RUN_FILE, in_progress_name
 from relayrl_gym.sinks.base import Sink, open_sink
 
-__all__ = ["STATE_FILE", "ArrowRunStore", "SinkRunStore"]
+__all__ = ["STATE_FILE", "ArrowRunStore", "SinkRunStore", "write_json_atomic"]
 
 #: The collector's state beside a run's data (the underscore keeps it out of pyarrow.dataset).
 STATE_FILE = "_collector.json"
 _SCHEMA_FILE = "_schema.arrow"
 
 
-def _write_json(path: Path, value: Any) -> None:
+def write_json_atomic(path: Path, value: Any) -> None:
+    """Writes ``value`` as JSON to ``path`` through a temporary file: readers see the old file
+    or the new one, never half of one."""
     temp = path.with_name(path.name + ".tmp")
     temp.write_text(json.dumps(value))
     os.replace(temp, path)
@@ -143,7 +145,7 @@ class ArrowRunStore(_CommittedState):
         # The state in memory moves only once it is saved: after a failure it still says
         # what the files hold, and the collector `abandon`s the store and reopens the run.
         state = self._committing(last_seqs, batches=self._written)
-        _write_json(self.run_path / STATE_FILE, state)
+        write_json_atomic(self.run_path / STATE_FILE, state)
         self._state = state
         self._pending_rows = 0
         if self._stream is not None and self._stream.tell() >= self.max_file_bytes:
@@ -207,7 +209,7 @@ class ArrowRunStore(_CommittedState):
         self._save_state()
 
     def _save_state(self) -> None:
-        _write_json(self.run_path / STATE_FILE, self._state)
+        write_json_atomic(self.run_path / STATE_FILE, self._state)
 
 
 class SinkRunStore(_CommittedState):
@@ -248,7 +250,7 @@ class SinkRunStore(_CommittedState):
         self.sink.start(run_id if not restarts else f"{run_id}+r{restarts}", schema)
         self.run_path = self.sink.run_path
         self._pending_rows = 0
-        _write_json(self._state_path, self._state)
+        write_json_atomic(self._state_path, self._state)
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Hands a batch to the sink."""
@@ -259,7 +261,7 @@ class SinkRunStore(_CommittedState):
         """Flushes the sink, then records ``last_seqs`` (sender -> seq)."""
         self.sink.flush()
         state = self._committing(last_seqs)
-        _write_json(self._state_path, state)
+        write_json_atomic(self._state_path, state)
         self._state = state
         self._pending_rows = 0
 

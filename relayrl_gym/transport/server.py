@@ -24,6 +24,7 @@ from relayrl_gym.transport.collector import (
     Collector,
 )
 from relayrl_gym.transport.protocol import MIN_MESSAGE_LIMIT
+from relayrl_gym.transport.publisher import DEFAULT_PEER_TIMEOUT
 from relayrl_gym.transport.run_store import ArrowRunStore, SinkRunStore
 
 __all__ = ["TrainingServer"]
@@ -57,7 +58,7 @@ class TrainingServer:
                  learner_queue: int = 1024, compression: str | None = "lz4",
                  fsync: bool = False,
                  run_idle_timeout: float | None = DEFAULT_RUN_IDLE_TIMEOUT,
-                 peer_timeout: float = 30.0) -> None:
+                 peer_timeout: float = DEFAULT_PEER_TIMEOUT) -> None:
         """Binds the sockets and starts serving.
 
         Args:

@@ -46,6 +46,7 @@ def write_spill(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
     """Writes ``pending`` (oldest first) as the Arrow run ``spill_dir/run_id`` with its index;
     returns the run directory. Raises `SinkError` or `OSError` when it cannot."""
     from relayrl_gym.sinks.arrow import ArrowSink
+    from relayrl_gym.transport.run_store import write_json_atomic
 
     spill = ArrowSink(spill_dir, compression="lz4")
     spill.start(run_id, schema)
@@ -54,9 +55,7 @@ def write_spill(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
     # apart from the collector's copy.
     index = {"run_id": run_id, "sender_id": sender_id, "endpoint": endpoint,
              "batches": [{"seq": item.seq, "rows": item.rows} for item in pending]}
-    temp = spill.run_path / (SPILL_INDEX + ".tmp")
-    temp.write_text(json.dumps(index))
-    os.replace(temp, spill.run_path / SPILL_INDEX)
+    write_json_atomic(spill.run_path / SPILL_INDEX, index)
     for item in pending:
         spill.write(pa.ipc.read_record_batch(item.payload, schema))
     spill.close()
