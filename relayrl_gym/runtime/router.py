@@ -69,8 +69,12 @@ class Router:
             actors: Sequence[Actor] | None = None, timeout: float | None = None) -> list[Any]:
         """Runs ``fn(actor, arg)`` for each actor (default: all, in the order added).
 
-        If commands fail, or the wait is interrupted (KeyboardInterrupt), all of them are still
-        waited for, then the first error is re-raised with its traceback.
+        An actor may be listed more than once; its commands then run one after the other, in
+        the order listed. If commands fail, all of them are still waited for, then the first
+        error in actor order is re-raised with its traceback. A KeyboardInterrupt while
+        waiting starts no further command, waits for the running ones and wins over their
+        errors. A ``timeout`` (seconds per wait) raises RouterError; the commands that did not
+        end run on, and their threads take new commands once they have.
         """
         if self._closed:
             raise RouterError("the router is shut down")
@@ -78,27 +82,70 @@ class Router:
             actors = list(self._actors.values())
         if not self.threaded:
             return [fn(actor, arg) for actor, arg in zip(actors, args)]
-        threads = [self._threads[actor.index] for actor in actors]
+        try:
+            threads = [self._threads[actor.index] for actor in actors]
+        except KeyError:
+            threads = [self._thread_of(actor) for actor in actors]  # names the missing actor
+        if len(set(threads)) < len(threads):
+            return self._run_rounds(fn, args, actors, timeout)
+        for thread in threads:  # fail before starting anything, not half-way through
+            if thread.busy:
+                thread.check_ready()
         if self.scale >= len(threads):
             return self._run_all(threads, fn, args, actors, timeout)
+        return self._run_in_waves(threads, fn, args, actors, timeout)
+
+    def _thread_of(self, actor: Actor) -> ActorThread:
+        thread = self._threads.get(actor.index)
+        if thread is None:
+            raise RouterError(f"actor {actor.index} is not served by this router (removed, or "
+                              f"never added); it serves actors {sorted(self._threads)}")
+        return thread
+
+    def _run_rounds(self, fn: Callable[[Actor, Any], Any], args: Sequence[Any],
+                    actors: Sequence[Actor], timeout: float | None) -> list[Any]:
+        # Round k holds each actor's k-th command: no thread gets two commands at once.
+        rounds: list[list[int]] = []
+        seen: dict[int, int] = {}
+        for pos, actor in enumerate(actors):
+            k = seen.get(actor.index, 0)
+            seen[actor.index] = k + 1
+            if k == len(rounds):
+                rounds.append([])
+            rounds[k].append(pos)
+        results: list[Any] = [None] * len(actors)
+        for positions in rounds:
+            done = self.run(fn, [args[p] for p in positions], [actors[p] for p in positions],
+                            timeout)
+            for pos, result in zip(positions, done):
+                results[pos] = result
+        return results
+
+    def _run_in_waves(self, threads: list[ActorThread], fn: Callable[[Actor, Any], Any],
+                      args: Sequence[Any], actors: Sequence[Actor], timeout: float | None
+                      ) -> list[Any]:
+        # At most `scale` commands at once; each end starts the next.
         results: list[Any] = [None] * len(threads)
         error: BaseException | None = None
-        limit = min(self.scale, len(threads))
+        submitted = 0
         try:
-            for i in range(limit):
-                threads[i].submit(fn, actors[i], args[i])
+            while submitted < self.scale:
+                threads[submitted].submit(fn, actors[submitted], args[submitted])
+                submitted += 1
             for i, thread in enumerate(threads):
+                if i >= submitted:  # interrupted: nothing more was started
+                    break
                 try:
                     results[i] = thread.wait(timeout)
                 except BaseException as err:
-                    error = error or err
-                    if not isinstance(err, RouterError):  # not a timeout: e.g. Ctrl-C
-                        thread.settle()  # let the running command end; the thread stays usable
-                nxt = i + limit
-                if nxt < len(threads):
-                    threads[nxt].submit(fn, actors[nxt], args[nxt])
+                    error = _first_error(error, err)
+                    if thread.busy and not isinstance(err, RouterError):
+                        thread.settle()  # Ctrl-C: let the command end; the thread stays usable
+                if submitted < len(threads) and (error is None or isinstance(error, Exception)):
+                    threads[submitted].submit(fn, actors[submitted], args[submitted])
+                    submitted += 1
         except BaseException:
-            for thread in threads:  # leave every thread free for the next command
+            for thread in threads[:submitted]:  # leave every thread free for the next command
                 thread.settle()
             raise
         if error is not None:
@@ -110,15 +157,23 @@ class Router:
                  args: Sequence[Any], actors: Sequence[Actor], timeout: float | None) -> list[Any]:
         # Every actor at once: the caller sleeps until the last one ends, and wakes once.
         group = CommandGroup(len(threads))
+        submitted = 0
         try:
             for thread, actor, arg in zip(threads, actors, args):
                 thread.submit(fn, actor, arg, group=group)
+                submitted += 1
             if not group.wait(timeout):
-                raise RouterError(f"actor threads did not finish within {timeout} s")
+                for thread in threads:
+                    thread.abandon()
+                raise RouterError(f"actor threads did not finish within {timeout} s; their "
+                                  "commands run on to their end, and their results are dropped")
         except RouterError:
+            if submitted < len(threads):  # a submit failed: let the others end
+                for thread in threads[:submitted]:
+                    thread.settle()
             raise
         except BaseException:  # e.g. Ctrl-C: let the commands end, so the threads stay usable
-            for thread in threads:
+            for thread in threads[:submitted]:
                 thread.settle()
             raise
         results: list[Any] = []
@@ -127,7 +182,7 @@ class Router:
             try:
                 results.append(thread.collect())
             except BaseException as err:
-                error = error or err
+                error = _first_error(error, err)
                 results.append(None)
         if error is not None:
             raise error
@@ -140,7 +195,7 @@ class Router:
             raise RouterError("the router is shut down")
         if not self.threaded:
             return fn(*args)
-        thread = self._threads[actor.index]
+        thread = self._thread_of(actor)
         thread.submit(fn, *args)
         try:
             return thread.wait(timeout)
@@ -174,6 +229,13 @@ class Router:
         self._threads.clear()
         if errors:
             raise errors[0]
+
+
+def _first_error(first: BaseException | None, err: BaseException) -> BaseException:
+    """The error to re-raise: the first, unless a later one is an interrupt (Ctrl-C wins)."""
+    if first is None or (isinstance(first, Exception) and not isinstance(err, Exception)):
+        return err
+    return first
 
 
 def _check_scale(scale: Any) -> None:

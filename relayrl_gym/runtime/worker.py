@@ -64,6 +64,7 @@ class ActorThread:
         self._finished = False
         self._group: CommandGroup | None = None
         self._grouped = False
+        self._abandoned = False  # a timed-out command: its result is dropped when it ends
         self._stopped = False  # set when the thread ends (cheaper to read than is_alive())
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
@@ -79,10 +80,7 @@ class ActorThread:
         Without ``group``, `wait` collects the result. With one, the command reports its end
         to the group instead, and `collect` takes the result once the group is done.
         """
-        if self._busy:
-            raise RouterError(f"actor thread {self.name} is still running its previous command")
-        if self._stopped:
-            raise RouterError(f"actor thread {self.name} has stopped")
+        self.check_ready()
         self._busy = True
         self._finished = False
         self._group = group
@@ -91,9 +89,14 @@ class ActorThread:
         self._go.release()
 
     def wait(self, timeout: float | None = None) -> Any:
-        """Waits for the submitted command and returns its result (or raises its exception)."""
+        """Waits for the submitted command and returns its result (or raises its exception).
+
+        On timeout the command is abandoned (see `abandon`) and RouterError is raised.
+        """
         if not self._done.acquire(timeout=-1 if timeout is None else timeout):
-            raise RouterError(f"actor thread {self.name} did not finish within {timeout} s")
+            self.abandon()
+            raise RouterError(f"actor thread {self.name} did not finish within {timeout} s; "
+                              "the command runs on to its end, and its result is dropped")
         return self.collect()
 
     def collect(self) -> Any:
@@ -110,6 +113,39 @@ class ActorThread:
         """True between `submit` and the `wait` that collected the result."""
         return self._busy
 
+    def check_ready(self) -> None:
+        """Raises RouterError unless `submit` can start a command now."""
+        if self._busy and not self._reclaim():
+            if self._abandoned:
+                raise RouterError(f"actor thread {self.name} is still running a command that "
+                                  "timed out earlier; it takes new commands once that ends")
+            raise RouterError(f"actor thread {self.name} is still running its previous command")
+        if self._stopped:
+            raise RouterError(f"actor thread {self.name} has stopped")
+
+    def abandon(self) -> None:
+        """Gives up on the running command after a timed-out wait.
+
+        The command cannot be stopped; it runs to its end, its result or error is dropped, and
+        then the thread takes new commands again.
+        """
+        if self._busy:
+            self._abandoned = True
+            if self._finished:
+                self._reclaim()
+
+    def _reclaim(self) -> bool:
+        # Frees the thread of an abandoned command that has ended; False while it still runs.
+        if not (self._abandoned and self._finished):
+            return False
+        if not self._grouped:
+            # Its end is signalled just after _finished is set: take that signal, so the next
+            # wait() does not return at once with nothing.
+            self._done.acquire(timeout=1.0)
+        self._busy = self._abandoned = False
+        self._result = self._error = None
+        return True
+
     def settle(self, timeout: float = 60.0) -> None:
         """Waits for the running command after an interrupted `wait`, discarding its result.
 
@@ -117,6 +153,11 @@ class ActorThread:
         it cleared ``busy``: then the command has finished and there is nothing to take.
         """
         deadline = time.monotonic() + timeout
+        if self._busy and self._abandoned:
+            while not self._finished and time.monotonic() < deadline:
+                time.sleep(0.001)
+            self._reclaim()
+            return
         if self._busy and self._grouped:  # grouped: nothing to take from _done
             while not self._finished and time.monotonic() < deadline:
                 time.sleep(0.001)

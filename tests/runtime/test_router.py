@@ -132,3 +132,120 @@ def test_a_failing_command_is_re_raised_after_all_end_and_threads_stay_usable(sc
     assert sorted(ended) == [0, 1, 2, 3]  # every command ran to its end
     assert router.run(lambda actor, arg: arg + actor.index, [10, 10, 10, 10]) == [10, 11, 12, 13]
     router.close()
+
+
+@pytest.mark.parametrize("scale", [2, 4], ids=["in-waves", "all-at-once"])
+def test_an_actor_listed_twice_runs_its_commands_one_after_the_other(scale):
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    actors = [Actor(i) for i in range(4)]
+    router = Router(scale, actors)
+    seen = []
+
+    def work(actor, arg):
+        seen.append((actor.index, arg, threading.current_thread().name))
+        time.sleep(0.01)
+        return (actor.index, arg)
+
+    order = [actors[1], actors[0], actors[1], actors[3], actors[1]]
+    assert router.run(work, ["a", "b", "c", "d", "e"], order) == \
+        [(1, "a"), (0, "b"), (1, "c"), (3, "d"), (1, "e")]
+    ones = [(arg, name) for index, arg, name in seen if index == 1]
+    assert [arg for arg, _ in ones] == ["a", "c", "e"]  # in the order listed
+    assert {name for _, name in ones} == {"relayrl-actor-1"}  # always on its own thread
+    assert router.run(lambda actor, x: x + actor.index, [0] * 4) == [0, 1, 2, 3]
+    router.close()
+
+
+def test_sb3_indices_may_repeat_an_env(sink_dir):
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=sink_dir, router_scale=2, api="sb3")
+    envs.reset()
+    assert envs.get_attr("spec", indices=[0, 0, 1]) == [envs.get_attr("spec", [0])[0]] * 3
+    assert envs.env_method("get_wrapper_attr", "np_random_seed", indices=[1, 1]) == \
+        envs.env_method("get_wrapper_attr", "np_random_seed", indices=[1]) * 2
+    envs.step(np.zeros(2, dtype=np.int64))
+    envs.close()
+
+
+@pytest.mark.parametrize("scale", [1, 2], ids=["in-waves", "all-at-once"])
+def test_a_timed_out_command_runs_on_and_frees_its_thread_when_it_ends(scale):
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    router = Router(scale, [Actor(0), Actor(1)])
+    ended = threading.Event()
+
+    def slow_on_actor_0(actor, arg):
+        if actor.index == 0 and arg == "slow":
+            time.sleep(0.4)
+            ended.set()
+            return "stale"
+        return (actor.index, arg)
+
+    with pytest.raises(RouterError, match=r"did not finish within 0\.05 s.*runs? on"):
+        router.run(slow_on_actor_0, ["slow", "slow"], timeout=0.05)
+    with pytest.raises(RouterError, match="relayrl-actor-0 is still running a command that "
+                                          "timed out"):
+        router.run(slow_on_actor_0, ["x", "y"])
+    assert ended.wait(5)
+    # Once the abandoned command has ended, the thread serves again, without its stale result.
+    assert router.run(slow_on_actor_0, ["x", "y"]) == [(0, "x"), (1, "y")]
+    assert router.call(Actor(0), lambda: "called") == "called"
+    router.close()
+
+
+def test_a_timed_out_call_frees_its_thread_when_it_ends():
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    actor = Actor(0)
+    router = Router(1, [actor])
+    with pytest.raises(RouterError, match=r"did not finish within 0\.05 s"):
+        router.call(actor, time.sleep, 0.3, timeout=0.05)
+    time.sleep(0.4)
+    assert router.call(actor, lambda: 42) == 42
+    router.close()
+
+
+def test_ctrl_c_wins_over_an_earlier_error_and_starts_no_further_command():
+    import _thread
+
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    router = Router(2, [Actor(i) for i in range(4)])
+    started = []
+
+    def work(actor, arg):
+        started.append(actor.index)
+        if actor.index == 0:
+            raise ValueError("actor 0 failed")
+        time.sleep(0.3)
+        return arg
+
+    timer = threading.Timer(0.1, _thread.interrupt_main)
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        router.run(work, [0, 1, 2, 3])
+    timer.join()
+    # Actor 2 started when actor 0 failed (an ordinary error); the interrupt, which landed
+    # while actor 1 ran, started nothing more.
+    assert sorted(started) == [0, 1, 2]
+    assert router.run(lambda actor, x: x, [5, 6, 7, 8]) == [5, 6, 7, 8]
+    router.close()
+
+
+def test_an_actor_the_router_does_not_serve_is_named():
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    actors = [Actor(0), Actor(1)]
+    router = Router(2, actors)
+    router.remove(actors[1])
+    with pytest.raises(RouterError, match=r"actor 1 is not served by this router.*\[0\]"):
+        router.run(lambda actor, x: x, [1, 2], actors)
+    with pytest.raises(RouterError, match="actor 1 is not served"):
+        router.call(actors[1], lambda: None)
+    assert router.run(lambda actor, x: x, [3]) == [3]
+    router.close()
