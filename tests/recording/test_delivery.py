@@ -186,11 +186,16 @@ def test_a_spill_that_cannot_be_written_keeps_rows_in_memory_and_other_sinks_fed
     envs.agent.writer.deliveries[1].max_backlog_bytes = 0
     envs.agent.writer.close_retry = 0.1
     envs.reset(seed=0)
+    envs.action_space.seed(0)
+    transitions = 0  # NEXT_STEP: the step after an episode's end is a reset, not recorded
+    done = np.zeros(2, np.bool_)
     for _ in range(100):
-        envs.step(envs.action_space.sample())
+        _, _, terminated, truncated, _ = envs.step(envs.action_space.sample())
+        transitions += int((~done).sum())
+        done = terminated | truncated
     envs.flush()
     delivery = envs.agent.writer.deliveries[1]
     assert delivery.spill_error is not None and delivery.rows_waiting > 150
-    with pytest.raises(SinkError, match="could not be spilled"):
+    with pytest.raises(SinkError, match=f"{transitions} recorded rows .*could not be spilled"):
         envs.close()
-    assert len(relayrl_gym.load(tmp_path / "ok" / envs.run_id)) >= 190  # the healthy sink
+    assert len(relayrl_gym.load(tmp_path / "ok" / envs.run_id)) == transitions  # all of them
