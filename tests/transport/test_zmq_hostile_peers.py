@@ -90,3 +90,27 @@ def test_a_damaged_run_directory_is_refused_and_others_go_on(tmp_path):
         finally:
             client.close()
         assert server.collector.alive
+
+
+def test_invented_sender_names_cannot_grow_the_counters_without_bound(tmp_path):
+    from relayrl_gym.transport.stats import EARLIER_SENDERS
+
+    schema, _ = record_batches(tmp_path)
+    with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:
+        server.collector.stats.max_senders = 8  # the default (1024) takes longer to fill
+        client = RawClient(server.endpoint)
+        try:
+            for i in range(20):  # each a new name, each refused (not an Arrow schema)
+                client.send(encode(Kind.START, run="r", sender=f"made-up-{i}", seq=-1), b"junk")
+                assert client.reply().kind is Kind.REJECT
+            client.send(encode(Kind.START, run="r", sender="real", seq=-1),
+                        schema.serialize().to_pybytes())
+            assert client.reply().kind is Kind.STARTED
+        finally:
+            client.close()
+        stats = server.stats
+    per = stats["per_sender"]
+    assert len(per) == 8 + 1 and stats["senders"] == 8
+    assert stats["rejected"] == 20  # the totals stay exact
+    assert per[EARLIER_SENDERS]["rejected"] == 13  # the 13 heard longest ago, summed
+    assert "real" in per and "made-up-19" in per and "made-up-0" not in per
