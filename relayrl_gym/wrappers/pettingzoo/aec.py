@@ -9,7 +9,8 @@ from pettingzoo.utils.wrappers.base import BaseWrapper
 from typing_extensions import override
 
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask
-from relayrl_gym.wrappers.pettingzoo.recording import AgentTracker, GameRecording, RunOwner
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, RunOwner
+from relayrl_gym.wrappers.pettingzoo.tracker import AgentTracker
 
 __all__ = ["RecordedAECEnv"]
 

@@ -1,0 +1,118 @@
+"""`AgentTracker`: the transitions in flight of the agents of one game copy, recorded once
+what followed each agent's action is known."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+from relayrl_gym.recording.buffer import info_to_json
+from relayrl_gym.schema.batches import map_leaves
+
+if TYPE_CHECKING:
+    from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
+
+__all__ = ["AgentTracker", "AgentTransition"]
+
+
+class AgentTransition(NamedTuple):
+    """One finished transition, owned (nobody modifies its values)."""
+
+    slot: int
+    episode: int
+    step: int
+    obs: Any
+    action: Any
+    reward: float
+    next_obs: Any
+    terminated: bool
+    truncated: bool
+    version: int
+    info: str | None
+    mask: np.ndarray | None
+    data: dict[str, Any] | None
+
+
+@dataclass
+class _Pending:
+    obs: Any
+    action: Any
+    mask: np.ndarray | None
+    version: int
+    data: dict[str, Any] | None
+
+
+class AgentTracker:
+    """The transitions in flight of the agents of one game copy.
+
+    ``begin`` when an agent acts (what it saw, what it did); ``finish`` when what followed is
+    known (its next observation, reward and flags). Only finished transitions are recorded: an
+    agent whose transition never finishes (a reset in between) leaves no row. An agent's
+    episode starts at its first action and ends when it is terminated or truncated.
+    """
+
+    def __init__(self, recording: GameRecording | None, slots: dict[str, int]) -> None:
+        """Args:
+        recording: the run rows go to (None: track nothing).
+        slots: each agent's slot (actor) in the run.
+        """
+        self._recording = recording
+        self._slots = slots
+        self._pending: dict[str, _Pending] = {}
+        self._episodes: dict[str, list[int]] = {}  # agent -> [episode id, step]
+
+    def pending(self, agent: str) -> bool:
+        return agent in self._pending
+
+    def waiting(self) -> list[str]:
+        """Agents whose transition has begun and not finished."""
+        return list(self._pending)
+
+    def reset(self) -> None:
+        """A new game: transitions in flight are dropped, every agent starts a new episode."""
+        self._pending.clear()
+        self._episodes.clear()
+
+    def begin(self, agent: str, obs: Any, action: Any, mask: np.ndarray | None = None,
+              version: int = -1, data: dict[str, Any] | None = None) -> None:
+        """``agent`` saw ``obs`` and took ``action`` (chosen by a model of ``version``, or the
+        caller: -1). Both are copied: the env may reuse its arrays."""
+        if self._recording is None:
+            return
+        self._pending[agent] = _Pending(map_leaves(np.array, obs), map_leaves(np.array, action),
+                                        mask, version, data)
+
+    def drop(self, agent: str) -> None:
+        self._pending.pop(agent, None)
+
+    def finish(self, agent: str, next_obs: Any, reward: float, terminated: bool,
+               truncated: bool, info: dict[str, Any] | None) -> None:
+        """Records ``agent``'s transition in flight, if any, with what followed its action."""
+        self.finish_many([(agent, next_obs, reward, terminated, truncated, info)])
+
+    def finish_many(self, outcomes: list[tuple[str, Any, float, bool, bool,
+                                               dict[str, Any] | None]]) -> None:
+        """`finish` for several agents at once (one recorded batch): ``outcomes`` holds
+        ``(agent, next_obs, reward, terminated, truncated, info)`` tuples."""
+        if self._recording is None:
+            return
+        done = [(self._pending.pop(o[0]), o) for o in outcomes if o[0] in self._pending]
+        if not done:
+            return
+        recording = self._recording
+        rows = []
+        for pending, (agent, next_obs, reward, terminated, truncated, info) in done:
+            episode = self._episodes.get(agent)
+            if episode is None:
+                episode = self._episodes[agent] = [recording.recorder.new_episode_id(), 0]
+            text = info_to_json(info) if recording.record_info and info else None
+            rows.append(AgentTransition(self._slots[agent], episode[0], episode[1], pending.obs,
+                             pending.action, float(reward), map_leaves(np.array, next_obs),
+                             bool(terminated), bool(truncated), pending.version, text,
+                             pending.mask, pending.data))
+            episode[1] += 1
+            if terminated or truncated:
+                del self._episodes[agent]
+        recording.stage(rows)
