@@ -15,7 +15,7 @@ from relayrl_gym.errors import ConfigError, EnvCreationError
 from relayrl_gym.wrappers.pettingzoo.detect import is_aec, is_parallel, require_pettingzoo
 from relayrl_gym.wrappers.pettingzoo.observations import policy_space
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
-from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, shared_spaces
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
 
 __all__ = ["PZ_APIS", "wrap_pettingzoo"]
 
@@ -108,7 +108,7 @@ def wrap_pettingzoo(
             made by it in `relayrl_gym.wrap` and is closed here if wrapping fails.
         Others: as `relayrl_gym.wrap`.
 
-    Every game copy is made and every argument checked before the run's sinks are opened; a
+    Every game copy is made and every argument checked before the runs' sinks are opened; a
     failure closes what was made and opened (nothing is left running, no run directory).
     """
     require_pettingzoo()
@@ -174,7 +174,7 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
             f"one (agents {agents}, left to the caller: {left}); parameter sharing needs a "
             "ParallelEnv. Or keep the AEC API: relayrl_gym.wrap(env) without actors/policies")
     if parallel and not own_api:
-        from relayrl_gym.wrappers.pettingzoo.simultaneous import SHARING
+        from relayrl_gym.wrappers.pettingzoo.simultaneous import SHARING, shared_spaces
 
         shared_spaces(first, left, *SHARING)  # before any sink is opened
     copies = 1 if own_api else actors or 1

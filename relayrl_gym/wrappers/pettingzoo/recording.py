@@ -1,119 +1,102 @@
 """Recording PettingZoo games: one actor per agent of each game copy, each agent's own
-transitions, written to one run."""
+transitions, written to one run per group of agents with the same spaces."""
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 import pyarrow as pa
 
 from relayrl_gym._version import __version__
-from relayrl_gym.errors import UnsupportedSpaceError
+from relayrl_gym.errors import ConfigError
 from relayrl_gym.recording.pipeline import open_recording
+from relayrl_gym.recording.recorder import Recorder
+from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.runtime.agent import new_run_id
 from relayrl_gym.schema.batches import map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
+from relayrl_gym.sinks.base import Sink
 from relayrl_gym.wrappers.pettingzoo.tracker import AgentTracker, AgentTransition
 
-__all__ = ["GameRecording", "RunOwner", "shared_spaces"]
+__all__ = ["GameRecording", "RunOwner", "SpaceGroup", "space_groups"]
 
 
-def shared_spaces(env: Any, agents: list[str], why: str, fix: str
-                  ) -> tuple[gym.Space, gym.Space]:
-    """The observation and action space every agent in ``agents`` shares.
+class SpaceGroup(NamedTuple):
+    """Agents of a game that share one observation space and one action space."""
 
-    Raises:
-        UnsupportedSpaceError: the agents' spaces differ (``why`` says what needs them equal,
-            ``fix`` how to do without).
-    """
-    obs_space, act_space = env.observation_space(agents[0]), env.action_space(agents[0])
-    for agent in agents[1:]:
-        if env.observation_space(agent) != obs_space or env.action_space(agent) != act_space:
-            raise UnsupportedSpaceError(
-                f"{why} needs agents with the same spaces: agent {agents[0]!r} has "
-                f"({obs_space}, {act_space}), agent {agent!r} has "
-                f"({env.observation_space(agent)}, {env.action_space(agent)}); {fix}")
-    return obs_space, act_space
+    observation_space: gym.Space
+    action_space: gym.Space
+    agents: list[Any]
 
 
-class GameRecording:
-    """The recorded run of ``copies`` copies of a game: slot ``copy * K + k`` is agent ``k``
-    of ``possible_agents`` in that copy (its own actor id; ``agent_id`` is the agent's name).
+def space_groups(env: Any, agents: list[Any]) -> list[SpaceGroup]:
+    """``agents`` grouped by their (observation space, action space) pair (space equality);
+    the groups, and the agents in each, in ``agents`` order."""
+    groups: list[SpaceGroup] = []
+    for agent in agents:
+        obs_space, act_space = env.observation_space(agent), env.action_space(agent)
+        for group in groups:
+            if group.observation_space == obs_space and group.action_space == act_space:
+                group.agents.append(agent)
+                break
+        else:
+            groups.append(SpaceGroup(obs_space, act_space, [agent]))
+    return groups
 
-    Every agent must share one observation and one action space (the run has one schema).
-    """
 
-    def __init__(self, sink: Any, env: Any, copies: int, *, run_id: str | None,
-                 kind: str, data_type: pa.DataType | None = None, flush_interval: float = 1.0,
-                 record_info: bool = True, batch_rows: int | None = None,
-                 spill_dir: str | Path | None = None) -> None:
-        """Opens the run's sinks.
+def _dir_safe(name: Any) -> str:
+    # The characters new_run_id keeps in a run id: the id names the run's directory.
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
-        Args:
-            sink: a directory, URL, `Sink`, or a list of those.
-            env: one copy of the game (its agents and spaces describe the run).
-            copies: game copies recorded into the run.
-            run_id: the run's name (default: the env's name, UTC time and a random suffix).
-            kind: "parallel" or "aec" (recorded in the run description).
-            data_type: Arrow type of the policies' extra outputs (null: none).
-            flush_interval: seconds between time-based flushes.
-            record_info: record each agent's info dict as JSON.
-            batch_rows: rows per recorded batch.
-            spill_dir: where rows wait while a sink is down.
-        """
-        self.agents = list(env.possible_agents)
-        self.observation_space, self.action_space = shared_spaces(
-            env, self.agents, "recording a game (one schema per run)",
-            "pass sink=None to play it unrecorded")
-        self.record_info = record_info
-        self.env_id = str(env.metadata.get("name") or type(env.unwrapped).__name__)
-        self.run_id = run_id or new_run_id(self.env_id)
-        k = len(self.agents)
-        self.actor_ids = [str(uuid.uuid4()) for _ in range(copies * k)]
-        agent_ids = [self.agents[i % k] for i in range(copies * k)]
-        meta = {"run_id": self.run_id, "source": "pettingzoo", "pettingzoo_api": kind,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                "relayrl_gym_version": __version__, "gymnasium_version": gym.__version__,
-                "env_id": self.env_id, "env_spec": None, "num_envs": copies,
-                "agents": self.agents, "actor_ids": self.actor_ids,
-                "render_mode": getattr(env, "render_mode", None)}
-        self.recorder, self.writer, self.run_path = open_recording(
-            sink, self.run_id,
-            lambda sinks: TransitionSchema.build(
-                self.observation_space, self.action_space,
-                metadata={**meta, "sinks": [type(s).__name__ for s in sinks]},
-                data_type=data_type),
-            self.actor_ids, flush_interval=flush_interval, spill_dir=spill_dir,
-            batch_rows=batch_rows)
-        self.recorder.agent_ids = agent_ids
-        self.closed = False
-        #: Hold finished transitions until `commit` (game copies stepped together record one
-        #: batch per step); False: every transition goes to the recorder at once.
-        self.batching = False
-        self._staged: list[AgentTransition] = []
 
-    def tracker(self, copy: int) -> AgentTracker:
-        """The bookkeeping of game copy ``copy``."""
-        k = len(self.agents)
-        return AgentTracker(self, {agent: copy * k + i for i, agent in enumerate(self.agents)})
+def _run_ids(base: str, groups: list[SpaceGroup]) -> list[str]:
+    """One run id per group: ``base`` for a single group, else ``base.<first agent>``."""
+    if len(groups) == 1:
+        return [base]
+    ids: list[str] = []
+    for group in groups:
+        run_id = stem = f"{base}.{_dir_safe(group.agents[0])}"
+        n = 1
+        while run_id in ids:  # agent names equal once made safe ("a b", "a_b")
+            n += 1
+            run_id = f"{stem}-{n}"
+        ids.append(run_id)
+    return ids
 
-    def stage(self, rows: list[AgentTransition]) -> None:
-        """Takes finished transitions: recorded now, or at the next `commit` when batching."""
-        self._staged.extend(rows)
-        if not self.batching:
-            self.commit()
 
-    def commit(self) -> None:
-        """Hands the staged transitions to the recorder as one batch."""
-        rows, self._staged = self._staged, []
-        if not rows:
-            return
+def _check_sinks_for(sink: Any, groups: list[SpaceGroup]) -> None:
+    """A `Sink` object holds one run: refuses one for a game recorded as several runs."""
+    if len(groups) == 1:
+        return
+    specs = list(sink) if isinstance(sink, list | tuple) else [sink]
+    objects = [s for s in specs if isinstance(s, Sink)]
+    if objects:
+        agents = [[str(a) for a in g.agents] for g in groups]
+        raise ConfigError(
+            f"`sink` holds a {type(objects[0]).__name__} object, which records one run, and "
+            f"this game records {len(groups)} runs, one per group of agents with the same "
+            f"spaces ({agents}); pass a directory or URL string instead (e.g. "
+            "sink='relayrl_runs' or sink='sqlite:///runs.db'), which opens one sink per run")
+
+
+class _Run:
+    """One run of a recorded game: the agents of one `SpaceGroup`, slot ``copy * K + k`` for
+    agent ``k`` of the group in game copy ``copy``, its recorder and background writer."""
+
+    def __init__(self, run_id: str, agents: list[Any], recorder: Recorder,
+                 writer: BackgroundWriter, run_path: Path | None) -> None:
+        self.run_id, self.agents, self.run_path = run_id, agents, run_path
+        self.recorder, self.writer = recorder, writer
+
+    def record(self, rows: list[AgentTransition]) -> None:
+        """Hands ``rows`` (all of this run) to the recorder as one batch."""
         infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
         masks = {i: r.mask.tolist() for i, r in enumerate(rows) if r.mask is not None}
         data = {i: r.data for i, r in enumerate(rows) if r.data}
@@ -128,19 +111,166 @@ class GameRecording:
                            np.array([r.version for r in rows], np.int64)),
             infos=infos or None, masks=masks or None, data=data or None)
 
+    def close(self, timeout: float) -> None:
+        """Flushes the recorder, then stops the writer (even when the flush failed)."""
+        try:
+            self.recorder.close()
+        finally:
+            self.writer.close(timeout)
+
+
+def _each(runs: list[_Run], action: Callable[[_Run], object]) -> None:
+    """``action(run)`` for every run, whatever fails on the way; then the first error."""
+    error: BaseException | None = None
+    for run in runs:
+        try:
+            action(run)
+        except Exception as err:
+            error = error or err
+    if error is not None:
+        raise error
+
+
+class GameRecording:
+    """The recorded runs of ``copies`` copies of a game.
+
+    The game's agents are grouped by their (observation space, action space) pair, and each
+    group is one run with its own schema: all agents share their spaces in most games, and
+    the game is one run, ``run_id``. Otherwise (MPE's simple_adversary, say) each group is
+    the run ``f"{run_id}.{its first agent}"``, whose description lists its ``agents``, the
+    ``game_agents`` and the ``game_runs`` (agent -> run id) so a reader of one run finds the
+    others; ``run_id`` is then their common stem and ``run_path`` None (see ``run_paths``).
+
+    In a run, slot ``copy * K + k`` is agent ``k`` of the run's ``K`` agents in that copy (its
+    own actor id; ``agent_id`` is the agent's name); episode ids are unique within the run.
+    """
+
+    def __init__(self, sink: Any, env: Any, copies: int, *, run_id: str | None,
+                 kind: str, data_type: pa.DataType | None = None, flush_interval: float = 1.0,
+                 record_info: bool = True, batch_rows: int | None = None,
+                 spill_dir: str | Path | None = None) -> None:
+        """Opens the runs' sinks.
+
+        Args:
+            sink: a directory, URL, `Sink`, or a list of those (a `Sink` object only when the
+                game is one run: directories and URLs open one sink per run).
+            env: one copy of the game (its agents and spaces describe the runs).
+            copies: game copies recorded into the runs.
+            run_id: the run's name, or the stem of the runs' names (default: the env's name,
+                UTC time and a random suffix).
+            kind: "parallel" or "aec" (recorded in the run description).
+            data_type: Arrow type of the policies' extra outputs (null: none).
+            flush_interval: seconds between time-based flushes.
+            record_info: record each agent's info dict as JSON.
+            batch_rows: rows per recorded batch.
+            spill_dir: where rows wait while a sink is down.
+
+        Raises:
+            ConfigError: ``sink`` holds a `Sink` object and the game is several runs (checked
+                before any sink is opened).
+        """
+        self.agents = list(env.possible_agents)
+        groups = space_groups(env, self.agents)
+        _check_sinks_for(sink, groups)
+        self.record_info = record_info
+        self.env_id = str(env.metadata.get("name") or type(env.unwrapped).__name__)
+        self.run_id = run_id or new_run_id(self.env_id)
+        ids = _run_ids(self.run_id, groups)
+        #: The run of every agent (agent -> run id).
+        self.run_ids = {a: rid for rid, g in zip(ids, groups) for a in g.agents}
+        # run_id, agents and actor_ids are each run's own (filled in by _open_run)
+        meta = {"run_id": None, "source": "pettingzoo", "pettingzoo_api": kind,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                "relayrl_gym_version": __version__, "gymnasium_version": gym.__version__,
+                "env_id": self.env_id, "env_spec": None, "num_envs": copies,
+                "agents": None, "actor_ids": None,
+                "render_mode": getattr(env, "render_mode", None)}
+        if len(groups) > 1:
+            meta.update(game_agents=self.agents, game_runs=self.run_ids)
+        self.runs: list[_Run] = []
+        try:
+            for rid, group in zip(ids, groups):
+                self.runs.append(_open_run(sink, rid, group, copies, meta, data_type,
+                                           flush_interval=flush_interval, spill_dir=spill_dir,
+                                           batch_rows=batch_rows))
+        except BaseException:
+            with contextlib.suppress(Exception):  # the opening error is the one to see
+                _each(self.runs, lambda run: run.close(10.0))  # the runs opened before it
+            raise
+        #: The local Arrow directory of every agent's run (agent -> path; None: no local one).
+        self.run_paths = {a: run.run_path for run in self.runs for a in run.agents}
+        self.run_path = self.runs[0].run_path if len(self.runs) == 1 else None
+        # agent -> (run index, slot of its actor in game copy 0, agents in its run)
+        self._places = {a: (r, k, len(run.agents)) for r, run in enumerate(self.runs)
+                        for k, a in enumerate(run.agents)}
+        self.closed = False
+        #: Hold finished transitions until `commit` (game copies stepped together record one
+        #: batch per step); False: every transition goes to the recorder at once.
+        self.batching = False
+        self._staged: list[AgentTransition] = []
+
+    def tracker(self, copy: int) -> AgentTracker:
+        """The bookkeeping of game copy ``copy``."""
+        return AgentTracker(self, {agent: (r, copy * n + k)
+                                   for agent, (r, k, n) in self._places.items()})
+
+    def new_episode_id(self, run: int) -> int:
+        """A new episode id, unique within run ``run`` (an index in `runs`)."""
+        return self.runs[run].recorder.new_episode_id()
+
+    def stage(self, rows: list[AgentTransition]) -> None:
+        """Takes finished transitions: recorded now, or at the next `commit` when batching."""
+        self._staged.extend(rows)
+        if not self.batching:
+            self.commit()
+
+    def commit(self) -> None:
+        """Hands the staged transitions to the recorders, one batch per run."""
+        rows, self._staged = self._staged, []
+        if not rows:
+            return
+        if len(self.runs) == 1:
+            self.runs[0].record(rows)
+            return
+        by_run: dict[int, list[AgentTransition]] = {}
+        for row in rows:
+            by_run.setdefault(row.run, []).append(row)
+        for r, mine in by_run.items():
+            self.runs[r].record(mine)
+
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
         self.commit()
-        self.recorder.flush()
+        _each(self.runs, lambda run: run.recorder.flush())
 
     def close(self, timeout: float = 30.0) -> None:
-        """Flushes and closes the sinks; idempotent."""
+        """Flushes and closes every run's sinks, whatever fails on the way (then raises the
+        first error); idempotent."""
         if self.closed:
             return
         self.closed = True
-        self.commit()
-        self.recorder.close()
-        self.writer.close(timeout)
+        try:
+            self.commit()
+        finally:
+            _each(self.runs, lambda run: run.close(timeout))
+
+
+def _open_run(sink: Any, run_id: str, group: SpaceGroup, copies: int, meta: dict[str, Any],
+              data_type: pa.DataType | None, **options: Any) -> _Run:
+    """Opens the run of ``group``'s agents in ``copies`` game copies."""
+    agents = group.agents
+    k = len(agents)
+    actor_ids = [str(uuid.uuid4()) for _ in range(copies * k)]
+    description = {**meta, "run_id": run_id, "agents": agents, "actor_ids": actor_ids}
+    recorder, writer, run_path = open_recording(
+        sink, run_id,
+        lambda sinks: TransitionSchema.build(
+            group.observation_space, group.action_space,
+            metadata={**description, "sinks": [type(s).__name__ for s in sinks]},
+            data_type=data_type),
+        actor_ids, **options)
+    recorder.agent_ids = [agents[i % k] for i in range(copies * k)]
+    return _Run(run_id, agents, recorder, writer, run_path)
 
 
 def _stack(*leaves: Any) -> np.ndarray:
@@ -165,11 +295,21 @@ class RunOwner:
 
     Mixed in before the PettingZoo wrapper base, whose ``close`` it replaces; the wrapper sets
     ``env``, ``recording`` (None when nothing is recorded) and ``closed``.
+
+    ``run_id`` and ``run_path`` name the run (None: nothing recorded). A game whose agents
+    have different spaces is several runs, one per group of agents with the same spaces:
+    ``run_id`` is then the stem of their ids and ``run_path`` None (several runs: see
+    ``run_paths``). ``run_ids`` and ``run_paths`` map every agent to its run's id and local
+    Arrow directory (empty when nothing is recorded).
     """
 
     env: Any
     recording: GameRecording | None
     closed: bool
+    run_id: str | None
+    run_path: Path | None
+    run_ids: dict[str, str]
+    run_paths: dict[str, Path | None]
 
     def _own_run(self, tracker: AgentTracker | None, recording: GameRecording | None) -> None:
         """Takes this game's bookkeeping in a run (None: nothing recorded) and the run it
@@ -178,6 +318,8 @@ class RunOwner:
         self.recording = recording
         self.run_id = recording.run_id if recording is not None else None
         self.run_path = recording.run_path if recording is not None else None
+        self.run_ids = dict(recording.run_ids) if recording is not None else {}
+        self.run_paths = dict(recording.run_paths) if recording is not None else {}
         self.closed = False
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from relayrl_gym.wrappers.sb3 import RelayRLSB3VecEnv
@@ -25,6 +26,18 @@ class PettingZooSB3VecEnv(RelayRLSB3VecEnv):
         vector_env: the Gymnasium front end, in SAME_STEP autoreset mode.
         """
         super().__init__(vector_env)  # type: ignore[arg-type]
+
+    @property
+    def run_ids(self) -> dict[str, str]:
+        """Every agent's run id (see `PettingZooVectorEnv`)."""
+        venv: PettingZooVectorEnv = self._vector_env  # type: ignore[assignment]
+        return venv.run_ids
+
+    @property
+    def run_paths(self) -> dict[str, Path | None]:
+        """Every agent's run directory (several runs: ``run_path`` is None)."""
+        venv: PettingZooVectorEnv = self._vector_env  # type: ignore[assignment]
+        return venv.run_paths
 
     def update_policy(self, agent: Any, policy: Any) -> int:
         """Hot-swaps a policy-played agent's policy; see `PettingZooVectorEnv.update_policy`."""

@@ -7,18 +7,37 @@ from typing import Any
 
 from gymnasium import spaces
 
+from relayrl_gym.errors import UnsupportedSpaceError
 from relayrl_gym.wrappers.pettingzoo.games import GameStep, close_copies
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask, zeros_like
 from relayrl_gym.wrappers.pettingzoo.parallel import RecordedParallelEnv
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
-from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, shared_spaces
+from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
 
-__all__ = ["SHARING", "SimultaneousGames"]
+__all__ = ["SHARING", "SimultaneousGames", "shared_spaces"]
 
 #: What needs the caller's agents to share their spaces, and how to do without.
 SHARING = ("parameter sharing (agents as slots of one vector env)",
            "play the other agents with policies={agent: model}, or keep the ParallelEnv API "
            "(relayrl_gym.wrap(env) without actors or api)")
+
+
+def shared_spaces(env: Any, agents: list[Any], why: str, fix: str
+                  ) -> tuple[spaces.Space, spaces.Space]:
+    """The observation and action space every agent in ``agents`` shares.
+
+    Raises:
+        UnsupportedSpaceError: the agents' spaces differ (``why`` says what needs them equal,
+            ``fix`` how to do without).
+    """
+    obs_space, act_space = env.observation_space(agents[0]), env.action_space(agents[0])
+    for agent in agents[1:]:
+        if env.observation_space(agent) != obs_space or env.action_space(agent) != act_space:
+            raise UnsupportedSpaceError(
+                f"{why} needs agents with the same spaces: agent {agents[0]!r} has "
+                f"({obs_space}, {act_space}), agent {agent!r} has "
+                f"({env.observation_space(agent)}, {env.action_space(agent)}); {fix}")
+    return obs_space, act_space
 
 
 class SimultaneousGames:

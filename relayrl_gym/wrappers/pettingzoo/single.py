@@ -26,7 +26,10 @@ class PettingZooAgentEnv(gym.Env):
     the agent is terminated or truncated. Its observation is exactly the agent's PettingZoo
     observation; the legal actions, when the game gives them, are also in
     ``info["action_mask"]``. ``reset(seed=s)`` seeds the game and the sampling of ModelModule
-    policies, so a seed replays a game.
+    policies, so a seed replays a game. Every agent's transitions are recorded, in one run
+    (``run_path``) or, when the agents' spaces differ, one run per group of agents with the
+    same spaces (several runs: see ``run_paths``, agent -> run directory; ``run_path`` is
+    None).
 
     >>> import numpy as np, relayrl_gym
     >>> from pettingzoo.classic import rps_v2
@@ -55,6 +58,9 @@ class PettingZooAgentEnv(gym.Env):
         recording = games.recording
         self.run_id: str | None = recording.run_id if recording is not None else None
         self.run_path: Path | None = recording.run_path if recording is not None else None
+        self.run_ids: dict[str, str] = dict(recording.run_ids) if recording is not None else {}
+        self.run_paths: dict[str, Path | None] = (dict(recording.run_paths)
+                                                 if recording is not None else {})
         self.closed = False
         self._running = False
 

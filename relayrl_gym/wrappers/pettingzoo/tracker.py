@@ -20,6 +20,7 @@ __all__ = ["AgentTracker", "AgentTransition"]
 class AgentTransition(NamedTuple):
     """One finished transition, owned (nobody modifies its values)."""
 
+    run: int  # index in GameRecording.runs
     slot: int
     episode: int
     step: int
@@ -53,10 +54,11 @@ class AgentTracker:
     episode starts at its first action and ends when it is terminated or truncated.
     """
 
-    def __init__(self, recording: GameRecording | None, slots: dict[str, int]) -> None:
+    def __init__(self, recording: GameRecording | None,
+                 slots: dict[Any, tuple[int, int]]) -> None:
         """Args:
-        recording: the run rows go to (None: track nothing).
-        slots: each agent's slot (actor) in the run.
+        recording: the runs rows go to (None: track nothing).
+        slots: each agent's run (an index in ``recording.runs``) and slot (actor) in it.
         """
         self._recording = recording
         self._slots = slots
@@ -104,11 +106,12 @@ class AgentTracker:
         recording = self._recording
         rows = []
         for pending, (agent, next_obs, reward, terminated, truncated, info) in done:
+            run, slot = self._slots[agent]
             episode = self._episodes.get(agent)
             if episode is None:
-                episode = self._episodes[agent] = [recording.recorder.new_episode_id(), 0]
+                episode = self._episodes[agent] = [recording.new_episode_id(run), 0]
             text = info_to_json(info) if recording.record_info and info else None
-            rows.append(AgentTransition(self._slots[agent], episode[0], episode[1], pending.obs,
+            rows.append(AgentTransition(run, slot, episode[0], episode[1], pending.obs,
                              pending.action, float(reward), map_leaves(np.array, next_obs),
                              bool(terminated), bool(truncated), pending.version, text,
                              pending.mask, pending.data))

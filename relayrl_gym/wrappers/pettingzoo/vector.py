@@ -47,7 +47,9 @@ class PettingZooVectorEnv(VectorEnv):
     the padding next). Slots whose agent is absent from a running game are padded (see
     `SimultaneousGames`). Action masks, when the game gives them, are in
     ``info["action_mask"]``. Every agent's transitions, the policy-played ones included, are
-    recorded with their own actor and ``agent_id`` (`relayrl_gym.load(envs.run_path)`).
+    recorded with their own actor and ``agent_id`` (`relayrl_gym.load(envs.run_path)`); a game
+    whose agents have different spaces is one run per group of agents with the same spaces
+    (several runs: see ``envs.run_paths``, agent -> run directory; ``run_path`` is None).
 
     >>> import relayrl_gym
     >>> from pettingzoo.classic import rps_v2
@@ -88,6 +90,9 @@ class PettingZooVectorEnv(VectorEnv):
         recording = games.recording
         self.run_id: str | None = recording.run_id if recording is not None else None
         self.run_path: Path | None = recording.run_path if recording is not None else None
+        self.run_ids: dict[str, str] = dict(recording.run_ids) if recording is not None else {}
+        self.run_paths: dict[str, Path | None] = (dict(recording.run_paths)
+                                                 if recording is not None else {})
         self.closed = False
         self._prev_obs: Any = None
         self._over = np.zeros(games.copies, dtype=np.bool_)
