@@ -70,7 +70,8 @@ class Router:
         """Runs ``fn(actor, arg)`` for each actor (default: all, in the order added).
 
         An actor may be listed more than once; its commands then run one after the other, in
-        the order listed. If commands fail, all of them are still waited for, then the first
+        the order listed (round by round: a round that fails stops the later ones, as a loop
+        over the envs would). If commands fail, all of them are still waited for, then the first
         error in actor order is re-raised with its traceback. A KeyboardInterrupt while
         waiting starts no further command, waits for the running ones and wins over their
         errors. A ``timeout`` (seconds per wait) raises RouterError; the commands that did not
@@ -139,14 +140,13 @@ class Router:
                     results[i] = thread.wait(timeout)
                 except BaseException as err:
                     error = _first_error(error, err)
-                    if thread.busy and not isinstance(err, RouterError):
+                    if thread.busy and not thread.abandoned:
                         thread.settle()  # Ctrl-C: let the command end; the thread stays usable
                 if submitted < len(threads) and (error is None or isinstance(error, Exception)):
                     threads[submitted].submit(fn, actors[submitted], args[submitted])
                     submitted += 1
         except BaseException:
-            for thread in threads[:submitted]:  # leave every thread free for the next command
-                thread.settle()
+            _settle(threads)
             raise
         if error is not None:
             raise error
@@ -157,33 +157,29 @@ class Router:
                  args: Sequence[Any], actors: Sequence[Actor], timeout: float | None) -> list[Any]:
         # Every actor at once: the caller sleeps until the last one ends, and wakes once.
         group = CommandGroup(len(threads))
-        submitted = 0
+        results: list[Any] = []
+        error: BaseException | None = None
         try:
             for thread, actor, arg in zip(threads, actors, args):
                 thread.submit(fn, actor, arg, group=group)
-                submitted += 1
-            if not group.wait(timeout):
+            finished = group.wait(timeout)
+            if finished:
                 for thread in threads:
-                    thread.abandon()
-                raise RouterError(f"actor threads did not finish within {timeout} s; their "
-                                  "commands run on to their end, and their results are dropped")
-        except RouterError:
-            if submitted < len(threads):  # a submit failed: let the others end
-                for thread in threads[:submitted]:
-                    thread.settle()
-            raise
+                    try:
+                        results.append(thread.collect())
+                    except BaseException as err:  # the command's error, or a Ctrl-C landing here
+                        error = _first_error(error, err)
+                        results.append(None)
+                        if thread.busy:  # interrupted before collect() took the result
+                            thread.settle()
         except BaseException:  # e.g. Ctrl-C: let the commands end, so the threads stay usable
-            for thread in threads[:submitted]:
-                thread.settle()
+            _settle(threads)
             raise
-        results: list[Any] = []
-        error: BaseException | None = None
-        for thread in threads:
-            try:
-                results.append(thread.collect())
-            except BaseException as err:
-                error = _first_error(error, err)
-                results.append(None)
+        if not finished:
+            for thread in threads:
+                thread.abandon()
+            raise RouterError(f"actor threads did not finish within {timeout} s; their "
+                              "commands run on to their end, and their results are dropped")
         if error is not None:
             raise error
         return results
@@ -196,10 +192,10 @@ class Router:
         if not self.threaded:
             return fn(*args)
         thread = self._thread_of(actor)
-        thread.submit(fn, *args)
         try:
+            thread.submit(fn, *args)
             return thread.wait(timeout)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # it may land just after the submit started the command
             thread.settle()
             raise
 
@@ -229,6 +225,15 @@ class Router:
         self._threads.clear()
         if errors:
             raise errors[0]
+
+
+def _settle(threads: Sequence[ActorThread]) -> None:
+    # After an interrupt or a failed submit: let every started command end (a signal can land
+    # just after a submit started its command, before the caller counted it, so all threads).
+    # Commands already given up on after a timeout are not waited for again.
+    for thread in threads:
+        if not thread.abandoned:
+            thread.settle()
 
 
 def _first_error(first: BaseException | None, err: BaseException) -> BaseException:

@@ -61,7 +61,10 @@ class ActorThread:
         self._result: Any = None
         self._error: BaseException | None = None
         self._busy = False
-        self._finished = False
+        # Commands are numbered; _ended is the number of the last one whose end was signalled
+        # (written by the actor thread after the signal, so a late write names an old command).
+        self._submitted = 0
+        self._ended = 0
         self._group: CommandGroup | None = None
         self._grouped = False
         self._abandoned = False  # a timed-out command: its result is dropped when it ends
@@ -82,7 +85,7 @@ class ActorThread:
         """
         self.check_ready()
         self._busy = True
-        self._finished = False
+        self._submitted += 1
         self._group = group
         self._grouped = group is not None
         self._fn, self._args = fn, args
@@ -123,6 +126,11 @@ class ActorThread:
         if self._stopped:
             raise RouterError(f"actor thread {self.name} has stopped")
 
+    @property
+    def abandoned(self) -> bool:
+        """True while a command given up on (`abandon`, `settle`) still runs."""
+        return self._busy and self._abandoned
+
     def abandon(self) -> None:
         """Gives up on the running command after a timed-out wait.
 
@@ -131,51 +139,32 @@ class ActorThread:
         """
         if self._busy:
             self._abandoned = True
-            if self._finished:
-                self._reclaim()
+            self._reclaim()
 
     def _reclaim(self) -> bool:
-        # Frees the thread of an abandoned command that has ended; False while it still runs.
-        if not (self._abandoned and self._finished):
+        # Frees the thread of an abandoned command whose end has been signalled; False before.
+        if not (self._abandoned and self._ended == self._submitted):
             return False
         if not self._grouped:
-            # Its end is signalled just after _finished is set: take that signal, so the next
-            # wait() does not return at once with nothing.
-            self._done.acquire(timeout=1.0)
+            # Take the end signal, so the next wait() does not return at once with nothing;
+            # an interrupted wait() may have taken it already (then the lock is held: fine).
+            self._done.acquire(blocking=False)
         self._busy = self._abandoned = False
         self._result = self._error = None
         return True
 
     def settle(self, timeout: float = 60.0) -> None:
-        """Waits for the running command after an interrupted `wait`, discarding its result.
+        """Waits for the running command after an interrupted `wait`, dropping its result.
 
-        A KeyboardInterrupt can land just after ``wait`` took the completion signal, before
-        it cleared ``busy``: then the command has finished and there is nothing to take.
+        The command is abandoned first: if this wait is itself cut short (a second Ctrl-C, or
+        ``timeout``), the thread still takes new commands once the command has ended.
         """
+        if not self._busy:
+            return
+        self._abandoned = True
         deadline = time.monotonic() + timeout
-        if self._busy and self._abandoned:
-            while not self._finished and time.monotonic() < deadline:
-                time.sleep(0.001)
-            self._reclaim()
-            return
-        if self._busy and self._grouped:  # grouped: nothing to take from _done
-            while not self._finished and time.monotonic() < deadline:
-                time.sleep(0.001)
-            if self._finished:
-                self._busy = False
-                self._result = self._error = None
-            return
-        while self._busy and time.monotonic() < deadline:
-            if self._done.acquire(timeout=0.05):
-                break
-            if self._finished:
-                # Finished: its signal is either about to be released or already taken.
-                self._done.acquire(timeout=0.2)
-                break
-        else:
-            return
-        self._busy = False
-        self._result = self._error = None
+        while not self._reclaim() and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Ends the thread after its current command; idempotent."""
@@ -201,7 +190,7 @@ class ActorThread:
     def _serve(self) -> None:
         while True:
             self._go.acquire()
-            fn, args = self._fn, self._args
+            fn, args, number = self._fn, self._args, self._submitted
             if fn is None:
                 return
             try:
@@ -214,9 +203,9 @@ class ActorThread:
                 self._fn, self._args = None, ()
                 fn, args = None, ()
                 group, self._group = self._group, None
-                self._finished = True
                 if group is None:
                     self._done.release()
                 else:
                     group.arrive()
                     group = None
+                self._ended = number  # signalled: an abandoned command frees the thread

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import signal
 import threading
 import time
 
@@ -209,8 +211,6 @@ def test_a_timed_out_call_frees_its_thread_when_it_ends():
 
 
 def test_ctrl_c_wins_over_an_earlier_error_and_starts_no_further_command():
-    import _thread
-
     from relayrl_gym.runtime.actor import Actor
     from relayrl_gym.runtime.router import Router
 
@@ -224,7 +224,9 @@ def test_ctrl_c_wins_over_an_earlier_error_and_starts_no_further_command():
         time.sleep(0.3)
         return arg
 
-    timer = threading.Timer(0.1, _thread.interrupt_main)
+    # A real SIGINT: it interrupts the main thread's blocked wait, as Ctrl-C does.
+    timer = threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident,
+                                                        signal.SIGINT))
     timer.start()
     with pytest.raises(KeyboardInterrupt):
         router.run(work, [0, 1, 2, 3])
@@ -249,3 +251,56 @@ def test_an_actor_the_router_does_not_serve_is_named():
         router.call(actors[1], lambda: None)
     assert router.run(lambda actor, x: x, [3]) == [3]
     router.close()
+
+
+@pytest.mark.parametrize("scale", [4, 8], ids=["in-waves", "all-at-once"])
+def test_ctrl_c_at_any_moment_of_a_step_leaves_every_thread_usable(scale):
+    """Interrupts land anywhere, including just after a submit started its command."""
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    armed = [False]
+
+    def interrupt(signum, frame):
+        if armed[0]:  # only inside the steps below
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    router = Router(scale, [Actor(i) for i in range(8)])
+    rng = random.Random(0)
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    interrupted = 0
+    try:
+        for _ in range(300):
+            armed[0] = True
+            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.00002, 0.0015))
+            try:
+                for _ in range(3):
+                    router.run(lambda actor, x: time.sleep(0.0005) or x, list(range(8)))
+                armed[0] = False
+            except KeyboardInterrupt:
+                interrupted += 1
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            assert router.run(lambda actor, x: x * actor.index, [2] * 8) == \
+                [2 * i for i in range(8)]
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+    assert interrupted > 250  # the interrupts did land during steps
+    router.close()
+
+
+def test_a_settle_cut_short_leaves_a_thread_that_frees_itself():
+    from relayrl_gym.runtime.worker import ActorThread
+
+    thread = ActorThread("relayrl-settle-test")
+    thread.submit(lambda: time.sleep(0.3) or "old")
+    thread.settle(timeout=0.05)  # gives up while the command still runs
+    assert thread.abandoned
+    with pytest.raises(RouterError, match="still running a command that timed out"):
+        thread.submit(lambda: "new")
+    time.sleep(0.4)
+    thread.submit(lambda: "new")
+    assert thread.wait(5) == "new"  # its own result, not the dropped one's end signal
+    thread.submit(lambda: "newer")
+    assert thread.wait(5) == "newer"
+    thread.stop()
