@@ -99,7 +99,8 @@ def wrap(
         or with ``actors`` or ``api`` a `PettingZooVectorEnv` of it (api="sb3": an SB3
         `VecEnv`); a ParallelEnv with several agents left and ``actors`` / ``api``: those
         agents as slots of one vector env (parameter sharing). ``run_id`` names the run and
-        ``run_path`` is its Arrow directory.
+        ``run_path`` is its Arrow directory; a game whose agents have different spaces is one
+        run per group of agents with the same spaces (``run_ids`` / ``run_paths`` by agent).
 
     >>> import relayrl_gym
     >>> envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=None)
