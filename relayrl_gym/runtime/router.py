@@ -162,24 +162,22 @@ class Router:
         try:
             for thread, actor, arg in zip(threads, actors, args):
                 thread.submit(fn, actor, arg, group=group)
-            finished = group.wait(timeout)
-            if finished:
+            if not group.wait(timeout):
                 for thread in threads:
-                    try:
-                        results.append(thread.collect())
-                    except BaseException as err:  # the command's error, or a Ctrl-C landing here
-                        error = _first_error(error, err)
-                        results.append(None)
-                        if thread.busy:  # interrupted before collect() took the result
-                            thread.settle()
-        except BaseException:  # e.g. Ctrl-C: let the commands end, so the threads stay usable
-            _settle(threads)
-            raise
-        if not finished:
+                    thread.abandon()
+                raise RouterError(f"actor threads did not finish within {timeout} s; their "
+                                  "commands run on to their end, and their results are dropped")
             for thread in threads:
-                thread.abandon()
-            raise RouterError(f"actor threads did not finish within {timeout} s; their "
-                              "commands run on to their end, and their results are dropped")
+                try:
+                    results.append(thread.collect())
+                except BaseException as err:  # the command's error, or a Ctrl-C landing here
+                    error = _first_error(error, err)
+                    results.append(None)
+                    if thread.busy:  # interrupted before collect() took the result
+                        thread.settle()
+        except BaseException:  # e.g. Ctrl-C: let the commands end, so the threads stay usable
+            _settle(threads)  # (after a timeout they are all abandoned: nothing to wait for)
+            raise
         if error is not None:
             raise error
         return results
