@@ -34,6 +34,9 @@ class Outbox:
     [0, 1]
     >>> box.ack(0); box.rows, box.due()
     (1, [])
+    >>> resumed = Outbox(max_bytes=1 << 20)  # a resent spill keeps its sequence numbers
+    >>> resumed.put(b"c", 1, seq=7), resumed.put(b"d", 1, seq=8)
+    (7, 8)
     """
 
     def __init__(self, max_bytes: int, resend_after: float = 2.0, resend_max: float = 30.0
@@ -53,6 +56,11 @@ class Outbox:
         self.rows = 0
         self.acked_rows = 0
         self.resent = 0
+        #: Batches (and their rows) acknowledged before they were ever handed to the socket:
+        #: the collector had them already (a resent spill whose acknowledgements were lost).
+        self.known_batches = 0
+        self.known_rows = 0
+        self._sent: set[int] = set()
         self._items: collections.OrderedDict[int, Pending] = collections.OrderedDict()
         self._next_send: dict[int, float] = {}
         self._delay: dict[int, float] = {}
@@ -72,10 +80,17 @@ class Outbox:
     def full(self) -> bool:
         return self.bytes >= self.max_bytes
 
-    def put(self, payload: Any, rows: int) -> int:
-        """Adds a batch (bytes-like); returns its sequence number."""
+    def put(self, payload: Any, rows: int, *, seq: int | None = None) -> int:
+        """Adds a batch (bytes-like); returns its sequence number: the next one, or ``seq``
+        (a resent spill keeps its numbers): never a number used before, and the next one
+        while the box holds batches."""
         size = memoryview(payload).nbytes
         with self._lock:
+            if seq is not None:
+                if seq < self.next_seq or (self._items and seq != self.next_seq):
+                    raise ValueError(f"batch {seq} cannot follow batch {self.next_seq - 1}: "
+                                     "sequence numbers go up, without gaps in the window")
+                self.next_seq = seq
             seq = self.next_seq
             self.next_seq += 1
             self._items[seq] = Pending(seq, payload, rows)
@@ -96,6 +111,7 @@ class Outbox:
                         self.resent += 1
                     self._next_send[seq] = now + self._delay[seq]
                     self._delay[seq] = min(self._delay[seq] * 2, self.resend_max)
+                    self._sent.add(seq)
                     out.append(item)
         return out
 
@@ -131,6 +147,11 @@ class Outbox:
     def _drop(self, seq: int) -> None:
         item = self._items.pop(seq)
         del self._next_send[seq], self._delay[seq]
+        if seq in self._sent:
+            self._sent.discard(seq)
+        else:
+            self.known_batches += 1
+            self.known_rows += item.rows
         self.bytes -= memoryview(item.payload).nbytes
         self.rows -= item.rows
         self.acked_rows += item.rows

@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -207,7 +207,10 @@ class ZMQSink(Sink):
         if not self._models_off:
             self._feed = ModelFeed(update)
 
-    def close(self) -> None:
+    def close(self, *, spill: bool = True) -> None:
+        """Waits up to ``close_timeout`` for the last acknowledgements and stops. What is still
+        unacknowledged is spilled (see the class), or with ``spill=False`` left in `outbox`
+        (a spill's resend, which keeps the spill it reads)."""
         if self._closed:
             return
         self._closed = True
@@ -223,8 +226,19 @@ class ZMQSink(Sink):
             self._ctx.term()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
-        if len(self.outbox):  # acknowledgements taken after the wait count too
+        if spill and len(self.outbox):  # acknowledgements taken after the wait count too
             self._spill_pending()
+
+    def _resume(self, sender_id: str, batches: Iterable[tuple[int, pa.RecordBatch]]) -> None:
+        """Before `start`: continues sender ``sender_id`` with ``batches``, consecutive
+        ``(seq, batch)`` pairs, each sent whole under its seq: a spill's resend
+        (`relayrl_gym.transport.spill.resend`), which the collector de-duplicates as the
+        original sender's."""
+        if self._thread is not None:
+            raise SinkError("ZMQSink._resume() must come before start()")
+        self.sender_id = sender_id
+        for seq, batch in batches:
+            self.outbox.put(batch.serialize(), batch.num_rows, seq=seq)
 
     # -- internals -------------------------------------------------------------------------
     def _check(self) -> None:
