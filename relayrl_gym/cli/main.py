@@ -1,5 +1,6 @@
 """The ``relayrl-gym`` command: ``collect`` a recorded dataset, ``inspect`` one, ``serve`` remote
-actors (collector and model publisher), ``keygen`` CurveZMQ keys."""
+actors (collector and model publisher), ``resend`` a ZMQ sink's spill, ``keygen`` CurveZMQ
+keys."""
 
 from __future__ import annotations
 
@@ -55,6 +56,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--stats-every", type=float, default=30.0,
                        help="seconds between counter lines on stdout (0 = none)")
 
+    resend = commands.add_parser("resend", help="send a ZMQ sink's close-time spill to the "
+                                 "collector, which keeps each batch once")
+    resend.add_argument("spill", help="the spilled run directory the sink's error named "
+                        "(SPILL_DIR/<run_id>)")
+    resend.add_argument("--to", default=None, metavar="ADDRESS",
+                        help="the collector, tcp://HOST:PORT (default: the one the sink sent to)")
+    resend.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="seconds to wait for every acknowledgement (default 60)")
+    resend.add_argument("--curve-keys", default=None, metavar="DIR",
+                        help="client key folder, for a collector that requires CurveZMQ")
+    resend.add_argument("--keep", action="store_true",
+                        help="keep the spill once the collector has every batch")
+
     keygen = commands.add_parser("keygen", help="create CurveZMQ keys for serve --curve-keys")
     keygen.add_argument("dir", help="key folder (the server keypair is kept if present)")
     keygen.add_argument("--client", action="append", default=None,
@@ -96,6 +110,14 @@ def _keygen(args: argparse.Namespace) -> None:
         print(f"  {root / 'clients' / name}  (sink URL: zmq+tcp://HOST:PORT?curve=<this folder>)")
 
 
+def _resend(args: argparse.Namespace) -> None:
+    from relayrl_gym.transport.spill import resend
+
+    result = resend(args.spill, args.to, timeout=args.timeout, curve_keys=args.curve_keys,
+                    remove=not args.keep)
+    print(f"relayrl-gym resend: {result}")
+
+
 def _inspect(path: str) -> None:
     from relayrl_gym.data.dataset import load
     from relayrl_gym.sinks.base import SQL_SCHEMES, url_scheme
@@ -134,6 +156,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(args)
         elif args.command == "keygen":
             _keygen(args)
+        elif args.command == "resend":
+            _resend(args)
         else:
             _inspect(args.path)
     except (RelayRLError, ValueError) as err:

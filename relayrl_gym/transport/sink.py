@@ -29,7 +29,7 @@ from relayrl_gym.transport.protocol import (
     encode,
 )
 from relayrl_gym.transport.sockets import connect_socket, tcp_endpoint
-from relayrl_gym.transport.spill import SPILL_INDEX, write_spill
+from relayrl_gym.transport.spill import spill_pending
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "ZMQSink"]
 
@@ -60,7 +60,9 @@ class ZMQSink(Sink):
     without waiting for a resend), and takes every acknowledgement that arrived before it
     stopped listening. What is still unacknowledged then is written to a local Arrow run under
     ``spill_dir`` with an index of each batch's sequence number (`relayrl_gym.transport.spill`):
-    a batch the collector committed but could not acknowledge in time may be among them, and
+    a batch the collector committed but could not acknowledge in time may be among them.
+    ``relayrl-gym resend SPILL`` (`relayrl_gym.transport.spill.resend`) sends them later as
+    this sender, the collector keeping each batch once; or
     `relayrl_gym.transport.spill.uncollected` drops those against the collector's state.
 
     A sender process that dies ends its run: restarted, it records a new run (new run id and
@@ -249,22 +251,9 @@ class ZMQSink(Sink):
             raise SinkError("ZMQSink.write() called before start() or after close()")
 
     def _spill_pending(self) -> None:
-        pending = self.outbox.pending()
         assert self._schema is not None and self.run_id is not None
-        try:
-            path = write_spill(self.spill_dir, self.run_id, self.sender_id, self.endpoint,
-                               self._schema, pending)
-        except (SinkError, OSError) as err:
-            raise SinkError(f"{self.outbox.rows} rows were never acknowledged by the collector "
-                            f"at {self.endpoint} and could not be spilled to "
-                            f"{str(self.spill_dir)!r} ({err}); they may be lost") from err
-        raise SinkError(
-            f"{self.outbox.rows} rows (batches {pending[0].seq}..{pending[-1].seq} of sender "
-            f"{self.sender_id}) were not acknowledged by the collector at {self.endpoint} "
-            f"within {self.close_timeout} s. They are kept in {str(path)!r} with their sequence "
-            f"numbers in {SPILL_INDEX}; the collector may have committed some of them. Take only "
-            "the rows it lacks with relayrl_gym.transport.spill.uncollected(spill, "
-            "collector_run_dir)")
+        spill_pending(self.spill_dir, self.run_id, self.sender_id, self.endpoint, self._schema,
+                      self.outbox.pending(), self.close_timeout)
 
     def _run(self) -> None:
         zmq = require_zmq()
