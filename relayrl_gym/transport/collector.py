@@ -307,8 +307,7 @@ class Collector:
         back gets ``need_start`` and its ``start`` reopens the run where it stopped."""
         now = time.monotonic()
         for run_id in [r for r in self._stores if now - self._heard.get(r, now) >= idle]:
-            store = self._stores.pop(run_id)
-            self._heard.pop(run_id, None)
+            store = self._stores[run_id]
             try:
                 store.close()
             except Exception as err:  # reopening repairs it (cut back to what is committed)
@@ -317,7 +316,10 @@ class Collector:
                 store.abandon()
             else:
                 log.info("run %s closed after %.0f s without a message", run_id, idle)
-            self.stats.runs_idle_closed += 1
+            finally:  # counted, then out of `open_runs`, once its files are complete
+                self.stats.runs_idle_closed += 1
+                self._heard.pop(run_id, None)
+                del self._stores[run_id]
 
     def _commit(self, work: _Round) -> None:
         by_run: dict[str, dict[str, int]] = {}

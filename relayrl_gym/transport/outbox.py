@@ -34,6 +34,11 @@ class Outbox:
     [0, 1]
     >>> box.ack(0); box.rows, box.due()
     (1, [])
+    >>> slow = Outbox(max_bytes=1 << 20, resend_after=2.0)  # sent at 0, 2 and 6 s: next at 14
+    >>> slow.put(b"e", 1), [len(slow.due(now=t)) for t in (0.0, 2.0, 6.0, 9.0)]
+    (0, [1, 1, 1, 0])
+    >>> slow.hurry(0, now=9.0); len(slow.due(now=11.0))  # the collector answered: due at 11
+    1
     >>> resumed = Outbox(max_bytes=1 << 20)  # a resent spill keeps its sequence numbers
     >>> resumed.put(b"c", 1, seq=7), resumed.put(b"d", 1, seq=8)
     (7, 8)
@@ -130,6 +135,18 @@ class Outbox:
                     break
                 self._drop(first)
             self.changed.notify_all()
+
+    def hurry(self, expected: int, now: float | None = None) -> None:
+        """The collector answers and has everything before ``expected``: acknowledges that,
+        and makes batch ``expected`` due within ``resend_after`` with its backoff restarted
+        (failures on the collector's side may have pushed it out to ``resend_max``)."""
+        self.ack(expected - 1)
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if expected in self._items:
+                self._next_send[expected] = min(self._next_send[expected],
+                                                now + self.resend_after)
+                self._delay[expected] = self.resend_after
 
     def rewind(self, expected: int) -> None:
         """The collector has everything before ``expected`` and wants the rest again now."""

@@ -352,7 +352,7 @@ class ZMQSink(Sink):
                         self.outbox.rewind(expected)
                 elif header.kind is Kind.STARTED:
                     if self.started.is_set():  # a close-time probe: take what it says it has
-                        self.outbox.ack(header.integer("next") - 1)
+                        self.outbox.hurry(header.integer("next"))  # and send what it lacks
                     else:
                         self._started(header.fields)
                         self.outbox.rewind(header.integer("next"))
