@@ -39,6 +39,8 @@ class Outbox:
     (0, [1, 1, 1, 0])
     >>> slow.hurry(0, now=9.0); len(slow.due(now=11.0))  # the collector answered: due at 11
     1
+    >>> slow.hurry(0, now=12.0); [len(slow.due(now=t)) for t in (13.0, 16.0, 17.0)]  # once
+    [1, 0, 1]
     >>> resumed = Outbox(max_bytes=1 << 20)  # a resent spill keeps its sequence numbers
     >>> resumed.put(b"c", 1, seq=7), resumed.put(b"d", 1, seq=8)
     (7, 8)
@@ -69,6 +71,7 @@ class Outbox:
         self._items: collections.OrderedDict[int, Pending] = collections.OrderedDict()
         self._next_send: dict[int, float] = {}
         self._delay: dict[int, float] = {}
+        self._hurried: int | None = None  # the last batch `hurry` made due
         self._lock = threading.Lock()
         self.changed = threading.Condition(self._lock)
 
@@ -143,10 +146,22 @@ class Outbox:
         self.ack(expected - 1)
         now = time.monotonic() if now is None else now
         with self._lock:
-            if expected in self._items:
+            # Once per batch: a collector that keeps failing to commit it gets the backoff.
+            if expected in self._items and expected != self._hurried:
+                self._hurried = expected
                 self._next_send[expected] = min(self._next_send[expected],
                                                 now + self.resend_after)
                 self._delay[expected] = self.resend_after
+
+    def resend_from(self, expected: int) -> None:
+        """The collector wants batch ``expected`` next (a gap): it and the later ones are due
+        at once. Not an acknowledgement: the earlier ones may be written and not yet committed,
+        and stay until the collector acknowledges them."""
+        with self._lock:
+            for seq in self._next_send:
+                if seq >= expected:
+                    self._next_send[seq] = 0.0
+                    self._delay[seq] = self.resend_after
 
     def rewind(self, expected: int) -> None:
         """The collector has everything before ``expected`` and wants the rest again now."""

@@ -348,8 +348,8 @@ class ZMQSink(Sink):
                                     "before; starting the run again with it", self.endpoint,
                                     expected)
                         self.started.clear()
-                    else:
-                        self.outbox.rewind(expected)
+                    else:  # not an acknowledgement: batches before it may be uncommitted
+                        self.outbox.resend_from(expected)
                 elif header.kind is Kind.STARTED:
                     if self.started.is_set():  # a close-time probe: take what it says it has
                         self.outbox.hurry(header.integer("next"))  # and send what it lacks

@@ -15,6 +15,7 @@ their original sender with their original sequence numbers.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
 import json
@@ -23,6 +24,7 @@ import os
 import shlex
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
@@ -241,12 +243,46 @@ def resend(spill: str | os.PathLike[str], address: str | None = None, *,
         SinkError: the collector did not acknowledge every batch within ``timeout`` (the spill
             is kept; resend it again).
     """
-    from relayrl_gym.transport.sink import ZMQSink
 
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
             math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"`timeout` must be a number of seconds > 0, got {timeout!r}")
     path = Path(spill)
+    with _resending(path):
+        return _resend(path, address, timeout, curve_keys, remove)
+
+
+@contextlib.contextmanager
+def _resending(path: Path) -> Iterator[None]:
+    """Holds an exclusive lock on the spill's index while it is resent: two resends of one
+    spill at once would take the sender's place from each other at the collector."""
+    read_spill(path)  # a clear error first when it is no spill
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks here: resends are not guarded against each other
+        yield
+        return
+    try:
+        handle = (path / SPILL_INDEX).open("rb")
+    except FileNotFoundError:
+        raise DatasetError(f"the spill {str(path)!r} was just removed: another resend "
+                           "delivered it") from None
+    with handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SinkError(f"another resend of the spill {str(path)!r} is running; wait for it "
+                            "(it removes the spill once the collector has every batch)") from None
+        if not (path / SPILL_INDEX).exists():
+            raise DatasetError(f"the spill {str(path)!r} was just removed: another resend "
+                               "delivered it")
+        yield
+
+
+def _resend(path: Path, address: str | None, timeout: float, curve_keys: str | Path | None,
+            remove: bool) -> ResendResult:
+    from relayrl_gym.transport.sink import ZMQSink
+
     index, schema, batches = _spilled_batches(path)
     total_rows = sum(index.rows)
     sink = ZMQSink(address or index.endpoint, models="off", curve_keys=curve_keys,

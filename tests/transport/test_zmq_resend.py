@@ -261,3 +261,35 @@ def test_a_collector_that_requires_curve_keys_takes_the_resend_with_them(tmp_pat
                         curve_keys=keys / "clients" / "actor")
         assert (result.sent_batches, result.had_batches) == (len(batches), 0)
         assert server.stats["rows"] == sum(b.num_rows for b in batches)
+
+
+def test_a_second_resend_of_a_spill_being_resent_is_refused(tmp_path):
+    """Two resends at once would take the sender's place from each other at the collector:
+    the second is refused while the first runs, and the spill stays resendable."""
+    import threading
+
+    envs, spill, port = _spill_with_collector_down(tmp_path)
+    before = _files(spill)
+    failed = []
+
+    def first():
+        try:
+            resend(spill, timeout=3)  # the collector is still down: this one waits 3 s
+        except SinkError as err:
+            failed.append(err)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    time.sleep(0.5)
+    with pytest.raises(SinkError, match=r"another resend of the spill .* is running"):
+        resend(spill, timeout=3)
+    thread.join(20)
+    assert failed and "kept as it was" in str(failed[0])
+    assert _files(spill) == before
+    with TrainingServer(bind=f"tcp://127.0.0.1:{port}", sink=tmp_path / "collected"):
+        done = resend(spill, timeout=20)
+    assert done.removed and not spill.exists()
+    with pytest.raises(DatasetError, match="does not exist"):
+        resend(spill, timeout=3)
+    assert_same_rows(rows(tmp_path / "collected" / envs.run_id),
+                     rows(tmp_path / "local" / envs.run_id))
