@@ -83,7 +83,8 @@ class ActorThread:
         Without ``group``, `wait` collects the result. With one, the command reports its end
         to the group instead, and `collect` takes the result once the group is done.
         """
-        self.check_ready()
+        if self._busy or self._stopped:
+            self.check_ready()  # raises unless an abandoned command has ended meanwhile
         self._busy = True
         self._submitted += 1
         self._group = group
@@ -129,7 +130,7 @@ class ActorThread:
     @property
     def abandoned(self) -> bool:
         """True while a command given up on (`abandon`, `settle`) still runs."""
-        return self._busy and self._abandoned
+        return self._abandoned  # set only while busy; cleared with it
 
     def abandon(self) -> None:
         """Gives up on the running command after a timed-out wait.
@@ -159,11 +160,9 @@ class ActorThread:
         The command is abandoned first: if this wait is itself cut short (a second Ctrl-C, or
         ``timeout``), the thread still takes new commands once the command has ended.
         """
-        if not self._busy:
-            return
-        self._abandoned = True
+        self.abandon()
         deadline = time.monotonic() + timeout
-        while not self._reclaim() and time.monotonic() < deadline:
+        while self._busy and not self._reclaim() and time.monotonic() < deadline:
             time.sleep(0.001)
 
     def stop(self, timeout: float = 10.0) -> None:

@@ -166,10 +166,7 @@ class Outbox:
     def rewind(self, expected: int) -> None:
         """The collector has everything before ``expected`` and wants the rest again now."""
         self.ack(expected - 1)
-        with self._lock:
-            for seq in self._next_send:
-                self._next_send[seq] = 0.0
-                self._delay[seq] = self.resend_after
+        self.resend_from(expected)
 
     def pending(self) -> list[Pending]:
         """What is still unacknowledged, oldest first."""

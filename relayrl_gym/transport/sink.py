@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -331,12 +331,7 @@ class ZMQSink(Sink):
                 return
 
     def _replies(self, sock: Any) -> None:
-        zmq = require_zmq()
-        while True:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in _waiting(sock):
             try:
                 header = decode_header(frames[0])
                 if header.kind is Kind.ACK:
@@ -367,12 +362,9 @@ class ZMQSink(Sink):
                 log.warning("ignoring a malformed reply from %s: %s", self.endpoint, err)
 
     def _model_messages(self, sock: Any) -> None:
-        zmq = require_zmq()
-        while self._feed is not None:
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        if self._feed is None:
+            return
+        for frames in _waiting(sock):
             try:
                 header = decode_header(frames[0])
             except ProtocolViolation as err:
@@ -397,3 +389,13 @@ class ZMQSink(Sink):
                     host = self.endpoint[len("tcp://"):].rpartition(":")[0]
                 self.models_endpoint = f"tcp://{host}:{port}"
         self.started.set()
+
+
+def _waiting(sock: Any) -> Iterator[list[Any]]:
+    """The messages waiting on ``sock``, without blocking."""
+    zmq = require_zmq()
+    while True:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return

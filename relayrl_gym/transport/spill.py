@@ -243,7 +243,6 @@ def resend(spill: str | os.PathLike[str], address: str | None = None, *,
         SinkError: the collector did not acknowledge every batch within ``timeout`` (the spill
             is kept; resend it again).
     """
-
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
             math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"`timeout` must be a number of seconds > 0, got {timeout!r}")
@@ -255,27 +254,24 @@ def resend(spill: str | os.PathLike[str], address: str | None = None, *,
 @contextlib.contextmanager
 def _resending(path: Path) -> Iterator[None]:
     """Holds an exclusive lock on the spill's index while it is resent: two resends of one
-    spill at once would take the sender's place from each other at the collector."""
-    read_spill(path)  # a clear error first when it is no spill
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks here: resends are not guarded against each other
-        yield
-        return
+    spill at once would take the sender's place from each other at the collector. A spill
+    the other one removed meanwhile fails where the resend reads it, with `read_spill`'s error."""
     try:
         handle = (path / SPILL_INDEX).open("rb")
-    except FileNotFoundError:
-        raise DatasetError(f"the spill {str(path)!r} was just removed: another resend "
-                           "delivered it") from None
+    except OSError:
+        read_spill(path)  # raises the error that says what the path is instead
+        raise
     with handle:
+        try:
+            import fcntl
+        except ImportError:  # no POSIX locks here: resends are not guarded against each other
+            yield
+            return
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SinkError(f"another resend of the spill {str(path)!r} is running; wait for it "
                             "(it removes the spill once the collector has every batch)") from None
-        if not (path / SPILL_INDEX).exists():
-            raise DatasetError(f"the spill {str(path)!r} was just removed: another resend "
-                               "delivered it")
         yield
 
 

@@ -25,7 +25,7 @@ from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import Sink
 from relayrl_gym.wrappers.pettingzoo.tracker import AgentTracker, AgentTransition
 
-__all__ = ["GameRecording", "RunOwner", "SpaceGroup", "space_groups"]
+__all__ = ["GameRecording", "RunOwner", "SpaceGroup", "run_names", "space_groups"]
 
 
 class SpaceGroup(NamedTuple):
@@ -288,6 +288,16 @@ def _rows(values: list[Any]) -> Any:
     return map_leaves(_stack, values[0], *values[1:])
 
 
+def run_names(recording: GameRecording | None
+              ) -> tuple[str | None, Path | None, dict[str, str], dict[str, Path | None]]:
+    """``run_id``, ``run_path``, ``run_ids`` and ``run_paths`` of a wrapper recording to
+    ``recording`` (None: nothing recorded): see `RunOwner`."""
+    if recording is None:
+        return None, None, {}, {}
+    return (recording.run_id, recording.run_path, dict(recording.run_ids),
+            dict(recording.run_paths))
+
+
 class RunOwner:
     """The lifecycle of a recorded game wrapper (parallel or turn-based): closing it closes the
     game, then flushes and closes the run it owns; a wrapper dropped without `close` still
@@ -316,10 +326,7 @@ class RunOwner:
         owns and closes with itself (None: owned elsewhere)."""
         self.tracker = tracker or AgentTracker(None, {})
         self.recording = recording
-        self.run_id = recording.run_id if recording is not None else None
-        self.run_path = recording.run_path if recording is not None else None
-        self.run_ids = dict(recording.run_ids) if recording is not None else {}
-        self.run_paths = dict(recording.run_paths) if recording is not None else {}
+        self.run_id, self.run_path, self.run_ids, self.run_paths = run_names(recording)
         self.closed = False
 
     def close(self) -> None:

@@ -4,13 +4,13 @@ agents played by policies, every agent recorded."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
 from relayrl_gym.errors import StateError
 from relayrl_gym.wrappers.pettingzoo.games import Games
+from relayrl_gym.wrappers.pettingzoo.recording import run_names
 
 __all__ = ["PettingZooAgentEnv"]
 
@@ -55,12 +55,7 @@ class PettingZooAgentEnv(gym.Env):
         self.metadata = dict(first.metadata)
         self.render_mode = getattr(first, "render_mode", None)
         self.env_id = env_id
-        recording = games.recording
-        self.run_id: str | None = recording.run_id if recording is not None else None
-        self.run_path: Path | None = recording.run_path if recording is not None else None
-        self.run_ids: dict[str, str] = dict(recording.run_ids) if recording is not None else {}
-        self.run_paths: dict[str, Path | None] = (dict(recording.run_paths)
-                                                 if recording is not None else {})
+        self.run_id, self.run_path, self.run_ids, self.run_paths = run_names(games.recording)
         self.closed = False
         self._running = False
 

@@ -111,10 +111,10 @@ class AgentTracker:
             if episode is None:
                 episode = self._episodes[agent] = [recording.new_episode_id(run), 0]
             text = info_to_json(info) if recording.record_info and info else None
-            rows.append(AgentTransition(run, slot, episode[0], episode[1], pending.obs,
-                             pending.action, float(reward), map_leaves(np.array, next_obs),
-                             bool(terminated), bool(truncated), pending.version, text,
-                             pending.mask, pending.data))
+            rows.append(AgentTransition(
+                run, slot, episode[0], episode[1], pending.obs, pending.action, float(reward),
+                map_leaves(np.array, next_obs), bool(terminated), bool(truncated),
+                pending.version, text, pending.mask, pending.data))
             episode[1] += 1
             if terminated or truncated:
                 del self._episodes[agent]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from gymnasium.vector.utils import batch_space, concatenate, create_empty_array,
 from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.wrappers.pettingzoo.games import Games
 from relayrl_gym.wrappers.pettingzoo.observations import zeros_like
+from relayrl_gym.wrappers.pettingzoo.recording import run_names
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.pettingzoo.sb3 import PettingZooSB3VecEnv
@@ -87,12 +87,7 @@ class PettingZooVectorEnv(VectorEnv):
         self.render_mode = getattr(first, "render_mode", None)
         self.env_id = env_id
         self.agent = None  # PettingZoo games step inline: no RelayRLAgent behind them
-        recording = games.recording
-        self.run_id: str | None = recording.run_id if recording is not None else None
-        self.run_path: Path | None = recording.run_path if recording is not None else None
-        self.run_ids: dict[str, str] = dict(recording.run_ids) if recording is not None else {}
-        self.run_paths: dict[str, Path | None] = (dict(recording.run_paths)
-                                                 if recording is not None else {})
+        self.run_id, self.run_path, self.run_ids, self.run_paths = run_names(games.recording)
         self.closed = False
         self._prev_obs: Any = None
         self._over = np.zeros(games.copies, dtype=np.bool_)
