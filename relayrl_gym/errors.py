@@ -3,6 +3,8 @@ it."""
 
 from __future__ import annotations
 
+import sys
+
 __all__ = [
     "ActionError",
     "ConfigError",
@@ -16,6 +18,7 @@ __all__ = [
     "StateError",
     "TransportError",
     "UnsupportedSpaceError",
+    "add_note",
 ]
 
 
@@ -72,3 +75,12 @@ def missing_extra(module: str, extra: str) -> MissingDependencyError:
     return MissingDependencyError(
         f"{module!r} is not installed; install it with: pip install \"relayrl-gym[{extra}]\""
     )
+
+
+def add_note(err: BaseException, note: str) -> None:
+    """Adds context to an exception that is not ours to rename (``BaseException.add_note``;
+    on Python 3.10, the same ``__notes__`` list, which 3.10's tracebacks do not print)."""
+    if sys.version_info >= (3, 11):
+        err.add_note(note)
+    else:
+        setattr(err, "__notes__", [*getattr(err, "__notes__", []), note])  # noqa: B010

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
-from relayrl_gym.errors import ConfigError, EnvCreationError
+from relayrl_gym.errors import ConfigError, add_note
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 from relayrl_gym.wrappers.factory import FirstMade, env_factories
 from relayrl_gym.wrappers.pettingzoo.detect import is_pettingzoo
@@ -26,9 +27,9 @@ def _made_by(env: Any) -> Any:
     # what it makes is the first actor's env (or game), so errors name actor 0.
     try:
         return env()
-    except Exception as err:
-        raise EnvCreationError(f"creating the environment of actor 0 failed: "
-                               f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # the caller's own exception reaches them as itself
+        add_note(err, "relayrl-gym: raised while creating the environment of actor 0")
+        raise
 
 
 @overload
@@ -56,16 +57,20 @@ def wrap(
     spill_dir: str | None = None,
     policy: Any = None,
     policies: dict[Any, Any] | None = None,
+    copy: bool = True,
+    observation_mode: str | tuple[gym.Space[Any], gym.Space[Any]] = "same",
     **make_kwargs: Any,
 ) -> Any:
     """Wraps an env into a recorded vector env of ``actors`` copies, or a PettingZoo game into
     a recorded game.
 
     Args:
-        env: a Gymnasium env id, a `gymnasium.Env` (remade from its spec, else deep-copied), a
-            PettingZoo `ParallelEnv` / `AECEnv`, or a zero-argument callable returning one of
-            those (called once here to see which).
-        actors: number of env copies (actors), >= 1 (default 1). For a PettingZoo game:
+        env: a Gymnasium env id, a `gymnasium.Env` (itself actor 0; the other actors' envs
+            remade from its spec, else deep-copied), a PettingZoo `ParallelEnv` / `AECEnv`, a
+            zero-argument callable returning one of those (called once here to see which), or
+            a list of env factories, one per actor (CleanRL's ``make_env(i)``).
+        actors: number of env copies (actors), >= 1 (default: the list's length, else 1). For
+            a PettingZoo game:
             game copies; left out, a game keeps its own API (or, with `policies` leaving one
             agent, becomes a single `gymnasium.Env`).
         api: "gymnasium" (default for Gymnasium envs) for a `gymnasium.vector.VectorEnv`,
@@ -76,8 +81,10 @@ def wrap(
             `Sink`, a list of those, or None to record nothing.
         autoreset_mode: "next_step" (Gymnasium's default), "same_step" or "disabled";
             api="sb3" always uses "same_step" (SB3 resets a finished env in the same step).
-        router_scale: "auto" measures the env and picks inline stepping (cheap envs) or one
-            thread per actor (slow envs whose step releases the GIL); 0 or n >= 1 forces it.
+        router_scale: "auto" (default) or 0 steps every env on the calling thread, as
+            SyncVectorEnv does: safe for any env, and nothing is built or stepped to decide it.
+            n >= 1 gives each actor its own thread (at most n stepping at once), for
+            thread-safe envs whose steps release the GIL (MuJoCo, I/O, sleeps).
         run_id: the run's name (default: env id, UTC time and a random suffix).
         flush_interval: seconds between time-based flushes (the most a crash can lose).
         record_info: record each step's info dict as JSON.
@@ -90,6 +97,9 @@ def wrap(
         policies: PettingZoo only: ``{agent: ModelModule | path | callable}``, the agents the
             runtime plays (batched across game copies, hot-swappable with
             ``env.update_policy(agent, model)``); the caller plays the others.
+        copy: as `gymnasium.vector.SyncVectorEnv`'s (observations are new arrays either way).
+        observation_mode: as SyncVectorEnv's: "same" (default), "different" (copies whose
+            observation spaces differ in bounds only), or (batched, single) spaces.
         **make_kwargs: passed to `gymnasium.make` when ``env`` is an id.
 
     Returns:
@@ -134,8 +144,6 @@ def wrap(
                           "pass policy=ModelModule or path")
     if api is None:
         api = "gymnasium"
-    if actors is None:
-        actors = 1
     if api not in _APIS:
         raise ConfigError(f"`api` must be one of {', '.join(map(repr, _APIS))}, got {api!r}")
     sb3 = api == "sb3"
@@ -149,6 +157,10 @@ def wrap(
     if autoreset_mode is None:
         autoreset_mode = AutoresetMode.SAME_STEP if sb3 else AutoresetMode.NEXT_STEP
     env_fns, env_id = env_factories(env, actors, make_kwargs)
+    if sb3 and isinstance(env, str):  # as make_vec_env(env_id): SB3 logs episode statistics
+        from relayrl_gym.wrappers.sb3 import monitored
+
+        env_fns = [functools.partial(monitored, fn) for fn in env_fns]
     premade = None
     if made is not None:  # the env made to see what the factory makes serves once more
         premade = FirstMade(env_fns[0], made)
@@ -157,7 +169,8 @@ def wrap(
         envs = RelayRLVectorEnv(env_fns, sink=sink, autoreset_mode=autoreset_mode,
                                 router_scale=router_scale, run_id=run_id, env_id=env_id,
                                 flush_interval=flush_interval, record_info=record_info,
-                                batch_rows=batch_rows, spill_dir=spill_dir, policy=policy)
+                                batch_rows=batch_rows, spill_dir=spill_dir, policy=policy,
+                                copy=copy, observation_mode=observation_mode)
     finally:
         if premade is not None:
             premade.discard()

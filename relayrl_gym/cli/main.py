@@ -9,6 +9,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import gymnasium as gym
+
 from relayrl_gym.errors import RelayRLError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 
@@ -160,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _resend(args)
         else:
             _inspect(args.path)
-    except (RelayRLError, ValueError) as err:
+    except (RelayRLError, ValueError, gym.error.Error) as err:
         print(f"relayrl-gym {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import atexit
 import enum
 import logging
 import os
 import queue
 import threading
 import time
-import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from relayrl_gym.errors import SinkError
+from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.recording.delivery import DEFAULT_BACKLOG_BYTES, SinkDelivery
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 
@@ -27,9 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["BackgroundWriter"]
 
 log = logging.getLogger(__name__)
-
-_LIVE: weakref.WeakSet[BackgroundWriter] = weakref.WeakSet()
-
 
 class _Command(enum.Enum):
     FLUSH = "flush"
@@ -94,7 +90,7 @@ class BackgroundWriter:
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
-        _LIVE.add(self)
+        self._exit_key = close_at_exit(self, _close_at_exit)
 
     @property
     def errors(self) -> int:
@@ -156,7 +152,7 @@ class BackgroundWriter:
             if self._thread.is_alive():
                 raise SinkError(f"the writer thread did not stop within {timeout} s")
         self._closed = True
-        _LIVE.discard(self)
+        forget_at_exit(self._exit_key)
         problems: list[str] = []
         first: BaseException | None = None
         for delivery in self.deliveries:
@@ -272,10 +268,5 @@ def _default_spill_root(sinks: list[Sink]) -> Path:
     return Path(DEFAULT_SINK_ROOT, "_spill")
 
 
-@atexit.register
-def _close_live_writers() -> None:
-    for writer in list(_LIVE):
-        try:
-            writer.close(timeout=10.0)
-        except Exception:
-            log.exception("closing a relayrl-gym writer at exit failed")
+def _close_at_exit(writer: BackgroundWriter) -> None:
+    writer.close(timeout=10.0)

@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from relayrl_gym._version import __version__
 from relayrl_gym.errors import ConfigError, RelayRLError, StateError
+from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.policies.fitting import VersionCounter
 from relayrl_gym.runtime.actor import DeviceType
 from relayrl_gym.runtime.client import AgentParams, ClientAPI
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
     from relayrl_gym.recording.recorder import Recorder
     from relayrl_gym.recording.writer import BackgroundWriter
     from relayrl_gym.runtime.actor import Actor
-    from relayrl_gym.runtime.probe import ProbeResult
     from relayrl_gym.runtime.router import Router
 
 __all__ = ["RelayRLAgent", "new_run_id"]
@@ -59,7 +59,6 @@ class RelayRLAgent(ClientAPI):
 
     def __init__(self, actors: Sequence[Actor] = (), router: Router | None = None,
                  recorder: Recorder | None = None, writer: BackgroundWriter | None = None,
-                 probe: ProbeResult | None = None,
                  on_shutdown: Callable[[], None] | None = None,
                  on_update_model: Callable[..., int] | None = None) -> None:
         """Creates the agent over already-built parts (`RelayRLVectorEnv` builds them), or,
@@ -70,7 +69,6 @@ class RelayRLAgent(ClientAPI):
             router: the router serving them.
             recorder: the recorder of their transitions, if recording.
             writer: the background writer behind ``recorder``.
-            probe: the measurement that chose the router scale, when it was chosen automatically.
             on_shutdown: called first by `shutdown` (closes the environments on their threads).
             on_update_model: what `update_model` does for a wrapped env (swaps its policy).
         """
@@ -78,7 +76,6 @@ class RelayRLAgent(ClientAPI):
         self.router = router
         self.recorder = recorder
         self.writer = writer
-        self.probe = probe
         self.run_id: str | None = None
         self.run_path: Path | None = None
         self._on_shutdown = on_shutdown
@@ -98,6 +95,8 @@ class RelayRLAgent(ClientAPI):
         self._resolved = None
         self._versions = VersionCounter()
         self._worker_count = 0
+        # Closed at interpreter exit while its threads still run (see relayrl_gym.lifecycle).
+        self._exit_key = close_at_exit(self, RelayRLAgent.shutdown) if self._running else None
 
     def start(self, params: AgentParams) -> None:
         """Starts a built agent: loads its model, opens its sinks, creates its actors."""
@@ -140,6 +139,7 @@ class RelayRLAgent(ClientAPI):
         table.recorder = self.recorder
         self._table = table
         self._started = self._running = True
+        self._exit_key = close_at_exit(self, RelayRLAgent.shutdown)
         self._resize_workers(params.router_scale)
         if params.actor_count:
             self.new_actors(params.actor_count)
@@ -204,6 +204,7 @@ class RelayRLAgent(ClientAPI):
             return
         with self._lock:  # a request in flight finishes (and is recorded) first
             self._running = False
+        forget_at_exit(self._exit_key)
         errors: list[BaseException] = []
         steps: list[Callable[[], Any]] = []
         if self._on_shutdown is not None:

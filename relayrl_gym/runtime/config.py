@@ -133,7 +133,7 @@ def _toml() -> Any:
         import tomllib  # Python >= 3.11
     except ImportError:
         try:
-            import tomli as tomllib  # type: ignore[no-redef]
+            import tomli as tomllib  # type: ignore[no-redef,unused-ignore]
         except ImportError as err:
             raise ConfigError("reading a TOML config file needs Python >= 3.11 or `pip install "
                               "tomli`; or use a .json config file") from err

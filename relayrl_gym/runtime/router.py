@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from relayrl_gym.errors import ConfigError, RouterError
+from relayrl_gym.lifecycle import finalizing
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.worker import ActorThread, CommandGroup
 
@@ -83,6 +84,8 @@ class Router:
             actors = list(self._actors.values())
         if not self.threaded:
             return [fn(actor, arg) for actor, arg in zip(actors, args)]
+        if finalizing():  # daemon threads are frozen: a command given to them never ends
+            raise RouterError("the interpreter is exiting: actor threads no longer run")
         try:
             threads = [self._threads[actor.index] for actor in actors]
         except KeyError:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import atexit
 import collections
 import logging
 import os
 import threading
 import time
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +14,7 @@ from typing import Any
 import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, StateError, TransportError
+from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
 from relayrl_gym.transport._zmq import require_zmq
 from relayrl_gym.transport.collector import (
@@ -31,7 +30,6 @@ __all__ = ["TrainingServer"]
 
 log = logging.getLogger(__name__)
 
-_LIVE: weakref.WeakSet[TrainingServer] = weakref.WeakSet()
 _LEARNER_QUEUE_BYTES = 256 * 1024 * 1024
 
 
@@ -134,7 +132,7 @@ class TrainingServer:
         except BaseException:
             self._shutdown()
             raise
-        _LIVE.add(self)
+        self._exit_key = close_at_exit(self, TrainingServer.close)
 
     # -- public ------------------------------------------------------------------------------
     @property
@@ -207,7 +205,7 @@ class TrainingServer:
         if self._closed:
             return
         self._closed = True
-        _LIVE.discard(self)
+        forget_at_exit(self._exit_key)
         with self._arrived:
             self._arrived.notify_all()
         self._shutdown(timeout)
@@ -256,13 +254,3 @@ class TrainingServer:
                 log.warning("the learner is behind: %d batches dropped from its view (they "
                             "are in the dataset)", dropped)
             self._arrived.notify_all()
-
-
-@atexit.register
-def _close_live_servers() -> None:
-    """Servers left open at interpreter exit complete their runs' files."""
-    for server in list(_LIVE):
-        try:
-            server.close()
-        except Exception:
-            log.exception("closing a TrainingServer at exit failed")

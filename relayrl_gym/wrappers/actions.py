@@ -1,4 +1,10 @@
-"""Action-batch validation: wrong shape, dtype or out-of-space actions get a clear error."""
+"""Action batches: split per env as SyncVectorEnv does, and made the recorder's own.
+
+The envs judge their actions (CartPole asserts, Pendulum clips), exactly as under
+`gymnasium.vector.SyncVectorEnv`: nothing here checks bounds. What recording needs (one action
+per env, of the space's shape and dtype) is checked before any env steps, and a failure raises
+the exception type Gymnasium raises for it, with what was wrong in the message.
+"""
 
 from __future__ import annotations
 
@@ -7,114 +13,72 @@ from typing import Any
 
 import numpy as np
 from gymnasium import spaces
-from gymnasium.vector.utils import iterate
+from gymnasium.vector.utils import concatenate, create_empty_array, iterate
 
-from relayrl_gym.errors import ActionError
+from relayrl_gym.errors import ActionError, add_note
 
-__all__ = ["batch_action_checker"]
-
-
-def _as_array(actions: Any, space: spaces.Space, n: int) -> np.ndarray:
-    try:
-        array = np.asarray(actions)
-    except (TypeError, ValueError) as err:
-        raise ActionError(f"the action batch for {space} could not be read as an array: {err}"
-                          ) from err
-    expected = (n, *(space.shape or ()))
-    if array.shape != expected:
-        raise ActionError(f"the action batch must have shape {expected} (one action of {space} "
-                          f"per env, num_envs={n}), got shape {array.shape}")
-    return array
+__all__ = ["ActionBatcher"]
 
 
-def _discrete(space: spaces.Discrete, n: int) -> Callable[[Any], np.ndarray]:
-    low, high = int(space.start), int(space.start + space.n)
-    expected = (n,)
-    dtype = space.dtype
+class ActionBatcher:
+    """Splits an action batch into one action per env, and builds the batch to record.
 
-    def check(actions: Any) -> np.ndarray:
-        # Runs every step: the common case (an int array of the right shape) takes no detour.
-        array = actions if type(actions) is np.ndarray else _as_array(actions, space, n)
-        if array.shape != expected:
-            array = _as_array(array, space, n)
-        if array.dtype.kind not in "iu":
-            raise ActionError(f"actions for {space} must be integers, got dtype {array.dtype}")
-        # For the few actions of a typical vector env, Python's min/max beat numpy's reductions.
-        values = array.tolist() if n <= 256 else array
-        if min(values) < low or max(values) >= high:
-            i = int(np.flatnonzero((array < low) | (array >= high))[0])
-            raise ActionError(f"action {array[i].item()!r} of env {i} is outside {space} "
-                              f"(valid: {low}..{high - 1})")
-        return array if array.dtype == dtype else array.astype(dtype)
-
-    return check
-
-
-def _box(space: spaces.Box, n: int) -> Callable[[Any], np.ndarray]:
-    bounded = bool(np.any(np.isfinite(space.low)) or np.any(np.isfinite(space.high)))
-    low, high = space.low, space.high
-
-    def check(actions: Any) -> np.ndarray:
-        array = _as_array(actions, space, n)
-        if array.dtype.kind not in "biuf" or not np.can_cast(array.dtype, space.dtype,
-                                                              "same_kind"):
-            raise ActionError(f"actions for {space} must be numbers castable to {space.dtype}, "
-                              f"got dtype {array.dtype}")
-        if bounded:
-            bad = ~((array >= low) & (array <= high))
-            if bad.any():
-                env, *cell = np.argwhere(bad)[0]
-                raise ActionError(
-                    f"action of env {env} is outside {space}: value "
-                    f"{array[(env, *cell)].item()!r} at "
-                    f"index {tuple(cell)} is not within [{low[tuple(cell)]}, "
-                    f"{high[tuple(cell)]}]. Clip actions (e.g. np.clip(a, space.low, "
-                    "space.high)) or use gymnasium.wrappers.ClipAction in the env factory")
-        return array.astype(space.dtype, copy=False)
-
-    return check
-
-
-def _generic(space: spaces.Space, batch_space: spaces.Space, n: int) -> Callable[[Any], Any]:
-    def check(actions: Any) -> Any:
-        try:
-            items = list(iterate(batch_space, actions))
-        except Exception as err:
-            raise ActionError(f"the action batch does not fit {batch_space}: {err}") from err
-        if len(items) != n:
-            raise ActionError(f"the action batch has {len(items)} actions, expected one per env "
-                              f"(num_envs={n})")
-        for i, item in enumerate(items):
-            if not space.contains(item):
-                raise ActionError(f"action {item} of env {i} is outside {space}")
-        return _as_recorded(space, actions)
-
-    return check
-
-
-def _as_recorded(space: spaces.Space, batch: Any) -> Any:
-    """A new batch with every leaf a numpy array of the space's dtype (the recorder's own)."""
-    if isinstance(space, spaces.Dict):
-        return {k: _as_recorded(s, batch[k]) for k, s in space.spaces.items()}
-    if isinstance(space, spaces.Tuple):
-        return tuple(_as_recorded(s, part) for s, part in zip(space.spaces, batch))
-    return np.array(batch, dtype=space.dtype)
-
-
-def batch_action_checker(space: spaces.Space, batch_space: spaces.Space, n: int
-                         ) -> Callable[[Any], Any]:
-    """Returns ``check(actions) -> actions as recorded``, raising `ActionError` on bad input.
-
-    >>> check = batch_action_checker(spaces.Discrete(2), spaces.MultiDiscrete([2, 2]), 2)
-    >>> check([0, 1])
+    >>> batcher = ActionBatcher(spaces.Discrete(2), spaces.MultiDiscrete([2, 2]), 2)
+    >>> batcher.split([0, 1])
+    [0, 1]
+    >>> batcher.recorded([0, 1], [0, 1])
     array([0, 1])
-    >>> check([0, 2])
+    >>> batcher.split(np.array([0, 1, 1]))
     Traceback (most recent call last):
     ...
-    relayrl_gym.errors.ActionError: action 2 of env 1 is outside Discrete(2) (valid: 0..1)
+    relayrl_gym.errors.ActionError: the action batch holds 3 actions, expected 2 (one per env)
     """
-    if isinstance(space, spaces.Discrete):
-        return _discrete(space, n)
-    if isinstance(space, spaces.Box):
-        return _box(space, n)
-    return _generic(space, batch_space, n)
+
+    def __init__(self, space: spaces.Space, batch_space: spaces.Space, n: int) -> None:
+        """Args:
+        space: one env's action space.
+        batch_space: the vector env's action space.
+        n: the number of envs.
+        """
+        self.space, self.batch_space, self.n = space, batch_space, n
+        self._array = isinstance(space, spaces.Box | spaces.Discrete | spaces.MultiDiscrete |
+                                 spaces.MultiBinary)
+        self._shape = (n, *(space.shape or ()))
+        self._dtype = space.dtype
+        self._convert: Callable[[Any, list[Any]], Any] = (
+            self._as_array if self._array else self._concatenated)
+
+    def split(self, actions: Any) -> list[Any]:
+        """One action per env, as `gymnasium.vector.utils.iterate` yields them."""
+        if type(actions) is np.ndarray and actions.dtype != object:
+            items = list(actions)
+        else:
+            items = list(iterate(self.batch_space, actions))  # TypeError, as Gymnasium's
+        if len(items) != self.n:  # SyncVectorEnv's zip(strict=True) raises ValueError
+            raise ActionError(f"the action batch holds {len(items)} actions, expected "
+                              f"{self.n} (one per env)")
+        return items
+
+    def recorded(self, actions: Any, items: list[Any]) -> Any:
+        """A new batch of the space's shape and dtype, holding ``items`` (the recorder keeps
+        it: nothing the caller holds is shared)."""
+        try:
+            return self._convert(actions, items)
+        except (TypeError, ValueError) as err:
+            add_note(err, f"relayrl-gym records each action as {self.space}: the batch must hold "
+                         f"one such action per env (num_envs={self.n})")
+            raise
+
+    def _as_array(self, actions: Any, items: list[Any]) -> np.ndarray:
+        if type(actions) is np.ndarray and actions.shape == self._shape:
+            return actions.astype(self._dtype)  # a copy: the caller may reuse its array
+        array = np.array(items, dtype=self._dtype)
+        if array.shape != self._shape:
+            raise ActionError(f"the action batch must have shape {self._shape} (one action of "
+                              f"{self.space} per env), got actions of shape "
+                              f"{np.shape(items[0])}")
+        return array
+
+    def _concatenated(self, actions: Any, items: list[Any]) -> Any:
+        out = create_empty_array(self.space, self.n, fn=np.empty)
+        return concatenate(self.space, items, out)  # type: ignore[arg-type]

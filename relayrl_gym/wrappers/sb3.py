@@ -6,13 +6,15 @@ relayrl_gym`` never imports SB3 or torch.
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import gymnasium as gym
 import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import concatenate, create_empty_array
 
 from relayrl_gym.errors import ConfigError, StateError, missing_extra
 
@@ -31,37 +33,14 @@ except ImportError as err:  # SB3 itself, or torch under it
 if TYPE_CHECKING:
     from pathlib import Path
 
-    import gymnasium as gym
-
     from relayrl_gym.runtime.agent import RelayRLAgent
     from relayrl_gym.wrappers.vector import RelayRLVectorEnv
 
-__all__ = ["RelayRLSB3VecEnv", "env_info"]
+__all__ = ["RelayRLSB3VecEnv", "monitored"]
 
-# Keys Gymnasium's SAME_STEP autoreset adds to a vector info (with their ``_key`` masks).
-_FINAL_KEYS = frozenset({"final_obs", "_final_obs", "final_info", "_final_info"})
-
-
-def env_info(vector_info: dict[str, Any], i: int) -> dict[str, Any]:
-    """Env ``i``'s own info dict out of a Gymnasium vector info (``key`` + ``_key`` mask pairs).
-
-    Values come back as Gymnasium's vector info holds them: numbers as numpy scalars.
-
-    >>> info = {"lives": np.array([3, 0]), "_lives": np.array([True, False]),
-    ...         "stats": {"r": np.array([1.5, 2.0]), "_r": np.array([True, True])},
-    ...         "_stats": np.array([True, True])}
-    >>> sorted(env_info(info, 0)), sorted(env_info(info, 1))
-    (['lives', 'stats'], ['stats'])
-    >>> int(env_info(info, 0)["lives"]), float(env_info(info, 1)["stats"]["r"])
-    (3, 2.0)
-    """
-    out: dict[str, Any] = {}
-    for key, value in vector_info.items():
-        mask = vector_info.get(f"_{key}")
-        if mask is None or not mask[i]:
-            continue  # a mask itself, or a key env i did not report
-        out[key] = env_info(value, i) if isinstance(value, dict) else value[i]
-    return out
+def monitored(make: Callable[[], gym.Env]) -> gym.Env:
+    """``make()`` in SB3's ``Monitor``, as ``make_vec_env`` wraps each env it makes."""
+    return Monitor(make())
 
 
 class RelayRLSB3VecEnv(VecEnv):
@@ -77,15 +56,13 @@ class RelayRLSB3VecEnv(VecEnv):
     Behind it runs the Gymnasium front end in SAME_STEP autoreset mode: the same threads, sinks
     and run, and the same recorded rows as stepping that front end directly.
 
-    Episode statistics: an env without SB3's ``Monitor`` gets Monitor's ``info["episode"] =
-    {"r", "l", "t"}`` at the end of each episode from this VecEnv (``t``: seconds since it was
-    created), unless its info already has an ``"episode"`` key. Because that is the contract
-    SB3 checks ``Monitor`` for, ``env_is_wrapped(Monitor)`` answers True for every env (no
-    "not wrapped with a Monitor" warning from ``evaluate_policy``); a real Monitor in the env
-    factory is kept and used as is (its CSV log included). Other wrappers are answered truly.
+    Episode statistics come from SB3's ``Monitor``, as under ``make_vec_env``: ``wrap(env_id,
+    api="sb3")`` wraps each env in one (``make_vec_env(env_id)`` does the same); a factory's
+    envs are used as it makes them (``DummyVecEnv([factory] * n)`` does the same), so wrap
+    ``Monitor`` in the factory to log episode returns. ``env_is_wrapped`` answers truly.
 
-    Info values pass through Gymnasium's vector info, so numbers in them come back as numpy
-    scalars (``np.int64(3)`` where the env returned ``3``): equal values, numpy types.
+    Each env's info dict reaches the caller as the env returned it (no batching through
+    Gymnasium's vector info).
 
     >>> import relayrl_gym, tempfile
     >>> from stable_baselines3 import PPO
@@ -111,15 +88,13 @@ class RelayRLSB3VecEnv(VecEnv):
         self._vector_env = vector_env
         self._actions: Any = None
         self._waiting = False
-        self._was_reset = False
         super().__init__(vector_env.num_envs, vector_env.single_observation_space,
                          vector_env.single_action_space)
         self.metadata = {k: v for k, v in vector_env.metadata.items() if k != "autoreset_mode"}
-        monitored = self._on_envs(lambda env: is_wrapped(env, Monitor), None)
-        self._add_episode = ~np.array(monitored, dtype=np.bool_)
-        self._t_start = time.time()
-        self._returns = np.zeros(self.num_envs, dtype=np.float64)
-        self._lengths = np.zeros(self.num_envs, dtype=np.int64)
+        space = vector_env.single_action_space
+        # DummyVecEnv hands env i ``actions[i]``: Dict / Tuple actions come as one per env.
+        self._per_env_actions = not isinstance(space, spaces.Box | spaces.Discrete |
+                                               spaces.MultiDiscrete | spaces.MultiBinary)
 
     # -- what RelayRLVectorEnv exposes ---------------------------------------------------------
     @property
@@ -138,6 +113,12 @@ class RelayRLSB3VecEnv(VecEnv):
     @property
     def agent(self) -> RelayRLAgent:
         return self._vector_env.agent
+
+    @property
+    def envs(self) -> list[gym.Env]:
+        """The env copies, in actor order (DummyVecEnv's ``envs``; see `RelayRLVectorEnv.envs`
+        for what may be done with them)."""
+        return self._vector_env.envs
 
     @property
     def closed(self) -> bool:
@@ -170,24 +151,23 @@ class RelayRLSB3VecEnv(VecEnv):
                 options = {**options, "reset_mask": mask}
             else:
                 indices = list(range(self.num_envs))
-            obs, infos = self._vector_env.reset(seed=seeds, options=options or None)
+            obs, infos = self._vector_env.reset_each(seed=seeds, options=options or None)
             for i in indices:
-                self.reset_infos[i] = env_info(infos, i)
+                self.reset_infos[i] = infos[i]
         self._reset_seeds()
         self._reset_options()
-        self._returns[:] = 0.0
-        self._lengths[:] = 0
         self._waiting = False
-        self._was_reset = True
         return obs
 
     def step_async(self, actions: np.ndarray) -> None:
         """Takes the actions; `step_wait` steps every env with them."""
         self._vector_env._check_open()
-        if not self._was_reset:
-            raise StateError("step_async() called before reset(); call env.reset() first (SB3 "
-                             "algorithms do it in learn())")
-        self._actions = actions
+        batch: Any = actions
+        if self._per_env_actions:
+            space = self.action_space
+            out: Any = create_empty_array(space, self.num_envs, fn=np.empty)
+            batch = concatenate(space, [actions[i] for i in range(self.num_envs)], out)
+        self._actions = batch
         self._waiting = True
 
     def step_wait(self) -> VecEnvStepReturn:
@@ -197,42 +177,21 @@ class RelayRLSB3VecEnv(VecEnv):
                              "env.step(actions), or step_async(actions) then step_wait()")
         self._waiting = False
         actions, self._actions = self._actions, None
-        obs, rewards, terminated, truncated, vector_info = self._vector_env.step(actions)
+        obs, rewards, terminated, truncated, step_infos, finals = \
+            self._vector_env.step_each(actions)
         dones = terminated | truncated
-        self._returns += rewards
-        self._lengths += 1
-        if not vector_info and not dones.any():  # the common step: nothing to unpack
-            infos = [{"TimeLimit.truncated": False} for _ in range(self.num_envs)]
-        else:
-            infos = self._env_infos(vector_info, dones, terminated, truncated)
-        return obs, rewards.astype(np.float32), dones, infos
-
-    def _env_infos(self, vector_info: dict[str, Any], dones: np.ndarray,
-                   terminated: np.ndarray, truncated: np.ndarray) -> list[dict[str, Any]]:
-        # For a finished env, the step's own info is under "final_info" and the top-level keys
-        # are the info of the reset that followed (which SB3 keeps in reset_infos).
-        final_obs = vector_info.get("final_obs")
-        final_info = vector_info.get("final_info", {})
-        top = {k: v for k, v in vector_info.items() if k not in _FINAL_KEYS}
         infos = []
-        for i in range(self.num_envs):
-            if not dones[i]:
-                info = env_info(top, i)
-                info["TimeLimit.truncated"] = False
-                infos.append(info)
+        for i, info in enumerate(step_infos):
+            final = finals.get(i)
+            if final is None:
+                infos.append({**info, "TimeLimit.truncated": False})
                 continue
-            info = env_info(final_info, i)
-            self.reset_infos[i] = env_info(top, i)
-            if self._add_episode[i] and "episode" not in info:
-                info["episode"] = {"r": round(float(self._returns[i]), 6),
-                                   "l": int(self._lengths[i]),
-                                   "t": round(time.time() - self._t_start, 6)}
-            info["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
-            info["terminal_observation"] = final_obs[i]  # type: ignore[index]
-            self._returns[i] = 0.0
-            self._lengths[i] = 0
-            infos.append(info)
-        return infos
+            # The step's own info; the info of the reset that followed goes to reset_infos.
+            self.reset_infos[i] = info
+            infos.append({**final[1],
+                          "TimeLimit.truncated": bool(truncated[i] and not terminated[i]),
+                          "terminal_observation": final[0]})
+        return obs, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:
         """Closes the envs, flushes and closes the sinks, joins every thread; idempotent."""
@@ -264,11 +223,9 @@ class RelayRLSB3VecEnv(VecEnv):
 
     def env_is_wrapped(self, wrapper_class: type[gym.Wrapper],
                        indices: VecEnvIndices = None) -> list[bool]:
-        """Whether each env is wrapped in ``wrapper_class``; True for ``Monitor`` (see above)."""
-        found = self._on_envs(lambda env: is_wrapped(env, wrapper_class), indices)
-        if wrapper_class is Monitor:
-            return [True] * len(found)
-        return [bool(f) for f in found]
+        """Whether each env is wrapped in ``wrapper_class``."""
+        return [bool(f) for f in self._on_envs(lambda env: is_wrapped(env, wrapper_class),
+                                               indices)]
 
     def _on_envs(self, fn: Callable[[gym.Env], Any], indices: VecEnvIndices) -> list[Any]:
         # Each env is touched only on the thread that owns it (the router's actor thread).

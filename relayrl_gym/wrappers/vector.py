@@ -3,38 +3,40 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
+from gymnasium.vector.utils import concatenate, create_empty_array
 
 from relayrl_gym._version import __version__
-from relayrl_gym.errors import ConfigError, EnvCreationError, StateError
+from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.lifecycle import CallGate, finalizing
 from relayrl_gym.recording.buffer import info_to_json
 from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.recording.recorder import Recorder
 from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import RelayRLAgent, new_run_id
-from relayrl_gym.runtime.probe import ProbeResult, probe_router_scale
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.schema.batches import copy_batch, map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
-from relayrl_gym.wrappers.actions import batch_action_checker
+from relayrl_gym.wrappers.actions import ActionBatcher
+from relayrl_gym.wrappers.copies import check_distinct, observation_mismatch, vector_spaces
 from relayrl_gym.wrappers.factory import make_checked
 from relayrl_gym.wrappers.policy import PolicyDriver
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.sb3 import RelayRLSB3VecEnv
 
-__all__ = ["RelayRLVectorEnv", "new_run_id", "parse_autoreset_mode"]
+__all__ = ["EnvSteps", "RelayRLVectorEnv", "new_run_id", "parse_autoreset_mode"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,31 @@ def parse_autoreset_mode(mode: str | AutoresetMode) -> AutoresetMode:
         raise ConfigError(f"`autoreset_mode` must be one of 'next_step', 'same_step', 'disabled' "
                           f"or a gymnasium.vector.AutoresetMode, got {mode!r}")
     return found
+
+
+class EnvSteps(NamedTuple):
+    """One vector step, with each env's own info dict (`RelayRLVectorEnv.step_each`)."""
+
+    obs: Any
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    #: Each env's info; for an env reset in this step (SAME_STEP), its reset's info.
+    infos: tuple[dict[str, Any], ...]
+    #: SAME_STEP: env index -> (last observation, last info) of the episode that ended.
+    finals: dict[int, tuple[Any, dict[str, Any]]]
+
+
+def _gated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs the method holding the env's `CallGate`: a close() from another thread waits for
+    it, one from a signal handler inside it runs when it ends."""
+
+    @functools.wraps(method)
+    def gated(self: RelayRLVectorEnv, *args: Any, **kwargs: Any) -> Any:
+        with self._gate:
+            return method(self, *args, **kwargs)
+
+    return gated
 
 
 def _put_row(batch: Any, i: int, value: Any) -> None:
@@ -94,6 +121,8 @@ class RelayRLVectorEnv(VectorEnv):
         batch_rows: int | None = None,
         spill_dir: str | Path | None = None,
         policy: Any = None,
+        copy: bool = True,
+        observation_mode: str | tuple[gym.Space[Any], gym.Space[Any]] = "same",
     ) -> None:
         """Creates the actors and their environments, and opens the sinks.
 
@@ -101,8 +130,8 @@ class RelayRLVectorEnv(VectorEnv):
             env_fns: one zero-argument env factory per actor.
             sink: a directory, URL, `Sink`, list of those, or None (record nothing).
             autoreset_mode: Gymnasium autoreset mode (default NEXT_STEP, Gymnasium's default).
-            router_scale: "auto" (measure the env, then choose), 0 (step every env on the calling
-                thread) or n >= 1 (one thread per actor, at most n stepping at once).
+            router_scale: "auto" or 0 (step every env on the calling thread, safe for any env)
+                or n >= 1 (one thread per actor, at most n stepping at once).
             run_id: name of the run (default: env id, time and a random suffix).
             env_id: env id recorded in the run metadata (default: from the env's spec).
             flush_interval: seconds between time-based flushes to the sinks.
@@ -112,6 +141,9 @@ class RelayRLVectorEnv(VectorEnv):
                 ``_spill`` in the Arrow sink's directory, else ``relayrl_runs/_spill``).
             policy: a ModelModule (or a path to one) that `act` answers with; steps taking its
                 actions are recorded with its version and extra outputs.
+            copy: as SyncVectorEnv's; observations returned are new arrays either way.
+            observation_mode: "same", "different" or (batched, single) observation spaces, as
+                SyncVectorEnv's; copies that do not fit raise RuntimeError, as there.
         """
         super().__init__()
         if not env_fns:
@@ -122,12 +154,15 @@ class RelayRLVectorEnv(VectorEnv):
         self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
         self.record_info = record_info
         self.closed = False
+        self.copy = copy
+        self.observation_mode = observation_mode
+        self._gate = CallGate()
 
-        probe: ProbeResult | None = None
         if router_scale == "auto":
-            probe = probe_router_scale(lambda: make_checked(env_fns[0], 0), self.num_envs)
-            log.info("relayrl-gym router: %s", probe.describe())
-            router_scale = probe.scale
+            # Inline is safe for every env (one thread steps them all, as SyncVectorEnv does)
+            # and decided without building or stepping anything; threads are the caller's
+            # choice, for thread-safe envs whose steps release the GIL.
+            router_scale = 0
         elif isinstance(router_scale, str):
             raise ConfigError(f"`router_scale` must be 'auto' or an int >= 0, got {router_scale!r}")
         self._actors = [Actor(i) for i in range(self.num_envs)]
@@ -138,21 +173,12 @@ class RelayRLVectorEnv(VectorEnv):
             self.metadata = dict(first.metadata)
             self.metadata["autoreset_mode"] = self.autoreset_mode
             self.render_mode = first.render_mode
-            self.single_observation_space = first.observation_space
-            self.single_action_space = first.action_space
-            for actor in self._actors[1:]:
-                if actor.env.observation_space != self.single_observation_space:
-                    raise EnvCreationError(
-                        f"env {actor.index} has observation space {actor.env.observation_space}, "
-                        f"env 0 has {self.single_observation_space}; all copies must match")
-                if actor.env.action_space != self.single_action_space:
-                    raise EnvCreationError(
-                        f"env {actor.index} has action space {actor.env.action_space}, env 0 has "
-                        f"{self.single_action_space}; all copies must match")
-            self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-            self.action_space = batch_space(self.single_action_space, self.num_envs)
-            self._check_action = batch_action_checker(self.single_action_space,
-                                                      self.action_space, self.num_envs)
+            envs = [actor.env for actor in self._actors]
+            check_distinct(envs)
+            (self.single_observation_space, self.observation_space, self.single_action_space,
+             self.action_space) = vector_spaces(envs, observation_mode)
+            self._actions = ActionBatcher(self.single_action_space, self.action_space,
+                                          self.num_envs)
             if env_id is None and first.spec is not None:
                 env_id = first.spec.id
             self.env_id = env_id
@@ -166,7 +192,7 @@ class RelayRLVectorEnv(VectorEnv):
             self.closed = True  # nothing for __del__ to close: done here
             self._close_envs_quietly()
             raise
-        self.agent = RelayRLAgent(self._actors, self._router, recorder, writer, probe,
+        self.agent = RelayRLAgent(self._actors, self._router, recorder, writer,
                                   on_shutdown=self._close_envs,
                                   on_update_model=self._update_policy)
         if self._policy is not None:
@@ -244,9 +270,25 @@ class RelayRLVectorEnv(VectorEnv):
         }
 
     # -- VectorEnv API ---------------------------------------------------------------------------
+    @_gated
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Resets the envs (env i gets ``seed + i``); starts a new episode in each."""
+        obs, each = self._reset(seed, options)
+        infos: dict[str, Any] = {}
+        for i, info in each.items():
+            infos = self._add_info(infos, info, i)
+        return obs, infos
+
+    @_gated
+    def reset_each(self, *, seed: int | Sequence[int | None] | None = None,
+                   options: dict[str, Any] | None = None) -> tuple[Any, dict[int, dict[str, Any]]]:
+        """`reset`, with each reset env's own info dict (by env index) instead of Gymnasium's
+        vector info (see `step_each`)."""
+        return self._reset(seed, options)
+
+    def _reset(self, seed: int | Sequence[int | None] | None, options: dict[str, Any] | None
+               ) -> tuple[Any, dict[int, dict[str, Any]]]:
         self._check_open()
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
@@ -266,8 +308,8 @@ class RelayRLVectorEnv(VectorEnv):
         results = self._router.run(
             lambda actor, s: actor.env.reset(seed=s, options=options),
             [seeds[i] for i in indices], actors)
-        infos: dict[str, Any] = {}
-        items = list(self._obs_items) if mask is not None else [None] * self.num_envs
+        items = list(self._obs_items) if mask is not None and self._obs_items else \
+            [None] * self.num_envs
         for i, r in zip(indices, results):
             items[i] = r[0]
         self._obs_items = tuple(items)
@@ -275,14 +317,13 @@ class RelayRLVectorEnv(VectorEnv):
         self._episode_ids = self._episode_ids.copy()
         self._episode_steps = self._episode_steps.copy()
         self._autoreset = self._autoreset.copy()
-        for i, (_, info) in zip(indices, results):
-            infos = self._add_info(infos, info, i)
+        for i in indices:
             self._autoreset[i] = False
             self._start_episode(i)
         self._any_done = bool(self._autoreset.any())
         self._broken_by = None
         self._prev_obs = copy_batch(obs) if self._recorder is not None else obs
-        return obs, infos
+        return obs, {i: info for i, (_, info) in zip(indices, results)}
 
     def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
         if not options or "reset_mask" not in options:
@@ -299,24 +340,47 @@ class RelayRLVectorEnv(VectorEnv):
             raise StateError(f"reset() must reset every env (no reset_mask) {when}")
         return mask
 
+    @_gated
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Steps every env with its action; autoresets as `metadata["autoreset_mode"]` says."""
+        done = self._step(actions)
+        infos: dict[str, Any] = {}
+        if done.finals or any(done.infos):
+            for i, info in enumerate(done.infos):
+                final = done.finals.get(i)
+                if final is not None:
+                    infos = self._add_info(infos, {"final_obs": final[0],
+                                                   "final_info": final[1]}, i)
+                if info:
+                    infos = self._add_info(infos, info, i)
+        return done.obs, done.rewards, done.terminated, done.truncated, infos
+
+    @_gated
+    def step_each(self, actions: Any) -> EnvSteps:
+        """`step`, with each env's own info dict instead of Gymnasium's vector info.
+
+        Gymnasium's vector info batches each key into one array, whose dtype the first env
+        reporting it decides (a ``0.25`` after a ``1`` becomes ``0``); here every env's dict
+        comes back as the env returned it. The SB3 front end steps through this.
+        """
+        return self._step(actions)
+
+    def _step(self, actions: Any) -> EnvSteps:
         if self.closed:
             self._check_open()
-        if self._prev_obs is None:
-            if self._broken_by is not None:
-                raise StateError(f"a previous step() failed ({self._broken_by}), so the envs "
-                                 "are out of step; call envs.reset() before stepping again")
-            raise StateError("step() called before reset(); call envs.reset(seed=...) first")
-        recorded_actions = self._check_action(actions)
+        unreset = self._prev_obs is None
+        if unreset and self._broken_by is not None:
+            raise StateError(f"a previous step() failed ({self._broken_by}), so the envs "
+                             "are out of step; call envs.reset() before stepping again")
         if self._any_done and self.autoreset_mode is AutoresetMode.DISABLED:
             done = np.flatnonzero(self._autoreset).tolist()
             raise StateError(f"envs {done} are done and autoreset_mode is DISABLED; reset them "
                              "with reset(options={'reset_mask': mask}) before stepping")
-        if isinstance(actions, np.ndarray) and actions.dtype != object:
-            action_list = list(actions)  # what SyncVectorEnv's `iterate` yields for arrays
-        else:
-            action_list = list(iterate(self.action_space, actions))
+        action_list = self._actions.split(actions)
+        # Before the first reset the envs decide (gym.make's envs raise ResetNeeded, as under
+        # SyncVectorEnv); a step they take then has no observation to start from: not recorded.
+        recording = self._recorder is not None and not unreset
+        recorded_actions = self._actions.recorded(actions, action_list) if recording else None
         try:
             results = self._router.run(self._step_env, action_list, self._actors)
         except BaseException as err:
@@ -329,22 +393,15 @@ class RelayRLVectorEnv(VectorEnv):
         rewards = np.array(rewards_l, dtype=np.float64)
         terminated = np.array(terminated_l, dtype=np.bool_)
         truncated = np.array(truncated_l, dtype=np.bool_)
-        infos: dict[str, Any] = {}
         finals: dict[int, tuple[Any, dict[str, Any]]] = {}
-        if any(info_l) or (self._same_step and any(f is not None for f in final_l)):
-            for i, (info, final) in enumerate(zip(info_l, final_l)):
-                if final is not None:
-                    finals[i] = final
-                    infos = self._add_info(infos, {"final_obs": final[0],
-                                                   "final_info": final[1]}, i)
-                if info:
-                    infos = self._add_info(infos, info, i)
+        if self._same_step:
+            finals = {i: final for i, final in enumerate(final_l) if final is not None}
         self._obs_items = obs_items
         obs = self._stack(obs_items)
         reset_rows = self._autoreset if self._next_step and self._any_done else None
         any_done = any(terminated_l) or any(truncated_l)
-        if self._recorder is None:
-            self._prev_obs = obs
+        if not recording:
+            self._prev_obs = copy_batch(obs) if self._recorder is not None else obs
         else:
             # One copy of obs serves as this step's next_obs and the next step's obs.
             own_obs = copy_batch(obs)
@@ -353,7 +410,11 @@ class RelayRLVectorEnv(VectorEnv):
                          info_l, finals, reset_rows)
             self._prev_obs = own_obs
         self._advance_episodes(terminated, truncated, reset_rows, any_done)
-        return obs, rewards, terminated, truncated, infos
+        if unreset:  # episodes are counted from the first observation the wrapper saw
+            self._episode_ids = self._episode_ids.copy()
+            for i in range(self.num_envs):
+                self._start_episode(i)
+        return EnvSteps(obs, rewards, terminated, truncated, info_l, finals)
 
     def _step_env(self, actor: Actor, action: Any) -> tuple[Any, ...]:
         # Runs on the actor's own thread (or inline): the only place an env is stepped.
@@ -392,7 +453,7 @@ class RelayRLVectorEnv(VectorEnv):
         acted = self._policy.take(user_actions) if self._policy is not None else None
         self._recorder.record(
             self._arange, self._episode_ids, self._episode_steps, self._prev_obs,
-            actions if actions is not user_actions else copy_batch(actions), rewards,
+            actions, rewards,
             next_obs, terminated, truncated,
             infos=infos, valid=None if reset_rows is None else ~reset_rows,
             model_version=-1 if acted is None else acted[0],
@@ -425,11 +486,17 @@ class RelayRLVectorEnv(VectorEnv):
         space = self.single_observation_space
         if self._box_obs:
             # One C call instead of concatenate()'s stack; same dtype and values.
-            stacked = np.array(items, dtype=space.dtype)
-            if stacked.shape == self._batch_obs_shape:
+            try:
+                stacked = np.array(items, dtype=space.dtype)
+            except (TypeError, ValueError):  # ragged: concatenate() names no env; see below
+                stacked = None
+            if stacked is not None and stacked.shape == self._batch_obs_shape:
                 return stacked
         out = create_empty_array(space, self.num_envs, fn=np.empty)
-        return concatenate(space, items, out)  # type: ignore[arg-type]
+        try:
+            return concatenate(space, items, out)  # type: ignore[arg-type]
+        except (TypeError, ValueError, KeyError, IndexError) as err:
+            raise observation_mismatch(space, items) from err
 
     def act(self, obs: Any = None, mask: Any = None) -> np.ndarray:
         """Actions of the env's policy (``wrap(policy=...)``) for ``obs`` (default: the latest
@@ -456,12 +523,14 @@ class RelayRLVectorEnv(VectorEnv):
             actor.model, actor.model_version = self._policy.model, version
         return version
 
+    @_gated
     def render(self) -> tuple[Any, ...]:
         """Each env's render output, rendered on the thread that owns the env."""
         self._check_open()
         return tuple(self._router.run(lambda actor, _: actor.env.render(),
                                       [None] * self.num_envs, self._actors))
 
+    @_gated
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Calls ``name(*args, **kwargs)`` on every env (or reads it, if not callable)."""
         self._check_open()
@@ -472,12 +541,14 @@ class RelayRLVectorEnv(VectorEnv):
 
         return tuple(self._router.run(call_one, [None] * self.num_envs, self._actors))
 
+    @_gated
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """The attribute ``name`` of every env."""
         self._check_open()
         return tuple(self._router.run(lambda actor, _: actor.env.get_wrapper_attr(name),
                                       [None] * self.num_envs, self._actors))
 
+    @_gated
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Sets ``name`` on every env: one value for all, or a list with one value per env."""
         self._check_open()
@@ -489,6 +560,16 @@ class RelayRLVectorEnv(VectorEnv):
         self._router.run(lambda actor, v: actor.env.set_wrapper_attr(name, v), list(values),
                          self._actors)
 
+    @property
+    def envs(self) -> list[gym.Env]:
+        """The env copies, in actor order (SyncVectorEnv's and DummyVecEnv's ``envs``).
+
+        With threads (``router_scale >= 1``) each env belongs to its actor's thread: read
+        from them here, but step, render or call them through the vector env (`call`,
+        `get_attr`), which runs the call on the env's own thread.
+        """
+        return [actor.env for actor in self._actors]
+
     # Per-env tuples, as SyncVectorEnv returns them (VectorEnv declares single values).
     @property
     def np_random_seed(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -498,10 +579,25 @@ class RelayRLVectorEnv(VectorEnv):
     def np_random(self) -> tuple[np.random.Generator, ...]:  # type: ignore[override]
         return self.get_attr("np_random")
 
+    @_gated
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
         self._check_open()
         self.agent.flush()
+
+    def close(self, **kwargs: Any) -> None:
+        """Closes the envs on their threads, flushes and closes the sinks, joins every thread.
+
+        Safe from any thread: a step in flight on another thread finishes (and is recorded)
+        first; called from a signal handler during a step, the close runs when that step ends.
+        Idempotent.
+        """
+        if not self.closed:
+            self._gate.close_now(lambda: self._close_once(**kwargs))
+
+    def _close_once(self, **kwargs: Any) -> None:
+        if not self.closed:
+            super().close(**kwargs)
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes the envs on their threads, flushes and closes the sinks, joins every thread."""
@@ -509,8 +605,9 @@ class RelayRLVectorEnv(VectorEnv):
 
     def __del__(self) -> None:
         # VectorEnv has no __del__ of its own: an env dropped without close() must not leave
-        # actor or writer threads running (the atexit hook flushes what is left at exit).
-        if not getattr(self, "closed", True) and hasattr(self, "agent"):
+        # actor or writer threads running. At exit the lifecycle hook has closed it already;
+        # once the interpreter finalizes, actor threads no longer run, so nothing waits on them.
+        if not getattr(self, "closed", True) and hasattr(self, "agent") and not finalizing():
             try:
                 self.close()
             except Exception:

@@ -36,6 +36,7 @@ def test_collect_episodes_to_a_chosen_sink(tmp_path):
 def test_errors_are_one_line_and_exit_2(tmp_path):
     out = _cli("collect", "NoSuchEnv-v0", "--steps", "10", cwd=tmp_path)
     assert out.returncode == 2
-    assert "error: unknown env id 'NoSuchEnv-v0'" in out.stderr and "Traceback" not in out.stderr
+    assert "error: Environment `NoSuchEnv` doesn't exist" in out.stderr
+    assert "Traceback" not in out.stderr
     out = _cli("inspect", "nowhere", cwd=tmp_path)
     assert out.returncode == 2 and "no recorded run" in out.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import gymnasium as gym
@@ -11,7 +12,7 @@ from gymnasium import spaces
 from testing_env import TestingEnv
 
 import relayrl_gym
-from relayrl_gym.errors import ActionError, ConfigError, EnvCreationError, SinkError, StateError
+from relayrl_gym.errors import ConfigError, EnvCreationError, SinkError, StateError
 
 
 @pytest.fixture
@@ -21,54 +22,74 @@ def envs(sink_dir):
     e.close()
 
 
-@pytest.mark.parametrize(
-    ("action", "message"),
-    [
-        (np.array([0, 1, 1]), r"shape \(2,\).*got shape \(3,\)"),
-        (np.array([0.5, 1.0]), "must be integers, got dtype float64"),
-        (np.array([0, 2]), r"action 2 of env 1 is outside Discrete\(2\)"),
-        (np.array([-1, 0]), "action -1 of env 0 is outside"),
-        ("left", r"shape \(2,\)"),
-    ],
-    ids=["shape", "dtype", "too-high", "negative", "string"],
-)
-def test_bad_discrete_actions_raise_and_lose_nothing(envs, action, message):
+def test_wrong_number_of_actions_raises_value_error_before_any_env_steps(envs):
     envs.reset(seed=0)
     for _ in range(10):
         envs.step(np.array([0, 1]))
-    with pytest.raises(ActionError, match=message):
-        envs.step(action)
-    for _ in range(5):  # the env is still usable, stepping goes on
+    # SyncVectorEnv raises ValueError (zip strict); ActionError is one, with the counts.
+    with pytest.raises(ValueError, match=r"holds 3 actions, expected 2 \(one per env\)"):
+        envs.step(np.array([0, 1, 1]))
+    for _ in range(5):  # no env stepped: stepping goes on
         envs.step(np.array([1, 0]))
     envs.close()
-    assert len(relayrl_gym.load(envs.run_path)) >= 2 * 14  # 30 steps minus reset pseudo-steps
+    assert len(relayrl_gym.load(envs.run_path)) >= 2 * 14  # 15 steps minus reset pseudo-steps
 
 
-def test_box_action_out_of_bounds(sink_dir):
+@pytest.mark.parametrize("action", [np.array([0.5, 1.0]), np.array([0, 2]), np.array([-1, 0]), 3],
+                         ids=["float", "too-high", "negative", "scalar"])
+@pytest.mark.parametrize("sink", [True, False], ids=["recorded", "sink-none"])
+def test_bad_actions_raise_what_sync_vector_env_raises(sink_dir, action, sink):
+    # The env judges its actions (CartPole asserts); the wrapper neither checks bounds nor
+    # changes the exception's type or message.
+    reference = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 2)
+    reference.reset(seed=0)
+    with pytest.raises(Exception) as expected:
+        reference.step(action)
+    reference.close()
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=sink_dir if sink else None)
+    envs.reset(seed=0)
+    envs.step(np.array([0, 1]))
+    with pytest.raises(type(expected.value)) as got:
+        envs.step(action)
+    assert str(got.value) == str(expected.value)
+    if isinstance(action, np.ndarray):  # an env raised: the others may have stepped
+        with pytest.raises(StateError, match=r"a previous step\(\) failed"):
+            envs.step(np.array([0, 1]))
+    envs.reset(seed=1)
+    envs.step(np.array([0, 1]))
+    envs.close()
+    if sink:  # the steps before and after the error were recorded
+        assert len(relayrl_gym.load(envs.run_path)) == 4
+
+
+def test_box_actions_reach_the_env_as_given_and_are_recorded(sink_dir):
     envs = relayrl_gym.wrap("Pendulum-v1", actors=2, sink=sink_dir)
     envs.reset(seed=0)
-    with pytest.raises(ActionError, match=r"outside Box.*not within \[-2.0, 2.0\].*ClipAction"):
-        envs.step(np.array([[0.5], [3.0]], dtype=np.float32))
-    with pytest.raises(ActionError, match="castable to float32"):
-        envs.step(np.array([["a"], ["b"]]))
-    envs.step(np.array([[0.5], [-2.0]]))  # float64 in range is fine (SyncVectorEnv accepts it)
+    envs.step(np.array([[0.5], [3.0]], dtype=np.float32))  # Pendulum clips it, as it always did
+    with pytest.raises(ValueError, match="could not convert") as err:
+        envs.step(np.array([["a"], ["b"]]))  # recording needs float32 actions
+    assert "records each action as Box" in "".join(err.value.__notes__)
+    envs.step(np.array([[0.5], [-2.0]]))  # float64 is fine (SyncVectorEnv accepts it)
     envs.close()
-    assert relayrl_gym.load(envs.run_path).transitions().action.dtype == np.float32
+    actions = relayrl_gym.load(envs.run_path).transitions().action
+    assert actions.dtype == np.float32 and actions[:, 0].tolist() == [0.5, 3.0, 0.5, -2.0]
 
 
-def test_dict_action_outside_space(sink_dir):
+def test_dict_actions_are_recorded_as_given(sink_dir):
     space = spaces.Dict({"a": spaces.Discrete(2), "b": spaces.Box(0, 1, (2,), np.float32)})
-    envs = relayrl_gym.wrap(lambda: TestingEnv(action_space=space), actors=2, sink=sink_dir)
+    made = []
+    envs = relayrl_gym.wrap(lambda: made.append(TestingEnv(action_space=space)) or made[-1],
+                            actors=2, sink=sink_dir)
     envs.reset(seed=0)
-    bad = {"a": np.array([0, 5]), "b": np.zeros((2, 2), np.float32)}
-    with pytest.raises(ActionError, match="of env 1 is outside Dict"):
-        envs.step(bad)
+    envs.step({"a": np.array([0, 5]), "b": np.zeros((2, 2), np.float32)})
+    assert made[-1].last_action["a"] == 5  # the env decides what it accepts
     envs.close()
+    assert relayrl_gym.load(envs.run_path).transitions().action["a"].tolist() == [0, 5]
 
 
 def test_step_before_reset_and_after_close(sink_dir):
     envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=sink_dir)
-    with pytest.raises(StateError, match=r"step\(\) called before reset\(\)"):
+    with pytest.raises(gym.error.ResetNeeded):  # gym.make's own check, as under SyncVectorEnv
         envs.step(np.array([0, 1]))
     envs.close()
     envs.close()  # idempotent
@@ -76,9 +97,28 @@ def test_step_before_reset_and_after_close(sink_dir):
         envs.reset()
 
 
-def test_unknown_env_id():
-    with pytest.raises(EnvCreationError, match=r"unknown env id 'CartPol-v1'.*CartPole"):
+@pytest.mark.parametrize("scale", [0, 2], ids=["inline", "threads"])
+def test_an_env_that_steps_before_reset_does_so_and_recording_starts_after(sink_dir, scale):
+    envs = relayrl_gym.wrap(lambda: TestingEnv(length=3), actors=2, sink=sink_dir,
+                            router_scale=scale)
+    reference = gym.vector.SyncVectorEnv([lambda: TestingEnv(length=3)] * 2)
+    for _ in range(5):
+        got, want = envs.step(np.array([0, 1])), reference.step(np.array([0, 1]))
+        for a, b in zip(got[1:4], want[1:4]):
+            np.testing.assert_array_equal(a, b)
+    envs.close()
+    reference.close()
+    table = relayrl_gym.load(envs.run_path).table
+    # The first step had no observation to start from; of the next four, one per env is the
+    # NEXT_STEP reset pseudo-step after the episode ended at t=3: three transitions per env.
+    assert table.num_rows == 2 * 3
+    assert table["step"].to_pylist() == [0, 0, 1, 1, 0, 0]
+
+
+def test_unknown_env_id_raises_gymnasiums_own_error():
+    with pytest.raises(gym.error.NameNotFound, match=r"CartPole") as err:
         relayrl_gym.wrap("CartPol-v1")
+    assert "not a registered env id" in "".join(err.value.__notes__)
 
 
 @pytest.mark.parametrize(
@@ -103,12 +143,20 @@ def test_factory_returning_something_else():
         relayrl_gym.wrap(lambda: 3, sink=None)
 
 
-def test_factory_that_raises_names_the_actor():
-    def broken():
-        raise RuntimeError("no license")
+@pytest.mark.parametrize("scale", [0, 2], ids=["inline", "threads"])
+def test_factory_exception_reaches_the_caller_as_itself_naming_the_actor(scale):
+    calls = []
 
-    with pytest.raises(EnvCreationError, match="actor 0 failed: RuntimeError: no license"):
-        relayrl_gym.wrap(broken, sink=None, router_scale=0)
+    def broken():
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("no license")
+        return TestingEnv()
+
+    with pytest.raises(RuntimeError, match="no license") as err:
+        relayrl_gym.wrap(broken, actors=3, sink=None, router_scale=scale)
+    assert str(err.value) == "no license"  # not renamed: the notes carry the context
+    assert "creating the environment of actor" in "".join(err.value.__notes__)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
@@ -131,7 +179,7 @@ def test_spaces_of_copies_must_match():
     def make():
         return TestingEnv(action_space=spaces.Discrete(next(sizes)))
 
-    with pytest.raises(EnvCreationError, match="env 1 has action space Discrete"):
+    with pytest.raises(RuntimeError, match="env 1 has action space Discrete"):  # as Gymnasium's
         relayrl_gym.wrap(make, actors=2, sink=None, router_scale=0)
 
 
@@ -167,3 +215,44 @@ def test_factory_env_made_to_tell_its_kind_is_used_not_wasted():
     # Threaded: actors make their envs on their own threads; the first one is closed unused.
     assert len(made) == 5 and made[2].closed and not any(e.closed for e in made[3:])
     envs.close()
+
+
+@pytest.mark.parametrize("scale", [0, 2], ids=["inline", "threads"])
+def test_a_wrong_shape_observation_names_the_env_and_both_shapes(sink_dir, scale):
+    def odd(env, action):
+        bad = env.index == 1 and env.t >= 2
+        env.t += 1
+        obs = np.zeros(4 if bad else 3, np.float32)
+        return obs, 0.0, False, False, {}
+
+    def make(index):
+        env = TestingEnv(step_fn=odd)
+        env.index = index
+        return env
+
+    envs = relayrl_gym.wrap([lambda: make(0), lambda: make(1)], sink=sink_dir,
+                            router_scale=scale)
+    envs.reset(seed=0)
+    envs.step(np.array([0, 0]))
+    envs.step(np.array([0, 0]))
+    with pytest.raises(ValueError, match=r"env 1 returned an observation of shape \(4,\) and "
+                                         r"dtype float32; its observation space Box.* has "
+                                         r"shape \(3,\) and dtype float32"):
+        envs.step(np.array([0, 0]))
+    envs.close()
+    assert len(relayrl_gym.load(envs.run_path)) == 4  # the steps before it are kept
+
+
+def test_non_finite_info_values_are_recorded_as_valid_json(sink_dir):
+    def step(env, action):
+        env.t += 1
+        info = {"nan": float("nan"), "inf": np.array([np.inf, -np.inf, 1.5])}
+        return env._obs(), 0.0, False, False, info
+
+    envs = relayrl_gym.wrap(lambda: TestingEnv(step_fn=step), actors=1, sink=sink_dir)
+    envs.reset(seed=0)
+    envs.step(np.array([0]))
+    envs.close()
+    text = relayrl_gym.load(envs.run_path).table["info"][0].as_py()
+    assert json.loads(text) == {"nan": "NaN", "inf": ["Infinity", "-Infinity", 1.5]}
+    assert "NaN" not in text.replace('"NaN"', "")  # no bare NaN token: strict JSON

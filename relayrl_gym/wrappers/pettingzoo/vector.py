@@ -15,11 +15,37 @@ from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.wrappers.pettingzoo.games import Games
 from relayrl_gym.wrappers.pettingzoo.observations import zeros_like
 from relayrl_gym.wrappers.pettingzoo.recording import run_names
+from relayrl_gym.wrappers.vector import EnvSteps
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.pettingzoo.sb3 import PettingZooSB3VecEnv
 
-__all__ = ["PettingZooVectorEnv"]
+__all__ = ["PettingZooVectorEnv", "env_info"]
+
+# Keys Gymnasium's SAME_STEP autoreset adds to a vector info (with their ``_key`` masks).
+_FINAL_KEYS = frozenset({"final_obs", "_final_obs", "final_info", "_final_info"})
+
+
+def env_info(vector_info: dict[str, Any], i: int) -> dict[str, Any]:
+    """Env ``i``'s own info dict out of a Gymnasium vector info (``key`` + ``_key`` mask pairs).
+
+    Values come back as Gymnasium's vector info holds them: numbers as numpy scalars.
+
+    >>> info = {"lives": np.array([3, 0]), "_lives": np.array([True, False]),
+    ...         "stats": {"r": np.array([1.5, 2.0]), "_r": np.array([True, True])},
+    ...         "_stats": np.array([True, True])}
+    >>> sorted(env_info(info, 0)), sorted(env_info(info, 1))
+    (['lives', 'stats'], ['stats'])
+    >>> int(env_info(info, 0)["lives"]), float(env_info(info, 1)["stats"]["r"])
+    (3, 2.0)
+    """
+    out: dict[str, Any] = {}
+    for key, value in vector_info.items():
+        mask = vector_info.get(f"_{key}")
+        if mask is None or not mask[i]:
+            continue  # a mask itself, or a key env i did not report
+        out[key] = env_info(value, i) if isinstance(value, dict) else value[i]
+    return out
 
 
 def _clear_slot(infos: dict[str, Any], i: int) -> None:
@@ -186,6 +212,25 @@ class PettingZooVectorEnv(VectorEnv):
             self._over[finished] = True
         self._prev_obs = self._stack()
         return self._prev_obs, rewards, terminated, truncated, infos
+
+    def step_each(self, actions: Any) -> EnvSteps:
+        """`step` with each slot's own info dict (see `RelayRLVectorEnv.step_each`); here the
+        dicts are read back out of the vector info, so numbers come back as numpy scalars."""
+        obs, rewards, terminated, truncated, infos = self.step(actions)
+        final_obs = infos.get("final_obs")
+        final_mask = infos.get("_final_obs")
+        final_info = infos.get("final_info", {})
+        top = {k: v for k, v in infos.items() if k not in _FINAL_KEYS}
+        finals = {i: (final_obs[i], env_info(final_info, i))  # type: ignore[index]
+                  for i in range(self.num_envs) if final_mask is not None and final_mask[i]}
+        return EnvSteps(obs, rewards, terminated, truncated,
+                        tuple(env_info(top, i) for i in range(self.num_envs)), finals)
+
+    def reset_each(self, *, seed: int | Sequence[int | None] | None = None,
+                   options: dict[str, Any] | None = None) -> tuple[Any, dict[int, dict[str, Any]]]:
+        """`reset` with each slot's own info dict (see `step_each`)."""
+        obs, infos = self.reset(seed=seed, options=options)
+        return obs, {i: env_info(infos, i) for i in range(self.num_envs)}
 
     def _move_finals(self, c: int, result: Any, infos: dict[str, Any]
                      ) -> tuple[dict[str, Any], list[Any], list[dict[str, Any]]]:
