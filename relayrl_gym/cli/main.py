@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
                        help="compression of the Arrow files written (default lz4)")
     serve.add_argument("--publish", default=None,
                        help="a ModelModule directory or file to publish at start")
+    for flag, default, meaning in (
+            ("--max-runs-per-peer", 16, "runs one peer (CURVE key, else connection) may have open"),
+            ("--max-senders-per-peer", 64, "senders one peer may have"),
+            ("--max-open-runs", 128, "runs open at once (the least recently heard is closed)"),
+            ("--max-senders", 4096, "senders of all open runs")):
+        serve.add_argument(flag, type=int, default=default, metavar="N",
+                           help=f"{meaning} (default {default})")
     serve.add_argument("--stats-every", type=float, default=30.0,
                        help="seconds between counter lines on stdout (0 = none)")
 
@@ -82,6 +89,7 @@ def _serve(args: argparse.Namespace) -> None:
     import signal
     import threading
 
+    from relayrl_gym.transport.collector import Limits
     from relayrl_gym.transport.server import TrainingServer
 
     stop = threading.Event()
@@ -89,8 +97,9 @@ def _serve(args: argparse.Namespace) -> None:
         signal.signal(signum, lambda *_: stop.set())
     with TrainingServer(bind=args.bind, sink=args.sink, models=args.models,
                         curve_keys=args.curve_keys,
-                        compression=None if args.compression == "none" else args.compression
-                        ) as server:
+                        compression=None if args.compression == "none" else args.compression,
+                        limits=Limits(args.max_runs_per_peer, args.max_senders_per_peer,
+                                      args.max_open_runs, args.max_senders)) as server:
         if args.publish:
             server.publish_model(args.publish)
         print(f"relayrl-gym serve: listening on {server.endpoint}, models on "
@@ -98,8 +107,9 @@ def _serve(args: argparse.Namespace) -> None:
         every = args.stats_every if args.stats_every > 0 else None
         while not stop.wait(every):
             stats = server.stats
-            print(" ".join(f"{k}={stats[k]}" for k in ("senders", "received", "rows",
-                                                         "duplicates", "rejected")), flush=True)
+            print(" ".join(f"{k}={stats[k]}" for k in (
+                "senders", "received", "rows", "duplicates", "rejected", "refused_auth",
+                "refused_limits", "runs_evicted")), flush=True)
     print("relayrl-gym serve: stopped", flush=True)
 
 

@@ -76,7 +76,11 @@ class ArrowSink(Sink):
     @classmethod
     def from_url(cls, url: str) -> ArrowSink:
         """``arrow://DIR`` or a plain directory path."""
-        return cls(url[len("arrow://"):] if url.startswith("arrow://") else url)
+        path = url[len("arrow://"):] if url.startswith("arrow://") else url
+        if not path:
+            raise ConfigError(f"the sink URL {url!r} names no directory; write arrow://DIR "
+                              "(e.g. arrow://relayrl_runs), or pass a directory path")
+        return cls(path)
 
     def __repr__(self) -> str:
         return f"ArrowSink({str(self.root)!r})"

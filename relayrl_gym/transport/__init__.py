@@ -8,7 +8,8 @@ resend``). pyzmq is needed only when one of them is used (``pip install "relayrl
 
 from __future__ import annotations
 
+from relayrl_gym.transport.collector import Limits
 from relayrl_gym.transport.server import TrainingServer
 from relayrl_gym.transport.sink import ZMQSink
 
-__all__ = ["TrainingServer", "ZMQSink"]
+__all__ = ["Limits", "TrainingServer", "ZMQSink"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from relayrl_gym.errors import missing_extra
 
-__all__ = ["require_zmq"]
+__all__ = ["release_gc_thread", "require_zmq"]
 
 
 def require_zmq() -> Any:
@@ -16,3 +16,16 @@ def require_zmq() -> Any:
     except ImportError as err:
         raise missing_extra("pyzmq", "zmq") from err
     return zmq
+
+
+def release_gc_thread() -> None:
+    """Stops pyzmq's garbage-collector thread once no zero-copy send is outstanding.
+
+    pyzmq starts that thread at the first zero-copy send and keeps it for the process's life;
+    a sink or server calls this after terminating its context, so closing leaves no thread
+    behind. The thread starts again by itself at the next zero-copy send.
+    """
+    from zmq.utils.garbage import gc
+
+    if gc.is_alive() and not gc.refs:
+        gc.stop()

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import logging
+import re
+import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, RelayRLError
+from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.transport._zmq import require_zmq
+from relayrl_gym.transport.payloads import check_record_batch_message, checked_payload
 from relayrl_gym.transport.protocol import (
     Header,
     Kind,
@@ -20,13 +27,14 @@ from relayrl_gym.transport.protocol import (
     decode_header,
     encode,
 )
-from relayrl_gym.transport.sockets import bind_socket
+from relayrl_gym.transport.sockets import bind_socket, failed_handshakes, watch_handshakes
 from relayrl_gym.transport.stats import CollectorStats
 
 if TYPE_CHECKING:
     from relayrl_gym.transport.keys import ServerKeys
 
-__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_RUN_IDLE_TIMEOUT", "Collector", "RunStore"]
+__all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_RUN_IDLE_TIMEOUT", "Collector", "Limits",
+           "RunStore"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +44,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: lets go of its state; a sender that comes back reopens it).
 DEFAULT_RUN_IDLE_TIMEOUT = 600.0
 _DRAIN_MESSAGES = 256
+# Messages ZMQ queues per peer before it stops reading from that peer (TCP pushes back).
+_QUEUED_MESSAGES = 16
 # One commit (and acknowledgement) per this many bytes: a quarter of a sender's default window,
 # so acknowledgements keep flowing while the rest of the window is in flight (draining a whole
 # window before acknowledging made senders stop and wait: ~13% less throughput).
@@ -43,6 +53,37 @@ _DRAIN_BYTES = 8 * 1024 * 1024
 
 #: Opens the store of a run: ``(run_id, schema) -> ArrowRunStore | SinkRunStore``.
 RunStore = Callable[[str, pa.Schema], Any]
+
+_TOKEN = re.compile(r"[0-9a-f]{32}")
+_ANONYMOUS = ("", "anonymous")  # ZAP user ids of peers without CURVE keys
+
+
+class Limits(NamedTuple):
+    """What one peer (a CURVE key, else one connection) and all peers together may hold open.
+
+    A peer past its own limit is refused (``reject``, counted under ``refused_limits``);
+    past the collector's ``open_runs``, the run heard from least recently is closed (its
+    files completed; its senders start it again when they come back).
+    """
+
+    runs_per_peer: int = 16
+    senders_per_peer: int = 64
+    open_runs: int = 128
+    senders: int = 4096
+
+
+class _Claim:
+    """Who a sender name of a run belongs to: its token's digest, its CURVE user id, the peer
+    counted for it and the connection its batches must come from."""
+
+    __slots__ = ("digest", "identity", "peer", "user")
+
+    def __init__(self, digest: str, user: str, peer: str, identity: bytes) -> None:
+        self.digest, self.user, self.peer, self.identity = digest, user, peer, identity
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:32]
 
 
 class _Round:
@@ -81,7 +122,8 @@ class Collector:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  models_endpoint: str | None = None,
                  on_batches: Callable[[list[tuple[str, pa.RecordBatch]]], None] | None = None,
-                 run_idle_timeout: float | None = DEFAULT_RUN_IDLE_TIMEOUT) -> None:
+                 run_idle_timeout: float | None = DEFAULT_RUN_IDLE_TIMEOUT,
+                 limits: Limits | None = None) -> None:
         """Binds the socket and starts serving.
 
         Args:
@@ -94,6 +136,7 @@ class Collector:
             on_batches: gets ``(run_id, batch)`` pairs once they are committed.
             run_idle_timeout: seconds without a message of a run before it is closed
                 (default 600); None: runs stay open until the collector closes.
+            limits: runs and senders per peer and in all (default: `Limits()`).
         """
         zmq = require_zmq()
         if run_idle_timeout is not None and not run_idle_timeout > 0:
@@ -105,10 +148,16 @@ class Collector:
         self.models_endpoint = models_endpoint
         self._open_store = open_store
         self._on_batches = on_batches
+        self.limits = limits or Limits()
         self._stores: dict[str, Any] = {}
-        self._heard: dict[str, float] = {}  # run -> when a message of it last came
+        # run -> when a message of it last came, least recently heard first
+        self._heard: OrderedDict[str, float] = OrderedDict()
+        self._claims: dict[tuple[str, str], _Claim] = {}
+        self._peer_runs: dict[str, set[str]] = {}
+        self._peer_senders: dict[str, set[tuple[str, str]]] = {}
         self._sock, self.endpoint = bind_socket(ctx, zmq.ROUTER, bind, keys=keys,
-                                                max_message_bytes=self.max_message_bytes)
+                                                max_message_bytes=self.max_message_bytes,
+                                                queued_messages=_QUEUED_MESSAGES)
         self._stop = threading.Event()
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="relayrl-zmq-collector",
@@ -127,6 +176,7 @@ class Collector:
                 problems.append(f"{run_id}: {err}")
         self._stores.clear()
         self._heard.clear()
+        self._claims.clear()
         if problems:
             log.error("closing runs failed: %s", "; ".join(problems))
 
@@ -143,23 +193,32 @@ class Collector:
     def _run(self) -> None:
         zmq = require_zmq()
         sock = self._sock
+        monitor = watch_handshakes(sock)  # clients refused by CURVE: logged and counted
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
         idle_check = 0.0
         try:
             while not self._stop.is_set():
                 if self.run_idle_timeout is not None and time.monotonic() >= idle_check:
                     self._close_idle_runs(self.run_idle_timeout)
                     idle_check = time.monotonic() + min(1.0, self.run_idle_timeout / 4)
-                if not sock.poll(50):
+                events = dict(poller.poll(50))
+                if monitor in events:
+                    for problem in failed_handshakes(monitor):
+                        self.stats.refused_handshakes += 1
+                        log.warning("a client could not connect: %s", problem.replace(
+                            "authentication refused by", "its key is not authorized at"))
+                if sock not in events:
                     continue
                 messages: list[list[Any]] = []
                 size = 0
                 while len(messages) < _DRAIN_MESSAGES and size < _DRAIN_BYTES:
-                    try:
-                        frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
+                    frames = _receive(sock)
+                    if frames is None:
                         break
                     messages.append(frames)
-                    size += sum(len(f) for f in frames)
+                    size += sum(len(f) for f in frames if f is not None)
                 work = _Round()
                 for frames in messages:
                     self._handle(frames, work)
@@ -168,6 +227,8 @@ class Collector:
             self.error = err
             log.exception("the collector thread stopped")
         finally:
+            sock.disable_monitor()
+            monitor.close(0)
             sock.close(0)
 
     def _reply(self, identity: bytes, kind: Kind, **fields: Any) -> None:
@@ -181,6 +242,8 @@ class Collector:
         try:
             if len(frames) < 2:
                 raise ProtocolViolation("empty message")
+            if frames[-1] is None:  # more frames than any message has: dropped unread
+                raise ProtocolViolation("a message has at most one payload frame")
             if sum(len(f) for f in frames) > self.max_message_bytes:
                 raise ProtocolViolation(f"message over the {self.max_message_bytes}-byte limit")
             header = decode_header(frames[1].buffer)
@@ -193,7 +256,8 @@ class Collector:
                 raise ProtocolViolation(f"a {header.kind.value} message has one payload frame, "
                                         f"got {len(frames) - 2}")
             if header.kind is Kind.START:
-                self._start(identity, sender, run_id, header, frames[2], work)
+                self._start(identity, _user_id(frames[1]), sender, run_id, header, frames[2],
+                            work)
             else:
                 self._batch(identity, sender, run_id, header, frames[2], work)
         except ProtocolViolation as err:
@@ -205,30 +269,26 @@ class Collector:
             log.exception("handling a message from sender %s failed", sender)
             self._reply(identity, Kind.REJECT, reason=f"collector error: {str(err)[:200]}")
 
-    def _start(self, identity: bytes, sender: str, run_id: str, header: Header, payload: Any,
-               work: _Round) -> None:
+    def _start(self, identity: bytes, user: str, sender: str, run_id: str, header: Header,
+               payload: Any, work: _Round) -> None:
+        buffer = checked_payload(payload.buffer, header.fields.get("crc"),
+                                 f"start of run {run_id!r}")
         try:
-            schema = pa.ipc.read_schema(pa.py_buffer(payload.buffer))
-            from relayrl_gym.schema.transitions import TransitionSchema
-
+            schema = pa.ipc.read_schema(buffer)
             TransitionSchema.from_arrow(schema)  # a recorded run's schema, metadata included
         except Exception as err:
             raise ProtocolViolation(f"start of run {run_id!r} carries no valid recorded-run "
                                     f"schema: {str(err)[:200]}") from err
+        peer = user if user not in _ANONYMOUS else identity.hex()
         store = self._stores.get(run_id)
         if store is None:
-            try:
-                store = self._open_store(run_id, schema)
-            except Exception as err:  # a damaged run directory must not stop the thread
-                if not isinstance(err, RelayRLError):
-                    log.exception("opening run %s failed", run_id)
-                raise ProtocolViolation(f"cannot open run {run_id!r}: {err}") from err
-            self._stores[run_id] = store
-            log.info("run %s started by sender %s", run_id, sender)
+            store = self._open_run(run_id, schema, peer, sender, work)
         elif not store.schema.equals(schema, check_metadata=False):
             raise ProtocolViolation(f"run {run_id!r} is already being written with another "
                                     "schema; a sender must not reuse a run id")
-        self._heard[run_id] = time.monotonic()
+        token = self._bind(store, run_id, sender, header.fields.get("token"), user, peer,
+                           identity)
+        self._touch(run_id)
         key = (run_id, sender)
         # ``next`` is what is committed, never a batch of this round that a failed commit
         # could still lose: a sender takes ``next`` as an acknowledgement.
@@ -245,17 +305,89 @@ class Collector:
             work.identity[key] = identity
         self.stats.set_last_seq(sender, committed)
         self._reply(identity, Kind.STARTED, run=run_id, next=committed + 1,
-                    models=self.models_endpoint, max_bytes=self.max_message_bytes)
+                    models=self.models_endpoint, max_bytes=self.max_message_bytes, token=token)
+
+    def _open_run(self, run_id: str, schema: pa.Schema, peer: str, sender: str,
+                  work: _Round) -> Any:
+        runs = self._peer_runs.setdefault(peer, set())
+        if len(runs) >= self.limits.runs_per_peer:
+            self._refuse_limits(sender, f"this peer already has {len(runs)} runs open, its "
+                                        f"limit (runs_per_peer={self.limits.runs_per_peer})")
+        if len(self._stores) >= self.limits.open_runs:
+            self._close_least_recent(work)
+        try:
+            store = self._open_store(run_id, schema)
+        except Exception as err:  # a damaged run directory must not stop the thread
+            if not isinstance(err, RelayRLError):
+                log.exception("opening run %s failed", run_id)
+            raise ProtocolViolation(f"cannot open run {run_id!r}: {err}") from err
+        self._stores[run_id] = store
+        runs.add(run_id)
+        log.info("run %s started by sender %s", run_id, sender)
+        return store
+
+    def _bind(self, store: Any, run_id: str, sender: str, token: Any, user: str, peer: str,
+              identity: bytes) -> str:
+        """Checks that ``sender`` of ``run_id`` is this peer's (or makes it so); returns its
+        token. A sender name belongs to the first client that starts it: later starts must
+        present its token and come from the same CURVE key."""
+        if token is not None and (not isinstance(token, str) or not _TOKEN.fullmatch(token)):
+            raise ProtocolViolation("header field 'token' must be 32 lowercase hex digits")
+        key = (run_id, sender)
+        claim = self._claims.get(key)
+        if claim is None:
+            owner = store.owner(sender)
+            if owner is not None:  # claimed before this collector (re)opened the run
+                claim = _Claim(owner["token"], owner["user"], peer, identity)
+        if claim is not None:
+            if claim.user != user:
+                self._refuse_auth(sender, f"sender {sender!r} of run {run_id!r} belongs to "
+                                          "another client key")
+            if token is None or not hmac.compare_digest(claim.digest, _digest(token)):
+                self._refuse_auth(sender, f"sender {sender!r} of run {run_id!r} is in use; a "
+                                          "sender restarting presents the token it was given "
+                                          "(a new sender takes a new name)")
+            claim.identity = identity
+            self._claims[key] = claim
+            return str(token)
+        senders = self._peer_senders.setdefault(peer, set())
+        if len(senders) >= self.limits.senders_per_peer:
+            self._refuse_limits(sender, f"this peer already has {len(senders)} senders, its "
+                                        f"limit (senders_per_peer="
+                                        f"{self.limits.senders_per_peer})")
+        if len(self._claims) >= self.limits.senders:
+            self._refuse_limits(sender, f"the collector holds {len(self._claims)} senders, its "
+                                        f"limit (senders={self.limits.senders})")
+        token = token or secrets.token_hex(16)
+        self._claims[key] = _Claim(_digest(token), user, peer, identity)
+        senders.add(key)
+        store.claim(sender, _digest(token), user)
+        return str(token)
+
+    def _refuse_auth(self, sender: str, reason: str) -> None:
+        self.stats.refused_auth += 1
+        raise ProtocolViolation(reason)
+
+    def _refuse_limits(self, sender: str, reason: str) -> None:
+        self.stats.refused_limits += 1
+        raise ProtocolViolation(reason)
+
+    def _touch(self, run_id: str) -> None:
+        self._heard[run_id] = time.monotonic()
+        self._heard.move_to_end(run_id)
 
     def _batch(self, identity: bytes, sender: str, run_id: str, header: Header, payload: Any,
                work: _Round) -> None:
         seq = header.integer("seq")
         store = self._stores.get(run_id)
-        if store is None:
+        key = (run_id, sender)
+        claim = self._claims.get(key)
+        if store is None or claim is None or claim.identity != identity:
+            # Unknown run, or a connection that did not start this sender: a sender that
+            # reconnected starts again (with its token); anyone else gets nothing written.
             self._reply(identity, Kind.NEED_START, run=run_id)
             return
-        self._heard[run_id] = time.monotonic()
-        key = (run_id, sender)
+        self._touch(run_id)
         committed = store.last_seq(sender)
         last = work.last.get(key, committed)
         if seq <= last:
@@ -267,8 +399,11 @@ class Collector:
             self.stats.count(sender, out_of_order=1)
             self._reply(identity, Kind.NACK, run=run_id, expected=last + 1)
             return
+        what = f"batch {seq} of run {run_id!r}"
+        buffer = checked_payload(payload.buffer, header.fields.get("crc"), what)
+        check_record_batch_message(buffer, what)
         try:
-            batch = pa.ipc.read_record_batch(pa.py_buffer(payload.buffer), store.schema)
+            batch = pa.ipc.read_record_batch(buffer, store.schema)
             batch.validate(full=True)
         except Exception as err:
             raise ProtocolViolation(f"batch {seq} of run {run_id!r} is not a valid record "
@@ -292,7 +427,7 @@ class Collector:
         senders' next batches get ``need_start``, and reopening it cuts the uncommitted
         batches (written again when resent), so none is kept twice."""
         store = self._stores.pop(run_id, None)
-        self._heard.pop(run_id, None)
+        self._forget_run(run_id)
         if store is not None:
             store.abandon()
         if work is not None:  # this round's batches of the run are gone with its file
@@ -318,8 +453,43 @@ class Collector:
                 log.info("run %s closed after %.0f s without a message", run_id, idle)
             finally:  # counted, then out of `open_runs`, once its files are complete
                 self.stats.runs_idle_closed += 1
-                self._heard.pop(run_id, None)
+                self._forget_run(run_id)
                 del self._stores[run_id]
+
+    def _close_least_recent(self, work: _Round) -> None:
+        """Closes the run heard from least recently, to make room (`Limits.open_runs`); a run
+        with batches in this round is never closed (refused instead)."""
+        busy = {run for run, _ in work.last}
+        victim = next((run for run in self._heard if run not in busy and run in self._stores),
+                      None)
+        if victim is None:
+            self.stats.refused_limits += 1
+            raise ProtocolViolation(f"the collector has {len(self._stores)} runs open, its "
+                                    f"limit (open_runs={self.limits.open_runs}); try again")
+        store = self._stores.pop(victim)
+        self._forget_run(victim)
+        try:
+            store.close()
+        except Exception as err:  # reopening repairs it (cut back to what is committed)
+            self.stats.sink_errors += 1
+            log.error("closing run %s to make room failed: %s", victim, err)
+            store.abandon()
+        self.stats.runs_evicted += 1
+        log.info("run %s closed to make room for another (open_runs=%d)", victim,
+                 self.limits.open_runs)
+
+    def _forget_run(self, run_id: str) -> None:
+        """Drops what the collector keeps in memory for a run (its state stays on disk)."""
+        self._heard.pop(run_id, None)
+        for key in [k for k in self._claims if k[0] == run_id]:
+            claim = self._claims.pop(key)
+            self._peer_senders.get(claim.peer, set()).discard(key)
+        for peer, runs in list(self._peer_runs.items()):
+            runs.discard(run_id)
+            if not runs:
+                del self._peer_runs[peer]
+        for peer in [p for p, keys in self._peer_senders.items() if not keys]:
+            del self._peer_senders[peer]
 
     def _commit(self, work: _Round) -> None:
         by_run: dict[str, dict[str, int]] = {}
@@ -338,11 +508,39 @@ class Collector:
                 self._abandon(run_id)
                 continue
             committed_runs.add(run_id)
+        # The learner's view first: a sender whose close returned on this ack finds its
+        # batches in `trajectories()`.
+        if self._on_batches is not None and work.batches:
+            self._on_batches([(r, b) for r, b in work.batches if r in committed_runs])
         for (run_id, sender), seq in work.last.items():
             if run_id in committed_runs:
                 batches, rows = work.rows.get((run_id, sender), (0, 0))
                 self.stats.count(sender, batches=batches, rows=rows)
                 self.stats.set_last_seq(sender, seq)
                 self._reply(work.identity[(run_id, sender)], Kind.ACK, run=run_id, seq=seq)
-        if self._on_batches is not None and work.batches:
-            self._on_batches([(r, b) for r, b in work.batches if r in committed_runs])
+
+
+def _receive(sock: Any) -> list[Any] | None:
+    """One message, without blocking (None: nothing waiting). Frames past the third (identity,
+    header, payload) are read and dropped at once; the message then ends with None."""
+    zmq = require_zmq()
+    try:
+        frame = sock.recv(zmq.NOBLOCK, copy=False)
+    except zmq.Again:
+        return None
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(copy=False)
+        if len(frames) < 3:
+            frames.append(frame)
+        elif frames[-1] is not None:
+            frames.append(None)
+    return frames
+
+
+def _user_id(frame: Any) -> str:
+    """The ZAP user id of a message's peer: its CURVE public key (Z85), else empty."""
+    try:
+        return str(frame.get("User-Id") or "")
+    except Exception:  # no ZAP handler, or a libzmq without message properties
+        return ""

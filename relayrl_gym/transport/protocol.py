@@ -5,12 +5,19 @@ at most `MAX_HEADER_BYTES`) with ``"v"`` (`PROTOCOL_VERSION`) and ``"t"`` (the `
 frames are raw bytes: Arrow IPC messages for data, model files for models. Nothing is pickled.
 
 Data channel (sender DEALER -> collector ROUTER):
-    ``start``  {run, sender, seq: -1, first} + the run's Arrow schema (IPC schema message);
-               ``first``: the sender's oldest unacknowledged seq (all before it were acked)
-    ``batch``  {run, sender, seq}     + one record batch (IPC record-batch message)
+    ``start``  {run, sender, seq: -1, first, crc[, token]} + the run's Arrow schema (IPC schema
+               message); ``first``: the sender's oldest unacknowledged seq (all before it were
+               acked); ``token``: the one the collector gave this sender (a restart, a resend)
+    ``batch``  {run, sender, seq, crc} + one record batch (IPC record-batch message, body not
+               compressed); ``crc``: CRC-32 of the payload frame, checked before anything
 Collector replies:
-    ``started`` {run, next, models}  the run is open; ``next`` is the seq it expects (at least
-                                     ``first``: a collector that lost its state skips ahead)
+    ``started`` {run, next, models, max_bytes, token}  the run is open; ``next`` is the seq it
+                                     expects (at least ``first``: a collector that lost its
+                                     state skips ahead); ``token`` binds the sender name to
+                                     this sender: a ``start`` naming it without the token, or
+                                     from another CURVE key, is refused, and batches count only
+                                     from the connection that started it (others get
+                                     ``need_start``)
     ``ack``     {run, seq}           cumulative: every batch up to ``seq`` is in the sink
     ``nack``    {run, expected}      a gap: resend from ``expected``
     ``need_start`` {run}             unknown run (e.g. a restarted collector): send start again
@@ -36,7 +43,8 @@ __all__ = ["MAX_HEADER_BYTES", "MIN_MESSAGE_LIMIT", "PROTOCOL_VERSION", "Header"
            "ProtocolViolation", "decode_header", "encode"]
 
 #: Bumped on any incompatible change; a peer speaking another version is rejected.
-PROTOCOL_VERSION = 1
+#: 2: payload checksums, sender tokens, uncompressed IPC bodies.
+PROTOCOL_VERSION = 2
 #: The most a header frame may hold.
 MAX_HEADER_BYTES = 4096
 #: Every collector takes messages this large; a sender splits batches to half of it until the

@@ -62,6 +62,16 @@ class _CommittedState:
         """The last batch of ``sender`` the run holds (-1: none)."""
         return int(self._state["senders"].get(sender, -1))
 
+    def owner(self, sender: str) -> dict[str, str] | None:
+        """Who ``sender`` belongs to: ``{"token": digest of its token, "user": CURVE key}``,
+        as claimed on this run (None: nobody yet)."""
+        owner = self._state.get("owners", {}).get(sender)
+        return dict(owner) if isinstance(owner, dict) else None
+
+    def claim(self, sender: str, token_digest: str, user: str) -> None:
+        """Binds ``sender`` to a token and CURVE user; saved with the next commit."""
+        self._state.setdefault("owners", {})[sender] = {"token": token_digest, "user": user}
+
     def _committing(self, last_seqs: dict[str, int], **extra: Any) -> dict[str, Any]:
         return {**self._state, "senders": {**self._state["senders"], **last_seqs},
                 "rows": self._state["rows"] + self._pending_rows, **extra}

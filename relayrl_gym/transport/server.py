@@ -16,11 +16,12 @@ import pyarrow as pa
 from relayrl_gym.errors import ConfigError, StateError, TransportError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
-from relayrl_gym.transport._zmq import require_zmq
+from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
 from relayrl_gym.transport.collector import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RUN_IDLE_TIMEOUT,
     Collector,
+    Limits,
 )
 from relayrl_gym.transport.protocol import MIN_MESSAGE_LIMIT
 from relayrl_gym.transport.publisher import DEFAULT_PEER_TIMEOUT
@@ -56,7 +57,8 @@ class TrainingServer:
                  learner_queue: int = 1024, compression: str | None = "lz4",
                  fsync: bool = False,
                  run_idle_timeout: float | None = DEFAULT_RUN_IDLE_TIMEOUT,
-                 peer_timeout: float = DEFAULT_PEER_TIMEOUT) -> None:
+                 peer_timeout: float = DEFAULT_PEER_TIMEOUT,
+                 limits: Limits | None = None) -> None:
         """Binds the sockets and starts serving.
 
         Args:
@@ -82,6 +84,8 @@ class TrainingServer:
                 sink continues it as ``<run_id>+r<N>``, as after a restart of this server).
             peer_timeout: seconds without a hello before an actor on the model channel is
                 forgotten (default 30; actors say hello every second).
+            limits: runs and senders one peer (a CURVE key, else a connection) and all peers
+                may hold open (default `Limits()`: 16 and 64 per peer, 128 and 4096 in all).
         """
         zmq = require_zmq()
         if isinstance(sink, Sink):
@@ -128,7 +132,7 @@ class TrainingServer:
                 self._ctx, bind, self._open_store, keys=keys,
                 max_message_bytes=max_message_bytes,
                 models_endpoint=self.publisher.endpoint if self.publisher else None,
-                on_batches=self._arrive, run_idle_timeout=run_idle_timeout)
+                on_batches=self._arrive, run_idle_timeout=run_idle_timeout, limits=limits)
         except BaseException:
             self._shutdown()
             raise
@@ -227,6 +231,7 @@ class TrainingServer:
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
+        release_gc_thread()
 
     def _open_store(self, run_id: str, schema: pa.Schema) -> Any:
         spec = self._sink_spec

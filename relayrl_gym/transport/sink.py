@@ -18,9 +18,10 @@ import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
-from relayrl_gym.transport._zmq import require_zmq
+from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
 from relayrl_gym.transport.models import ModelFeed
 from relayrl_gym.transport.outbox import Outbox
+from relayrl_gym.transport.payloads import payload_crc
 from relayrl_gym.transport.protocol import (
     MIN_MESSAGE_LIMIT,
     Kind,
@@ -28,7 +29,12 @@ from relayrl_gym.transport.protocol import (
     decode_header,
     encode,
 )
-from relayrl_gym.transport.sockets import connect_socket, tcp_endpoint
+from relayrl_gym.transport.sockets import (
+    connect_socket,
+    failed_handshakes,
+    tcp_endpoint,
+    watch_handshakes,
+)
 from relayrl_gym.transport.spill import spill_pending
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "ZMQSink"]
@@ -107,6 +113,8 @@ class ZMQSink(Sink):
         self.spill_dir = Path(spill_dir)
         self.close_timeout = float(close_timeout)
         self.sender_id = uuid.uuid4().hex[:16]
+        #: What binds the sender name to this sender at the collector (from ``started``).
+        self.token: str | None = None
         self.run_id: str | None = None
         self.outbox = Outbox(window_bytes, resend_after=resend_after)
         self.rejected: list[str] = []
@@ -126,6 +134,9 @@ class ZMQSink(Sink):
     def from_url(cls, url: str) -> ZMQSink:
         """``zmq+tcp://HOST:PORT[?models=...&curve=DIR&spill=DIR&close_timeout=S]``."""
         parts = urlsplit(url)
+        if parts.scheme != "zmq+tcp":
+            raise ConfigError(f"the ZMQ sink speaks TCP only: write zmq+tcp://HOST:PORT, got "
+                              f"{url.split('?', 1)[0]!r}")
         options = dict(parse_qsl(parts.query))
         known = {"models", "curve", "spill", "close_timeout"}
         unknown = sorted(set(options) - known)
@@ -226,19 +237,21 @@ class ZMQSink(Sink):
         self._thread.join(10.0)
         if self._ctx is not None:
             self._ctx.term()
+            release_gc_thread()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         if spill and len(self.outbox):  # acknowledgements taken after the wait count too
             self._spill_pending()
 
-    def _resume(self, sender_id: str, batches: Iterable[tuple[int, pa.RecordBatch]]) -> None:
-        """Before `start`: continues sender ``sender_id`` with ``batches``, consecutive
-        ``(seq, batch)`` pairs, each sent whole under its seq: a spill's resend
-        (`relayrl_gym.transport.spill.resend`), which the collector de-duplicates as the
-        original sender's."""
+    def resume(self, sender_id: str, batches: Iterable[tuple[int, pa.RecordBatch]], *,
+               token: str | None = None) -> None:
+        """Before `start`: continues sender ``sender_id`` (with the ``token`` its collector
+        gave it) with ``batches``, consecutive ``(seq, batch)`` pairs, each sent whole under
+        its seq: a spill's resend (`relayrl_gym.transport.spill.resend`), which the collector
+        de-duplicates as the original sender's."""
         if self._thread is not None:
-            raise SinkError("ZMQSink._resume() must come before start()")
-        self.sender_id = sender_id
+            raise SinkError("ZMQSink.resume() must come before start()")
+        self.sender_id, self.token = sender_id, token
         for seq, batch in batches:
             self.outbox.put(batch.serialize(), batch.num_rows, seq=seq)
 
@@ -253,18 +266,22 @@ class ZMQSink(Sink):
     def _spill_pending(self) -> None:
         assert self._schema is not None and self.run_id is not None
         spill_pending(self.spill_dir, self.run_id, self.sender_id, self.endpoint, self._schema,
-                      self.outbox.pending(), self.close_timeout)
+                      self.outbox.pending(), self.close_timeout, self.token,
+                      refused=self.rejected[-1] if self.rejected else None)
 
     def _run(self) -> None:
         zmq = require_zmq()
-        sock = models = None
+        sock = models = monitor = None
         try:
-            sock = connect_socket(self._ctx, zmq.DEALER, self.endpoint, keys=self.keys,
-                                  identity=self.sender_id.encode())
+            # No fixed identity: the collector binds the sender name to its token (and CURVE
+            # key), and a reconnection shows up as a new connection that starts again.
+            sock = connect_socket(self._ctx, zmq.DEALER, self.endpoint, keys=self.keys)
             sock.setsockopt(zmq.IMMEDIATE, 1)  # no queueing to a collector that is not there
+            monitor = watch_handshakes(sock)  # a refused key is told apart from a down host
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
             poller.register(self._wake_r, zmq.POLLIN)
+            poller.register(monitor, zmq.POLLIN)
             next_start = next_probe = 0.0
             start_delay = self.outbox.resend_after
             while not self._stop.is_set():
@@ -278,6 +295,8 @@ class ZMQSink(Sink):
                         os.read(self._wake_r, 4096)
                 if sock in events:
                     self._replies(sock)
+                if monitor in events:
+                    self._handshakes_failed(failed_handshakes(monitor))
                 if models is not None and models in events:
                     self._model_messages(models)
                 now = time.monotonic()
@@ -304,14 +323,19 @@ class ZMQSink(Sink):
             self._error = err
             log.exception("the ZMQ sender to %s stopped", self.endpoint)
         finally:
+            if monitor is not None and sock is not None:
+                sock.disable_monitor()
+                monitor.close(0)
             for s in (sock, models):
                 if s is not None:
                     s.close(0)
 
     def _start_frames(self) -> list[Any]:
         assert self._schema is not None
+        schema = self._schema.serialize()
+        fields: dict[str, Any] = {"token": self.token} if self.token is not None else {}
         return [encode(Kind.START, run=self.run_id, sender=self.sender_id, seq=-1,
-                       first=self.outbox.first_seq), self._schema.serialize()]
+                       first=self.outbox.first_seq, crc=payload_crc(schema), **fields), schema]
 
     def _send(self, sock: Any, frames: list[Any]) -> bool:
         zmq = require_zmq()
@@ -324,7 +348,8 @@ class ZMQSink(Sink):
     def _send_due(self, sock: Any, now: float) -> None:
         due = self.outbox.due(now)
         for i, item in enumerate(due):
-            header = encode(Kind.BATCH, run=self.run_id, sender=self.sender_id, seq=item.seq)
+            header = encode(Kind.BATCH, run=self.run_id, sender=self.sender_id, seq=item.seq,
+                            crc=payload_crc(item.payload))
             if not self._send(sock, [header, item.payload]):
                 for rest in due[i:]:
                     self.outbox.unsent(rest.seq)
@@ -361,6 +386,12 @@ class ZMQSink(Sink):
             except ProtocolViolation as err:
                 log.warning("ignoring a malformed reply from %s: %s", self.endpoint, err)
 
+    def _handshakes_failed(self, problems: list[str]) -> None:
+        for problem in problems:
+            if problem not in self.rejected:  # it repeats at every reconnection: once is enough
+                self.rejected.append(problem)
+                log.error("the ZMQ sender to %s cannot connect: %s", self.endpoint, problem)
+
     def _model_messages(self, sock: Any) -> None:
         if self._feed is None:
             return
@@ -374,6 +405,9 @@ class ZMQSink(Sink):
             self._feed.handle(header, frames[1:])
 
     def _started(self, fields: dict[str, Any]) -> None:
+        token = fields.get("token")
+        if isinstance(token, str):
+            self.token = token
         limit = fields.get("max_bytes")
         if isinstance(limit, int) and limit >= MIN_MESSAGE_LIMIT:
             self._max_batch_bytes = limit // 2

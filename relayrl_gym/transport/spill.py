@@ -53,10 +53,12 @@ class SpillIndex(NamedTuple):
     endpoint: str
     seqs: tuple[int, ...]
     rows: tuple[int, ...]
+    #: The sender's token from the collector (None: it never got one); a resend presents it.
+    token: str | None = None
 
 
 def write_spill(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
-                schema: pa.Schema, pending: list[Pending]) -> Path:
+                schema: pa.Schema, pending: list[Pending], token: str | None = None) -> Path:
     """Writes ``pending`` (oldest first) as the Arrow run ``spill_dir/run_id`` with its index;
     returns the run directory. Raises `SinkError` or `OSError` when it cannot."""
     from relayrl_gym.sinks.arrow import ArrowSink
@@ -67,7 +69,7 @@ def write_spill(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
     assert spill.run_path is not None
     # The index first: a spill whose data is there but whose index is not could not be told
     # apart from the collector's copy.
-    index = {"run_id": run_id, "sender_id": sender_id, "endpoint": endpoint,
+    index = {"run_id": run_id, "sender_id": sender_id, "endpoint": endpoint, "token": token,
              "batches": [{"seq": item.seq, "rows": item.rows} for item in pending]}
     write_json_atomic(spill.run_path / SPILL_INDEX, index)
     for item in pending:
@@ -77,19 +79,22 @@ def write_spill(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
 
 
 def spill_pending(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
-                  schema: pa.Schema, pending: list[Pending], waited: float) -> NoReturn:
+                  schema: pa.Schema, pending: list[Pending], waited: float,
+                  token: str | None = None, refused: str | None = None) -> NoReturn:
     """Spills what a closing sink could not deliver (`write_spill`) and raises the `SinkError`
-    that says where it is and how to deliver it."""
+    that says where it is and how to deliver it (and ``refused``: the collector's last
+    refusal, e.g. of this client's key)."""
     rows = sum(item.rows for item in pending)
     try:
-        path = write_spill(spill_dir, run_id, sender_id, endpoint, schema, pending)
+        path = write_spill(spill_dir, run_id, sender_id, endpoint, schema, pending, token)
     except (SinkError, OSError) as err:
         raise SinkError(f"{rows} rows were never acknowledged by the collector at {endpoint} "
                         f"and could not be spilled to {str(spill_dir)!r} ({err}); they may be "
                         "lost") from err
+    why = f" The collector refused: {refused}." if refused else ""
     raise SinkError(
         f"{rows} rows (batches {pending[0].seq}..{pending[-1].seq} of sender {sender_id}) were "
-        f"not acknowledged by the collector at {endpoint} within {waited} s. They are kept in "
+        f"not acknowledged by the collector at {endpoint} within {waited} s.{why} They are kept in "
         f"{str(path)!r} with their sequence numbers in {SPILL_INDEX}; the collector may have "
         "committed some of them. Once it is reachable, send them with `relayrl-gym resend "
         f"{shlex.quote(str(path))}` (or relayrl_gym.transport.spill.resend(path)): it keeps "
@@ -107,9 +112,11 @@ def read_spill(path: str | os.PathLike[str]) -> SpillIndex:
     try:
         raw = json.loads(file.read_text())
         batches = raw["batches"]
+        token = raw.get("token")
         return SpillIndex(str(raw["run_id"]), str(raw["sender_id"]), str(raw["endpoint"]),
                           tuple(int(b["seq"]) for b in batches),
-                          tuple(int(b["rows"]) for b in batches))
+                          tuple(int(b["rows"]) for b in batches),
+                          None if token is None else str(token))
     except (OSError, ValueError, KeyError, TypeError) as err:
         inside = sorted(f.parent.name for f in Path(path).glob(f"*/{SPILL_INDEX}"))
         hint = f" (here: one of {inside[:5]} in it)" if inside else ""
@@ -283,11 +290,13 @@ def _resend(path: Path, address: str | None, timeout: float, curve_keys: str | P
     total_rows = sum(index.rows)
     sink = ZMQSink(address or index.endpoint, models="off", curve_keys=curve_keys,
                    close_timeout=timeout)
-    sink._resume(index.sender_id, zip(index.seqs, batches))
+    sink.resume(index.sender_id, zip(index.seqs, batches), token=index.token)
     del batches
     started = time.monotonic()
     sink.start(index.run_id, schema)
     sink.close(spill=False)  # waits for the acknowledgements, asking what is committed
+    if sink.token is not None and sink.token != index.token:
+        _remember_token(path, sink.token)  # the sender name is now bound to it: resend again
     left = sink.outbox.pending()
     if left:
         _unacknowledged(sink, path, left, len(index.seqs), time.monotonic() - started)
@@ -295,6 +304,14 @@ def _resend(path: Path, address: str | None, timeout: float, curve_keys: str | P
     return ResendResult(index.run_id, index.sender_id, sink.endpoint,
                         len(index.seqs) - had_batches, total_rows - had_rows, had_batches,
                         had_rows, path, remove and _remove_spill(path))
+
+
+def _remember_token(path: Path, token: str) -> None:
+    """Saves the token the collector gave a spill's sender into its index."""
+    from relayrl_gym.transport.run_store import write_json_atomic
+
+    file = path / SPILL_INDEX
+    write_json_atomic(file, {**json.loads(file.read_text()), "token": token})
 
 
 def _unacknowledged(sink: Any, path: Path, left: list[Pending], batches: int,

@@ -42,6 +42,14 @@ class CollectorStats:
     sink_errors: int = 0
     learner_dropped: int = 0
     runs_idle_closed: int = 0
+    #: Runs closed to make room under `Limits.open_runs`.
+    runs_evicted: int = 0
+    #: Starts refused: a sender name claimed by another token or CURVE key.
+    refused_auth: int = 0
+    #: Starts refused: a peer (or the collector) at its limit of runs or senders.
+    refused_limits: int = 0
+    #: Connections whose handshake failed (a CURVE key not authorized, no CURVE).
+    refused_handshakes: int = 0
     max_senders: int = MAX_SENDERS
     _earlier: SenderStats | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -85,5 +93,8 @@ class CollectorStats:
             return {"received": sum(s["batches"] for s in per.values()), **totals,
                     "sink_errors": self.sink_errors, "learner_dropped": self.learner_dropped,
                     "runs_idle_closed": self.runs_idle_closed,
+                    "runs_evicted": self.runs_evicted, "refused_auth": self.refused_auth,
+                    "refused_limits": self.refused_limits,
+                    "refused_handshakes": self.refused_handshakes,
                     "senders": len([n for n in per if n not in ("?", EARLIER_SENDERS)]),
                     "per_sender": per}

@@ -70,11 +70,14 @@ def test_an_idle_run_is_closed_then_taken_up_again_exactly_once(tmp_path):
                         run_idle_timeout=0.5) as server:
         client = RawClient(server.endpoint)
         try:
+            token = {}
+
             def start(first):
-                client.send(encode(Kind.START, run="idle-run", sender="s1", seq=-1, first=first),
-                            schema.serialize().to_pybytes())
+                client.send(encode(Kind.START, run="idle-run", sender="s1", seq=-1, first=first,
+                                   **token), schema.serialize().to_pybytes())
                 reply = client.reply()
                 assert reply.kind is Kind.STARTED
+                token["token"] = reply.fields["token"]  # a restart presents it
                 return reply.fields["next"]
 
             def batch(seq):

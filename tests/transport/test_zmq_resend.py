@@ -33,6 +33,9 @@ from relayrl_gym.transport.outbox import Pending
 from relayrl_gym.transport.protocol import Kind
 from relayrl_gym.transport.spill import SPILL_INDEX, read_spill, resend, write_spill
 
+#: The token of the small spill's sender (the collector gives it; the spill keeps it).
+SMALL_TOKEN = "0123456789abcdef0123456789abcdef"
+
 
 def _record(tmp_path, address, steps, envs=None):
     """Steps a CartPole recorded to tmp_path/local and to the collector at ``address`` (close
@@ -192,7 +195,7 @@ def small_spill(tmp_path):
     batches = [table.slice(i * size, size).to_batches()[0] for i in range(4)]
     pending = [Pending(3 + i, b.serialize(), b.num_rows) for i, b in enumerate(batches)]
     path = write_spill(tmp_path / "spill", "small-run", "s1", "tcp://127.0.0.1:9", schema,
-                       pending)
+                       pending, token=SMALL_TOKEN)
     return path, schema, batches
 
 
@@ -233,7 +236,7 @@ def test_each_batch_goes_whole_under_its_seq(tmp_path, small_spill):
     spill, schema, batches = small_spill
     with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:
         sink = ZMQSink(server.endpoint, models="off")
-        sink._resume("s1", enumerate(batches[:1] * 4))
+        sink.resume("s1", enumerate(batches[:1] * 4), token=SMALL_TOKEN)  # the same sender
         sink.start("small-run", schema)
         assert sink.wait_acknowledged(10)
         sink.close()

@@ -123,11 +123,14 @@ def test_curve_lets_allowed_keys_in_and_nobody_else(tmp_path, keys, cartpole_pol
             for _ in range(20):
                 envs.step(envs.act())
         good.close()
-        for envs in (bad, plain):
+        # Each refused client is told why, apart from a collector that is down.
+        for envs, why in ((bad, r"authentication refused by tcp://127\.0\.0\.1:\d+"),
+                          (plain, r"the handshake with tcp://127\.0\.0\.1:\d+ failed")):
             assert envs.agent.get_model_version() == [0, 0]  # no model out
-            with pytest.raises(SinkError, match="not acknowledged"):
+            with pytest.raises(SinkError, match=f"not acknowledged.*The collector refused: {why}"):
                 envs.close()
         assert server.stats["senders"] == 1  # no data in
+        assert server.stats["refused_handshakes"] >= 2  # and the collector counted them
         assert len(server.stats["actors"]) == 1
     expected = rows(tmp_path / "copy" / good.run_id)
     assert_same_rows(rows(tmp_path / "collected" / good.run_id), expected)

@@ -16,7 +16,8 @@ import pyarrow.compute as pc
 import zmq
 
 import relayrl_gym
-from relayrl_gym.transport.protocol import decode_header
+from relayrl_gym.transport.payloads import payload_crc
+from relayrl_gym.transport.protocol import ProtocolViolation, decode_header, encode
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -121,7 +122,9 @@ def record_batches(tmp_path, steps=20, env_id="CartPole-v1"):
 
 
 class RawClient:
-    """A hand-driven DEALER: sends exactly the frames a test gives."""
+    """A hand-driven DEALER: sends the frames a test gives. A start or batch header without a
+    ``crc`` field gets its payload's CRC-32, as a sender sets it (pass ``crc=...`` in the
+    header to send another value)."""
 
     def __init__(self, endpoint: str, **curve: bytes) -> None:
         self.ctx = zmq.Context()
@@ -132,7 +135,7 @@ class RawClient:
         self.sock.connect(endpoint)
 
     def send(self, *frames: bytes) -> None:
-        self.sock.send_multipart(list(frames))
+        self.sock.send_multipart(with_crc(list(frames)))
 
     def reply(self, timeout_ms: int = 3000):
         assert self.sock.poll(timeout_ms), "no reply"
@@ -141,3 +144,16 @@ class RawClient:
     def close(self) -> None:
         self.sock.close(0)
         self.ctx.term()
+
+
+def with_crc(frames: list) -> list:
+    """``frames`` with the payload's CRC-32 added to a start or batch header that lacks one."""
+    if len(frames) != 2:
+        return frames
+    try:
+        header = decode_header(frames[0])
+    except ProtocolViolation:
+        return frames
+    if header.kind.value not in ("start", "batch") or "crc" in header.fields:
+        return frames
+    return [encode(header.kind, **header.fields, crc=payload_crc(frames[1])), frames[1]]

@@ -130,6 +130,9 @@ def test_unknown_env_id_raises_gymnasiums_own_error():
         ({"autoreset_mode": "sometimes"}, r"`autoreset_mode` must be one of"),
         ({"sink": 42}, r"`sink` must be a directory path, a URL"),
         ({"sink": "nosuch://x"}, r"unknown sink URL scheme 'nosuch'"),
+        ({"sink": "arrow://"}, r"the sink URL 'arrow://' names no directory"),
+        ({"sink": "zmq+udp://127.0.0.1:9"}, r"speaks TCP only: write zmq\+tcp://HOST:PORT, got "
+                                            r"'zmq\+udp://127\.0\.0\.1:9'"),
         ({"api": "rllib"}, r"`api` must be one of"),
     ],
 )
