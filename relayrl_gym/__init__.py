@@ -7,13 +7,13 @@
 """
 
 from relayrl_gym._version import __version__
+from relayrl_gym.collect import CollectSummary, collect
 from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.errors import RelayRLError
+from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.module import ModelModule
-from relayrl_gym.runtime.actor import DeviceType
 from relayrl_gym.runtime.agent import RelayRLAgent
 from relayrl_gym.runtime.builder import AgentBuilder
-from relayrl_gym.runtime.collect import CollectSummary, collect
 from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.sinks.base import Sink
 from relayrl_gym.transport.server import TrainingServer

@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "collect":
-            from relayrl_gym.runtime.collect import collect
+            from relayrl_gym.collect import collect
 
             sinks = args.sink or [DEFAULT_SINK_ROOT]
             summary = collect(args.env_id, actors=args.actors, steps=args.steps,

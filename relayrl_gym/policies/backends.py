@@ -10,16 +10,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType
 from typing import Protocol
 
 import numpy as np
 
 from relayrl_gym.errors import ConfigError, missing_extra
-from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.policies.device import DeviceType
 
-__all__ = ["ModelBackend", "ModelSignature", "import_optional", "load_backend", "resolve_device"]
+__all__ = ["ModelBackend", "ModelSignature", "import_optional", "resolve_device"]
 
 
 @dataclass(frozen=True)
@@ -90,19 +89,3 @@ def resolve_device(device: DeviceType | str, default: str) -> DeviceType:
         names = ", ".join(d.value for d in DeviceType)
         raise ConfigError(f"device must be a DeviceType or one of {names}, got {device!r}") from err
     return DeviceType(default) if device is DeviceType.DEFAULT else device
-
-
-def load_backend(
-    model_type: str, source: Path | bytes, device: DeviceType, name: str | None = None
-) -> ModelBackend:
-    """Loads ``source`` (a file, or the model's bytes) with the backend of ``model_type``;
-    ``name`` names the model in errors."""
-    if model_type == "onnx":
-        from relayrl_gym.policies.onnx_backend import OnnxBackend
-
-        return OnnxBackend(source, device, name)
-    if model_type == "pt":
-        from relayrl_gym.policies.torch_backend import TorchScriptBackend
-
-        return TorchScriptBackend(source, device, name)
-    raise ConfigError(f"model_type must be 'onnx' or 'pt', got {model_type!r}")

@@ -13,11 +13,12 @@ import numpy as np
 from gymnasium import spaces
 
 from relayrl_gym.errors import ConfigError, ModelError
-from relayrl_gym.policies.backends import import_optional, load_backend, resolve_device
+from relayrl_gym.policies.backends import import_optional, resolve_device
+from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.heads import HEADS, head_output_shape
 from relayrl_gym.policies.infer import probe_batch
+from relayrl_gym.policies.loading import load_backend
 from relayrl_gym.policies.metadata import ModelMetadata, check_observation_space
-from relayrl_gym.runtime.actor import DeviceType
 
 if TYPE_CHECKING:
     from relayrl_gym.policies.module import ModelModule
@@ -90,6 +91,7 @@ def export_torch(
     version: int = 0,
     device: DeviceType | str = DeviceType.DEFAULT,
     cast_input: bool = True,
+    module_class: type[ModelModule],
 ) -> ModelModule:
     """Exports ``net`` (observation batch -> action output [, extra outputs...]).
 
@@ -113,6 +115,7 @@ def export_torch(
         device: the module's ``default_device`` and where it runs (``DEFAULT``: the CPU).
         cast_input: cast Box / MultiBinary observations to the dtype of ``net``'s weights
             inside the exported graph (so float64 or uint8 observations can be fed as they are).
+        module_class: the ModelModule class to build (`ModelModule.from_torch` passes its own).
 
     Raises:
         ConfigError: an unknown format or head, a head that does not fit the action space, or
@@ -120,8 +123,6 @@ def export_torch(
         ModelError: the export failed, or the exported model does not fit the spaces.
         MissingDependencyError: torch (or, for ONNX, onnx / onnxruntime) is not installed.
     """
-    from relayrl_gym.policies.module import ModelModule
-
     if format not in FORMATS:
         raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     head = default_head(action_space) if action_head is None else action_head
@@ -170,7 +171,7 @@ def export_torch(
     backend = load_backend(model_type, blob, resolved)
     if backend.fallback is not None:
         warnings.warn(backend.fallback, stacklevel=3)
-    module = ModelModule(backend, metadata, blob)
+    module = module_class(backend, metadata, blob)
     module.validate()
     if path is not None:
         module.save(path)

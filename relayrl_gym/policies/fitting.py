@@ -14,7 +14,7 @@ import pyarrow as pa
 from gymnasium import spaces
 
 from relayrl_gym.errors import ConfigError
-from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.policies.device import DeviceType
 
 __all__ = ["VersionCounter", "fitting_model", "model_data_type"]
 

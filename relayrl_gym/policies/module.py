@@ -15,11 +15,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from relayrl_gym.errors import ConfigError, ModelError
-from relayrl_gym.policies.backends import ModelBackend, load_backend, resolve_device
+from relayrl_gym.policies.backends import ModelBackend, resolve_device
+from relayrl_gym.policies.device import DeviceType
+from relayrl_gym.policies.export import export_torch
 from relayrl_gym.policies.heads import HEADS, make_head
 from relayrl_gym.policies.infer import MODEL_SUFFIXES, infer_metadata, probe_batch
+from relayrl_gym.policies.loading import load_backend
 from relayrl_gym.policies.metadata import METADATA_FILE, ModelMetadata
-from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.policies.sb3_export import export_sb3
 
 if TYPE_CHECKING:
     from gymnasium import spaces
@@ -144,17 +147,14 @@ class ModelModule:
     def from_torch(cls, net: Any, observation_space: spaces.Space, action_space: spaces.Space,
                    path: str | os.PathLike[str] | None = None, **kwargs: Any) -> ModelModule:
         """Exports a torch ``nn.Module``; see ``relayrl_gym.policies.export.export_torch``."""
-        from relayrl_gym.policies.export import export_torch
-
-        return export_torch(net, observation_space, action_space, path=path, **kwargs)
+        return export_torch(net, observation_space, action_space, path=path, module_class=cls,
+                            **kwargs)
 
     @classmethod
     def from_sb3(cls, model: Any, path: str | os.PathLike[str] | None = None,
                  **kwargs: Any) -> ModelModule:
         """Exports an SB3 model or policy; see ``relayrl_gym.policies.sb3_export.export_sb3``."""
-        from relayrl_gym.policies.sb3_export import export_sb3
-
-        return export_sb3(model, path=path, **kwargs)
+        return export_sb3(model, path=path, module_class=cls, **kwargs)
 
     # -- acting ---------------------------------------------------------------------------------
 

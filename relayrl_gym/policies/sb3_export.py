@@ -23,8 +23,8 @@ from gymnasium import spaces
 
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.policies.backends import import_optional
+from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.export import export_torch
-from relayrl_gym.runtime.actor import DeviceType
 
 if TYPE_CHECKING:
     from relayrl_gym.policies.module import ModelModule
@@ -129,6 +129,7 @@ def export_sb3(
     deterministic: bool = True,
     version: int = 0,
     device: DeviceType | str = DeviceType.DEFAULT,
+    module_class: type[ModelModule],
 ) -> ModelModule:
     """Exports an SB3 model (or its ``.policy``) as a ModelModule.
 
@@ -143,6 +144,7 @@ def export_sb3(
             ``log_prob``.
         version: the policy version the module reports.
         device: the module's ``default_device`` and where it runs (``DEFAULT``: the CPU).
+        module_class: the ModelModule class to build (`ModelModule.from_sb3` passes its own).
 
     Raises:
         ConfigError: the policy kind, its action distribution or the options are not supported.
@@ -161,6 +163,7 @@ def export_sb3(
         net, head, extra = sb3_policy_net(policy, deterministic)
         return export_torch(net, policy.observation_space, policy.action_space, path=path,
                             format=format, action_head=head, extra_outputs=extra,
-                            version=version, device=device, cast_input=False)
+                            version=version, device=device, cast_input=False,
+                            module_class=module_class)
     finally:
         policy.set_training_mode(training)

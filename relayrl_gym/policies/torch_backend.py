@@ -12,7 +12,7 @@ import numpy as np
 
 from relayrl_gym.errors import ModelError
 from relayrl_gym.policies.backends import ModelSignature, import_optional
-from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.policies.device import DeviceType
 
 __all__ = ["TorchScriptBackend"]
 

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Actor", "DeviceType"]
+from relayrl_gym.policies.device import DeviceType
 
-
-class DeviceType(enum.Enum):
-    """Where an actor's model runs (the RelayRL client's ``DeviceType``)."""
-
-    CPU = "cpu"
-    CUDA = "cuda"
-    MPS = "mps"
-    DEFAULT = "default"
+__all__ = ["Actor"]
 
 
 @dataclass(eq=False)

@@ -16,8 +16,8 @@ import pyarrow as pa
 from relayrl_gym._version import __version__
 from relayrl_gym.errors import ConfigError, RelayRLError, StateError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
+from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.fitting import VersionCounter
-from relayrl_gym.runtime.actor import DeviceType
 from relayrl_gym.runtime.client import AgentParams, ClientAPI
 
 if TYPE_CHECKING:

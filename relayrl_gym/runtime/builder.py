@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from relayrl_gym.errors import ConfigError
-from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.runtime.agent import _UNSET, RelayRLAgent
 from relayrl_gym.runtime.client import AgentParams
 from relayrl_gym.runtime.config import load_config

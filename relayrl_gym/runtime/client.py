@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, StateError
-from relayrl_gym.runtime.actor import Actor, DeviceType
+from relayrl_gym.policies.device import DeviceType
+from relayrl_gym.runtime.actor import Actor
 
 if TYPE_CHECKING:
     from relayrl_gym.policies.fitting import VersionCounter

@@ -35,7 +35,7 @@ from relayrl_gym.transport.sockets import (
     tcp_endpoint,
     watch_handshakes,
 )
-from relayrl_gym.transport.spill import spill_pending
+from relayrl_gym.transport.spill_files import spill_pending
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "ZMQSink"]
 

@@ -27,80 +27,21 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, DatasetError, SinkError
 from relayrl_gym.transport.protocol import Header, Kind, ProtocolViolation
+from relayrl_gym.transport.run_store import write_json_atomic
+from relayrl_gym.transport.sink import ZMQSink
+from relayrl_gym.transport.spill_files import SPILL_INDEX, SpillIndex, spill_pending, write_spill
 
 if TYPE_CHECKING:
     from relayrl_gym.transport.outbox import Pending
 
 __all__ = ["SPILL_INDEX", "ResendResult", "SpillIndex", "read_spill", "resend", "spill_pending",
            "uncollected", "write_spill"]
-
-#: The index beside a spilled run's data (the underscore keeps it out of pyarrow.dataset).
-SPILL_INDEX = "_zmq_spill.json"
-
-
-class SpillIndex(NamedTuple):
-    """What a ZMQ sink spilled: its run, sender, collector, and each batch's ``seq`` and
-    ``rows`` in the order the rows are stored."""
-
-    run_id: str
-    sender_id: str
-    endpoint: str
-    seqs: tuple[int, ...]
-    rows: tuple[int, ...]
-    #: The sender's token from the collector (None: it never got one); a resend presents it.
-    token: str | None = None
-
-
-def write_spill(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
-                schema: pa.Schema, pending: list[Pending], token: str | None = None) -> Path:
-    """Writes ``pending`` (oldest first) as the Arrow run ``spill_dir/run_id`` with its index;
-    returns the run directory. Raises `SinkError` or `OSError` when it cannot."""
-    from relayrl_gym.sinks.arrow import ArrowSink
-    from relayrl_gym.transport.run_store import write_json_atomic
-
-    spill = ArrowSink(spill_dir, compression="lz4")
-    spill.start(run_id, schema)
-    assert spill.run_path is not None
-    # The index first: a spill whose data is there but whose index is not could not be told
-    # apart from the collector's copy.
-    index = {"run_id": run_id, "sender_id": sender_id, "endpoint": endpoint, "token": token,
-             "batches": [{"seq": item.seq, "rows": item.rows} for item in pending]}
-    write_json_atomic(spill.run_path / SPILL_INDEX, index)
-    for item in pending:
-        spill.write(pa.ipc.read_record_batch(item.payload, schema))
-    spill.close()
-    return spill.run_path
-
-
-def spill_pending(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
-                  schema: pa.Schema, pending: list[Pending], waited: float,
-                  token: str | None = None, refused: str | None = None) -> NoReturn:
-    """Spills what a closing sink could not deliver (`write_spill`) and raises the `SinkError`
-    that says where it is and how to deliver it (and ``refused``: the collector's last
-    refusal, e.g. of this client's key)."""
-    rows = sum(item.rows for item in pending)
-    try:
-        path = write_spill(spill_dir, run_id, sender_id, endpoint, schema, pending, token)
-    except (SinkError, OSError) as err:
-        raise SinkError(f"{rows} rows were never acknowledged by the collector at {endpoint} "
-                        f"and could not be spilled to {str(spill_dir)!r} ({err}); they may be "
-                        "lost") from err
-    why = f" The collector refused: {refused}." if refused else ""
-    raise SinkError(
-        f"{rows} rows (batches {pending[0].seq}..{pending[-1].seq} of sender {sender_id}) were "
-        f"not acknowledged by the collector at {endpoint} within {waited} s.{why} They are kept in "
-        f"{str(path)!r} with their sequence numbers in {SPILL_INDEX}; the collector may have "
-        "committed some of them. Once it is reachable, send them with `relayrl-gym resend "
-        f"{shlex.quote(str(path))}` (or relayrl_gym.transport.spill.resend(path)): it keeps "
-        "each batch once and the spill is removed. Or take only the rows it lacks with "
-        "relayrl_gym.transport.spill.uncollected(spill, collector_run_dir)")
-
 
 def read_spill(path: str | os.PathLike[str]) -> SpillIndex:
     """The index of a spilled run directory (``SPILL_DIR/<run_id>``)."""
@@ -284,8 +225,6 @@ def _resending(path: Path) -> Iterator[None]:
 
 def _resend(path: Path, address: str | None, timeout: float, curve_keys: str | Path | None,
             remove: bool) -> ResendResult:
-    from relayrl_gym.transport.sink import ZMQSink
-
     index, schema, batches = _spilled_batches(path)
     total_rows = sum(index.rows)
     sink = ZMQSink(address or index.endpoint, models="off", curve_keys=curve_keys,
@@ -308,8 +247,6 @@ def _resend(path: Path, address: str | None, timeout: float, curve_keys: str | P
 
 def _remember_token(path: Path, token: str) -> None:
     """Saves the token the collector gave a spill's sender into its index."""
-    from relayrl_gym.transport.run_store import write_json_atomic
-
     file = path / SPILL_INDEX
     write_json_atomic(file, {**json.loads(file.read_text()), "token": token})
 

@@ -140,7 +140,7 @@ class RelayRLSB3VecEnv(VecEnv):
                     break
             else:
                 groups.append((dict(options or {}), [i]))
-        needs_full = self._vector_env._prev_obs is None  # first reset, or after a failed step
+        needs_full = self._vector_env.needs_reset  # first reset, or after a failed step
         for g, (options, indices) in enumerate(groups):
             if len(groups) > 1 and not (needs_full and g == 0):
                 # Per-env options: Gymnasium's reset takes one options dict, so each group of
@@ -161,7 +161,7 @@ class RelayRLSB3VecEnv(VecEnv):
 
     def step_async(self, actions: np.ndarray) -> None:
         """Takes the actions; `step_wait` steps every env with them."""
-        self._vector_env._check_open()
+        self._vector_env.check_open()
         batch: Any = actions
         if self._per_env_actions:
             space = self.action_space
@@ -229,10 +229,7 @@ class RelayRLSB3VecEnv(VecEnv):
 
     def _on_envs(self, fn: Callable[[gym.Env], Any], indices: VecEnvIndices) -> list[Any]:
         # Each env is touched only on the thread that owns it (the router's actor thread).
-        venv = self._vector_env
-        venv._check_open()
-        actors = [venv._actors[i] for i in self._get_indices(indices)]
-        return venv._router.run(lambda actor, _: fn(actor.env), [None] * len(actors), actors)
+        return self._vector_env.call_each(fn, list(self._get_indices(indices)))
 
     def __repr__(self) -> str:
         return (f"RelayRLSB3VecEnv({self._vector_env.env_id or 'env'}, "

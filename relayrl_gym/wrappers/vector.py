@@ -289,7 +289,7 @@ class RelayRLVectorEnv(VectorEnv):
 
     def _reset(self, seed: int | Sequence[int | None] | None, options: dict[str, Any] | None
                ) -> tuple[Any, dict[int, dict[str, Any]]]:
-        self._check_open()
+        self.check_open()
         if seed is None:
             seeds: list[int | None] = [None] * self.num_envs
         elif isinstance(seed, int | np.integer):
@@ -367,7 +367,7 @@ class RelayRLVectorEnv(VectorEnv):
 
     def _step(self, actions: Any) -> EnvSteps:
         if self.closed:
-            self._check_open()
+            self.check_open()
         unreset = self._prev_obs is None
         if unreset and self._broken_by is not None:
             raise StateError(f"a previous step() failed ({self._broken_by}), so the envs "
@@ -501,7 +501,7 @@ class RelayRLVectorEnv(VectorEnv):
     def act(self, obs: Any = None, mask: Any = None) -> np.ndarray:
         """Actions of the env's policy (``wrap(policy=...)``) for ``obs`` (default: the latest
         observations), one batched model call; stepping them records the policy's version."""
-        self._check_open()
+        self.check_open()
         if self._policy is None:
             raise StateError("this env has no policy; create it with relayrl_gym.wrap(env, "
                              "policy=ModelModule or path)")
@@ -526,14 +526,14 @@ class RelayRLVectorEnv(VectorEnv):
     @_gated
     def render(self) -> tuple[Any, ...]:
         """Each env's render output, rendered on the thread that owns the env."""
-        self._check_open()
+        self.check_open()
         return tuple(self._router.run(lambda actor, _: actor.env.render(),
                                       [None] * self.num_envs, self._actors))
 
     @_gated
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Calls ``name(*args, **kwargs)`` on every env (or reads it, if not callable)."""
-        self._check_open()
+        self.check_open()
 
         def call_one(actor: Actor, _: Any) -> Any:
             attr = actor.env.get_wrapper_attr(name)
@@ -544,14 +544,14 @@ class RelayRLVectorEnv(VectorEnv):
     @_gated
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """The attribute ``name`` of every env."""
-        self._check_open()
+        self.check_open()
         return tuple(self._router.run(lambda actor, _: actor.env.get_wrapper_attr(name),
                                       [None] * self.num_envs, self._actors))
 
     @_gated
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Sets ``name`` on every env: one value for all, or a list with one value per env."""
-        self._check_open()
+        self.check_open()
         if not isinstance(values, list | tuple):
             values = [values] * self.num_envs
         if len(values) != self.num_envs:
@@ -582,7 +582,7 @@ class RelayRLVectorEnv(VectorEnv):
     @_gated
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
-        self._check_open()
+        self.check_open()
         self.agent.flush()
 
     def close(self, **kwargs: Any) -> None:
@@ -613,9 +613,25 @@ class RelayRLVectorEnv(VectorEnv):
             except Exception:
                 log.exception("closing a RelayRLVectorEnv dropped without close()")
 
-    def _check_open(self) -> None:
+    def check_open(self) -> None:
+        """Raises `StateError` if the env is closed."""
         if self.closed:
             raise StateError("this env is closed; create a new one with relayrl_gym.wrap(...)")
+
+    @property
+    def needs_reset(self) -> bool:
+        """True before the first `reset` and after a `step` that failed: the next reset must
+        reset every env (no ``reset_mask``)."""
+        return self._prev_obs is None
+
+    @_gated
+    def call_each(self, fn: Callable[[gym.Env], Any], indices: Sequence[int] | None = None
+                  ) -> list[Any]:
+        """``fn(env)`` for the envs at ``indices`` (default: all), each on the thread that owns
+        its env (`call` with a function instead of a name)."""
+        self.check_open()
+        actors = self._actors if indices is None else [self._actors[i] for i in indices]
+        return self._router.run(lambda actor, _: fn(actor.env), [None] * len(actors), actors)
 
     def __repr__(self) -> str:
         return (f"RelayRLVectorEnv({self.env_id or 'env'}, num_envs={self.num_envs}, "
@@ -635,7 +651,7 @@ class RelayRLVectorEnv(VectorEnv):
         """
         from relayrl_gym.wrappers.sb3 import RelayRLSB3VecEnv
 
-        self._check_open()
+        self.check_open()
         if self.autoreset_mode is not AutoresetMode.SAME_STEP:
             if self._prev_obs is not None:
                 raise StateError(

@@ -12,7 +12,7 @@ from gymnasium import spaces
 from policy_nets import FORMATS, OBS_SPACE, ActorCritic, mlp, torch_out
 
 from relayrl_gym.policies import ModelModule
-from relayrl_gym.runtime.actor import DeviceType
+from relayrl_gym.policies.device import DeviceType
 
 DISCRETE = [spaces.Discrete(3), spaces.Discrete(3, start=-1), spaces.Discrete(5, start=10)]
 

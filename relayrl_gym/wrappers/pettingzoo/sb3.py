@@ -53,7 +53,7 @@ class PettingZooSB3VecEnv(RelayRLSB3VecEnv):
 
     def _on_envs(self, fn: Callable[[Any], Any], indices: VecEnvIndices) -> list[Any]:
         venv: Any = self._vector_env
-        venv._check_open()
+        venv.check_open()
         slots = venv.games.slots
         return [fn(venv.games.envs[i // slots]) for i in self._get_indices(indices)]
 

@@ -128,13 +128,13 @@ class PettingZooVectorEnv(VectorEnv):
     def update_policy(self, agent: Any, policy: Any) -> int:
         """Hot-swaps the policy of a policy-played ``agent`` (ModelModule, path or callable)
         from the next step on; returns the version its transitions are recorded with."""
-        self._check_open()
+        self.check_open()
         return self.games.policies.update(agent, policy)
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Resets the copies (copy ``c`` gets ``seed + c``; a list gives one seed per copy)."""
-        self._check_open()
+        self.check_open()
         n = self.games.copies
         if seed is None or isinstance(seed, int | np.integer):
             seeds = [None if seed is None else int(seed) + c for c in range(n)]
@@ -172,7 +172,7 @@ class PettingZooVectorEnv(VectorEnv):
 
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Steps every copy (see the class docstring for resets and padded slots)."""
-        self._check_open()
+        self.check_open()
         if self._prev_obs is None:
             raise StateError("step() called before reset(); call envs.reset(seed=...) first")
         k = self.games.slots
@@ -263,12 +263,12 @@ class PettingZooVectorEnv(VectorEnv):
 
     def render(self) -> tuple[Any, ...]:
         """Each copy's render output."""
-        self._check_open()
+        self.check_open()
         return tuple(env.render() for env in self.games.envs)
 
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
-        self._check_open()
+        self.check_open()
         if self.games.recording is not None:
             self.games.recording.flush()
 
@@ -281,7 +281,13 @@ class PettingZooVectorEnv(VectorEnv):
             with contextlib.suppress(Exception):  # at exit the atexit hook flushes the rest
                 self.close()
 
-    def _check_open(self) -> None:
+    @property
+    def needs_reset(self) -> bool:
+        """True before the first `reset`: it must reset every copy."""
+        return self._prev_obs is None
+
+    def check_open(self) -> None:
+        """Raises `StateError` if the env is closed."""
         if self.closed:
             raise StateError("this env is closed; create a new one with relayrl_gym.wrap(...)")
 

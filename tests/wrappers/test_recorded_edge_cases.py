@@ -1,4 +1,5 @@
-"""Edge cases: caller-built Dict actions, odd info keys, masked resets."""
+"""What is recorded in edge cases: caller-built Dict actions, odd info keys, masked resets, an
+env dropped without close()."""
 
 from __future__ import annotations
 

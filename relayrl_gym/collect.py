@@ -12,9 +12,11 @@ from typing import Any
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
+from tqdm.auto import tqdm
 
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
+from relayrl_gym.wrap import wrap
 
 __all__ = ["CollectSummary", "collect"]
 
@@ -74,14 +76,11 @@ def collect(
     >>> s.steps
     100
     """
-    from relayrl_gym.wrap import wrap
-
     if steps is None and episodes is None:
         raise ConfigError("pass `steps=` or `episodes=` to say when collection stops")
     for name, value in (("steps", steps), ("episodes", episodes)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"`{name}` must be an int >= 1, got {value!r}")
-    from tqdm.auto import tqdm
 
     module = None
     if policy is not None and (isinstance(policy, str | os.PathLike) or
