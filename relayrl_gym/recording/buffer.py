@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from relayrl_gym.schema.batches import concat
 from relayrl_gym.schema.codecs import (
     numpy_dtype,
     numpy_to_arrow,
@@ -156,9 +155,9 @@ class StepBlock:
             versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
                                        for v, k in zip(versions_by_call, k_rows.tolist())])
         indices = numpy_to_arrow(env_index)
-        obs = concat(columns_by_name["obs"])
-        next_obs = concat(columns_by_name["next_obs"])
-        action = concat(columns_by_name["action"])
+        obs = schema.obs.concat(columns_by_name["obs"])
+        next_obs = schema.obs.concat(columns_by_name["next_obs"])
+        action = schema.action.concat(columns_by_name["action"])
         columns = [
             _repeated(run_id, n),
             _gathered(actor_ids, indices),

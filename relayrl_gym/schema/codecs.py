@@ -2,8 +2,14 @@
 
 Observations and actions must round-trip exactly, so every leaf keeps its numpy dtype and shape:
 a Box of shape ``S`` is a ``fixed_size_list<dtype>[prod(S)]`` column whose field metadata carries
-``S`` (plain pyarrow, pandas and DuckDB read it without this package); Discrete is ``int64``;
-MultiDiscrete and MultiBinary are fixed-size lists; Dict and Tuple are structs of their parts.
+``S`` (plain pyarrow, pandas and DuckDB read it without this package); Discrete is an integer
+column of its dtype; MultiDiscrete and MultiBinary are fixed-size lists; Dict and Tuple are
+structs of their parts. Spaces whose values vary in size per step (Text, Sequence, Graph, OneOf)
+have codecs of their own, in `relayrl_gym.schema.ragged_codecs`.
+
+A codec's *batch* is what Gymnasium's vector envs hold for ``n`` values of its space: an array
+with a leading axis of ``n`` for a leaf, a dict or tuple of batches for Dict and Tuple, and a
+sequence of ``n`` values for the spaces of varying size (read back as a 1-D object array).
 """
 
 from __future__ import annotations
@@ -11,81 +17,51 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 from gymnasium import spaces
 
-from relayrl_gym.errors import UnsupportedSpaceError
+from relayrl_gym.schema.arrow_arrays import (
+    arrow_to_numpy,
+    numpy_dtype,
+    numpy_to_arrow,
+    strings_to_arrow,
+)
+from relayrl_gym.schema.ragged_codecs import (
+    GraphCodec,
+    OneOfCodec,
+    SequenceCodec,
+    TextCodec,
+    one_array,
+)
+from relayrl_gym.schema.spaces import unsupported_space
 
-__all__ = ["Codec", "DictCodec", "LeafCodec", "TupleCodec", "arrow_to_numpy", "codec_for",
-           "numpy_dtype", "numpy_to_arrow", "strings_to_arrow"]
-
-
-def strings_to_arrow(values: Sequence[str | None]) -> pa.Array:
-    """A list of str (or None) as an Arrow string array, without ``pa.array``'s pandas probe."""
-    encoded = [b"" if v is None else v.encode() for v in values]
-    offsets = np.zeros(len(encoded) + 1, np.int32)
-    np.cumsum([len(b) for b in encoded], out=offsets[1:])
-    validity = None
-    if any(v is None for v in values):
-        validity = pa.py_buffer(np.packbits([v is not None for v in values], bitorder="little"))
-    return pa.Array.from_buffers(pa.string(), len(values),
-                                 [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
-
-
-def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Array:
-    """A 1-D numeric/bool numpy array as an Arrow array, zero-copy where the layout allows.
-
-    Unlike ``pa.array(ndarray)`` this never probes for pandas (which imports it, on the writer
-    thread, holding the GIL for a second).
-    """
-    values = np.ascontiguousarray(values)
-    if arrow_type is None:
-        arrow_type = pa.from_numpy_dtype(values.dtype)
-    if values.dtype == np.bool_:
-        data = pa.py_buffer(np.packbits(values, bitorder="little"))
-    else:
-        data = pa.py_buffer(values)
-    return pa.Array.from_buffers(arrow_type, len(values), [None, data])
+__all__ = ["Codec", "DictCodec", "GraphCodec", "LeafCodec", "OneOfCodec", "SequenceCodec",
+           "TextCodec", "TupleCodec", "arrow_to_numpy", "codec_for", "numpy_dtype",
+           "numpy_to_arrow", "strings_to_arrow"]
 
 
-_NUMPY_TYPES = {pa.from_numpy_dtype(np.dtype(t)): np.dtype(t) for t in (
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float16",
-    "float32", "float64")}
+class Codec(Protocol):
+    """The column codec of one space: its Arrow type, and batches of its values (whose form
+    follows the space, see above) to and from Arrow arrays."""
 
+    arrow_type: pa.DataType
+    #: Bytes of one value (a guess for the spaces of varying size), to size record batches.
+    row_bytes: int
 
-def numpy_dtype(arrow_type: pa.DataType) -> np.dtype:
-    """The numpy dtype of a numeric or bool Arrow type."""
-    if pa.types.is_boolean(arrow_type):
-        return np.dtype(np.bool_)
-    found = _NUMPY_TYPES.get(arrow_type)
-    if found is None:
-        raise TypeError(f"no numpy dtype for Arrow type {arrow_type}")
-    return found
-
-
-def arrow_to_numpy(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    """A numeric/bool/timestamp Arrow array without nulls as numpy, without ``to_numpy``'s
-    pandas probe (timestamps come back as int64).
-
-    >>> arrow_to_numpy(pa.array([True, False, True])).tolist()
-    [True, False, True]
-    """
-    if isinstance(array, pa.ChunkedArray):
-        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
-    n, offset = len(array), array.offset
-    if array.null_count or not (pa.types.is_primitive(array.type)):
-        return np.asarray(array.to_numpy(zero_copy_only=False))
-    data = array.buffers()[1]
-    if pa.types.is_boolean(array.type):
-        bits = np.unpackbits(np.frombuffer(data, np.uint8), bitorder="little")
-        return bits[offset : offset + n].view(np.bool_)
-    dtype = np.int64 if pa.types.is_timestamp(array.type) else _NUMPY_TYPES.get(array.type)
-    if dtype is None:
-        return np.asarray(array.to_numpy(zero_copy_only=False))
-    return np.frombuffer(data, dtype)[offset : offset + n]
+    def field(self, name: str, nullable: bool = False) -> pa.Field: ...
+    def alloc(self, capacity: int) -> Any: ...
+    def put(self, buf: Any, start: int, values: Any) -> None: ...
+    def concat(self, parts: Sequence[Any]) -> Any: ...
+    def stack(self, values: Sequence[Any]) -> Any: ...
+    def rows(self, batch: Any) -> list[Any]: ...
+    def take(self, batch: Any, start: int, stop: int) -> Any: ...
+    def length(self, batch: Any) -> int: ...
+    def replace_row(self, batch: Any, i: int, value: Any) -> Any: ...
+    def to_arrow(self, batch: Any, n: int) -> pa.Array: ...
+    def from_arrow(self, array: pa.Array | pa.ChunkedArray) -> Any: ...
 
 
 class LeafCodec:
@@ -120,6 +96,38 @@ class LeafCodec:
         """Writes a batch of rows at ``start``; ``values`` has a leading batch axis."""
         buf[start : start + len(values)] = values
 
+    def concat(self, parts: Sequence[Any]) -> np.ndarray:
+        """The batches joined along their first axis."""
+        return np.concatenate(parts) if len(parts) > 1 else np.asarray(parts[0])
+
+    def stack(self, values: Sequence[Any]) -> np.ndarray:
+        """One batch of single values (Gymnasium's ``concatenate``)."""
+        if not len(values):
+            return np.empty((0, *self.shape), self.dtype)
+        return np.asarray(values, dtype=self.dtype).reshape(len(values), *self.shape)
+
+    def rows(self, batch: np.ndarray) -> list[Any]:
+        """A batch as single values (Gymnasium's ``iterate``): numpy scalars or arrays."""
+        return list(batch)
+
+    def take(self, batch: np.ndarray, start: int, stop: int) -> np.ndarray:
+        return batch[start:stop]
+
+    def replace_row(self, batch: np.ndarray, i: int, value: Any) -> np.ndarray:
+        """``batch`` with row ``i`` set to ``value``: arrays are written in place, the
+        sequences of varying-size spaces (immutable tuples in Gymnasium) copied. Use the
+        result.
+
+        >>> codec = codec_for(spaces.Dict({"n": spaces.Discrete(3), "s": spaces.Text(4)}))
+        >>> codec.replace_row({"n": np.array([0, 1]), "s": ("ab", "cd")}, 1, {"n": 2, "s": "x"})
+        {'n': array([0, 2]), 's': ['ab', 'x']}
+        """
+        batch[i] = value
+        return batch
+
+    def length(self, batch: np.ndarray) -> int:
+        return len(batch)
+
     def to_arrow(self, buf: np.ndarray, n: int) -> pa.Array:
         rows = np.ascontiguousarray(buf[:n], dtype=self.dtype)  # never reinterpret bytes
         if not self.shape:
@@ -128,13 +136,11 @@ class LeafCodec:
         return pa.FixedSizeListArray.from_arrays(flat, self.size)
 
     def from_arrow(self, array: pa.Array | pa.ChunkedArray) -> np.ndarray:
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks() if array.num_chunks else pa.array([], self.arrow_type)
+        array = one_array(array, self.arrow_type)
         if not self.shape:
             return np.asarray(arrow_to_numpy(array), dtype=self.dtype)
         flat = arrow_to_numpy(array.flatten())
         return np.asarray(flat, dtype=self.dtype).reshape(len(array), *self.shape)
-
 
 
 class DictCodec:
@@ -155,16 +161,34 @@ class DictCodec:
         for key, codec in self.children.items():
             codec.put(buf[key], start, values[key])
 
+    def concat(self, parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {k: c.concat([p[k] for p in parts]) for k, c in self.children.items()}
+
+    def stack(self, values: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        return {k: c.stack([v[k] for v in values]) for k, c in self.children.items()}
+
+    def rows(self, batch: dict[str, Any]) -> list[dict[str, Any]]:
+        keys = list(self.children)
+        columns = [c.rows(batch[k]) for k, c in self.children.items()]
+        return [dict(zip(keys, values)) for values in zip(*columns)]
+
+    def take(self, batch: dict[str, Any], start: int, stop: int) -> dict[str, Any]:
+        return {k: c.take(batch[k], start, stop) for k, c in self.children.items()}
+
+    def replace_row(self, batch: dict[str, Any], i: int, value: dict[str, Any]
+                    ) -> dict[str, Any]:
+        return {k: c.replace_row(batch[k], i, value[k]) for k, c in self.children.items()}
+
+    def length(self, batch: dict[str, Any]) -> int:
+        return next((c.length(batch[k]) for k, c in self.children.items()), 0)
+
     def to_arrow(self, buf: dict[str, Any], n: int) -> pa.Array:
         arrays = [c.to_arrow(buf[k], n) for k, c in self.children.items()]
         return pa.StructArray.from_arrays(arrays, fields=list(self.arrow_type))
 
     def from_arrow(self, array: pa.Array | pa.ChunkedArray) -> dict[str, Any]:
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks()
-        parts = array.flatten()
+        parts = one_array(array, self.arrow_type).flatten()
         return {k: c.from_arrow(p) for (k, c), p in zip(self.children.items(), parts)}
-
 
 
 class TupleCodec:
@@ -185,22 +209,45 @@ class TupleCodec:
         for codec, part, value in zip(self.children, buf, values):
             codec.put(part, start, value)
 
+    def concat(self, parts: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+        return tuple(c.concat([p[i] for p in parts]) for i, c in enumerate(self.children))
+
+    def stack(self, values: Sequence[tuple[Any, ...]]) -> tuple[Any, ...]:
+        return tuple(c.stack([v[i] for v in values]) for i, c in enumerate(self.children))
+
+    def rows(self, batch: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        return list(zip(*(c.rows(part) for c, part in zip(self.children, batch))))
+
+    def take(self, batch: tuple[Any, ...], start: int, stop: int) -> tuple[Any, ...]:
+        return tuple(c.take(part, start, stop) for c, part in zip(self.children, batch))
+
+    def replace_row(self, batch: tuple[Any, ...], i: int, value: tuple[Any, ...]
+                    ) -> tuple[Any, ...]:
+        return tuple(c.replace_row(part, i, v)
+                     for c, part, v in zip(self.children, batch, value))
+
+    def length(self, batch: tuple[Any, ...]) -> int:
+        return self.children[0].length(batch[0]) if self.children else 0
+
     def to_arrow(self, buf: tuple[Any, ...], n: int) -> pa.Array:
         arrays = [c.to_arrow(part, n) for c, part in zip(self.children, buf)]
         return pa.StructArray.from_arrays(arrays, fields=list(self.arrow_type))
 
     def from_arrow(self, array: pa.Array | pa.ChunkedArray) -> tuple[Any, ...]:
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks()
-        return tuple(c.from_arrow(p) for c, p in zip(self.children, array.flatten()))
+        parts = one_array(array, self.arrow_type).flatten()
+        return tuple(c.from_arrow(p) for c, p in zip(self.children, parts))
 
 
-
-Codec = LeafCodec | DictCodec | TupleCodec
+#: Gymnasium's edge links: (edges, 2) node indices, int32 as `spaces.Graph.sample` makes them.
+_EDGE_LINKS = LeafCodec((2,), np.dtype(np.int32))
 
 
 def codec_for(space: spaces.Space) -> Codec:
-    """Returns the codec of a space, or raises `UnsupportedSpaceError` naming the space."""
+    """Returns the codec of a space, or raises `UnsupportedSpaceError` naming the space.
+
+    >>> codec_for(spaces.Sequence(spaces.Discrete(4))).arrow_type
+    ListType(list<item: int64 not null>)
+    """
     if isinstance(space, spaces.Box | spaces.MultiDiscrete | spaces.MultiBinary):
         return LeafCodec(space.shape, space.dtype)
     if isinstance(space, spaces.Discrete):
@@ -209,8 +256,13 @@ def codec_for(space: spaces.Space) -> Codec:
         return DictCodec({k: codec_for(s) for k, s in space.spaces.items()})
     if isinstance(space, spaces.Tuple):
         return TupleCodec([codec_for(s) for s in space.spaces])
-    raise UnsupportedSpaceError(
-        f"cannot record a {type(space).__name__} space ({space}); supported spaces are Box, "
-        "Discrete, MultiDiscrete, MultiBinary, Dict and Tuple of those. Pass sink=None to run "
-        "without recording."
-    )
+    if isinstance(space, spaces.Text):
+        return TextCodec(space.max_length)
+    if isinstance(space, spaces.Sequence):
+        return SequenceCodec(codec_for(space.feature_space), stack=space.stack)
+    if isinstance(space, spaces.Graph):
+        edges = None if space.edge_space is None else codec_for(space.edge_space)
+        return GraphCodec(codec_for(space.node_space), edges, _EDGE_LINKS)
+    if isinstance(space, spaces.OneOf):
+        return OneOfCodec([codec_for(s) for s in space.spaces])
+    raise unsupported_space(space)

@@ -1,8 +1,10 @@
 """Observations and actions as one fixed-size byte string per row (how SQL sinks store them).
 
-Every space relayrl-gym records has a fixed shape per leaf, so one row of an obs/action column is
-the concatenation of its leaves' raw bytes (native dtypes, C order, leaves in the space's order).
-The spaces stored with the run say how to split them again: the round trip is exact.
+Box, Discrete, MultiDiscrete and MultiBinary leaves have a fixed shape, so one row of an
+obs/action column of them (or of Dicts and Tuples of them) is the concatenation of its leaves'
+raw bytes (native dtypes, C order, leaves in the space's order). The spaces stored with the run
+say how to split them again: the round trip is exact. Text, Sequence, Graph and OneOf values vary
+in size from step to step and have no such row: `check_fixed_size` says so.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from relayrl_gym.errors import UnsupportedSpaceError
 from relayrl_gym.schema.codecs import Codec, DictCodec, LeafCodec, TupleCodec
 
-__all__ = ["decode_rows", "encode_rows", "row_size"]
+__all__ = ["check_fixed_size", "decode_rows", "encode_rows", "row_size"]
+
+_FIXED_SIZE = "Box, Discrete, MultiDiscrete and MultiBinary spaces (in Dicts and Tuples)"
 
 
 def _leaves(codec: Codec) -> list[LeafCodec]:
@@ -22,7 +27,28 @@ def _leaves(codec: Codec) -> list[LeafCodec]:
         return [leaf for child in codec.children.values() for leaf in _leaves(child)]
     if isinstance(codec, TupleCodec):
         return [leaf for child in codec.children for leaf in _leaves(child)]
-    return [codec]
+    if isinstance(codec, LeafCodec):
+        return [codec]
+    kind = type(codec).__name__.removesuffix("Codec")
+    raise UnsupportedSpaceError(
+        f"the SQL sink stores observations and actions as fixed-size rows, of {_FIXED_SIZE}; "
+        f"a {kind} space's values vary in size from step to step. Record this run with the "
+        "Arrow sink (sink='relayrl_runs/'), which stores every space.")
+
+
+def check_fixed_size(codec: Codec) -> None:
+    """Raises `UnsupportedSpaceError` if the codec's rows have no fixed size (a Text, Sequence,
+    Graph or OneOf space in it), which the SQL sink cannot store.
+
+    >>> from gymnasium import spaces
+    >>> from relayrl_gym.schema.codecs import codec_for
+    >>> check_fixed_size(codec_for(spaces.Tuple((spaces.Discrete(2), spaces.Text(3)))))
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    relayrl_gym.errors.UnsupportedSpaceError: the SQL sink stores ... a Text space's values vary...
+    """
+    _leaves(codec)
 
 
 def row_size(codec: Codec) -> int:
@@ -50,6 +76,7 @@ def encode_rows(codec: Codec, array: pa.Array) -> np.ndarray:
     >>> rows.shape, decode_rows(codec, rows)["a"].tolist()
     ((2, 16), [1, 2])
     """
+    check_fixed_size(codec)
     n = len(array)
     parts = [np.ascontiguousarray(leaf).reshape(n, -1).view(np.uint8)
              for leaf in _leaf_arrays(codec, array)]

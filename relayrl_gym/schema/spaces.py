@@ -10,7 +10,28 @@ from gymnasium import spaces
 
 from relayrl_gym.errors import DatasetError, UnsupportedSpaceError
 
-__all__ = ["space_from_json", "space_to_json"]
+__all__ = ["SUPPORTED_SPACES", "space_from_json", "space_to_json", "unsupported_space"]
+
+#: The Gymnasium space kinds relayrl-gym records (nested in one another as deep as needed).
+SUPPORTED_SPACES = ("Box", "Discrete", "MultiDiscrete", "MultiBinary", "Text", "Dict", "Tuple",
+                    "Sequence", "Graph", "OneOf")
+
+
+def unsupported_space(space: spaces.Space) -> UnsupportedSpaceError:
+    """The error for a space no codec covers (a custom `gymnasium.spaces.Space` subclass).
+
+    >>> class Ring(spaces.Space):
+    ...     pass
+    >>> print(unsupported_space(Ring()))  # doctest: +ELLIPSIS
+    cannot record a Ring space (...); relayrl-gym records Box, Discrete, MultiDiscrete, ...
+    """
+    return UnsupportedSpaceError(
+        f"cannot record a {type(space).__name__} space ({space}); relayrl-gym records "
+        f"{', '.join(SUPPORTED_SPACES[:-1])} and {SUPPORTED_SPACES[-1]} spaces, nested in one "
+        "another as deep as needed. Give the env one of those (a custom space can often be "
+        "written as a Dict, Tuple or Sequence of them), or pass sink=None to run without "
+        "recording."
+    )
 
 
 def _bound_to_json(bound: np.ndarray) -> Any:
@@ -62,11 +83,19 @@ def space_to_json(space: spaces.Space) -> dict[str, Any]:
         return {"type": "Dict", "spaces": {k: space_to_json(s) for k, s in space.spaces.items()}}
     if isinstance(space, spaces.Tuple):
         return {"type": "Tuple", "spaces": [space_to_json(s) for s in space.spaces]}
-    raise UnsupportedSpaceError(
-        f"cannot record a {type(space).__name__} space ({space}); supported spaces are Box, "
-        "Discrete, MultiDiscrete, MultiBinary, Dict and Tuple of those. Pass sink=None to run "
-        "without recording."
-    )
+    if isinstance(space, spaces.Text):
+        return {"type": "Text", "min_length": space.min_length, "max_length": space.max_length,
+                "charset": space.characters}
+    if isinstance(space, spaces.Sequence):
+        return {"type": "Sequence", "space": space_to_json(space.feature_space),
+                "stack": bool(space.stack)}
+    if isinstance(space, spaces.Graph):
+        return {"type": "Graph", "node_space": space_to_json(space.node_space),
+                "edge_space": None if space.edge_space is None else
+                space_to_json(space.edge_space)}
+    if isinstance(space, spaces.OneOf):
+        return {"type": "OneOf", "spaces": [space_to_json(s) for s in space.spaces]}
+    raise unsupported_space(space)
 
 
 def space_from_json(data: dict[str, Any]) -> spaces.Space:
@@ -94,4 +123,15 @@ def space_from_json(data: dict[str, Any]) -> spaces.Space:
         return spaces.Dict({k: space_from_json(v) for k, v in data["spaces"].items()})
     if kind == "Tuple":
         return spaces.Tuple([space_from_json(v) for v in data["spaces"]])
+    if kind == "Text":
+        return spaces.Text(data["max_length"], min_length=data["min_length"],
+                           charset=data["charset"])
+    if kind == "Sequence":
+        return spaces.Sequence(space_from_json(data["space"]), stack=data["stack"])
+    if kind == "Graph":
+        edge_space = data["edge_space"]
+        return spaces.Graph(space_from_json(data["node_space"]),
+                            None if edge_space is None else space_from_json(edge_space))
+    if kind == "OneOf":
+        return spaces.OneOf([space_from_json(v) for v in data["spaces"]])
     raise DatasetError(f"unknown space description {data!r} in dataset metadata")

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from relayrl_gym.errors import ConfigError, SinkError, missing_extra
 from relayrl_gym.schema.codecs import arrow_to_numpy
-from relayrl_gym.schema.row_bytes import encode_rows
+from relayrl_gym.schema.row_bytes import check_fixed_size, encode_rows
 from relayrl_gym.schema.transitions import METADATA_KEY, TransitionSchema
 from relayrl_gym.sinks.base import Sink, redact_url
 
@@ -164,6 +164,8 @@ class SQLSink(Sink):
 
         self.run_id = run_id
         self._schema = TransitionSchema.from_arrow(schema)
+        check_fixed_size(self._schema.obs)  # refused here, not at the first write
+        check_fixed_size(self._schema.action)
         meta = json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
         try:
             ensure_schema(self.engine)

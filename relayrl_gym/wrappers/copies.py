@@ -13,7 +13,8 @@ from gymnasium.vector.utils import batch_differing_spaces, batch_space
 
 from relayrl_gym.errors import ConfigError
 
-__all__ = ["VectorSpaces", "check_distinct", "observation_mismatch", "vector_spaces"]
+__all__ = ["VectorSpaces", "check_distinct", "checked_reset_mask", "observation_mismatch",
+           "vector_spaces"]
 
 
 class VectorSpaces(NamedTuple):
@@ -56,16 +57,19 @@ def vector_spaces(envs: Sequence[gym.Env], observation_mode: str | tuple[Space[A
     elif observation_mode == "different":
         single_observation = first.observation_space
         observation = batch_differing_spaces([env.observation_space for env in envs])
-    else:
-        raise ValueError(f"`observation_mode` must be 'same', 'different' or a tuple of "
-                         f"(batched, single) observation spaces, got {observation_mode!r}")
+    else:  # Gymnasium's own words, which code written for SyncVectorEnv may look for
+        raise ValueError(f"Invalid `observation_mode`, expected: 'same' or 'different' or "
+                         f"tuple of single and batch observation space, actual got "
+                         f"{observation_mode}")
     for i, env in enumerate(envs):
         if observation_mode == "same":
             if env.observation_space != single_observation:
                 raise RuntimeError(
-                    f"env {i} has observation space {env.observation_space}, env 0 has "
-                    f"{single_observation} (observation_mode='same'); if that is intended, "
-                    "pass observation_mode='different'")
+                    f"SyncVectorEnv(..., observation_mode='same') however the sub-environments "
+                    f"observation spaces are not equivalent. single_observation_space="
+                    f"{single_observation} (env 0), sub-environment observation_space="
+                    f"{env.observation_space} (env {i}). If this is intentional, use "
+                    "`observation_mode='different'` instead.")
         elif not is_space_dtype_shape_equiv(env.observation_space, single_observation):
             raise RuntimeError(
                 f"env {i} has observation space {env.observation_space}, which does not share "
@@ -95,3 +99,21 @@ def observation_mismatch(space: Space[Any], items: Sequence[Any]) -> ValueError:
     return ValueError(f"env {bad} returned an observation of shape {np.shape(item)} and dtype "
                       f"{getattr(item, 'dtype', type(item).__name__)}; its observation space "
                       f"{space} has shape {shape} and dtype {dtype}")
+
+
+def checked_reset_mask(options: dict[str, Any] | None, n: int) -> np.ndarray | None:
+    """Takes ``options["reset_mask"]`` out of ``options`` and checks it as SyncVectorEnv
+    does, with its exceptions and words; None when there is none."""
+    if not options or "reset_mask" not in options:
+        return None
+    mask = options.pop("reset_mask")
+    if not isinstance(mask, np.ndarray):
+        raise TypeError(f"`options['reset_mask']` must be a numpy array, got {type(mask)}")
+    if mask.shape != (n,):
+        raise ValueError(f"`options['reset_mask']` must have shape `({n},)`, got {mask.shape}")
+    if mask.dtype != np.bool_:
+        raise TypeError(f"`options['reset_mask']` must have `dtype=np.bool_`, got {mask.dtype}")
+    if not mask.any():
+        raise ValueError(f"`options['reset_mask']` must contain a boolean array with at least "
+                         f"one True value, got reset_mask={mask}")
+    return mask

@@ -25,11 +25,16 @@ from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import RelayRLAgent, new_run_id
 from relayrl_gym.runtime.router import Router
-from relayrl_gym.schema.batches import copy_batch, map_leaves
+from relayrl_gym.schema.batches import copy_batch
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.wrappers.actions import ActionBatcher
-from relayrl_gym.wrappers.copies import check_distinct, observation_mismatch, vector_spaces
+from relayrl_gym.wrappers.copies import (
+    check_distinct,
+    checked_reset_mask,
+    observation_mismatch,
+    vector_spaces,
+)
 from relayrl_gym.wrappers.factory import make_checked
 from relayrl_gym.wrappers.policy import PolicyDriver
 
@@ -81,10 +86,6 @@ def _gated(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
 
     return gated
-
-
-def _put_row(batch: Any, i: int, value: Any) -> None:
-    map_leaves(lambda leaf, v: leaf.__setitem__(i, v), batch, value)
 
 
 class RelayRLVectorEnv(VectorEnv):
@@ -326,15 +327,9 @@ class RelayRLVectorEnv(VectorEnv):
         return obs, {i: info for i, (_, info) in zip(indices, results)}
 
     def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
-        if not options or "reset_mask" not in options:
+        mask = checked_reset_mask(options, self.num_envs)
+        if mask is None:
             return None
-        mask = options.pop("reset_mask")
-        if not isinstance(mask, np.ndarray) or mask.shape != (self.num_envs,) or \
-                mask.dtype != np.bool_:
-            raise ConfigError(f"`options['reset_mask']` must be a bool numpy array of shape "
-                              f"({self.num_envs},), got {mask!r}")
-        if not mask.any():
-            raise ConfigError("`options['reset_mask']` must select at least one env")
         if self._prev_obs is None and not mask.all():
             when = "after a failed step()" if self._broken_by else "the first time"
             raise StateError(f"reset() must reset every env (no reset_mask) {when}")
@@ -440,8 +435,9 @@ class RelayRLVectorEnv(VectorEnv):
         next_obs = own_obs
         if finals:
             next_obs = copy_batch(own_obs)
+            obs_codec = self._recorder.schema.obs
             for i, (final_obs, _) in finals.items():
-                _put_row(next_obs, i, final_obs)
+                next_obs = obs_codec.replace_row(next_obs, i, final_obs)
         infos: dict[int, str] = {}
         if self.record_info and (finals or any(step_infos)):
             for i, step_info in enumerate(step_infos):

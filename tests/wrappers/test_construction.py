@@ -65,7 +65,8 @@ def _box_env(high: float) -> TestingEnv:
 
 def test_observation_modes_as_sync_vector_env():
     fns = [lambda: _box_env(1.0), lambda: _box_env(2.0)]
-    with pytest.raises(RuntimeError, match="observation_mode='different'"):
+    with pytest.raises(RuntimeError, match=r"spaces are not equivalent.*\(env 1\).*"
+                                           r"use `observation_mode='different'` instead"):
         relayrl_gym.wrap(fns, sink=None)
     with pytest.raises(RuntimeError, match="observation_mode='same'"):
         gym.vector.SyncVectorEnv(fns)
@@ -82,5 +83,5 @@ def test_observation_modes_as_sync_vector_env():
         gym.vector.SyncVectorEnv(odd, observation_mode="different")
     with pytest.raises(ValueError, match=r"Expected all Box\.low shape to be equal"):
         relayrl_gym.wrap(odd, sink=None, observation_mode="different")
-    with pytest.raises(ValueError, match="`observation_mode` must be 'same', 'different'"):
+    with pytest.raises(ValueError, match="Invalid `observation_mode`, expected: 'same' or"):
         relayrl_gym.wrap(fns, sink=None, observation_mode="other")
