@@ -306,9 +306,10 @@ class RelayRLVectorEnv(VectorEnv):
             self._policy.forget()
         indices = [i for i in range(self.num_envs) if mask is None or mask[i]]
         actors = [self._actors[i] for i in indices]
-        results = self._router.run(
-            lambda actor, s: actor.env.reset(seed=s, options=options),
-            [seeds[i] for i in indices], actors)
+        # No options, no keyword (as DummyVecEnv): an env whose reset takes only a seed works.
+        extra = {"options": options} if options is not None else {}
+        results = self._router.run(lambda actor, s: actor.env.reset(seed=s, **extra),
+                                   [seeds[i] for i in indices], actors)
         items = list(self._obs_items) if mask is not None and self._obs_items else \
             [None] * self.num_envs
         for i, r in zip(indices, results):

@@ -108,3 +108,26 @@ def test_creation_errors_as_dummy_vec_env():
     # Gymnasium's own error for a deprecated id reaches SB3's fallback (it catches it).
     with pytest.raises(gym.error.DeprecatedEnv):
         relayrl_gym.wrap("Pendulum-v0", actors=2, api="sb3", sink=None)
+
+
+class _SeedOnlyEnv(TestingEnv):
+    """An env whose reset takes no options (SB3 test envs are written so)."""
+
+    def reset(self, seed=None):  # type: ignore[override]
+        return super().reset(seed=seed)
+
+
+def test_reset_without_options_and_extra_action_rows_as_dummy_vec_env(sink_dir):
+    ours, theirs = _both(lambda: _SeedOnlyEnv(length=3), sink=sink_dir)
+    try:
+        ours.seed(3)
+        theirs.seed(3)
+        np.testing.assert_array_equal(ours.reset(), theirs.reset())
+        actions = np.array([1, 0, 1, 1])  # more rows than envs: DummyVecEnv uses the first two
+        got, want = ours.step(actions), theirs.step(actions)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    finally:
+        ours.close()
+        theirs.close()
+    assert len(relayrl_gym.load(ours.run_path)) == 2
