@@ -6,6 +6,7 @@ import fnmatch
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
@@ -47,11 +48,24 @@ def read_in_progress(path: Path) -> list[pa.RecordBatch]:
 
 def _read_part(file: Path, final: Path) -> list[pa.RecordBatch]:
     if file == final:
-        return _read_complete(file)
+        return _read_torn_or_complete(file)
     try:
         return read_in_progress(file)
     except FileNotFoundError:  # completed and renamed since the directory was listed
-        return _read_complete(final)
+        return _read_torn_or_complete(final)
+
+
+def _read_torn_or_complete(path: Path) -> list[pa.RecordBatch]:
+    """A completed part; one that is empty or torn (a full disk, a copy cut short) gives the
+    whole batches it holds, with a warning, instead of failing the whole run."""
+    try:
+        return _read_complete(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        batches = read_in_progress(path)
+        warnings.warn(f"{str(path)!r} is not a complete Arrow file ({err}); read the "
+                      f"{len(batches)} whole record batches in it and skipped the rest",
+                      RuntimeWarning, stacklevel=4)
+        return batches
 
 
 def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:

@@ -207,10 +207,19 @@ class ArrowRunStore(_CommittedState):
             # them, so they go; the committed ones make a complete file.
             keep = read_in_progress(temp)[:committed]
             if keep:
-                with pa.OSFile(str(final), "wb") as out, \
-                        pa.ipc.new_file(out, self.schema) as writer:
-                    for batch in keep:
-                        writer.write_batch(batch)
+                # Written aside and renamed: the final name only ever holds a whole file (a
+                # full disk leaves the in-progress file, read again at the next reopen).
+                repair = final.with_name(final.name + ".repair")
+                options = pa.ipc.IpcWriteOptions(compression=self.compression)
+                try:
+                    with pa.OSFile(str(repair), "wb") as out, \
+                            pa.ipc.new_file(out, self.schema, options=options) as writer:
+                        for batch in keep:
+                            writer.write_batch(batch)
+                except BaseException:
+                    repair.unlink(missing_ok=True)
+                    raise
+                os.replace(repair, final)
                 self._state["part"] += 1
             temp.unlink()
         elif final.exists():  # completed, but the crash came before the state said so
