@@ -1,7 +1,9 @@
-"""Parallelism: 8 actors on an env whose step releases the GIL (a 1 ms sleep, like I/O).
+"""Parallelism: 8 actors on an env whose step releases the GIL (a 1 ms sleep, like I/O), with
+one thread per actor (router_scale=8); and, with --hold-gil, on an env whose step holds the GIL
+(a busy loop), with one process per actor (router_scale="processes").
 
 Targets (DESIGN.md): >= 7x SyncVectorEnv's steps/s, and more than AsyncVectorEnv's.
-Run: python benchmarks/parallel_envs.py [--steps 300] [--rounds 5] [--sleep 0.001]
+Run: python benchmarks/parallel_envs.py [--steps 300] [--rounds 5] [--sleep 0.001] [--hold-gil]
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ class SleepyEnv(gym.Env):
     observation_space = gym.spaces.Box(-1, 1, (4,), np.float32)
     action_space = gym.spaces.Discrete(2)
 
-    def __init__(self, sleep: float = 0.001):
+    def __init__(self, sleep: float = 0.001, hold_gil: bool = False):
         self.sleep = sleep
+        self.hold_gil = hold_gil
         self.t = 0
 
     def reset(self, *, seed=None, options=None):
@@ -39,7 +42,12 @@ class SleepyEnv(gym.Env):
         return self.observation_space.sample(), {}
 
     def step(self, action):
-        time.sleep(self.sleep)
+        if self.hold_gil:
+            end = time.perf_counter() + self.sleep
+            while time.perf_counter() < end:  # Python work: the GIL is held throughout
+                pass
+        else:
+            time.sleep(self.sleep)
         self.t += 1
         return np.zeros(4, np.float32), 1.0, self.t >= 200, False, {}
 
@@ -60,14 +68,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="vector steps per round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--sleep", type=float, default=0.001, help="seconds per env step")
+    parser.add_argument("--hold-gil", action="store_true",
+                        help="busy steps that hold the GIL, one process per actor")
     args = parser.parse_args()
-    factory = [lambda: SleepyEnv(args.sleep)] * NUM_ENVS
+    factory = [lambda: SleepyEnv(args.sleep, args.hold_gil)] * NUM_ENVS
+    scale = "processes" if args.hold_gil else NUM_ENVS
     root = tempfile.mkdtemp(prefix="relayrl-bench-")
     chosen = {}
 
     def ours() -> float:
         def make():
-            envs = relayrl_gym.wrap(lambda: SleepyEnv(args.sleep), actors=NUM_ENVS, sink=root)
+            envs = relayrl_gym.wrap(lambda: SleepyEnv(args.sleep, args.hold_gil),
+                                    actors=NUM_ENVS, sink=root, router_scale=scale)
             chosen["scale"] = envs.agent.router_scale
             return envs
         return measure(make, args.steps)

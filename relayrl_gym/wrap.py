@@ -84,7 +84,9 @@ def wrap(
         router_scale: "auto" (default) or 0 steps every env on the calling thread, as
             SyncVectorEnv does: safe for any env, and nothing is built or stepped to decide it.
             n >= 1 gives each actor its own thread (at most n stepping at once), for
-            thread-safe envs whose steps release the GIL (MuJoCo, I/O, sleeps).
+            thread-safe envs whose steps release the GIL (MuJoCo, I/O, sleeps). "processes"
+            gives each actor a process of its own (the env factory must be picklable by
+            cloudpickle), for envs that hold the GIL or are not thread-safe.
         run_id: the run's name (default: env id, UTC time and a random suffix).
         flush_interval: seconds between time-based flushes (the most a crash can lose).
         record_info: record each step's info dict as JSON.
@@ -121,7 +123,9 @@ def wrap(
     first = made = None
     if is_pettingzoo(env):
         first, make = env, None
-    elif callable(env) and not isinstance(env, str | gym.Env):
+    elif callable(env) and not isinstance(env, str | gym.Env) and router_scale != "processes":
+        # (With processes every env is made in its actor's process: a factory is taken to
+        # make Gymnasium envs, and one that makes something else is named there.)
         made = _made_by(env)
         if is_pettingzoo(made):
             first, make = made, env

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from relayrl_gym.recording.recorder import Recorder
     from relayrl_gym.recording.writer import BackgroundWriter
     from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.processes import ProcessRouter
     from relayrl_gym.runtime.router import Router
 
 __all__ = ["RelayRLAgent", "new_run_id"]
@@ -57,7 +58,7 @@ class RelayRLAgent(ClientAPI):
     >>> envs.close()
     """
 
-    def __init__(self, actors: Sequence[Actor] = (), router: Router | None = None,
+    def __init__(self, actors: Sequence[Actor] = (), router: Router | ProcessRouter | None = None,
                  recorder: Recorder | None = None, writer: BackgroundWriter | None = None,
                  on_shutdown: Callable[[], None] | None = None,
                  on_update_model: Callable[..., int] | None = None) -> None:
@@ -155,7 +156,7 @@ class RelayRLAgent(ClientAPI):
             old.shutdown(wait=True)
 
     @property
-    def router_scale(self) -> int:
+    def router_scale(self) -> int | str:
         """0 when actors run inline on the caller's thread, else how many may run at once
         (for a started client agent: inference worker threads, 0 = the caller's thread)."""
         return self.router.scale if self.router is not None else self._worker_count

@@ -99,6 +99,12 @@ class Router:
             return self._run_all(threads, fn, args, actors, timeout)
         return self._run_in_waves(threads, fn, args, actors, timeout)
 
+    def create(self, make: Callable[[Actor, Any], None], args: Sequence[Any],
+               actors: Sequence[Actor]) -> None:
+        """Runs ``make(actor, arg)``, which sets ``actor.env``, where the actor's env will live
+        (for a `ProcessRouter`, in its process)."""
+        self.run(make, args, actors)
+
     def _thread_of(self, actor: Actor) -> ActorThread:
         thread = self._threads.get(actor.index)
         if thread is None:

@@ -24,6 +24,7 @@ from relayrl_gym.recording.recorder import Recorder
 from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import RelayRLAgent, new_run_id
+from relayrl_gym.runtime.processes import ProcessRouter
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.schema.batches import copy_batch
 from relayrl_gym.schema.transitions import TransitionSchema
@@ -74,6 +75,26 @@ class EnvSteps(NamedTuple):
     infos: tuple[dict[str, Any], ...]
     #: SAME_STEP: env index -> (last observation, last info) of the episode that ended.
     finals: dict[int, tuple[Any, dict[str, Any]]]
+
+
+def _step_env(actor: Actor, arg: tuple[Any, bool, bool]) -> tuple[Any, ...]:
+    """Steps (or, for NEXT_STEP autoreset, resets) one env; runs where the env lives: inline,
+    on its actor thread, or in its actor process."""
+    action, reset_instead, same_step = arg
+    env = actor.env
+    if reset_instead:
+        obs, info = env.reset()
+        return obs, 0.0, False, False, info, None
+    obs, reward, terminated, truncated, info = env.step(action)
+    if same_step and (terminated or truncated):
+        final = (obs, info)
+        obs, info = env.reset()
+        return obs, reward, terminated, truncated, info, final
+    return obs, reward, terminated, truncated, info, None
+
+
+def _create_env(actor: Actor, fn: Callable[[], gym.Env]) -> None:
+    actor.env = make_checked(fn, actor.index)
 
 
 def _gated(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -161,15 +182,18 @@ class RelayRLVectorEnv(VectorEnv):
 
         if router_scale == "auto":
             # Inline is safe for every env (one thread steps them all, as SyncVectorEnv does)
-            # and decided without building or stepping anything; threads are the caller's
-            # choice, for thread-safe envs whose steps release the GIL.
+            # and decided without building or stepping anything; threads and processes are the
+            # caller's choice.
             router_scale = 0
-        elif isinstance(router_scale, str):
-            raise ConfigError(f"`router_scale` must be 'auto' or an int >= 0, got {router_scale!r}")
+        elif isinstance(router_scale, str) and router_scale != "processes":
+            raise ConfigError(f"`router_scale` must be 'auto', 'processes' or an int >= 0, got "
+                              f"{router_scale!r}")
         self._actors = [Actor(i) for i in range(self.num_envs)]
-        self._router = Router(router_scale, self._actors)
+        self._router: Router | ProcessRouter = (
+            ProcessRouter(self._actors) if isinstance(router_scale, str) else
+            Router(router_scale, self._actors))
         try:
-            self._router.run(self._create_env, list(env_fns), self._actors)
+            self._router.create(_create_env, list(env_fns), self._actors)
             first = self._actors[0].env
             self.metadata = dict(first.metadata)
             self.metadata["autoreset_mode"] = self.autoreset_mode
@@ -211,15 +235,12 @@ class RelayRLVectorEnv(VectorEnv):
         self._broken_by: str | None = None  # why the last step() failed, until reset()
         self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
+        self._no_resets = [False] * self.num_envs
         self._any_done = False
         self._episode_ids = np.full(self.num_envs, -1, dtype=np.int64)
         self._episode_steps = np.zeros(self.num_envs, dtype=np.int64)
 
     # -- construction helpers ------------------------------------------------------------------
-    @staticmethod
-    def _create_env(actor: Actor, fn: Callable[[], gym.Env]) -> None:
-        actor.env = make_checked(fn, actor.index)
-
     def _close_envs(self) -> None:
         self._router.run(lambda actor, _: actor.env.close() if actor.env is not None else None,
                          [None] * len(self._actors), self._actors)
@@ -231,7 +252,7 @@ class RelayRLVectorEnv(VectorEnv):
             log.exception("closing environments after a failed construction")
         self._router.close()
 
-    def _open_recording(self, sink: Any, router_scale: int, batch_rows: int | None,
+    def _open_recording(self, sink: Any, router_scale: int | str, batch_rows: int | None,
                         flush_interval: float, first: gym.Env, spill_dir: str | Path | None
                         ) -> tuple[Recorder | None, BackgroundWriter | None]:
         self.run_path: Path | None = None
@@ -247,7 +268,7 @@ class RelayRLVectorEnv(VectorEnv):
             spill_dir=spill_dir, batch_rows=batch_rows)
         return recorder, writer
 
-    def _run_metadata(self, first: gym.Env, router_scale: int, sinks: list[Sink]
+    def _run_metadata(self, first: gym.Env, router_scale: int | str, sinks: list[Sink]
                       ) -> dict[str, Any]:
         spec_json = None
         if first.spec is not None:
@@ -378,7 +399,11 @@ class RelayRLVectorEnv(VectorEnv):
         recording = self._recorder is not None and not unreset
         recorded_actions = self._actions.recorded(actions, action_list) if recording else None
         try:
-            results = self._router.run(self._step_env, action_list, self._actors)
+            reset_first = self._autoreset.tolist() if self._next_step and self._any_done else \
+                self._no_resets
+            same = self._same_step
+            results = self._router.run(_step_env, [(a, r, same) for a, r in
+                                                   zip(action_list, reset_first)], self._actors)
         except BaseException as err:
             # Some envs may have stepped and others not: the batch is no longer consistent.
             self._prev_obs = None
@@ -411,19 +436,6 @@ class RelayRLVectorEnv(VectorEnv):
             for i in range(self.num_envs):
                 self._start_episode(i)
         return EnvSteps(obs, rewards, terminated, truncated, info_l, finals)
-
-    def _step_env(self, actor: Actor, action: Any) -> tuple[Any, ...]:
-        # Runs on the actor's own thread (or inline): the only place an env is stepped.
-        env = actor.env
-        if self._next_step and self._autoreset[actor.index]:
-            obs, info = env.reset()
-            return obs, 0.0, False, False, info, None
-        obs, reward, terminated, truncated, info = env.step(action)
-        if self._same_step and (terminated or truncated):
-            final = (obs, info)
-            obs, info = env.reset()
-            return obs, reward, terminated, truncated, info, final
-        return obs, reward, terminated, truncated, info, None
 
     def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: tuple[Any, ...],
                 terminated: tuple[Any, ...],

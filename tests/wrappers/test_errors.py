@@ -126,7 +126,7 @@ def test_unknown_env_id_raises_gymnasiums_own_error():
     [
         ({"actors": 0}, r"`actors` must be an int >= 1, got 0"),
         ({"router_scale": -1}, r"`router_scale` must be an int >= 0"),
-        ({"router_scale": "fast"}, r"`router_scale` must be 'auto' or an int"),
+        ({"router_scale": "fast"}, r"`router_scale` must be 'auto', 'processes' or an int"),
         ({"autoreset_mode": "sometimes"}, r"`autoreset_mode` must be one of"),
         ({"sink": 42}, r"`sink` must be a directory path, a URL"),
         ({"sink": "nosuch://x"}, r"unknown sink URL scheme 'nosuch'"),

@@ -23,7 +23,8 @@ _SCRIPT = textwrap.dedent("""
     import relayrl_gym
     from testing_env import TestingEnv
 
-    mode, sink, scale = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    mode, sink, scale = sys.argv[1], sys.argv[2], sys.argv[3]
+    scale = scale if scale == "processes" else int(scale)
     envs = relayrl_gym.wrap(lambda: TestingEnv(sleep=0.002, length=50), actors=4, sink=sink,
                             router_scale=scale)
     envs.reset(seed=0)
@@ -45,7 +46,7 @@ _SCRIPT = textwrap.dedent("""
 _EXPECTED_RC = {"end": 0, "raise": 1, "sys_exit": 3, "drop": 0, "ctrl_c": -signal.SIGINT}
 
 
-@pytest.mark.parametrize("scale", [4, 0], ids=["threads", "inline"])
+@pytest.mark.parametrize("scale", [4, 0, "processes"], ids=["threads", "inline", "processes"])
 @pytest.mark.parametrize("mode", list(_EXPECTED_RC))
 def test_exit_without_close_ends_the_process_and_keeps_every_step(
         tmp_path: Path, mode: str, scale: int) -> None:
