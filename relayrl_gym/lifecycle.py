@@ -26,6 +26,7 @@ _OPEN: dict[int, tuple[weakref.ref[Any], Callable[[Any], None]]] = {}
 _KEYS = itertools.count()
 _LOCK = threading.Lock()
 _exiting = False
+_get_ident = threading.get_ident
 
 
 def close_at_exit(obj: Any, close: Callable[[Any], None]) -> int:
@@ -93,15 +94,15 @@ class CallGate:
         self._caller: int | None = None
         self._deferred: Callable[[], None] | None = None
 
-    def __enter__(self) -> None:
+    def __enter__(self) -> None:  # every step passes here: kept to the bare minimum
         self._lock.acquire()
-        self._caller = threading.get_ident()
+        self._caller = _get_ident()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         self._caller = None
         self._lock.release()
-        deferred, self._deferred = self._deferred, None
-        if deferred is not None:
+        if self._deferred is not None:
+            deferred, self._deferred = self._deferred, None
             deferred()
 
     def close_now(self, close: Callable[[], None], timeout: float = 60.0) -> bool:
@@ -111,7 +112,7 @@ class CallGate:
         Raises:
             TimeoutError: a call on another thread is still running after ``timeout`` s.
         """
-        me = threading.get_ident()
+        me = _get_ident()
         waited = 0.0
         while self._caller == me or not self._lock.acquire(timeout=0.05):
             if self._caller == me:  # inside a call on this thread: a signal handler

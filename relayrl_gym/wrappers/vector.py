@@ -77,20 +77,31 @@ class EnvSteps(NamedTuple):
     finals: dict[int, tuple[Any, dict[str, Any]]]
 
 
-def _step_env(actor: Actor, arg: tuple[Any, bool, bool]) -> tuple[Any, ...]:
-    """Steps (or, for NEXT_STEP autoreset, resets) one env; runs where the env lives: inline,
-    on its actor thread, or in its actor process."""
-    action, reset_instead, same_step = arg
+# How one env steps; each runs where the env lives (inline, on its actor thread, or in its
+# actor process), so they are module functions (a process router ships them by reference).
+def _step_only(actor: Actor, action: Any) -> tuple[Any, ...]:
+    obs, reward, terminated, truncated, info = actor.env.step(action)
+    return obs, reward, terminated, truncated, info, None
+
+
+def _step_same(actor: Actor, action: Any) -> tuple[Any, ...]:
+    """SAME_STEP autoreset: an env that finishes is reset in the same step."""
     env = actor.env
-    if reset_instead:
-        obs, info = env.reset()
-        return obs, 0.0, False, False, info, None
     obs, reward, terminated, truncated, info = env.step(action)
-    if same_step and (terminated or truncated):
+    if terminated or truncated:
         final = (obs, info)
         obs, info = env.reset()
         return obs, reward, terminated, truncated, info, final
     return obs, reward, terminated, truncated, info, None
+
+
+def _reset_or_step(actor: Actor, arg: tuple[Any, bool]) -> tuple[Any, ...]:
+    """NEXT_STEP autoreset: an env that finished last step is reset instead of stepped."""
+    action, reset = arg
+    if reset:
+        obs, info = actor.env.reset()
+        return obs, 0.0, False, False, info, None
+    return _step_only(actor, action)
 
 
 def _create_env(actor: Actor, fn: Callable[[], gym.Env]) -> None:
@@ -235,7 +246,6 @@ class RelayRLVectorEnv(VectorEnv):
         self._broken_by: str | None = None  # why the last step() failed, until reset()
         self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
-        self._no_resets = [False] * self.num_envs
         self._any_done = False
         self._episode_ids = np.full(self.num_envs, -1, dtype=np.int64)
         self._episode_steps = np.zeros(self.num_envs, dtype=np.int64)
@@ -357,20 +367,20 @@ class RelayRLVectorEnv(VectorEnv):
             raise StateError(f"reset() must reset every env (no reset_mask) {when}")
         return mask
 
-    @_gated
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Steps every env with its action; autoresets as `metadata["autoreset_mode"]` says."""
-        done = self._step(actions)
+        with self._gate:  # (the hot path: no decorator layer)
+            obs, rewards, terminated, truncated, step_infos, finals = self._step(actions)
         infos: dict[str, Any] = {}
-        if done.finals or any(done.infos):
-            for i, info in enumerate(done.infos):
-                final = done.finals.get(i)
+        if finals or any(step_infos):
+            for i, info in enumerate(step_infos):
+                final = finals.get(i)
                 if final is not None:
                     infos = self._add_info(infos, {"final_obs": final[0],
                                                    "final_info": final[1]}, i)
                 if info:
                     infos = self._add_info(infos, info, i)
-        return done.obs, done.rewards, done.terminated, done.truncated, infos
+        return obs, rewards, terminated, truncated, infos
 
     @_gated
     def step_each(self, actions: Any) -> EnvSteps:
@@ -380,9 +390,9 @@ class RelayRLVectorEnv(VectorEnv):
         reporting it decides (a ``0.25`` after a ``1`` becomes ``0``); here every env's dict
         comes back as the env returned it. The SB3 front end steps through this.
         """
-        return self._step(actions)
+        return EnvSteps(*self._step(actions))
 
-    def _step(self, actions: Any) -> EnvSteps:
+    def _step(self, actions: Any) -> tuple[Any, ...]:
         if self.closed:
             self.check_open()
         unreset = self._prev_obs is None
@@ -399,11 +409,12 @@ class RelayRLVectorEnv(VectorEnv):
         recording = self._recorder is not None and not unreset
         recorded_actions = self._actions.recorded(actions, action_list) if recording else None
         try:
-            reset_first = self._autoreset.tolist() if self._next_step and self._any_done else \
-                self._no_resets
-            same = self._same_step
-            results = self._router.run(_step_env, [(a, r, same) for a, r in
-                                                   zip(action_list, reset_first)], self._actors)
+            if self._next_step and self._any_done:  # some envs reset instead of stepping
+                results = self._router.run(_reset_or_step, list(zip(
+                    action_list, self._autoreset.tolist())), self._actors)
+            else:
+                results = self._router.run(_step_same if self._same_step else _step_only,
+                                           action_list, self._actors)
         except BaseException as err:
             # Some envs may have stepped and others not: the batch is no longer consistent.
             self._prev_obs = None
@@ -414,13 +425,13 @@ class RelayRLVectorEnv(VectorEnv):
         rewards = np.array(rewards_l, dtype=np.float64)
         terminated = np.array(terminated_l, dtype=np.bool_)
         truncated = np.array(truncated_l, dtype=np.bool_)
+        any_done = any(terminated_l) or any(truncated_l)
         finals: dict[int, tuple[Any, dict[str, Any]]] = {}
-        if self._same_step:
+        if self._same_step and any_done:
             finals = {i: final for i, final in enumerate(final_l) if final is not None}
         self._obs_items = obs_items
         obs = self._stack(obs_items)
         reset_rows = self._autoreset if self._next_step and self._any_done else None
-        any_done = any(terminated_l) or any(truncated_l)
         if not recording:
             self._prev_obs = copy_batch(obs) if self._recorder is not None else obs
         else:
@@ -435,7 +446,7 @@ class RelayRLVectorEnv(VectorEnv):
             self._episode_ids = self._episode_ids.copy()
             for i in range(self.num_envs):
                 self._start_episode(i)
-        return EnvSteps(obs, rewards, terminated, truncated, info_l, finals)
+        return obs, rewards, terminated, truncated, info_l, finals
 
     def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: tuple[Any, ...],
                 terminated: tuple[Any, ...],
