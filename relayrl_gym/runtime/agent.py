@@ -19,6 +19,8 @@ from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.fitting import VersionCounter
 from relayrl_gym.runtime.client import AgentParams, ClientAPI
+from relayrl_gym.transport.model_source import ZMQModelSource
+from relayrl_gym.transport.sink import ZMQSink
 
 if TYPE_CHECKING:
     from relayrl_gym.recording.recorder import Recorder
@@ -96,6 +98,8 @@ class RelayRLAgent(ClientAPI):
         self._resolved = None
         self._versions = VersionCounter()
         self._worker_count = 0
+        #: Where new models come from (`follow_models`); closed first by `shutdown`.
+        self.model_sources: list[ZMQModelSource] = []
         # Closed at interpreter exit while its threads still run (see relayrl_gym.lifecycle).
         self._exit_key = close_at_exit(self, RelayRLAgent.shutdown) if self._running else None
 
@@ -144,8 +148,17 @@ class RelayRLAgent(ClientAPI):
         self._resize_workers(params.router_scale)
         if params.actor_count:
             self.new_actors(params.actor_count)
-        if self.writer is not None:
-            self.writer.follow_models(self.update_model)
+        self.follow_models()
+
+    def follow_models(self) -> None:
+        """Follows the model publisher of each ZMQ sink's collector (unless ``models=off``):
+        each newer model published there is swapped in through `update_model`. Models travel
+        on their own path (`ZMQModelSource`), not through the sinks."""
+        for sink in self.writer.sinks if self.writer is not None else []:
+            if isinstance(sink, ZMQSink):
+                source = ZMQModelSource.following(sink, self.update_model)
+                if source is not None:
+                    self.model_sources.append(source)
 
     def _resize_workers(self, n: int) -> None:
         old, self._workers = self._workers, (
@@ -207,7 +220,7 @@ class RelayRLAgent(ClientAPI):
             self._running = False
         forget_at_exit(self._exit_key)
         errors: list[BaseException] = []
-        steps: list[Callable[[], Any]] = []
+        steps: list[Callable[[], Any]] = [source.close for source in self.model_sources]
         if self._on_shutdown is not None:
             steps.append(self._on_shutdown)
         if self.router is not None:

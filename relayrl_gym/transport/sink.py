@@ -1,5 +1,5 @@
-"""The ZMQ sink: streams a run's Arrow batches to a collector, at least once, and follows the
-models the collector's learner publishes."""
+"""The ZMQ sink: streams a run's Arrow batches to a collector, at least once (models come back on
+a path of their own: `relayrl_gym.transport.model_source`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -19,7 +19,6 @@ import pyarrow as pa
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
-from relayrl_gym.transport.models import ModelFeed
 from relayrl_gym.transport.outbox import Outbox
 from relayrl_gym.transport.payloads import payload_crc
 from relayrl_gym.transport.protocol import (
@@ -71,6 +70,9 @@ class ZMQSink(Sink):
     this sender, the collector keeping each batch once; or
     `relayrl_gym.transport.spill.uncollected` drops those against the collector's state.
 
+    The sink carries no models: where the collector says its learner publishes them
+    (``models_endpoint``) is all a `ZMQModelSource` takes from it.
+
     A sender process that dies ends its run: restarted, it records a new run (new run id and
     sender id). What the collector acknowledged is kept exactly once; batches the dead process
     had not sent yet are lost with it, as with any sink (at most the last flush interval), and
@@ -107,7 +109,8 @@ class ZMQSink(Sink):
         from relayrl_gym.transport.keys import client_keys
 
         self.endpoint = tcp_endpoint(address)
-        self._models_off = models == "off"
+        #: ``models=off``: no model source follows this sink's collector.
+        self.models_off = models == "off"
         self.models_endpoint = None if models in (None, "off") else tcp_endpoint(str(models))
         self.keys = client_keys(curve_keys) if curve_keys is not None else None
         self.spill_dir = Path(spill_dir)
@@ -121,7 +124,6 @@ class ZMQSink(Sink):
         self.started = threading.Event()
         self._schema: pa.Schema | None = None
         self._max_batch_bytes = MIN_MESSAGE_LIMIT // 2  # until the collector tells its limit
-        self._feed: ModelFeed | None = None
         self._ctx: Any = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -157,16 +159,6 @@ class ZMQSink(Sink):
 
     def __repr__(self) -> str:
         return f"ZMQSink({self.endpoint!r})"
-
-    @property
-    def model_version(self) -> int:
-        """The last published model version the actors swapped to (-1: none)."""
-        return self._feed.running if self._feed is not None else -1
-
-    @property
-    def models_refused(self) -> int:
-        """Published models the actors refused (they did not fit; the old one kept running)."""
-        return self._feed.refused if self._feed is not None else 0
 
     # -- Sink API ---------------------------------------------------------------------------
     def start(self, run_id: str, schema: pa.Schema) -> None:
@@ -213,12 +205,6 @@ class ZMQSink(Sink):
         """Waits until the collector has every batch written so far; True if it has."""
         with self.outbox.changed:
             return self.outbox.changed.wait_for(lambda: len(self.outbox) == 0, timeout)
-
-    def follow_models(self, update: Callable[[str], int]) -> None:
-        """Hot-swaps models the collector's learner publishes through ``update`` (called on
-        this sink's I/O thread with a model folder; it must apply the model between steps)."""
-        if not self._models_off:
-            self._feed = ModelFeed(update)
 
     def close(self, *, spill: bool = True) -> None:
         """Waits up to ``close_timeout`` for the last acknowledgements and stops. What is still
@@ -271,7 +257,7 @@ class ZMQSink(Sink):
 
     def _run(self) -> None:
         zmq = require_zmq()
-        sock = models = monitor = None
+        sock = monitor = None
         try:
             # No fixed identity: the collector binds the sender name to its token (and CURVE
             # key), and a reconnection shows up as a new connection that starts again.
@@ -285,10 +271,6 @@ class ZMQSink(Sink):
             next_start = next_probe = 0.0
             start_delay = self.outbox.resend_after
             while not self._stop.is_set():
-                if models is None and self._feed is not None and self.models_endpoint:
-                    models = connect_socket(self._ctx, zmq.DEALER, self.models_endpoint,
-                                            keys=self.keys)
-                    poller.register(models, zmq.POLLIN)
                 events = dict(poller.poll(_POLL_MS))
                 if self._wake_r in events:
                     with contextlib.suppress(BlockingIOError):
@@ -297,8 +279,6 @@ class ZMQSink(Sink):
                     self._replies(sock)
                 if monitor in events:
                     self._handshakes_failed(failed_handshakes(monitor))
-                if models is not None and models in events:
-                    self._model_messages(models)
                 now = time.monotonic()
                 if not self.started.is_set():
                     if now >= next_start and self._send(sock, self._start_frames()):
@@ -313,10 +293,6 @@ class ZMQSink(Sink):
                     if (self._closing.is_set() and len(self.outbox) and now >= next_probe and
                             self._send(sock, self._start_frames())):
                         next_probe = now + _PROBE_EVERY
-                if models is not None and self._feed is not None:
-                    hello = self._feed.hello_due(now)
-                    if hello is not None:
-                        self._send(models, [hello])
             if sock is not None:  # acknowledgements that arrived while stopping: not spilled
                 self._replies(sock)
         except Exception as err:  # reported by the next write/flush
@@ -326,9 +302,8 @@ class ZMQSink(Sink):
             if monitor is not None and sock is not None:
                 sock.disable_monitor()
                 monitor.close(0)
-            for s in (sock, models):
-                if s is not None:
-                    s.close(0)
+            if sock is not None:
+                sock.close(0)
 
     def _start_frames(self) -> list[Any]:
         assert self._schema is not None
@@ -392,18 +367,6 @@ class ZMQSink(Sink):
                 self.rejected.append(problem)
                 log.error("the ZMQ sender to %s cannot connect: %s", self.endpoint, problem)
 
-    def _model_messages(self, sock: Any) -> None:
-        if self._feed is None:
-            return
-        for frames in _waiting(sock):
-            try:
-                header = decode_header(frames[0])
-            except ProtocolViolation as err:
-                self._feed.rejected += 1
-                log.warning("ignoring a malformed message on the model channel: %s", err)
-                continue
-            self._feed.handle(header, frames[1:])
-
     def _started(self, fields: dict[str, Any]) -> None:
         token = fields.get("token")
         if isinstance(token, str):
@@ -412,7 +375,7 @@ class ZMQSink(Sink):
         if isinstance(limit, int) and limit >= MIN_MESSAGE_LIMIT:
             self._max_batch_bytes = limit // 2
         announced = fields.get("models")
-        if self.models_endpoint is None and not self._models_off and isinstance(announced, str):
+        if self.models_endpoint is None and not self.models_off and isinstance(announced, str):
             try:
                 endpoint = tcp_endpoint(announced)
             except Exception:

@@ -234,8 +234,7 @@ class RelayRLVectorEnv(VectorEnv):
         if self._policy is not None:
             for actor in self._actors:
                 actor.model, actor.model_version = self._policy.model, self._policy.version
-            if writer is not None:
-                writer.follow_models(self.agent.update_model)
+            self.agent.follow_models()
         self._recorder = recorder
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
         self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP

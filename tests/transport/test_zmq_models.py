@@ -96,10 +96,10 @@ def test_a_model_that_does_not_fit_is_refused_and_the_old_one_keeps_running(
             torch.nn.Linear(4, 3), envs.single_observation_space, gym.spaces.Discrete(3),
             path=tmp_path / "misfit", format="onnx")
         server.publish_model(three_actions)
-        sink = envs.agent.writer.sinks[0]
-        wait_until(lambda: sink.models_refused == 1, what="the misfit to be refused")
+        (source,) = envs.agent.model_sources  # models come on a path of their own
+        wait_until(lambda: source.refused == 1, what="the misfit to be refused")
         envs.step(envs.act())  # the old model keeps acting
-        assert envs.agent.get_model_version() == [good, good] and sink.model_version == good
+        assert envs.agent.get_model_version() == [good, good] and source.version == good
         wait_until(lambda: list(server.stats["actors"].values()) == [good],
                    what="the actor's hello")
         sent = server.publisher.sent
