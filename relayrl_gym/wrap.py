@@ -10,8 +10,8 @@ from gymnasium.vector import AutoresetMode
 
 from relayrl_gym.errors import ConfigError, add_note
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
+from relayrl_gym.wrappers.detect import is_pettingzoo
 from relayrl_gym.wrappers.factory import FirstMade, env_factories
-from relayrl_gym.wrappers.pettingzoo.detect import is_pettingzoo
 from relayrl_gym.wrappers.vector import RelayRLVectorEnv, parse_autoreset_mode
 
 if TYPE_CHECKING:
@@ -123,9 +123,10 @@ def wrap(
     first = made = None
     if is_pettingzoo(env):
         first, make = env, None
-    elif callable(env) and not isinstance(env, str | gym.Env) and router_scale != "processes":
-        # (With processes every env is made in its actor's process: a factory is taken to
-        # make Gymnasium envs, and one that makes something else is named there.)
+    elif callable(env) and not isinstance(env, str | gym.Env) and router_scale in ("auto", 0):
+        # Inline, the env made to see what the factory makes is actor 0's. With threads or
+        # processes each env is made where it will live, so a factory is taken to make
+        # Gymnasium envs (games step inline), and one that makes something else is named there.
         made = _made_by(env)
         if is_pettingzoo(made):
             first, make = made, env

@@ -11,6 +11,7 @@ from typing import Any
 import gymnasium as gym
 
 from relayrl_gym.errors import ConfigError, EnvCreationError, add_note
+from relayrl_gym.wrappers.detect import is_pettingzoo
 
 __all__ = ["FirstMade", "env_factories", "make_checked"]
 
@@ -73,6 +74,11 @@ def make_checked(fn: Callable[[], Any], index: int) -> gym.Env:
     except Exception as err:  # the caller's own exception, as SyncVectorEnv lets it through
         add_note(err, f"relayrl-gym: raised while creating the environment of actor {index}")
         raise
+    if is_pettingzoo(env):
+        raise EnvCreationError(
+            f"the env factory made a PettingZoo game ({type(env).__name__}) on an actor's own "
+            "thread or process; PettingZoo games step on the calling thread: leave "
+            "`router_scale` at 'auto' or 0")
     if not isinstance(env, gym.Env):
         raise EnvCreationError(
             f"the env factory returned {type(env).__name__}, expected a gymnasium.Env; pass an "

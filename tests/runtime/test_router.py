@@ -54,6 +54,10 @@ def test_auto_scale_builds_exactly_n_envs_steps_none_and_is_inline(sleep):
         assert all(env.t == 0 and env.last_action is None for env in made)
         assert envs.agent.router_scale == 0
         envs.close()
+    made.clear()  # threads: each env made on its own thread, none in the caller's
+    envs = relayrl_gym.wrap(make, actors=4, sink=None, router_scale=4)
+    assert len(made) == 4
+    envs.close()
 
 
 def test_threaded_steps_overlap(sink_dir):

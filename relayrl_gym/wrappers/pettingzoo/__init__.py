@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from relayrl_gym.wrappers.pettingzoo.detect import require_pettingzoo
+    from relayrl_gym.wrappers.detect import require_pettingzoo
 
     require_pettingzoo()
     return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -12,7 +12,7 @@ from typing import Any
 from gymnasium.vector import AutoresetMode
 
 from relayrl_gym.errors import ConfigError, EnvCreationError
-from relayrl_gym.wrappers.pettingzoo.detect import is_aec, is_parallel, require_pettingzoo
+from relayrl_gym.wrappers.detect import is_aec, is_parallel, require_pettingzoo
 from relayrl_gym.wrappers.pettingzoo.observations import policy_space
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording

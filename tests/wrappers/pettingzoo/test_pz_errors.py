@@ -20,7 +20,7 @@ from relayrl_gym.errors import (
     StateError,
     UnsupportedSpaceError,
 )
-from relayrl_gym.wrappers.pettingzoo.detect import require_pettingzoo
+from relayrl_gym.wrappers.detect import require_pettingzoo
 
 
 def test_policy_for_an_agent_that_does_not_exist():
@@ -84,7 +84,9 @@ def test_combinations_that_do_not_make_sense():
         relayrl_gym.wrap("CartPole-v1", policies={"x": lambda o: 0}, sink=None)
     with pytest.raises(ConfigError, match=r"extra keyword arguments \['max_cycles'\]"):
         relayrl_gym.wrap(rps_v2.parallel_env(), max_cycles=3, sink=None)
-    with pytest.raises(ConfigError, match=r"`router_scale` must be 'auto' or 0, got 4"):
+    # A factory is only called where its env will live: the actor's thread says what it made.
+    with pytest.raises(EnvCreationError, match=r"made a PettingZoo game .* leave `router_scale` "
+                                               r"at 'auto' or 0"):
         relayrl_gym.wrap(rps_v2.parallel_env, actors=2, router_scale=4, sink=None)
     with pytest.raises(ConfigError, match=r"`actors` must be an int >= 1 \(game copies\), got 0"):
         relayrl_gym.wrap(rps_v2.parallel_env, actors=0, sink=None)
