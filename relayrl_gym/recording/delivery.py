@@ -16,6 +16,8 @@ import pyarrow as pa
 from relayrl_gym.errors import SinkError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from relayrl_gym.sinks.arrow import ArrowSink
     from relayrl_gym.sinks.base import Sink
 
@@ -23,20 +25,28 @@ __all__ = ["DEFAULT_BACKLOG_BYTES", "SinkDelivery"]
 
 log = logging.getLogger(__name__)
 
-#: Batches a failing sink may hold in memory before they spill to a local Arrow file.
-DEFAULT_BACKLOG_BYTES = 64 * 1024 * 1024
+#: Bytes of batches a failing sink may hold in memory before they spill to a local Arrow file:
+#: none, so that what a crash during an outage can lose is no more than at any other time.
+DEFAULT_BACKLOG_BYTES = 0
+
+#: While a sink catches up, every batch that joins its backlog lets it deliver this many times
+#: its rows from the backlog's head: the backlog shrinks even when the writer is never idle.
+CATCH_UP = 2
 
 
 class SinkDelivery:
     """Hands batches to one sink in order; keeps what the sink refuses and retries it.
 
     While the sink works, ``offer`` is a plain ``sink.write``. Once a write fails, that batch
-    and every later one wait in a backlog (batches never overtake each other): the newest in
-    memory, up to ``max_backlog_bytes``; older ones in Arrow files under ``spill_dir``.
-    ``retry`` tries again with exponential backoff (``retry_initial`` doubling up to
-    ``retry_max`` seconds) and deletes spill files once their batches are delivered. At
-    ``close`` whatever is still undelivered is written to the spill directory, which
-    `relayrl_gym.load` reads as a run.
+    and every later one wait in a backlog (batches never overtake each other), written as they
+    come to Arrow files under ``spill_dir`` (a crash loses none of them; ``max_backlog_bytes``
+    lets the newest wait in memory instead, and memory holds them when the spill cannot be
+    written). ``retry`` tries again with exponential backoff (``retry_initial`` doubling up to
+    ``retry_max`` seconds), within a time ``budget`` if given, and deletes spill files once
+    their batches are delivered. While the sink catches up, each ``offer`` also delivers up to
+    `CATCH_UP` times its rows from the head of the backlog, so the backlog shrinks a little at
+    a time instead of holding the caller up for the whole of it. At ``close`` whatever is still
+    undelivered is in the spill directory, which `relayrl_gym.load` reads as a run.
 
     >>> import pyarrow as pa, tempfile
     >>> from relayrl_gym.sinks.arrow import ArrowSink
@@ -56,8 +66,8 @@ class SinkDelivery:
         Args:
             sink: a started sink.
             run_id: the run (names the spill files' run directory).
-            spill_dir: where batches past ``max_backlog_bytes`` go; created only when needed.
-            max_backlog_bytes: memory the backlog may hold before it spills to disk.
+            spill_dir: where the backlog is written; created only when needed.
+            max_backlog_bytes: memory the backlog may hold before it spills to disk (0: none).
             retry_initial: seconds before the first retry after a failure.
             retry_max: the longest wait between retries.
         """
@@ -88,12 +98,23 @@ class SinkDelivery:
         return self._memory_rows + self._spill_rows
 
     @property
+    def retry_at(self) -> float:
+        """``time.monotonic()`` from which `retry` will try again (infinity: nothing waits)."""
+        return self._next_retry if self.rows_waiting else float("inf")
+
+    @property
+    def due(self) -> bool:
+        """Rows wait and the backoff allows another try now."""
+        return time.monotonic() >= self.retry_at
+
+    @property
     def spill_path(self) -> Path:
         """The run directory of the spill files (exists only once something spilled)."""
         return self.spill_dir / self.run_id
 
     def offer(self, batch: pa.RecordBatch) -> None:
-        """Writes ``batch`` now, or queues it behind earlier undelivered batches."""
+        """Writes ``batch`` now, or queues it behind earlier undelivered batches (and, if the
+        backoff allows, delivers some of those)."""
         if not self.rows_waiting:
             try:
                 self.sink.write(batch)
@@ -102,25 +123,23 @@ class SinkDelivery:
             else:
                 self.rows_delivered += batch.num_rows
                 return
+            self._keep(batch)
+            return
         self._keep(batch)
+        if self.due:
+            self._try(rows=CATCH_UP * batch.num_rows)
 
-    def retry(self, *, force: bool = False) -> bool:
-        """Delivers waiting batches, oldest first, if the backoff allows (always if ``force``).
-
-        Returns True when nothing is left waiting.
+    def retry(self, *, force: bool = False, budget: float | None = None) -> bool:
+        """Delivers waiting batches, oldest first, if the backoff allows (always if ``force``);
+        past ``budget`` seconds it stops after the batch it is writing (the rest goes on at the
+        next call, with no backoff). Returns True when nothing is left waiting.
         """
         if not self.rows_waiting:
             return True
         if not force and time.monotonic() < self._next_retry:
             return False
-        try:
-            self._drain()
-        except Exception as err:
-            self._failed(err, 0)
-            return False
-        self._delay = self.retry_initial
-        log.info("sink %r is back: every waiting batch delivered", self.sink)
-        return True
+        deadline = None if budget is None else time.monotonic() + max(budget, 0.0)
+        return self._try(deadline=deadline)
 
     def close(self) -> None:
         """Moves what is still waiting to the spill files; raises `SinkError` saying where."""
@@ -168,6 +187,23 @@ class SinkDelivery:
         self._spill_pos = 0
 
     # -- internals -------------------------------------------------------------------------
+    def _try(self, *, deadline: float | None = None, rows: int | None = None) -> bool:
+        """Delivers from the head of the backlog until it is empty, ``deadline`` passes or
+        ``rows`` rows are delivered; True when it is empty."""
+        before = self.rows_delivered
+        try:
+            done = self._drain(deadline, rows)
+        except Exception as err:
+            if self.rows_delivered > before:  # it worked for a while: back off from the start
+                self._delay = self.retry_initial
+            self._failed(err, 0)
+            return False
+        self._delay = self.retry_initial
+        self._next_retry = 0.0  # it works: the rest may follow at once
+        if done:
+            log.info("sink %r is back: every waiting batch delivered", self.sink)
+        return done
+
     def _failed(self, err: BaseException, rows: int) -> None:
         self.failures += 1
         self.last_error = err
@@ -210,34 +246,58 @@ class SinkDelivery:
                 self._spill = None
                 raise SinkError(f"sink {self.sink!r} is failing and its backlog cannot spill "
                                 f"to {str(self.spill_dir)!r}: {err}") from err
-            log.warning("sink %r backlog passed %d bytes: spilling to %s", self.sink,
-                        self.max_backlog_bytes, self.spill_path)
+            log.warning("sink %r is failing: its batches wait in %s until it is back",
+                        self.sink, self.spill_path)
         self._spill.write(batch)
         self._spill_rows += batch.num_rows
 
-    def _drain(self) -> None:
-        if self._spill_rows:
-            self._drain_spill()
+    def _drain(self, deadline: float | None, rows: int | None) -> bool:
+        start = self.rows_delivered
+
+        def enough() -> bool:  # at least one batch a call: every call makes progress
+            delivered = self.rows_delivered - start
+            return delivered > 0 and ((deadline is not None and time.monotonic() >= deadline)
+                                      or (rows is not None and delivered >= rows))
+
+        while self._spill_rows:
+            if not self._spill_files:
+                self._take_spill_file()
+            if not self._spill_files:
+                raise SinkError(f"{self._spill_rows} spilled rows are missing from "
+                                f"{str(self.spill_path)!r}")
+            if self._drain_spill_file(enough):
+                return False
         while self._memory:
+            if enough():
+                return False
             batch = self._memory[0]
             self.sink.write(batch)
             self._pop_memory()
             self.rows_delivered += batch.num_rows
+        return True
 
-    def _drain_spill(self) -> None:
+    def _take_spill_file(self) -> None:
+        """Completes the spill file being written (batches that come later start a new one)
+        and queues it for delivery after the complete ones."""
         assert self._spill is not None
-        self._spill.close()  # completes the file being written; later spills start a new one
+        self._spill.close()
         self._spill_files.extend(self._spill.files_written[self._spill_taken:])
         self._spill_taken = len(self._spill.files_written)
-        while self._spill_files:
-            path = self._spill_files[0]
-            with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
-                for i in range(self._spill_pos, reader.num_record_batches):
-                    batch = reader.get_batch(i)
-                    self.sink.write(batch)
-                    self._spill_pos = i + 1
-                    self._spill_rows -= batch.num_rows
-                    self.rows_delivered += batch.num_rows
-            path.unlink()
-            self._spill_files.pop(0)
-            self._spill_pos = 0
+
+    def _drain_spill_file(self, enough: Callable[[], bool]) -> bool:
+        """Delivers the oldest spill file from where the last call stopped; deletes it once
+        delivered. True if ``enough()`` said to stop first."""
+        path = self._spill_files[0]
+        with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
+            for i in range(self._spill_pos, reader.num_record_batches):
+                if enough():
+                    return True
+                batch = reader.get_batch(i)
+                self.sink.write(batch)
+                self._spill_pos = i + 1
+                self._spill_rows -= batch.num_rows
+                self.rows_delivered += batch.num_rows
+        path.unlink()
+        self._spill_files.pop(0)
+        self._spill_pos = 0
+        return False

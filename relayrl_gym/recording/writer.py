@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import os
-import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from relayrl_gym.errors import SinkError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.recording.delivery import DEFAULT_BACKLOG_BYTES, SinkDelivery
+from relayrl_gym.recording.pacing import WritePace
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 
 if TYPE_CHECKING:
@@ -45,11 +47,14 @@ class _Block(NamedTuple):
 class BackgroundWriter:
     """One thread per run that writes recorded batches to every sink, by size and by time.
 
-    Guarantees: rows reach each sink in the order they were recorded; every ``flush_interval``
-    seconds the rows recorded so far are written and the sinks flushed (a crash loses at most
-    that interval); ``close()`` and interpreter exit write everything. A sink that fails does not
-    stop the others or the env: its batches wait (in memory, then spilled to local Arrow files
-    under ``spill_dir``) and are retried with backoff (see `SinkDelivery`). ``flush()`` and
+    Guarantees: rows reach each sink in the order they were recorded; a row reaches every sink
+    (or a failing sink's spill file) within about ``flush_interval`` seconds of being recorded,
+    so a crash loses at most that interval. A sink too slow for that slows the stepping thread
+    instead (``submit`` waits: back-pressure by time, see `WritePace`), which also bounds the
+    memory the queue holds. A sink that fails does not stop the others or the env: its batches
+    go to local Arrow files under ``spill_dir`` as they come and are retried with backoff, then
+    caught up with a little at a time, so stepping never waits for a whole backlog (see
+    `SinkDelivery`). ``close()`` and interpreter exit write everything. ``flush()`` and
     ``close()`` raise `SinkError` when rows could not be delivered, saying where they are.
     """
 
@@ -61,32 +66,40 @@ class BackgroundWriter:
 
         Args:
             sinks: where batches go; each gets every batch.
-            flush_interval: seconds between time-based flushes.
-            max_queue: full buffers waiting to be written before ``submit`` blocks (backpressure
-                that keeps memory bounded).
+            flush_interval: the most a row waits before it is written (and, when the writer
+                has nothing else to do, the seconds between time-based flushes).
+            max_queue: full buffers that may wait to be written, whatever their cost (an upper
+                bound on the memory the queue holds; time usually bounds it sooner).
             name: thread name.
             run_id: the run being written (names spill files).
-            spill_dir: where batches a failing sink cannot take spill past
-                ``max_backlog_bytes``, one folder per sink (default: ``_spill`` in the first
-                Arrow sink's directory, else ``relayrl_runs/_spill``).
-            max_backlog_bytes: memory each failing sink's backlog may use before spilling.
+            spill_dir: where a failing sink's batches wait, one folder per sink (default:
+                ``_spill`` in the first Arrow sink's directory, else ``relayrl_runs/_spill``).
+            max_backlog_bytes: memory each failing sink's backlog may use before it spills
+                (0, the default, spills at once: a crash during an outage loses no more).
             close_retry: seconds ``close()`` keeps retrying a failing sink before giving up.
         """
         self.sinks = list(sinks)
         self.flush_interval = float(flush_interval)
+        self.max_queue = int(max_queue)
         self.close_retry = float(close_retry)
         spill_root = Path(spill_dir) if spill_dir is not None else _default_spill_root(sinks)
         self.deliveries = [
             SinkDelivery(sink, run_id, spill_root / f"sink{i}-{type(sink).__name__}",
                          max_backlog_bytes=max_backlog_bytes)
             for i, sink in enumerate(self.sinks)]
-        self._queue: queue.Queue[_Block | _Request] = queue.Queue(maxsize=max_queue)
+        self._pace = WritePace(self.flush_interval)
+        self._lock = threading.Lock()
+        self._has_work = threading.Condition(self._lock)
+        self._has_room = threading.Condition(self._lock)
+        self._items: collections.deque[_Block | _Request] = collections.deque()
+        self._queued_blocks = 0
+        self._queued_rows = 0
         self._recorders: list[Recorder] = []
-        self._deferred: list[_Request] = []
         self.rows_written = 0
         self.rows_lost = 0
         self._conversion_errors = 0
         self._unreported: BaseException | None = None
+        self._stopping = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -102,6 +115,11 @@ class BackgroundWriter:
         """Rows some sink has not accepted yet (they wait for a retry)."""
         return sum(d.rows_waiting for d in self.deliveries)
 
+    @property
+    def rows_queued(self) -> int:
+        """Rows of full buffers handed to the writer and not yet taken up by it."""
+        return self._queued_rows
+
     def attach(self, recorder: Recorder) -> None:
         self._recorders.append(recorder)
 
@@ -116,8 +134,24 @@ class BackgroundWriter:
             sink.follow_models(update)
 
     def submit(self, recorder: Recorder, buf: StepBlock) -> None:
-        """Queues a full buffer; blocks while ``max_queue`` buffers are already waiting."""
-        self._queue.put(_Block(recorder, buf))
+        """Queues a full buffer. Waits (back-pressure) while the writer is too far behind for
+        the rows recorded next to reach the sinks within ``flush_interval``, or while
+        ``max_queue`` buffers wait; never once the queue is empty or the writer stops."""
+        with self._lock:
+            if self._closed or not self._thread.is_alive():
+                log.warning("%d rows recorded after the writer was closed are not written",
+                            buf.n)
+                return
+            self._items.append(_Block(recorder, buf))
+            self._queued_blocks += 1
+            self._queued_rows += buf.n
+            self._has_work.notify()
+            while self._queued_blocks and (
+                    self._queued_blocks > self.max_queue
+                    or self._pace.must_wait(self._queued_rows, buf.n, time.monotonic())):
+                if self._stopping or not self._thread.is_alive() or sys.is_finalizing():
+                    return
+                self._has_room.wait(0.05)  # woken when a block is done; the timeout re-checks
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Writes every row recorded so far to the sinks, flushes them, and waits for it.
@@ -131,7 +165,7 @@ class BackgroundWriter:
         if self._closed or not self._thread.is_alive():
             return
         done = threading.Event()
-        self._queue.put(_Request(_Command.FLUSH, done))
+        self._request(_Request(_Command.FLUSH, done))
         if not done.wait(timeout):
             raise SinkError(f"flushing the sinks took longer than {timeout} s")
         self._raise_unreported()
@@ -146,8 +180,7 @@ class BackgroundWriter:
         if self._closed:
             return
         if self._thread.is_alive():
-            done = threading.Event()
-            self._queue.put(_Request(_Command.STOP, done))
+            self._request(_Request(_Command.STOP, threading.Event()))
             self._thread.join(timeout)
             if self._thread.is_alive():
                 raise SinkError(f"the writer thread did not stop within {timeout} s")
@@ -169,6 +202,14 @@ class BackgroundWriter:
         if problems:
             raise SinkError("; ".join(problems)) from first
 
+    def _request(self, request: _Request) -> None:
+        with self._lock:
+            if request.command is _Command.STOP:
+                self._stopping = True
+                self._has_room.notify_all()
+            self._items.append(request)
+            self._has_work.notify()
+
     def _raise_unreported(self) -> None:
         err, self._unreported = self._unreported, None
         if err is not None:
@@ -179,13 +220,9 @@ class BackgroundWriter:
 
     # -- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        next_flush = time.monotonic() + self.flush_interval
+        next_flush = time.monotonic() + self._pace.tick()
         while True:
-            try:
-                item = (self._deferred.pop(0) if self._deferred else
-                        self._queue.get(timeout=max(0.0, next_flush - time.monotonic())))
-            except queue.Empty:
-                item = None
+            item = self._next(next_flush)
             try:
                 if isinstance(item, _Request) and item.command is _Command.STOP:
                     try:
@@ -197,49 +234,99 @@ class BackgroundWriter:
                 if isinstance(item, _Request):
                     self._flush_all(force_retry=True)
                     item.done.set()
-                elif item is not None:
-                    self._write(item.recorder, item.buf)
+                elif isinstance(item, _Block):
+                    self._write_queued(item)
+                elif time.monotonic() < next_flush:
+                    self._catch_up_while_idle()
                 # A steady stream of full blocks must not postpone the time-based flush.
                 if time.monotonic() >= next_flush:
                     self._flush_all()
-                    next_flush = time.monotonic() + self.flush_interval
+                    next_flush = time.monotonic() + self._pace.tick()
             except Exception:  # never let the writer die silently: log, go on
                 log.exception("relayrl-gym writer failed to handle %r", item)
                 if isinstance(item, _Request):
                     item.done.set()
                     if item.command is _Command.STOP:
                         return
+            finally:
+                self._done()
+
+    def _next(self, deadline: float) -> _Block | _Request | None:
+        """The next queued item, waiting for one until ``deadline``; None at the deadline, or
+        at once when a failing sink may be retried (that work fills the idle time)."""
+        with self._lock:
+            while not self._items:
+                now = time.monotonic()
+                wake = min([deadline, *(d.retry_at for d in self.deliveries)])
+                if wake <= now:
+                    return None
+                self._has_work.wait(wake - now)
+            item = self._items.popleft()
+            if isinstance(item, _Block):
+                self._queued_blocks -= 1
+                self._queued_rows -= item.buf.n
+                self._pace.began(item.buf.n, time.monotonic())
+            return item
+
+    def _done(self) -> None:
+        with self._lock:
+            self._pace.finished(0, 0.0)
+            self._has_room.notify_all()
+
+    def _write_queued(self, block: _Block) -> None:
+        started = time.monotonic()
+        self._write(block.recorder, block.buf)
+        with self._lock:
+            self._pace.finished(block.buf.n, time.monotonic() - started)
+
+    def _catch_up_while_idle(self) -> None:
+        """One slice of a failing sink's backlog, while nothing else waits."""
+        with self._lock:
+            self._pace.began(0, time.monotonic(), expected=self._pace.slice)
+        for delivery in self.deliveries:
+            delivery.retry(budget=self._pace.slice)
 
     def _flush_all(self, force_retry: bool = False) -> None:
         # Take the partial blocks first: every full block recorded before them is then already
         # queued. Writing all of them in creation order keeps each recorder's rows in order.
+        started = time.monotonic()
         partials = [(rec, rec.take_partial()) for rec in list(self._recorders)]
         blocks = [_Block(rec, buf) for rec, buf in partials if buf is not None]
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, _Request):
-                self._deferred.append(item)  # handled next by the main loop
-                continue
-            blocks.append(item)
+        partial_ids = {id(block.buf) for block in blocks}
+        with self._lock:  # requests stay queued, in order: the main loop handles them next
+            queued = [item for item in self._items if isinstance(item, _Block)]
+            self._items = collections.deque(
+                item for item in self._items if isinstance(item, _Request))
+            self._pace.began(self._queued_rows, started)
+            self._queued_blocks = self._queued_rows = 0
+        blocks.extend(queued)
         blocks.sort(key=lambda block: block.buf.seq)
+        queued_cost = 0.0
         for recorder, buf in blocks:
+            begun = time.monotonic()
             self._write(recorder, buf)
+            if id(buf) not in partial_ids:
+                queued_cost += time.monotonic() - begun
         for delivery in self.deliveries:
-            delivery.retry(force=force_retry)
+            delivery.retry(force=force_retry, budget=None if force_retry else self._pace.slice)
             if not delivery.rows_waiting:
                 try:
                     delivery.sink.flush()
                 except Exception as err:
                     delivery.failures += 1
                     log.warning("flushing sink %r failed: %s", delivery.sink, err)
+        with self._lock:
+            rows = sum(block.buf.n for block in queued)
+            self._pace.finished(rows, queued_cost)
+            if not force_retry:
+                self._pace.finished_partial(time.monotonic() - started - queued_cost)
 
     def _retry_until(self, deadline: float) -> None:
         for delivery in self.deliveries:
-            while not delivery.retry(force=True) and time.monotonic() < deadline:
-                time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            while (not delivery.retry(force=True, budget=deadline - time.monotonic())
+                   and time.monotonic() < deadline):
+                if not delivery.due:  # it failed: wait a little before the next try
+                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
     def _write(self, recorder: Recorder, buf: StepBlock) -> None:
         try:

@@ -7,6 +7,7 @@ import pyarrow as pa
 import pytest
 
 import relayrl_gym
+from relayrl_gym.data.arrow_reader import read_in_progress
 from relayrl_gym.errors import SinkError
 from relayrl_gym.recording.delivery import SinkDelivery
 from relayrl_gym.sinks.arrow import ArrowSink
@@ -199,3 +200,38 @@ def test_a_spill_that_cannot_be_written_keeps_rows_in_memory_and_other_sinks_fed
     with pytest.raises(SinkError, match=f"{transitions} recorded rows .*could not be spilled"):
         envs.close()
     assert len(relayrl_gym.load(tmp_path / "ok" / envs.run_id)) == transitions  # all of them
+
+
+def test_a_refused_batch_is_on_disk_at_once_not_only_past_a_memory_bound(outage, tmp_path):
+    # A crash during an outage must lose no more than at any other time: the backlog is in
+    # the spill file from the first refused batch on, readable while the run goes on.
+    delivery = SinkDelivery(outage, "run", tmp_path / "spill")
+    outage.down = True
+    delivery.offer(_batch(0))
+    delivery.offer(_batch(10))
+    assert delivery.rows_waiting == 20
+    on_disk = [batch for path in sorted(delivery.spill_path.glob(".part-*.inprogress"))
+               for batch in read_in_progress(path)]
+    assert pa.Table.from_batches(on_disk).column("seq").to_pylist() == list(range(20))
+    outage.down = False
+    assert delivery.retry(force=True)
+    delivery.close()
+    outage.close()
+    assert _table(outage.run_path).column("seq").to_pylist() == list(range(20))
+
+
+def test_a_retry_with_a_budget_delivers_part_of_the_backlog_and_goes_on_without_backoff(
+        outage, tmp_path):
+    delivery = SinkDelivery(outage, "run", tmp_path / "spill")
+    outage.down = True
+    for start in range(0, 100, 10):
+        delivery.offer(_batch(start))
+    outage.down = False
+    assert not delivery.retry(force=True, budget=0.0)  # one batch, then the budget is spent
+    assert delivery.rows_waiting == 90 and delivery.due  # the rest may go on right away
+    delivery.offer(_batch(100))  # joins the backlog's end and lets 2x its rows through
+    assert delivery.rows_waiting == 90 - 20 + 10
+    assert delivery.retry()
+    delivery.close()
+    outage.close()
+    assert _table(outage.run_path).column("seq").to_pylist() == list(range(110))
