@@ -19,7 +19,6 @@ from relayrl_gym.recording.pacing import WritePace
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
 
     from relayrl_gym.recording.buffer import StepBlock
     from relayrl_gym.recording.recorder import Recorder
@@ -126,12 +125,6 @@ class BackgroundWriter:
     def detach(self, recorder: Recorder) -> None:
         if recorder in self._recorders:
             self._recorders.remove(recorder)
-
-    def follow_models(self, update: Callable[[str], int]) -> None:
-        """Lets every sink that receives published models (the ZMQ sink) hot-swap through
-        ``update``."""
-        for sink in self.sinks:
-            sink.follow_models(update)
 
     def submit(self, recorder: Recorder, buf: StepBlock) -> None:
         """Queues a full buffer. Waits (back-pressure) while the writer is too far behind for

@@ -59,10 +59,6 @@ class Sink(abc.ABC):
     def close(self) -> None:
         """Flushes and releases the sink; idempotent."""
 
-    def follow_models(self, update: Callable[[str], int]) -> None:  # noqa: B027 - optional
-        """Asks the sink to hand models published at its far end (a collector's learner) to
-        ``update``; sinks that receive nothing ignore it."""
-
     def __enter__(self) -> Sink:
         return self
 
