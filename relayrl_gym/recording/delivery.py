@@ -32,6 +32,9 @@ DEFAULT_BACKLOG_BYTES = 0
 #: While a sink catches up, every batch that joins its backlog lets it deliver this many times
 #: its rows from the backlog's head: the backlog shrinks even when the writer is never idle.
 CATCH_UP = 2
+#: Memory a failing sink's backlog may hold while it cannot spill either (a full disk): past
+#: it the newest batches are dropped, counted, and said at the next step.
+MAX_UNSPILLED_BYTES = 64 * 1024 * 1024
 
 
 class SinkDelivery:
@@ -81,6 +84,8 @@ class SinkDelivery:
         self.failures = 0
         self.last_error: BaseException | None = None
         self.spill_error: BaseException | None = None
+        #: Rows dropped because the sink failed, the spill failed and memory was full.
+        self.rows_dropped = 0
         self._memory: collections.deque[pa.RecordBatch] = collections.deque()
         self._memory_bytes = 0
         self._memory_rows = 0
@@ -111,6 +116,15 @@ class SinkDelivery:
     def spill_path(self) -> Path:
         """The run directory of the spill files (exists only once something spilled)."""
         return self.spill_dir / self.run_id
+
+    @property
+    def trouble(self) -> str:
+        """What a failing sink whose backlog cannot spill costs, in words."""
+        return (f"sink {self.sink!r} is failing ({self.last_error}) and its backlog cannot be "
+                f"spilled to {str(self.spill_dir)!r} ({self.spill_error}): {self._memory_rows} "
+                f"rows are held in memory (at most {MAX_UNSPILLED_BYTES >> 20} MiB) and "
+                f"{self.rows_dropped} were dropped. Free space there, or record with "
+                "spill_dir= on another disk")
 
     def offer(self, batch: pa.RecordBatch) -> None:
         """Writes ``batch`` now, or queues it behind earlier undelivered batches (and, if the
@@ -226,7 +240,13 @@ class SinkDelivery:
                     log.error("cannot spill the backlog of sink %r (%s); keeping it in memory",
                               self.sink, err)
                 self.spill_error = err
+                if self._memory_bytes > MAX_UNSPILLED_BYTES:  # bounded: the newest go
+                    dropped = self._memory.pop()
+                    self._memory_bytes -= dropped.nbytes
+                    self._memory_rows -= dropped.num_rows
+                    self.rows_dropped += dropped.num_rows
                 return
+            self.spill_error = None
             self._pop_memory()
 
     def _pop_memory(self) -> pa.RecordBatch:

@@ -98,6 +98,9 @@ class BackgroundWriter:
         self.rows_lost = 0
         self._conversion_errors = 0
         self._unreported: BaseException | None = None
+        #: Storage trouble the stepping thread has not raised yet (see `take_alarm`).
+        self.alarm: SinkError | None = None
+        self._told: dict[int, int] = {}
         self._stopping = False
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -336,7 +339,19 @@ class BackgroundWriter:
             except Exception:
                 log.exception("handing %d rows to sink %r failed", batch.num_rows,
                               delivery.sink)
+            # Said once when the backlog stops spilling and once when rows start to drop;
+            # again only after the sink or the spill has recovered.
+            level = (delivery.spill_error is not None) + (delivery.rows_dropped > 0)
+            if level > self._told.get(id(delivery), 0):
+                self.alarm = SinkError(delivery.trouble)
+            self._told[id(delivery)] = level if delivery.spill_error is not None else 0
         self.rows_written += batch.num_rows
+
+    def take_alarm(self) -> SinkError | None:
+        """The storage trouble found since the last call (a sink failing and its backlog
+        unable to spill: data at risk), for the stepping thread to raise; None when none."""
+        alarm, self.alarm = self.alarm, None
+        return alarm
 
 
 def _default_spill_root(sinks: list[Sink]) -> Path:

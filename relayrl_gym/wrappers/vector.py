@@ -236,6 +236,7 @@ class RelayRLVectorEnv(VectorEnv):
                 actor.model, actor.model_version = self._policy.model, self._policy.version
             self.agent.follow_models()
         self._recorder = recorder
+        self._writer = writer
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
         self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
@@ -394,6 +395,10 @@ class RelayRLVectorEnv(VectorEnv):
     def _step(self, actions: Any) -> tuple[Any, ...]:
         if self.closed:
             self.check_open()
+        if self._writer is not None and self._writer.alarm is not None:
+            alarm = self._writer.take_alarm()  # storage in trouble: said before the next step
+            if alarm is not None:
+                raise alarm
         unreset = self._prev_obs is None
         if unreset and self._broken_by is not None:
             raise StateError(f"a previous step() failed ({self._broken_by}), so the envs "
