@@ -65,12 +65,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--stats-every", type=float, default=30.0,
                        help="seconds between counter lines on stdout (0 = none)")
 
-    resend = commands.add_parser("resend", help="send a ZMQ sink's close-time spill to the "
-                                 "collector, which keeps each batch once")
+    resend = commands.add_parser("resend", help="send a spill to its sink: a ZMQ sink's "
+                                 "close-time spill to the collector (which keeps each batch "
+                                 "once), or a failing sink's spill to the sink given with --to")
     resend.add_argument("spill", help="the spilled run directory the sink's error named "
-                        "(SPILL_DIR/<run_id>)")
+                        "(SPILL_DIR/<run_id> or SPILL_DIR/sink<i>-<Sink>/<run_id>)")
     resend.add_argument("--to", default=None, metavar="ADDRESS",
-                        help="the collector, tcp://HOST:PORT (default: the one the sink sent to)")
+                        help="a ZMQ spill: the collector, tcp://HOST:PORT (default: the one the "
+                        "sink sent to); a failing sink's spill: its sink, a URL or directory "
+                        "(required)")
     resend.add_argument("--timeout", type=float, default=60.0, metavar="S",
                         help="seconds to wait for every acknowledgement (default 60)")
     resend.add_argument("--curve-keys", default=None, metavar="DIR",
@@ -123,10 +126,16 @@ def _keygen(args: argparse.Namespace) -> None:
 
 
 def _resend(args: argparse.Namespace) -> None:
-    from relayrl_gym.transport.spill import resend
+    from pathlib import Path
 
-    result = resend(args.spill, args.to, timeout=args.timeout, curve_keys=args.curve_keys,
-                    remove=not args.keep)
+    from relayrl_gym.recording.spill_resend import resend_sink_spill
+    from relayrl_gym.transport.spill import SPILL_INDEX, resend
+
+    if (Path(args.spill) / SPILL_INDEX).exists() or args.to is None:  # a ZMQ sink's own spill
+        result: object = resend(args.spill, args.to, timeout=args.timeout,
+                                curve_keys=args.curve_keys, remove=not args.keep)
+    else:  # a failing sink's spill (SPILL_DIR/sink<i>-<Sink>/<run_id>), to the sink named
+        result = resend_sink_spill(args.spill, args.to, remove=not args.keep)
     print(f"relayrl-gym resend: {result}")
 
 

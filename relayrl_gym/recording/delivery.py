@@ -6,6 +6,7 @@ import collections
 import contextlib
 import logging
 import os
+import shlex
 import shutil
 import time
 from pathlib import Path
@@ -183,7 +184,9 @@ class SinkDelivery:
         raise SinkError(
             f"{waiting} recorded rows could not be written to {self.sink!r} ({self.failures} "
             f"failed attempts; last error: {self.last_error}). They are kept in "
-            f"{str(self.spill_path)!r}: read them with relayrl_gym.load() on that directory")
+            f"{str(self.spill_path)!r}: read them with relayrl_gym.load() on that directory, "
+            f"or send them to the sink once it is back with `relayrl-gym resend "
+            f"{shlex.quote(str(self.spill_path))} --to SINK_URL`")
 
     def _drop_delivered_spill(self) -> None:
         """Rewrites the spill file a retry stopped in the middle of without the batches the

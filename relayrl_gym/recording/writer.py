@@ -359,8 +359,8 @@ def _default_spill_root(sinks: list[Sink]) -> Path:
 
     for sink in sinks:
         if isinstance(sink, ArrowSink):
-            return sink.root / "_spill"
-    return Path(DEFAULT_SINK_ROOT, "_spill")
+            return sink.root.absolute() / "_spill"
+    return Path(DEFAULT_SINK_ROOT, "_spill").absolute()  # said as a full path in errors
 
 
 def _close_at_exit(writer: BackgroundWriter) -> None:
