@@ -133,10 +133,12 @@ class ArrowSink(Sink):
         if self._writer is None:
             return
         assert self._file is not None and self._temp is not None and self._final is not None
-        self._writer.close()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._file.close()
+        writer, file, self._writer, self._file = self._writer, self._file, None, None
+        try:
+            writer.close()
+            if self.fsync:
+                os.fsync(file.fileno())
+        finally:  # a full disk fails the footer: the file is let go of all the same, so its
+            file.close()  # space is freed, and its whole batches stay readable in progress
         os.replace(self._temp, self._final)
         self.files_written.append(self._final)
-        self._writer = self._file = None
