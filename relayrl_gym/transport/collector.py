@@ -442,19 +442,24 @@ class Collector:
         back gets ``need_start`` and its ``start`` reopens the run where it stopped."""
         now = time.monotonic()
         for run_id in [r for r in self._stores if now - self._heard.get(r, now) >= idle]:
-            store = self._stores[run_id]
-            try:
-                store.close()
-            except Exception as err:  # reopening repairs it (cut back to what is committed)
-                self.stats.sink_errors += 1
-                log.error("closing idle run %s failed: %s", run_id, err)
-                store.abandon()
-            else:
-                log.info("run %s closed after %.0f s without a message", run_id, idle)
-            finally:  # counted, then out of `open_runs`, once its files are complete
-                self.stats.runs_idle_closed += 1
-                self._forget_run(run_id)
-                del self._stores[run_id]
+            self.stats.runs_idle_closed += 1  # counted before it leaves `open_runs`
+            self._close_run(run_id, f"{idle:.0f} s without a message")
+
+    def _close_run(self, run_id: str, why: str) -> None:
+        """Completes a run's files, then lets go of it (out of `open_runs` once its files are
+        whole); a run whose close fails is cut back to what is committed when reopened."""
+        store = self._stores[run_id]
+        try:
+            store.close()
+        except Exception as err:
+            self.stats.sink_errors += 1
+            log.error("closing run %s (%s) failed: %s", run_id, why, err)
+            store.abandon()
+        else:
+            log.info("run %s closed: %s", run_id, why)
+        finally:
+            self._forget_run(run_id)
+            del self._stores[run_id]
 
     def _close_least_recent(self, work: _Round) -> None:
         """Closes the run heard from least recently, to make room (`Limits.open_runs`); a run
@@ -466,17 +471,8 @@ class Collector:
             self.stats.refused_limits += 1
             raise ProtocolViolation(f"the collector has {len(self._stores)} runs open, its "
                                     f"limit (open_runs={self.limits.open_runs}); try again")
-        store = self._stores.pop(victim)
-        self._forget_run(victim)
-        try:
-            store.close()
-        except Exception as err:  # reopening repairs it (cut back to what is committed)
-            self.stats.sink_errors += 1
-            log.error("closing run %s to make room failed: %s", victim, err)
-            store.abandon()
         self.stats.runs_evicted += 1
-        log.info("run %s closed to make room for another (open_runs=%d)", victim,
-                 self.limits.open_runs)
+        self._close_run(victim, f"room for another run (open_runs={self.limits.open_runs})")
 
     def _forget_run(self, run_id: str) -> None:
         """Drops what the collector keeps in memory for a run (its state stays on disk)."""
