@@ -163,7 +163,9 @@ class RelayRLSB3VecEnv(VecEnv):
         """Takes the actions; `step_wait` steps every env with them."""
         self._vector_env.check_open()
         batch: Any = actions
-        if not isinstance(actions, dict) and len(actions) > self.num_envs:
+        sized = isinstance(actions, list | tuple) or (isinstance(actions, np.ndarray) and
+                                                       actions.ndim > 0)
+        if sized and len(actions) > self.num_envs:
             # DummyVecEnv takes env i's action as actions[i]: rows past the envs are unused
             batch = actions[:self.num_envs]
         if self._per_env_actions:
