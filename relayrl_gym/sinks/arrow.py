@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -89,17 +90,24 @@ class ArrowSink(Sink):
         run_path = self.root / run_id
         try:
             run_path.mkdir(parents=True, exist_ok=False)
-            meta: dict[str, Any] = json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
-            (run_path / RUN_FILE).write_text(json.dumps(meta, indent=2))
         except FileExistsError as err:
             raise SinkError(f"run directory {str(run_path)!r} already exists; choose another "
                             "run_id or sink directory") from err
         except OSError as err:
-            raise SinkError(
-                f"cannot write the sink directory {str(self.root)!r}: {err}. Pass a writable "
-                "directory as `sink=`, or sink=None to record nothing") from err
+            raise self._unwritable(err) from err
+        try:
+            meta: dict[str, Any] = json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
+            (run_path / RUN_FILE).write_text(json.dumps(meta, indent=2))
+        except OSError as err:  # a full disk: leave no half-made run to be "already there"
+            shutil.rmtree(run_path, ignore_errors=True)
+            raise self._unwritable(err) from err
         self.run_path = run_path
         self._schema = schema
+
+    def _unwritable(self, err: OSError) -> SinkError:
+        return SinkError(f"cannot write the sink directory {str(self.root)!r}: {err}. Pass a "
+                         "writable directory (with free space) as `sink=`, or sink=None to "
+                         "record nothing")
 
     def write(self, batch: pa.RecordBatch) -> None:
         if self._schema is None:

@@ -14,6 +14,7 @@ from testing_env import SPACES, TestingEnv
 
 import relayrl_gym
 from relayrl_gym.errors import SinkError
+from relayrl_gym.sinks.arrow import ArrowSink
 
 
 @pytest.fixture
@@ -45,6 +46,14 @@ def test_a_full_disk_is_said_at_the_next_step_and_close_frees_the_files(full_dis
             envs.step(np.zeros(2, dtype=np.int64))
     with pytest.raises(SinkError, match="could not be written"):
         envs.close()
+    # A new run on the full disk is refused for what it is, and leaves no half-made directory
+    # (which a retry would have called "already exists").
+    sink = ArrowSink(full_disk / "runs")
+    schema = relayrl_gym.load(envs.run_path).table.schema
+    for _ in range(2):
+        with pytest.raises(SinkError, match=r"No space left on device.*with free space"):
+            sink.start("again", schema)
+        assert not (full_disk / "runs" / "again").exists()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a torn last part is read as far as whole
         rows = len(relayrl_gym.load(envs.run_path))
