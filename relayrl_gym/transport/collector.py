@@ -283,6 +283,7 @@ class Collector:
         store = self._stores.get(run_id)
         if store is None:
             store = self._open_run(run_id, schema, peer, sender, work)
+            self._touch(run_id)  # idle-closable and evictable from now on, even if refused below
         elif not store.schema.equals(schema, check_metadata=False):
             raise ProtocolViolation(f"run {run_id!r} is already being written with another "
                                     "schema; a sender must not reuse a run id")
@@ -441,7 +442,7 @@ class Collector:
         written is committed, so a closed run's files and state agree; a sender that comes
         back gets ``need_start`` and its ``start`` reopens the run where it stopped."""
         now = time.monotonic()
-        for run_id in [r for r in self._stores if now - self._heard.get(r, now) >= idle]:
+        for run_id in [r for r in self._stores if now - self._heard.get(r, 0.0) >= idle]:
             self.stats.runs_idle_closed += 1  # counted before it leaves `open_runs`
             self._close_run(run_id, f"{idle:.0f} s without a message")
 

@@ -62,7 +62,11 @@ def check_record_batch_message(buffer: pa.Buffer, what: str) -> None:
         if kind is None or meta[kind] != _RECORD_BATCH or header is None:
             raise ProtocolViolation(f"{what} is an Arrow {message.type} message, not a record "
                                     "batch")
-        compressed = _field(meta, header + _u32(meta, header), 3) is not None
+        version = _field(meta, root, 0)
+        old = version is None or struct.unpack_from("<h", meta, version)[0] < 4  # before V5
+        # Arrow 0.17 marked compressed bodies in the message's custom metadata: refused too.
+        compressed = old or _field(meta, root, 4) is not None or \
+            _field(meta, header + _u32(meta, header), 3) is not None
     except ProtocolViolation:
         raise
     except Exception as err:  # malformed metadata: struct.error, IndexError, ArrowInvalid

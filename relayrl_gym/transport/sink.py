@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -117,7 +118,8 @@ class ZMQSink(Sink):
         self.close_timeout = float(close_timeout)
         self.sender_id = uuid.uuid4().hex[:16]
         #: What binds the sender name to this sender at the collector (from ``started``).
-        self.token: str | None = None
+        # Proposed from the first start on, so a lost `started` reply cannot lock it out.
+        self.token: str | None = secrets.token_hex(16)
         self.run_id: str | None = None
         self.outbox = Outbox(window_bytes, resend_after=resend_after)
         self.rejected: list[str] = []
