@@ -143,24 +143,31 @@ class ProcessRouter:
         actors = list(self._actors.values()) if actors is None else list(actors)
         if len({a.index for a in actors}) < len(actors):  # an actor listed twice: in turn
             return [self.run(fn, [arg], [actor], timeout)[0] for actor, arg in zip(actors, args)]
+        # Every message is made before any is sent: one that cannot be pickled sends none.
+        messages = [cloudpickle.dumps((fn, arg)) for arg in args]
         sent: list[bool] = []
-        for actor, arg in zip(actors, args):
-            try:
-                self._conn(actor).send_bytes(cloudpickle.dumps((fn, arg)))
-                sent.append(True)
-            except OSError:  # a dead process: answered below, after the others
-                sent.append(False)
         results: list[Any] = []
         error: BaseException | None = None
-        for actor, was_sent in zip(actors, sent):
-            try:  # every answer is read, so that each pipe stays in step with its process
-                ok, value = self._answer(actor, timeout) if was_sent else \
-                    (False, self._died(actor))
-            except RouterError as err:
-                ok, value = False, err
-            results.append(value if ok else None)
-            if not ok and error is None:
-                error = value
+        try:
+            for actor, message in zip(actors, messages):
+                try:
+                    self._conn(actor).send_bytes(message)
+                    sent.append(True)
+                except OSError:  # a dead process: answered below, after the others
+                    sent.append(False)
+            for actor, was_sent in zip(actors, sent):
+                try:  # every answer is read, so that each pipe stays in step with its process
+                    ok, value = self._answer(actor, timeout) if was_sent else \
+                        (False, self._died(actor))
+                except RouterError as err:
+                    ok, value = False, err
+                results.append(value if ok else None)
+                if not ok and error is None:
+                    error = value
+        except BaseException:  # Ctrl-C with answers still due: they would answer later calls
+            if len(results) < sum(sent):
+                self._out_of_step = "a command was interrupted before every actor answered"
+            raise
         if error is not None:
             raise error
         return results
