@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 import gymnasium as gym
 from gymnasium.vector import AutoresetMode
 
+from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.errors import ConfigError, add_note
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 from relayrl_gym.wrappers.detect import is_pettingzoo
@@ -120,6 +121,10 @@ def wrap(
     (4, Discrete(2))
     >>> envs.close()
     """
+    # Checked before anything is made.
+    options = RecordingOptions(sink=sink, run_id=run_id, flush_interval=flush_interval,
+                               record_info=record_info, batch_rows=batch_rows,
+                               spill_dir=spill_dir)
     first = made = None
     if is_pettingzoo(env):
         first, make = env, None
@@ -140,10 +145,8 @@ def wrap(
             raise ConfigError(f"extra keyword arguments {sorted(make_kwargs)} are passed to "
                               "gymnasium.make and need an env id string, not a PettingZoo game")
         return wrap_pettingzoo(first, make, actors=actors, api=api, policies=policies,
-                               sink=sink, autoreset_mode=autoreset_mode,
-                               router_scale=router_scale, run_id=run_id,
-                               flush_interval=flush_interval, record_info=record_info,
-                               batch_rows=batch_rows, spill_dir=spill_dir)
+                               options=options, autoreset_mode=autoreset_mode,
+                               router_scale=router_scale)
     if policies is not None:
         raise ConfigError("`policies` plays agents of a PettingZoo game; for a Gymnasium env "
                           "pass policy=ModelModule or path")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,60 +17,15 @@ from relayrl_gym.schema.codecs import (
 )
 from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
 
-__all__ = ["StepBlock", "info_to_json"]
+if TYPE_CHECKING:
+    from relayrl_gym.core.transitions import TransitionBatch
+
+__all__ = ["StepBlock"]
 
 _BLOCK_SEQ = itertools.count()
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
-_FIELDS = ("env_index", "episode_id", "step", "obs", "action", "reward", "next_obs",
-           "terminated", "truncated", "model_version", "timestamp", "valid")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return repr(value)
-
-
-#: Non-finite floats as JSON strings, as the protobuf JSON mapping writes them.
-_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
-
-
-def info_to_json(info: dict[str, Any]) -> str | None:
-    """Serialises one env's info dict as standard JSON; ``None`` for an empty info.
-
-    numpy values become lists and numbers; NaN and infinities (not JSON) become the strings
-    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; keys become strings.
-
-    >>> info_to_json({"x": np.array([1.0, np.nan]), 3: np.float32(np.inf)})
-    '{"x": [1.0, "NaN"], "3": "Infinity"}'
-    """
-    if not info:
-        return None
-    try:  # the common case: one C-accelerated pass
-        return json.dumps(info, default=_json_default, allow_nan=False)
-    except (TypeError, ValueError):  # keys JSON cannot hold, non-finite floats, cycles
-        try:
-            return json.dumps(_plain(info), allow_nan=False)
-        except (TypeError, ValueError, RecursionError):
-            return json.dumps({"__unserializable__": repr(info)})
-
-
-def _plain(value: Any) -> Any:
-    """``value`` as plain JSON data: str keys, lists, finite floats or their names."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.ndarray | np.generic):
-        return _plain(value.tolist())
-    if isinstance(value, float):
-        return value if value == value and value not in _NON_FINITE else \
-            _NON_FINITE.get(value, "NaN")
-    if value is None or isinstance(value, str | int | bool):
-        return value
-    return repr(value)
+#: (first row, policy outputs, action masks) of a batch that passes them whole.
+_Dense = tuple[int, "dict[str, np.ndarray] | None", "np.ndarray | None"]
 
 
 def _flat(parts: Sequence[Any], dtype: Any, total: int, rows: np.ndarray) -> np.ndarray:
@@ -114,127 +68,144 @@ def _gathered(names: list[str], indices: pa.Array) -> pa.Array:
 
 
 class StepBlock:
-    """Recorded calls awaiting conversion: each call is a tuple of batch arrays the block owns.
+    """Recorded batches awaiting conversion: the `TransitionBatch` objects the block owns.
 
-    A call may carry a ``valid`` row mask: rows it marks False (e.g. NEXT_STEP reset
+    A batch may carry a ``valid`` row mask: rows it marks False (e.g. NEXT_STEP reset
     pseudo-steps) are dropped at conversion, which is cheaper than selecting rows per step.
 
     Appending is a list append (the stepping thread's whole recording cost, besides the copies
-    that give the block ownership); concatenating the columns and building Arrow arrays happens
-    on the writer thread. Sparse columns (info, mask, data) map a row of the block to its value.
+    that give the block ownership); concatenating the columns, placing the sparse ones and
+    building Arrow arrays happens on the writer thread.
     """
 
-    __slots__ = ("calls", "data", "dense", "info", "mask", "n", "seq")
+    __slots__ = ("batches", "n", "seq", "stamps")
 
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
-        self.calls: list[tuple[Any, ...]] = []
+        self.batches: list[TransitionBatch] = []
+        self.stamps: list[int] = []  # each batch's timestamp (ns)
         self.n = 0
-        self.info: dict[int, str] = {}
-        self.mask: dict[int, Any] = {}
-        self.data: dict[int, dict[str, Any]] = {}
-        # (first row, data batch, mask batch) of calls that pass whole batches (the agent API)
-        self.dense: list[tuple[int, dict[str, np.ndarray] | None, np.ndarray | None]] = []
+
+    def append(self, batch: TransitionBatch, timestamp_ns: int) -> None:
+        """Takes ``batch`` (recorded at ``timestamp_ns``) as the block's next rows."""
+        self.batches.append(batch)
+        self.stamps.append(timestamp_ns)
+        self.n += len(batch.env_index)
+
+    def _sparse_rows(self, name: str, starts: list[int]) -> dict[int, Any]:
+        """Block row -> value of the sparse column ``name`` of every batch."""
+        found: dict[int, Any] = {}
+        for batch, start in zip(self.batches, starts):
+            values = getattr(batch, name)
+            if values:
+                found.update({start + row: value for row, value in values.items()})
+        return found
 
     def to_record_batch(
         self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str]
     ) -> pa.RecordBatch:
         """Builds the Arrow batch of every row; ``actor_ids``/``agent_ids`` are by env index."""
         n = self.n
-        columns_by_name = dict(zip(_FIELDS, zip(*self.calls)))  # one C-level transpose
-        env_index = np.concatenate(columns_by_name["env_index"]).astype(np.int32, copy=False)
-        k_rows = np.fromiter(map(len, columns_by_name["env_index"]), np.int64, len(self.calls))
-        timestamps = np.repeat(np.asarray(columns_by_name["timestamp"], np.int64), k_rows)
-        versions_by_call = columns_by_name["model_version"]
-        kinds = set(map(type, versions_by_call))
+        batches = self.batches
+        env_index_parts = [b.env_index for b in batches]
+        env_index = np.concatenate(env_index_parts).astype(np.int32, copy=False)
+        k_rows = np.fromiter(map(len, env_index_parts), np.int64, len(batches))
+        starts = np.concatenate([[0], np.cumsum(k_rows)[:-1]]).astype(np.int64).tolist()
+        timestamps = np.repeat(np.asarray(self.stamps, np.int64), k_rows)
+        versions_by_batch = [b.model_version for b in batches]
+        kinds = set(map(type, versions_by_batch))
         if kinds <= {int}:
-            versions = np.repeat(np.asarray(versions_by_call, np.int64), k_rows)
+            versions = np.repeat(np.asarray(versions_by_batch, np.int64), k_rows)
         elif kinds == {np.ndarray}:  # one version per row already (the agent API)
-            versions = np.concatenate(versions_by_call).astype(np.int64, copy=False)
+            versions = np.concatenate(versions_by_batch).astype(np.int64, copy=False)
         else:
             versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
-                                       for v, k in zip(versions_by_call, k_rows.tolist())])
+                                       for v, k in zip(versions_by_batch, k_rows.tolist())])
         indices = numpy_to_arrow(env_index)
-        obs = schema.obs.concat(columns_by_name["obs"])
-        next_obs = schema.obs.concat(columns_by_name["next_obs"])
-        action = schema.action.concat(columns_by_name["action"])
+        obs = schema.obs.concat([b.obs for b in batches])
+        next_obs = schema.obs.concat([b.next_obs for b in batches])
+        action = schema.action.concat([b.action for b in batches])
+        dense = [(start, b.output_batch, b.mask_batch) for b, start in zip(batches, starts)
+                 if b.output_batch is not None or b.mask_batch is not None]
         columns = [
             _repeated(run_id, n),
             _gathered(actor_ids, indices),
             _gathered(agent_ids, indices),
             indices,
-            numpy_to_arrow(np.concatenate(columns_by_name["episode_id"]).astype(np.int64)),
-            numpy_to_arrow(np.concatenate(columns_by_name["step"]).astype(np.int64)),
+            numpy_to_arrow(np.concatenate([b.episode_id for b in batches]).astype(np.int64)),
+            numpy_to_arrow(np.concatenate([b.step for b in batches]).astype(np.int64)),
             schema.obs.to_arrow(obs, n),
             schema.action.to_arrow(action, n),
-            numpy_to_arrow(_flat(columns_by_name["reward"], np.float64, n, k_rows)),
+            numpy_to_arrow(_flat([b.reward for b in batches], np.float64, n, k_rows)),
             schema.obs.to_arrow(next_obs, n),
-            numpy_to_arrow(_flat(columns_by_name["terminated"], np.bool_, n, k_rows)),
-            numpy_to_arrow(_flat(columns_by_name["truncated"], np.bool_, n, k_rows)),
+            numpy_to_arrow(_flat([b.terminated for b in batches], np.bool_, n, k_rows)),
+            numpy_to_arrow(_flat([b.truncated for b in batches], np.bool_, n, k_rows)),
             numpy_to_arrow(versions),
             numpy_to_arrow(timestamps, _TIMESTAMP),
-            self._dense_mask(n) if self.dense else self._sparse(self.mask, n, MASK_TYPE),
-            (self._dense_data(n, schema.data_type) if self.dense
-             else self._sparse(self.data, n, schema.data_type)),
-            self._sparse(self.info, n, pa.string()),
+            (_dense_mask(dense, n) if dense
+             else _sparse(self._sparse_rows("masks", starts), n, MASK_TYPE)),
+            (_dense_data(dense, n, schema.data_type) if dense
+             else _sparse(self._sparse_rows("outputs", starts), n, schema.data_type)),
+            _sparse(self._sparse_rows("infos", starts), n, pa.string()),
         ]
         batch = pa.RecordBatch.from_arrays(columns, schema=schema.arrow)
-        masked = [(i, v) for i, v in enumerate(columns_by_name["valid"]) if v is not None]
+        masked = [(start, b.valid) for b, start in zip(batches, starts) if b.valid is not None]
         if masked:
             keep = np.ones(n, np.bool_)
-            starts = np.concatenate([[0], np.cumsum(k_rows)[:-1]]).tolist()
-            for i, valid in masked:
-                keep[starts[i] : starts[i] + len(valid)] = valid
+            for start, valid in masked:
+                keep[start : start + len(valid)] = valid
             batch = batch.filter(numpy_to_arrow(keep))
         return batch
 
-    def _dense_mask(self, n: int) -> pa.Array:
-        """list<bool> masks from whole (rows, actions) batches; rows without one are null."""
-        lengths = np.zeros(n, np.int32)
-        valid = np.zeros(n, np.bool_)
-        parts = []
-        for start, _, mask in self.dense:
-            if mask is not None:
-                rows, width = mask.shape
-                lengths[start : start + rows] = width
-                valid[start : start + rows] = True
-                parts.append(np.asarray(mask, np.bool_).reshape(-1))
-        if not parts:
-            return pa.nulls(n, MASK_TYPE)
-        offsets = np.zeros(n + 1, np.int32)
-        np.cumsum(lengths, out=offsets[1:])
-        values = numpy_to_arrow(np.concatenate(parts))
-        return pa.ListArray.from_arrays(numpy_to_arrow(offsets), values,
-                                        mask=numpy_to_arrow(~valid))
 
-    def _dense_data(self, n: int, arrow_type: pa.DataType) -> pa.Array:
-        """The struct column of policy outputs from whole per-call batches."""
-        if not pa.types.is_struct(arrow_type):
-            return pa.nulls(n, arrow_type)
-        valid = np.zeros(n, np.bool_)
-        children = []
-        for field in arrow_type:
-            fixed = pa.types.is_fixed_size_list(field.type)  # an output with several values
-            leaf = field.type.value_type if fixed else field.type
-            width = field.type.list_size if fixed else 1
-            column = np.zeros((n, width), numpy_dtype(leaf))
-            for start, data, _ in self.dense:
-                if data is not None and field.name in data:
-                    values = np.asarray(data[field.name]).reshape(len(data[field.name]), -1)
-                    column[start : start + len(values)] = values
-                    valid[start : start + len(values)] = True
-            flat = numpy_to_arrow(column.reshape(-1), leaf)
-            children.append(pa.FixedSizeListArray.from_arrays(flat, width) if fixed else flat)
-        return pa.StructArray.from_arrays(children, fields=list(arrow_type),
-                                          mask=numpy_to_arrow(~valid))
+def _dense_mask(dense: list[_Dense], n: int) -> pa.Array:
+    """list<bool> masks from whole (rows, actions) batches; rows without one are null."""
+    lengths = np.zeros(n, np.int32)
+    valid = np.zeros(n, np.bool_)
+    parts = []
+    for start, _, mask in dense:
+        if mask is not None:
+            rows, width = mask.shape
+            lengths[start : start + rows] = width
+            valid[start : start + rows] = True
+            parts.append(np.asarray(mask, np.bool_).reshape(-1))
+    if not parts:
+        return pa.nulls(n, MASK_TYPE)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = numpy_to_arrow(np.concatenate(parts))
+    return pa.ListArray.from_arrays(numpy_to_arrow(offsets), values,
+                                    mask=numpy_to_arrow(~valid))
 
-    @staticmethod
-    def _sparse(values: dict[int, Any], n: int, arrow_type: pa.DataType) -> pa.Array:
-        if not values:
-            return pa.nulls(n, arrow_type)
-        column: list[Any] = [None] * n
-        for row, value in values.items():
-            column[row] = value
-        if arrow_type == pa.string():
-            return strings_to_arrow(column)
-        return pa.array(column, type=arrow_type)
+
+def _dense_data(dense: list[_Dense], n: int, arrow_type: pa.DataType) -> pa.Array:
+    """The struct column of policy outputs from whole per-call batches."""
+    if not pa.types.is_struct(arrow_type):
+        return pa.nulls(n, arrow_type)
+    valid = np.zeros(n, np.bool_)
+    children = []
+    for field in arrow_type:
+        fixed = pa.types.is_fixed_size_list(field.type)  # an output with several values
+        leaf = field.type.value_type if fixed else field.type
+        width = field.type.list_size if fixed else 1
+        column = np.zeros((n, width), numpy_dtype(leaf))
+        for start, data, _ in dense:
+            if data is not None and field.name in data:
+                values = np.asarray(data[field.name]).reshape(len(data[field.name]), -1)
+                column[start : start + len(values)] = values
+                valid[start : start + len(values)] = True
+        flat = numpy_to_arrow(column.reshape(-1), leaf)
+        children.append(pa.FixedSizeListArray.from_arrays(flat, width) if fixed else flat)
+    return pa.StructArray.from_arrays(children, fields=list(arrow_type),
+                                      mask=numpy_to_arrow(~valid))
+
+
+def _sparse(values: dict[int, Any], n: int, arrow_type: pa.DataType) -> pa.Array:
+    if not values:
+        return pa.nulls(n, arrow_type)
+    column: list[Any] = [None] * n
+    for row, value in values.items():
+        column[row] = value
+    if arrow_type == pa.string():
+        return strings_to_arrow(column)
+    return pa.array(column, type=arrow_type)

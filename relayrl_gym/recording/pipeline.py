@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.recording.recorder import Recorder
 from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.schema.transitions import TransitionSchema
@@ -18,21 +18,19 @@ log = logging.getLogger(__name__)
 
 
 def open_recording(
-    sink: Any,
+    options: RecordingOptions,
     run_id: str,
     build_schema: Callable[[list[Sink]], TransitionSchema],
     actor_ids: list[str],
-    *,
-    flush_interval: float = 1.0,
-    spill_dir: str | Path | None = None,
-    batch_rows: int | None = None,
 ) -> tuple[Recorder, BackgroundWriter, Path | None]:
-    """Opens and starts every sink of ``sink`` (one spec or a list), then the writer and the
-    recorder of the run; returns them with the run's local Arrow directory (if any).
+    """Opens and starts every sink of ``options.sink`` (one spec or a list), then the writer
+    and the recorder of the run ``run_id``; returns them with the run's local Arrow directory
+    (if any).
 
     ``build_schema`` gets the opened sinks (their kinds go into the run description). If a
     sink fails to start, every sink is closed again and the error raised.
     """
+    sink = options.sink
     specs = list(sink) if isinstance(sink, list | tuple) else [sink]
     sinks: list[Sink] = [open_sink(s) for s in specs]
     schema = build_schema(sinks)
@@ -47,7 +45,8 @@ def open_recording(
                 log.exception("closing sink %r after a failed start", s)
         raise
     run_path = next((s.run_path for s in sinks if s.run_path is not None), None)
-    writer = BackgroundWriter(sinks, flush_interval=flush_interval,
-                              name=f"relayrl-writer-{run_id}", run_id=run_id, spill_dir=spill_dir)
-    recorder = Recorder(schema, run_id, actor_ids, writer=writer, batch_rows=batch_rows)
+    writer = BackgroundWriter(sinks, flush_interval=options.flush_interval,
+                              name=f"relayrl-writer-{run_id}", run_id=run_id,
+                              spill_dir=options.spill_dir)
+    recorder = Recorder(schema, run_id, actor_ids, writer=writer, batch_rows=options.batch_rows)
     return recorder, writer, run_path

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -14,6 +14,7 @@ from relayrl_gym.recording.buffer import StepBlock
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from relayrl_gym.core.transitions import TransitionBatch
     from relayrl_gym.recording.writer import BackgroundWriter
     from relayrl_gym.schema.transitions import TransitionSchema
 
@@ -77,57 +78,24 @@ class Recorder:
         """A run-unique episode id (thread-safe)."""
         return next(self._episode_ids)
 
-    def record(
-        self,
-        env_index: np.ndarray,
-        episode_id: np.ndarray,
-        step: np.ndarray,
-        obs: Any,
-        action: Any,
-        reward: np.ndarray | tuple[Any, ...] | float,
-        next_obs: Any,
-        terminated: np.ndarray | tuple[Any, ...],
-        truncated: np.ndarray | tuple[Any, ...],
-        model_version: np.ndarray | int = -1,
-        infos: dict[int, str] | None = None,
-        masks: dict[int, Any] | None = None,
-        data: dict[int, dict[str, Any]] | None = None,
-        valid: np.ndarray | None = None,
-        batch_data: dict[str, np.ndarray] | None = None,
-        batch_mask: np.ndarray | None = None,
-    ) -> None:
-        """Appends ``len(env_index)`` rows; batch arguments have that leading length.
+    def record(self, batch: TransitionBatch) -> None:
+        """Appends the batch's rows (a list append: the writer thread converts them).
 
-        The recorder keeps the arrays passed in (no copy): the caller must not modify them
-        afterwards. ``infos``, ``masks`` and ``data`` map a row of this call to its value.
-        ``valid`` (bool per row) marks rows to drop (False) instead of recording them.
-        ``reward`` may be one Python ``float`` (exactly that type) for every row of the call.
-        ``batch_data`` (policy outputs, arrays with one row per row) and ``batch_mask`` (a
-        ``(rows, n)`` action-mask array) are the whole-batch forms the agent API uses.
+        The recorder keeps the batch and the arrays in it (no copy): the caller must not
+        modify them afterwards. Rows its ``valid`` marks False are dropped, not recorded.
         """
-        k = len(env_index)
+        k = len(batch.env_index)
         # Microseconds, held as nanoseconds: what every sink (PostgreSQL included) stores exactly.
-        call = (env_index, episode_id, step, obs, action, reward, next_obs, terminated,
-                truncated, model_version, time.time_ns() // 1000 * 1000, valid)
+        stamp = time.time_ns() // 1000 * 1000
         with self._lock:
             block = self._block
             if block.n + k > self.capacity and block.n:
                 self._hand_over_locked()
                 block = self._block
-            n = block.n
-            block.calls.append(call)
-            if infos:
-                block.info.update({n + row: value for row, value in infos.items()})
-            if masks:
-                block.mask.update({n + row: value for row, value in masks.items()})
-            if data:
-                block.data.update({n + row: value for row, value in data.items()})
-            if batch_data is not None or batch_mask is not None:
-                block.dense.append((n, batch_data, batch_mask))
-            block.n = n + k
+            block.append(batch, stamp)
             self._rows += k
-        if valid is not None:
-            self._dropped += k - int(np.count_nonzero(valid))
+        if batch.valid is not None:
+            self._dropped += k - int(np.count_nonzero(batch.valid))
 
     def _hand_over_locked(self) -> None:
         full, self._block = self._block, StepBlock()

@@ -14,11 +14,15 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from relayrl_gym._version import __version__
+from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.errors import ConfigError, RelayRLError, StateError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.policies.device import DeviceType
-from relayrl_gym.policies.fitting import VersionCounter
+from relayrl_gym.policies.fitting import VersionCounter, model_data_type
+from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.runtime.client import AgentParams, ClientAPI
+from relayrl_gym.runtime.trajectories import TrajectoryTable
+from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.transport.model_source import ZMQModelSource
 from relayrl_gym.transport.sink import ZMQSink
 
@@ -105,11 +109,6 @@ class RelayRLAgent(ClientAPI):
 
     def start(self, params: AgentParams) -> None:
         """Starts a built agent: loads its model, opens its sinks, creates its actors."""
-        from relayrl_gym.policies.fitting import model_data_type
-        from relayrl_gym.recording.pipeline import open_recording
-        from relayrl_gym.runtime.trajectories import TrajectoryTable
-        from relayrl_gym.schema.transitions import TransitionSchema
-
         if self._started:
             raise StateError("the agent is already started (or was shut down); build a new one")
         if params.default_model is None:
@@ -133,15 +132,17 @@ class RelayRLAgent(ClientAPI):
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
                     "env_id": None, "model_version": self._default_version,
                     "router_scale": params.router_scale, "config": config.to_dict()}
+            options = RecordingOptions(sink=sink, run_id=self.run_id,
+                                       flush_interval=config.sink.flush_interval,
+                                       spill_dir=config.sink.spill_dir or None)
             self.recorder, self.writer, self.run_path = open_recording(
-                sink, self.run_id,
+                options, self.run_id,
                 lambda sinks: TransitionSchema.build(
                     model.observation_space, model.action_space,
                     metadata={**meta, "sinks": [type(s).__name__ for s in sinks]},
                     data_type=self._data_type),
-                [], flush_interval=config.sink.flush_interval,
-                spill_dir=config.sink.spill_dir or None)
-        table.recorder = self.recorder
+                [])
+        table.attach(self.recorder)
         self._table = table
         self._started = self._running = True
         self._exit_key = close_at_exit(self, RelayRLAgent.shutdown)

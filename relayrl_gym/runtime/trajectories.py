@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from gymnasium import spaces
 
+from relayrl_gym.core.episodes import EpisodeTracker
+from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.errors import UnsupportedSpaceError
 
 if TYPE_CHECKING:
@@ -85,13 +87,18 @@ class TrajectoryTable:
         self.prev_action = np.zeros((0, *self.act_shape), self.act_dtype)
         self.prev_version = np.zeros(0, np.int64)
         self.pending = np.zeros(0, np.bool_)
-        self.episode = np.zeros(0, np.int64)
-        self.step = np.zeros(0, np.int64)
+        #: Each slot's trajectory (episode id -1: none yet; the next request starts one).
+        self.episodes = EpisodeTracker(0, recorder.new_episode_id if recorder else None)
         self.prev_data: dict[str, np.ndarray] = {}
         self.prev_mask: np.ndarray | None = None
         self.has_mask = np.zeros(0, np.bool_)
         self._chain: _Chain | None = None
         self.grow(capacity)
+
+    def attach(self, recorder: Recorder | None) -> None:
+        """Sends completed transitions to ``recorder`` (None: nowhere) from now on."""
+        self.recorder = recorder
+        self.episodes.new_id = recorder.new_episode_id if recorder is not None else None
 
     def grow(self, capacity: int) -> None:
         """Makes room for slots ``0 .. capacity - 1``."""
@@ -108,8 +115,7 @@ class TrajectoryTable:
         self.prev_action = extend(self.prev_action)
         self.prev_version = extend(self.prev_version, -1)
         self.pending = extend(self.pending, False)
-        self.episode = extend(self.episode, -1)
-        self.step = extend(self.step)
+        self.episodes.grow(capacity)
         self.prev_data = {k: extend(v) for k, v in self.prev_data.items()}
         if self.prev_mask is not None:
             self.prev_mask = extend(self.prev_mask, True)
@@ -129,10 +135,10 @@ class TrajectoryTable:
         chain = self._chain
         if chain is not None and chain.key is key and mask is None:
             if self.recorder is not None:
-                self.recorder.record(
+                self.recorder.record(TransitionBatch(
                     chain.slots32, chain.episodes, chain.steps, chain.obs, chain.actions,
                     rewards, obs, chain.no_flags, chain.no_flags,
-                    model_version=chain.versions, batch_data=chain.data or None)
+                    model_version=chain.versions, output_batch=chain.data or None))
             # New arrays replace the old ones (which the recorder now holds), never modified.
             chain.obs, chain.actions, chain.versions, chain.data = obs, actions, versions, data
             chain.steps = chain.steps + 1
@@ -144,7 +150,7 @@ class TrajectoryTable:
         self.begin(slots, obs, actions, versions, data, mask)
         if mask is None and not self.max_length:
             self._chain = _Chain(key, slots, obs, actions, versions, data,
-                                 self.episode[slots].copy(), self.step[slots].copy())
+                                 self.episodes.ids[slots], self.episodes.steps[slots])
             self.pending[slots] = False  # the chain holds these pending steps now
 
     def materialize(self) -> None:
@@ -153,8 +159,7 @@ class TrajectoryTable:
         if chain is None:
             return
         self.begin(chain.slots, chain.obs, chain.actions, chain.versions, chain.data, None)
-        self.episode[chain.slots] = chain.episodes
-        self.step[chain.slots] = chain.steps
+        self.episodes.set(chain.slots, chain.episodes, chain.steps)
 
     def complete(self, slots: np.ndarray, rewards: np.ndarray, next_obs: np.ndarray | None,
                  terminated: bool | np.ndarray = False, truncated: bool | np.ndarray = False
@@ -178,7 +183,7 @@ class TrajectoryTable:
         n = len(done_slots)
         term = _flags(terminated, rows, n)
         trunc = _flags(truncated, rows, n)
-        steps = self.step[done_slots]
+        steps = self.episodes.steps[done_slots]
         if self.max_length:
             trunc |= ~term & (steps + 1 >= self.max_length)
         if self.recorder is not None:
@@ -195,11 +200,9 @@ class TrajectoryTable:
                                  None if following is None else following[pick],
                                  term[pick], trunc[pick], with_mask=with_mask)
         self.pending[done_slots] = False
-        self.step[done_slots] = steps + 1
+        self.episodes.advance(done_slots)
         if term.any() or trunc.any():
-            ended = done_slots[term | trunc]
-            self.episode[ended] = -1  # the next request starts a new trajectory
-            self.step[ended] = 0
+            self.episodes.end(done_slots[term | trunc])  # the next request starts a new one
         return n
 
     def _record(self, slots: np.ndarray, steps: np.ndarray, rewards: np.ndarray,
@@ -207,23 +210,19 @@ class TrajectoryTable:
                 with_mask: bool) -> None:
         assert self.recorder is not None
         obs = self.prev_obs[slots]
-        self.recorder.record(
-            slots.astype(np.int32), self.episode[slots], steps, obs, self.prev_action[slots],
+        self.recorder.record(TransitionBatch(
+            slots.astype(np.int32), self.episodes.ids[slots], steps, obs, self.prev_action[slots],
             rewards, obs if next_obs is None else next_obs, terminated,
             truncated, model_version=self.prev_version[slots],
-            batch_data={k: v[slots] for k, v in self.prev_data.items()} or None,
-            batch_mask=self.prev_mask[slots] if with_mask and self.prev_mask is not None
-            else None)
+            output_batch={k: v[slots] for k, v in self.prev_data.items()} or None,
+            mask_batch=self.prev_mask[slots] if with_mask and self.prev_mask is not None
+            else None))
 
     def begin(self, slots: np.ndarray, obs: np.ndarray, actions: np.ndarray,
               versions: np.ndarray, data: dict[str, np.ndarray] | None = None,
               mask: np.ndarray | None = None) -> None:
         """Stores each slot's new half-step: the observation it acted on and its action."""
-        fresh = slots[self.episode[slots] < 0]
-        if len(fresh) and self.recorder is not None:
-            self.episode[fresh] = [self.recorder.new_episode_id() for _ in range(len(fresh))]
-        elif len(fresh):
-            self.episode[fresh] = 0
+        self.episodes.start_missing(slots)
         self.prev_obs[slots] = obs
         self.prev_action[slots] = actions
         self.prev_version[slots] = versions
@@ -245,15 +244,15 @@ class TrajectoryTable:
         self.materialize()
         self.grow(new + 1)
         for array in (self.prev_obs, self.prev_action, self.prev_version, self.pending,
-                      self.episode, self.step, self.has_mask, *self.prev_data.values()):
+                      self.has_mask, *self.prev_data.values()):
             array[new] = array[old]
         if self.prev_mask is not None:
             self.prev_mask[new] = self.prev_mask[old]
+        self.episodes.move(old, new)
         self.drop(old)
 
     def drop(self, slot: int) -> None:
         """Forgets a slot's pending step (an action whose reward never came is not recorded)."""
         self.materialize()
         self.pending[slot] = False
-        self.episode[slot] = -1
-        self.step[slot] = 0
+        self.episodes.end([slot])

@@ -16,9 +16,12 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from relayrl_gym._version import __version__
+from relayrl_gym.core.episodes import EpisodeTracker
+from relayrl_gym.core.infos import info_to_json
+from relayrl_gym.core.options import RecordingOptions
+from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.lifecycle import CallGate, finalizing
-from relayrl_gym.recording.buffer import info_to_json
 from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.recording.recorder import Recorder
 from relayrl_gym.recording.writer import BackgroundWriter
@@ -181,8 +184,9 @@ class RelayRLVectorEnv(VectorEnv):
         super().__init__()
         if not env_fns:
             raise ConfigError("`env_fns` must hold at least one env factory (actors >= 1)")
-        if flush_interval <= 0:
-            raise ConfigError(f"`flush_interval` must be > 0 seconds, got {flush_interval!r}")
+        options = RecordingOptions(sink=sink, run_id=run_id, flush_interval=flush_interval,
+                                   record_info=record_info, batch_rows=batch_rows,
+                                   spill_dir=spill_dir)
         self.num_envs = len(env_fns)
         self.autoreset_mode = parse_autoreset_mode(autoreset_mode)
         self.record_info = record_info
@@ -222,8 +226,7 @@ class RelayRLVectorEnv(VectorEnv):
             self._policy = (PolicyDriver(policy, self.single_observation_space,
                                          self.single_action_space)
                             if policy is not None else None)
-            recorder, writer = self._open_recording(sink, router_scale, batch_rows, flush_interval,
-                                                    first, spill_dir)
+            recorder, writer = self._open_recording(options, router_scale, first)
         except BaseException:
             self.closed = True  # nothing for __del__ to close: done here
             self._close_envs_quietly()
@@ -247,8 +250,8 @@ class RelayRLVectorEnv(VectorEnv):
         self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._any_done = False
-        self._episode_ids = np.full(self.num_envs, -1, dtype=np.int64)
-        self._episode_steps = np.zeros(self.num_envs, dtype=np.int64)
+        self._episodes = EpisodeTracker(
+            self.num_envs, recorder.new_episode_id if recorder is not None else None)
 
     # -- construction helpers ------------------------------------------------------------------
     def _close_envs(self) -> None:
@@ -262,20 +265,18 @@ class RelayRLVectorEnv(VectorEnv):
             log.exception("closing environments after a failed construction")
         self._router.close()
 
-    def _open_recording(self, sink: Any, router_scale: int | str, batch_rows: int | None,
-                        flush_interval: float, first: gym.Env, spill_dir: str | Path | None
+    def _open_recording(self, options: RecordingOptions, router_scale: int | str, first: gym.Env
                         ) -> tuple[Recorder | None, BackgroundWriter | None]:
         self.run_path: Path | None = None
-        if sink is None:
+        if not options.recording:
             return None, None
         recorder, writer, self.run_path = open_recording(
-            sink, self.run_id,
+            options, self.run_id,
             lambda sinks: TransitionSchema.build(
                 self.single_observation_space, self.single_action_space,
                 metadata=self._run_metadata(first, router_scale, sinks),
                 data_type=self._policy.data_type if self._policy is not None else None),
-            [str(a.id) for a in self._actors], flush_interval=flush_interval,
-            spill_dir=spill_dir, batch_rows=batch_rows)
+            [str(a.id) for a in self._actors])
         return recorder, writer
 
     def _run_metadata(self, first: gym.Env, router_scale: int | str, sinks: list[Sink]
@@ -347,12 +348,9 @@ class RelayRLVectorEnv(VectorEnv):
             items[i] = r[0]
         self._obs_items = tuple(items)
         obs = self._stack(items)
-        self._episode_ids = self._episode_ids.copy()
-        self._episode_steps = self._episode_steps.copy()
         self._autoreset = self._autoreset.copy()
-        for i in indices:
-            self._autoreset[i] = False
-            self._start_episode(i)
+        self._autoreset[indices] = False
+        self._episodes.start(indices)
         self._any_done = bool(self._autoreset.any())
         self._broken_by = None
         self._prev_obs = copy_batch(obs) if self._recorder is not None else obs
@@ -447,9 +445,7 @@ class RelayRLVectorEnv(VectorEnv):
             self._prev_obs = own_obs
         self._advance_episodes(terminated, truncated, reset_rows, any_done)
         if unreset:  # episodes are counted from the first observation the wrapper saw
-            self._episode_ids = self._episode_ids.copy()
-            for i in range(self.num_envs):
-                self._start_episode(i)
+            self._episodes.start()
         return obs, rewards, terminated, truncated, info_l, finals
 
     def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: tuple[Any, ...],
@@ -457,8 +453,8 @@ class RelayRLVectorEnv(VectorEnv):
                 truncated: tuple[Any, ...], step_infos: tuple[dict[str, Any], ...],
                 finals: dict[int, tuple[Any, dict[str, Any]]], reset_rows: np.ndarray | None
                 ) -> None:
-        # The recorder keeps what it is given: pass arrays nobody else will modify (episode
-        # ids and steps are replaced, never modified in place, by _advance_episodes).
+        # The recorder keeps what it is given: pass arrays nobody else will modify (the
+        # tracker replaces its episode ids and steps, never modifies them in place).
         assert self._recorder is not None
         next_obs = own_obs
         if finals:
@@ -475,18 +471,16 @@ class RelayRLVectorEnv(VectorEnv):
                     if text is not None:
                         infos[i] = text
         acted = self._policy.take(user_actions) if self._policy is not None else None
-        self._recorder.record(
-            self._arange, self._episode_ids, self._episode_steps, self._prev_obs,
-            actions, rewards,
-            next_obs, terminated, truncated,
-            infos=infos, valid=None if reset_rows is None else ~reset_rows,
-            model_version=-1 if acted is None else acted[0],
-            batch_data=None if acted is None else acted[1])
+        self._recorder.record(TransitionBatch(
+            self._arange, self._episodes.ids, self._episodes.steps, self._prev_obs, actions,
+            rewards, next_obs, terminated, truncated,
+            model_version=-1 if acted is None else acted[0], infos=infos,
+            valid=None if reset_rows is None else ~reset_rows,
+            output_batch=None if acted is None else acted[1]))
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
                           reset_rows: np.ndarray | None, any_done: bool) -> None:
-        # New arrays, never in-place updates: the recorder holds the previous ones.
-        self._episode_steps = self._episode_steps + 1
+        self._episodes.advance()
         starting = reset_rows if reset_rows is not None else None
         if any_done:
             done = terminated | truncated
@@ -498,13 +492,7 @@ class RelayRLVectorEnv(VectorEnv):
         self._any_done = any_done
         if starting is not None:
             # NEXT_STEP: the pseudo-step reset those envs; SAME_STEP: they reset in this step.
-            self._episode_ids = self._episode_ids.copy()
-            for i in np.flatnonzero(starting).tolist():
-                self._start_episode(i)
-
-    def _start_episode(self, i: int) -> None:
-        self._episode_ids[i] = self._recorder.new_episode_id() if self._recorder else -1
-        self._episode_steps[i] = 0
+            self._episodes.start(starting)
 
     def _stack(self, items: Sequence[Any]) -> Any:
         space = self.single_observation_space

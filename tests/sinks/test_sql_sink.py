@@ -202,17 +202,18 @@ def _last_rows(sink):
 
 
 def test_mask_column_round_trips(sqlite_url, tmp_path):
+    from relayrl_gym.core.transitions import TransitionBatch
     from relayrl_gym.recording.buffer import StepBlock
     from relayrl_gym.schema.transitions import TransitionSchema
 
     schema = TransitionSchema.build(SPACES["box"], SPACES["discrete"], metadata={})
     block = StepBlock()
-    block.calls.append((np.array([0, 1]), np.array([0, 0]), np.array([0, 0]),
-                        np.zeros((2, 3), np.float32), np.array([2, 3]), np.ones(2),
-                        np.zeros((2, 3), np.float32), np.zeros(2, bool), np.zeros(2, bool), -1,
-                        1_700_000_000_000_000_000, None))
-    block.n = 2
-    block.mask[1] = np.array([True, False, True, True, False])
+    block.append(TransitionBatch(np.array([0, 1]), np.array([0, 0]), np.array([0, 0]),
+                                 np.zeros((2, 3), np.float32), np.array([2, 3]), np.ones(2),
+                                 np.zeros((2, 3), np.float32), np.zeros(2, bool),
+                                 np.zeros(2, bool), -1,
+                                 masks={1: np.array([True, False, True, True, False])}),
+                 1_700_000_000_000_000_000)
     batch = block.to_record_batch(schema, "masked", ["a", "b"], ["", ""])
     sink = SQLSink(sqlite_url)
     sink.start("masked", schema.arrow)

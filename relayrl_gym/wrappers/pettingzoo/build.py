@@ -11,6 +11,7 @@ from typing import Any
 
 from gymnasium.vector import AutoresetMode
 
+from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.errors import ConfigError, EnvCreationError
 from relayrl_gym.wrappers.detect import is_aec, is_parallel, require_pettingzoo
 from relayrl_gym.wrappers.pettingzoo.observations import policy_space
@@ -91,14 +92,9 @@ def wrap_pettingzoo(
     actors: int | None,
     api: str | None,
     policies: dict[Any, Any] | None,
-    sink: Any,
+    options: RecordingOptions,
     autoreset_mode: str | AutoresetMode | None,
     router_scale: int | str,
-    run_id: str | None,
-    flush_interval: float,
-    record_info: bool,
-    batch_rows: int | None,
-    spill_dir: Any,
 ) -> Any:
     """Builds the wrapped game (see `relayrl_gym.wrap` for the cases).
 
@@ -106,6 +102,7 @@ def wrap_pettingzoo(
         first: the game (a ParallelEnv or AECEnv instance), used as copy 0.
         make: makes more copies (None: deep copies of ``first``); when given, ``first`` was
             made by it in `relayrl_gym.wrap` and is closed here if wrapping fails.
+        options: what to record and where (``wrap``'s recording arguments).
         Others: as `relayrl_gym.wrap`.
 
     Every game copy is made and every argument checked before the runs' sinks are opened; a
@@ -113,10 +110,8 @@ def wrap_pettingzoo(
     """
     require_pettingzoo()
     try:
-        return _wrap(first, make, actors=actors, api=api, policies=policies, sink=sink,
-                     autoreset_mode=autoreset_mode, router_scale=router_scale, run_id=run_id,
-                     flush_interval=flush_interval, record_info=record_info,
-                     batch_rows=batch_rows, spill_dir=spill_dir)
+        return _wrap(first, make, actors=actors, api=api, policies=policies, options=options,
+                     autoreset_mode=autoreset_mode, router_scale=router_scale)
     except BaseException:
         if make is not None:  # ``first`` was made by wrap (to see what the factory makes)
             _close_quietly(first)
@@ -124,10 +119,8 @@ def wrap_pettingzoo(
 
 
 def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api: str | None,
-          policies: dict[Any, Any] | None, sink: Any,
-          autoreset_mode: str | AutoresetMode | None, router_scale: int | str,
-          run_id: str | None, flush_interval: float, record_info: bool, batch_rows: int | None,
-          spill_dir: Any) -> Any:
+          policies: dict[Any, Any] | None, options: RecordingOptions,
+          autoreset_mode: str | AutoresetMode | None, router_scale: int | str) -> Any:
     from relayrl_gym.wrappers.vector import parse_autoreset_mode
 
     if api is not None and api not in PZ_APIS:
@@ -182,14 +175,11 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
     # Every copy is made before the run is opened: a game that cannot be made leaves no run
     # directory (and no open sink) behind.
     envs = _copies_of(first, factory, copies, parallel)
-    recording_args = {"run_id": run_id, "flush_interval": flush_interval,
-                      "record_info": record_info, "batch_rows": batch_rows,
-                      "spill_dir": spill_dir}
     try:
-        recording = (GameRecording(sink, first, copies,
+        recording = (GameRecording(options, first, copies,
                                    kind="parallel" if parallel else "aec",
-                                   data_type=players.data_type, **recording_args)
-                     if sink is not None else None)
+                                   data_type=players.data_type)
+                     if options.recording else None)
         try:
             return _build(envs, parallel, own_api, vector, left, players, recording, mode, api)
         except BaseException:

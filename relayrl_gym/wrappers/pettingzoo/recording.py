@@ -15,6 +15,9 @@ import numpy as np
 import pyarrow as pa
 
 from relayrl_gym._version import __version__
+from relayrl_gym.core.episodes import EpisodeTracker
+from relayrl_gym.core.options import RecordingOptions
+from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.recording.recorder import Recorder
@@ -94,13 +97,15 @@ class _Run:
                  writer: BackgroundWriter, run_path: Path | None) -> None:
         self.run_id, self.agents, self.run_path = run_id, agents, run_path
         self.recorder, self.writer = recorder, writer
+        #: Each slot's episode (the slots of every game copy).
+        self.episodes = EpisodeTracker(len(recorder.actor_ids), recorder.new_episode_id)
 
     def record(self, rows: list[AgentTransition]) -> None:
         """Hands ``rows`` (all of this run) to the recorder as one batch."""
         infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
         masks = {i: r.mask.tolist() for i, r in enumerate(rows) if r.mask is not None}
-        data = {i: r.data for i, r in enumerate(rows) if r.data}
-        self.recorder.record(
+        outputs = {i: r.data for i, r in enumerate(rows) if r.data}
+        self.recorder.record(TransitionBatch(
             np.array([r.slot for r in rows], np.int32),
             np.array([r.episode for r in rows], np.int64),
             np.array([r.step for r in rows], np.int64),
@@ -109,7 +114,7 @@ class _Run:
             tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
             model_version=(rows[0].version if len(rows) == 1 else
                            np.array([r.version for r in rows], np.int64)),
-            infos=infos or None, masks=masks or None, data=data or None)
+            infos=infos or None, masks=masks or None, outputs=outputs or None))
 
     def close(self, timeout: float) -> None:
         """Flushes the recorder, then stops the writer (even when the flush failed)."""
@@ -145,25 +150,19 @@ class GameRecording:
     own actor id; ``agent_id`` is the agent's name); episode ids are unique within the run.
     """
 
-    def __init__(self, sink: Any, env: Any, copies: int, *, run_id: str | None,
-                 kind: str, data_type: pa.DataType | None = None, flush_interval: float = 1.0,
-                 record_info: bool = True, batch_rows: int | None = None,
-                 spill_dir: str | Path | None = None) -> None:
+    def __init__(self, options: RecordingOptions, env: Any, copies: int, *, kind: str,
+                 data_type: pa.DataType | None = None) -> None:
         """Opens the runs' sinks.
 
         Args:
-            sink: a directory, URL, `Sink`, or a list of those (a `Sink` object only when the
-                game is one run: directories and URLs open one sink per run).
+            options: what is recorded and where: ``options.sink`` may hold a `Sink` object
+                only when the game is one run (directories and URLs open one sink per run);
+                ``options.run_id`` is the run's name, or the stem of the runs' names
+                (default: the env's name, UTC time and a random suffix).
             env: one copy of the game (its agents and spaces describe the runs).
             copies: game copies recorded into the runs.
-            run_id: the run's name, or the stem of the runs' names (default: the env's name,
-                UTC time and a random suffix).
             kind: "parallel" or "aec" (recorded in the run description).
             data_type: Arrow type of the policies' extra outputs (null: none).
-            flush_interval: seconds between time-based flushes.
-            record_info: record each agent's info dict as JSON.
-            batch_rows: rows per recorded batch.
-            spill_dir: where rows wait while a sink is down.
 
         Raises:
             ConfigError: ``sink`` holds a `Sink` object and the game is several runs (checked
@@ -171,10 +170,10 @@ class GameRecording:
         """
         self.agents = list(env.possible_agents)
         groups = space_groups(env, self.agents)
-        _check_sinks_for(sink, groups)
-        self.record_info = record_info
+        _check_sinks_for(options.sink, groups)
+        self.record_info = options.record_info
         self.env_id = str(env.metadata.get("name") or type(env.unwrapped).__name__)
-        self.run_id = run_id or new_run_id(self.env_id)
+        self.run_id = options.run_id or new_run_id(self.env_id)
         ids = _run_ids(self.run_id, groups)
         #: The run of every agent (agent -> run id).
         self.run_ids = {a: rid for rid, g in zip(ids, groups) for a in g.agents}
@@ -190,9 +189,7 @@ class GameRecording:
         self.runs: list[_Run] = []
         try:
             for rid, group in zip(ids, groups):
-                self.runs.append(_open_run(sink, rid, group, copies, meta, data_type,
-                                           flush_interval=flush_interval, spill_dir=spill_dir,
-                                           batch_rows=batch_rows))
+                self.runs.append(_open_run(options, rid, group, copies, meta, data_type))
         except BaseException:
             with contextlib.suppress(Exception):  # the opening error is the one to see
                 _each(self.runs, lambda run: run.close(10.0))  # the runs opened before it
@@ -200,6 +197,8 @@ class GameRecording:
         #: The local Arrow directory of every agent's run (agent -> path; None: no local one).
         self.run_paths = {a: run.run_path for run in self.runs for a in run.agents}
         self.run_path = self.runs[0].run_path if len(self.runs) == 1 else None
+        #: Each run's `EpisodeTracker` (by index in `runs`).
+        self.episodes = [run.episodes for run in self.runs]
         # agent -> (run index, slot of its actor in game copy 0, agents in its run)
         self._places = {a: (r, k, len(run.agents)) for r, run in enumerate(self.runs)
                         for k, a in enumerate(run.agents)}
@@ -213,10 +212,6 @@ class GameRecording:
         """The bookkeeping of game copy ``copy``."""
         return AgentTracker(self, {agent: (r, copy * n + k)
                                    for agent, (r, k, n) in self._places.items()})
-
-    def new_episode_id(self, run: int) -> int:
-        """A new episode id, unique within run ``run`` (an index in `runs`)."""
-        return self.runs[run].recorder.new_episode_id()
 
     def stage(self, rows: list[AgentTransition]) -> None:
         """Takes finished transitions: recorded now, or at the next `commit` when batching."""
@@ -255,20 +250,20 @@ class GameRecording:
             _each(self.runs, lambda run: run.close(timeout))
 
 
-def _open_run(sink: Any, run_id: str, group: SpaceGroup, copies: int, meta: dict[str, Any],
-              data_type: pa.DataType | None, **options: Any) -> _Run:
+def _open_run(options: RecordingOptions, run_id: str, group: SpaceGroup, copies: int,
+              meta: dict[str, Any], data_type: pa.DataType | None) -> _Run:
     """Opens the run of ``group``'s agents in ``copies`` game copies."""
     agents = group.agents
     k = len(agents)
     actor_ids = [str(uuid.uuid4()) for _ in range(copies * k)]
     description = {**meta, "run_id": run_id, "agents": agents, "actor_ids": actor_ids}
     recorder, writer, run_path = open_recording(
-        sink, run_id,
+        options, run_id,
         lambda sinks: TransitionSchema.build(
             group.observation_space, group.action_space,
             metadata={**description, "sinks": [type(s).__name__ for s in sinks]},
             data_type=data_type),
-        actor_ids, **options)
+        actor_ids)
     recorder.agent_ids = [agents[i % k] for i in range(copies * k)]
     return _Run(run_id, agents, recorder, writer, run_path)
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from relayrl_gym.recording.buffer import info_to_json
+from relayrl_gym.core.infos import info_to_json
 from relayrl_gym.schema.batches import map_leaves
 
 if TYPE_CHECKING:
@@ -63,7 +63,6 @@ class AgentTracker:
         self._recording = recording
         self._slots = slots
         self._pending: dict[str, _Pending] = {}
-        self._episodes: dict[str, list[int]] = {}  # agent -> [episode id, step]
 
     def pending(self, agent: str) -> bool:
         return agent in self._pending
@@ -75,7 +74,9 @@ class AgentTracker:
     def reset(self) -> None:
         """A new game: transitions in flight are dropped, every agent starts a new episode."""
         self._pending.clear()
-        self._episodes.clear()
+        if self._recording is not None:
+            for run, slot in self._slots.values():
+                self._recording.episodes[run].end([slot])
 
     def begin(self, agent: str, obs: Any, action: Any, mask: np.ndarray | None = None,
               version: int = -1, data: dict[str, Any] | None = None) -> None:
@@ -107,15 +108,15 @@ class AgentTracker:
         rows = []
         for pending, (agent, next_obs, reward, terminated, truncated, info) in done:
             run, slot = self._slots[agent]
-            episode = self._episodes.get(agent)
-            if episode is None:
-                episode = self._episodes[agent] = [recording.new_episode_id(run), 0]
+            episodes = recording.episodes[run]  # an agent's episode starts at its first row
+            episodes.start_missing([slot])
             text = info_to_json(info) if recording.record_info and info else None
             rows.append(AgentTransition(
-                run, slot, episode[0], episode[1], pending.obs, pending.action, float(reward),
-                map_leaves(np.array, next_obs), bool(terminated), bool(truncated),
-                pending.version, text, pending.mask, pending.data))
-            episode[1] += 1
+                run, slot, int(episodes.ids[slot]), int(episodes.steps[slot]), pending.obs,
+                pending.action, float(reward), map_leaves(np.array, next_obs), bool(terminated),
+                bool(truncated), pending.version, text, pending.mask, pending.data))
             if terminated or truncated:
-                del self._episodes[agent]
+                episodes.end([slot])
+            else:
+                episodes.advance([slot])
         recording.stage(rows)

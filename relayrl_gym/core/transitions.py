@@ -1,0 +1,64 @@
+"""`TransitionBatch`: the columns of one step of several slots, from the front ends to the sinks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["TransitionBatch"]
+
+
+@dataclass(slots=True)
+class TransitionBatch:
+    """Transitions of ``len(env_index)`` slots (env copies, agents or client actors), as columns.
+
+    Every front end hands its finished transitions to the recorder in this one form; the
+    recorder keeps the values it is given (no copy), so they must not be modified afterwards.
+    Batch columns have one row per transition; ``obs``, ``action`` and ``next_obs`` are batches
+    of their space (nested dicts and tuples of arrays for composite spaces).
+
+    The per-row scalar columns may also be tuples of Python values (cheaper to keep on the
+    stepping thread than arrays; read in one C loop on the writer thread), and ``reward`` one
+    Python ``float`` for every row. ``model_version`` is one int for every row or an array.
+
+    Optional columns come in two forms: sparse (``infos``, ``masks``, ``outputs``: a dict
+    from a row of this batch to its value, for rows that have one) or dense (``output_batch``:
+    policy outputs by name, one row per transition; ``mask_batch``: a ``(rows, n)`` bool
+    array).
+
+    >>> batch = TransitionBatch(np.arange(2, dtype=np.int32), np.zeros(2, np.int64),
+    ...                         np.zeros(2, np.int64), np.zeros((2, 3)), np.array([0, 1]),
+    ...                         1.0, np.ones((2, 3)), (False, True), (False, False))
+    >>> batch.rows
+    2
+    """
+
+    env_index: np.ndarray
+    episode_id: np.ndarray
+    step: np.ndarray
+    obs: Any
+    action: Any
+    reward: np.ndarray | tuple[Any, ...] | float
+    next_obs: Any
+    terminated: np.ndarray | tuple[Any, ...]
+    truncated: np.ndarray | tuple[Any, ...]
+    model_version: np.ndarray | int = -1
+    #: Row -> the step's info dict as JSON (see `relayrl_gym.core.infos.info_to_json`).
+    infos: dict[int, str] | None = None
+    #: Row -> its action mask (a list of bools).
+    masks: dict[int, Any] | None = None
+    #: Row -> the policy's extra outputs for it (name -> value).
+    outputs: dict[int, dict[str, Any]] | None = None
+    #: False marks a row to drop instead of recording it (e.g. a NEXT_STEP reset pseudo-step).
+    valid: np.ndarray | None = None
+    #: The policy's extra outputs of every row, by name (the agent API's whole-batch form).
+    output_batch: dict[str, np.ndarray] | None = None
+    #: The action masks of every row, ``(rows, n)`` bools.
+    mask_batch: np.ndarray | None = None
+
+    @property
+    def rows(self) -> int:
+        """Transitions in the batch, including rows ``valid`` drops."""
+        return len(self.env_index)
