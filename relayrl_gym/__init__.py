@@ -12,8 +12,8 @@ from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.errors import RelayRLError
 from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.module import ModelModule
-from relayrl_gym.runtime.agent import RelayRLAgent
 from relayrl_gym.runtime.builder import AgentBuilder
+from relayrl_gym.runtime.client import RelayRLAgent
 from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.sinks.base import Sink
 from relayrl_gym.transport.server import TrainingServer

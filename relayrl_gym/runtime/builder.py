@@ -7,8 +7,7 @@ from typing import Any
 
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.policies.device import DeviceType
-from relayrl_gym.runtime.agent import _UNSET, RelayRLAgent
-from relayrl_gym.runtime.client import AgentParams
+from relayrl_gym.runtime.client import UNSET, AgentParams, RelayRLAgent
 from relayrl_gym.runtime.config import load_config
 
 __all__ = ["AgentBuilder"]
@@ -34,7 +33,7 @@ class AgentBuilder:
         self._router_scale = 0
         self._device = DeviceType.DEFAULT
         self._config_path: Path | None = None
-        self._sink: Any = _UNSET
+        self._sink: Any = UNSET
         self._run_id: str | None = None
 
     def actor_count(self, count: int) -> AgentBuilder:

@@ -1,4 +1,4 @@
-"""The RelayRL client calls of `RelayRLAgent`: actors that act with ModelModules on request.
+"""`RelayRLAgent`: the RelayRL client, whose actors act with ModelModules on request.
 
 The caller owns the environments; it asks the agent for actions (``request_action``), tells it
 the rewards, and flags the end of each trajectory. The agent keeps one pending half-step per
@@ -10,7 +10,7 @@ outputs) to its sinks.
 from __future__ import annotations
 
 import concurrent.futures
-import threading
+import datetime as _dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,18 +20,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from relayrl_gym._version import __version__
+from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.policies.device import DeviceType
+from relayrl_gym.policies.fitting import VersionCounter, fitting_model, model_data_type
+from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.runtime.actor import Actor
+from relayrl_gym.runtime.agent import AgentCore, new_run_id
+from relayrl_gym.runtime.trajectories import TrajectoryTable
+from relayrl_gym.schema.transitions import TransitionSchema
 
 if TYPE_CHECKING:
-    from relayrl_gym.policies.fitting import VersionCounter
-    from relayrl_gym.recording.recorder import Recorder
-    from relayrl_gym.recording.writer import BackgroundWriter
     from relayrl_gym.runtime.config import AgentConfig
-    from relayrl_gym.runtime.trajectories import TrajectoryTable
 
-__all__ = ["AgentParams", "ClientAPI"]
+__all__ = ["UNSET", "AgentParams", "RelayRLAgent"]
+
+#: `AgentParams.sink` when the builder was not given one: the config file's targets apply.
+UNSET: Any = object()
 
 
 @dataclass(frozen=True)
@@ -74,36 +80,105 @@ class _Resolved(NamedTuple):
     one_model: bool
 
 
-class ClientAPI:
-    """The client half of `RelayRLAgent` (mixed into it); see the module docstring."""
+class RelayRLAgent(AgentCore):
+    """The RelayRL client: actors that act with ModelModules when the caller asks.
 
-    # Set by RelayRLAgent.start (declared here for the type checker).
-    actors: list[Actor]
-    recorder: Recorder | None
-    writer: BackgroundWriter | None
-    _lock: threading.RLock
-    _by_id: dict[uuid.UUID, Actor]
-    _table: TrajectoryTable | None
-    _default_model: Any
-    _default_version: int
-    _default_device: DeviceType
-    _data_type: pa.DataType
-    _workers: concurrent.futures.ThreadPoolExecutor | None
-    _next_slot: int
-    _generation: int
-    _resolved: _Resolved | None
-    _on_update_model: Any
-    _versions: VersionCounter
+    Built with ``AgentBuilder().build()`` and started with ``agent.start(params)``; the caller
+    owns the environments and asks for actions with ``request_action`` (see the module
+    docstring). Actors can be added, removed and renamed, and models swapped, while requests
+    run, from any thread.
 
-    def _check_running(self) -> None:  # provided by RelayRLAgent
-        raise NotImplementedError
+    >>> agent = RelayRLAgent()
+    >>> agent.running
+    False
+    """
+
+    def __init__(self) -> None:
+        """An agent to `start` (what `AgentBuilder.build` returns)."""
+        super().__init__(running=False)
+        self._by_id: dict[uuid.UUID, Actor] = {}
+        self._table: TrajectoryTable | None = None
+        self._default_model: Any = None
+        self._default_version = -1
+        self._default_device = DeviceType.DEFAULT
+        self._data_type: pa.DataType = pa.null()
+        self._workers: concurrent.futures.ThreadPoolExecutor | None = None
+        self._worker_count = 0
+        self._next_slot = 0
+        self._generation = 0
+        self._resolved: _Resolved | None = None
+        self._versions = VersionCounter()
+
+    def start(self, params: AgentParams) -> None:
+        """Starts a built agent: loads its model, opens its sinks, creates its actors."""
+        if self._started:
+            raise StateError("the agent is already started (or was shut down); build a new one")
+        if params.default_model is None:
+            raise ConfigError("the agent needs a model: AgentBuilder().default_model(module or "
+                              "path)")
+        self._default_device = params.default_device
+        self._default_model = self._checked_model(params.default_model, params.default_device)
+        self._default_version = self._versions.version_of(self._default_model)
+        self._data_type = model_data_type(self._default_model)
+        config = params.config
+        # Checks the spaces before anything is opened (a failed start leaves nothing behind).
+        table = TrajectoryTable(self._default_model.observation_space,
+                                self._default_model.action_space, None,
+                                config.trajectory.max_length)
+        self.run_id = params.run_id or new_run_id("agent")
+        model = self._default_model
+        sink = params.sink if params.sink is not UNSET else [
+            *config.sink.targets, *config.transport.sink_urls()]
+        if sink is not None:
+            meta = {"run_id": self.run_id, "source": "agent", "relayrl_gym_version": __version__,
+                    "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                    "env_id": None, "model_version": self._default_version,
+                    "router_scale": params.router_scale, "config": config.to_dict()}
+            options = RecordingOptions(sink=sink, run_id=self.run_id,
+                                       flush_interval=config.sink.flush_interval,
+                                       spill_dir=config.sink.spill_dir or None)
+            self.recorder, self.writer, self.run_path = open_recording(
+                options, self.run_id,
+                lambda sinks: TransitionSchema.build(
+                    model.observation_space, model.action_space,
+                    metadata={**meta, "sinks": [type(s).__name__ for s in sinks]},
+                    data_type=self._data_type),
+                [])
+        table.attach(self.recorder)
+        self._table = table
+        self._mark_running()
+        self._resize_workers(params.router_scale)
+        if params.actor_count:
+            self.new_actors(params.actor_count)
+        self.follow_models()
+
+    def _resize_workers(self, n: int) -> None:
+        old, self._workers = self._workers, (
+            concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="relayrl-infer")
+            if n > 0 else None)
+        self._worker_count = n
+        if old is not None:
+            old.shutdown(wait=True)
+
+    @property
+    def router_scale(self) -> int:
+        """Inference worker threads (0: requests run on the caller's thread)."""
+        return self._worker_count
+
+    def scale_throughput(self, n: int) -> None:
+        """Sets how many inference threads serve actors with different models at once."""
+        self._check_running()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"`n` must be an int >= 0, got {n!r}")
+        with self._lock:  # between requests, never during one
+            self._resize_workers(n)
+
+    def _closing_steps(self, timeout: float) -> list[Any]:
+        return [lambda: self._resize_workers(0)] if self._workers is not None else []
 
     def _client(self) -> TrajectoryTable:
         self._check_running()
-        if self._table is None:
-            raise StateError("this agent belongs to a wrapped env, which steps its actors "
-                             "itself; request_action and friends need an agent from "
-                             "AgentBuilder().build() and agent.start(params)")
+        assert self._table is not None  # set by start
         return self._table
 
     def _slots(self, ids: Sequence[uuid.UUID] | uuid.UUID) -> _Resolved:
@@ -290,8 +365,6 @@ class ClientAPI:
     # -- models ------------------------------------------------------------------------------
     def _checked_model(self, model: Any, device: DeviceType = DeviceType.DEFAULT) -> Any:
         """``model`` loaded (if a path) and checked against the running one, if any."""
-        from relayrl_gym.policies.fitting import fitting_model
-
         default = self._default_model
         return fitting_model(
             model, None if default is None else default.observation_space,
@@ -305,9 +378,6 @@ class ClientAPI:
         version they now run. Each new model object gets a version above all earlier ones
         (its own ``version`` if higher); one used before keeps its version. A model whose
         spaces or outputs do not fit is refused and the old one keeps running."""
-        if self._table is None and self._on_update_model is not None:  # a wrapped env's policy
-            self._check_running()
-            return self._on_update_model(model, ids)
         self._client()
         module = self._checked_model(model)
         with self._lock:

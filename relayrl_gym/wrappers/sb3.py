@@ -33,7 +33,7 @@ except ImportError as err:  # SB3 itself, or torch under it
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from relayrl_gym.runtime.agent import RelayRLAgent
+    from relayrl_gym.runtime.env_agent import EnvAgent
     from relayrl_gym.wrappers.vector import RelayRLVectorEnv
 
 __all__ = ["RelayRLSB3VecEnv", "monitored"]
@@ -111,7 +111,7 @@ class RelayRLSB3VecEnv(VecEnv):
         return self._vector_env.run_path
 
     @property
-    def agent(self) -> RelayRLAgent:
+    def agent(self) -> EnvAgent:
         return self._vector_env.agent
 
     @property

@@ -26,7 +26,8 @@ from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.recording.recorder import Recorder
 from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.runtime.actor import Actor
-from relayrl_gym.runtime.agent import RelayRLAgent, new_run_id
+from relayrl_gym.runtime.agent import new_run_id
+from relayrl_gym.runtime.env_agent import EnvAgent
 from relayrl_gym.runtime.processes import ProcessRouter
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.schema.batches import copy_batch
@@ -231,9 +232,8 @@ class RelayRLVectorEnv(VectorEnv):
             self.closed = True  # nothing for __del__ to close: done here
             self._close_envs_quietly()
             raise
-        self.agent = RelayRLAgent(self._actors, self._router, recorder, writer,
-                                  on_shutdown=self._close_envs,
-                                  on_update_model=self._update_policy)
+        self.agent = EnvAgent(self._actors, self._router, recorder, writer,
+                              on_shutdown=self._close_envs, on_update_model=self._update_policy)
         if self._policy is not None:
             for actor in self._actors:
                 actor.model, actor.model_version = self._policy.model, self._policy.version
