@@ -13,6 +13,7 @@ from relayrl_gym.errors import ConfigError, add_note
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 from relayrl_gym.wrappers.detect import is_pettingzoo
 from relayrl_gym.wrappers.factory import FirstMade, env_factories
+from relayrl_gym.wrappers.pettingzoo.build import wrap_pettingzoo
 from relayrl_gym.wrappers.vector import RelayRLVectorEnv, parse_autoreset_mode
 
 if TYPE_CHECKING:
@@ -136,8 +137,6 @@ def wrap(
         if is_pettingzoo(made):
             first, make = made, env
     if first is not None:
-        from relayrl_gym.wrappers.pettingzoo.build import wrap_pettingzoo
-
         if policy is not None:
             raise ConfigError("`policy` is for Gymnasium envs; for a PettingZoo game pass "
                               "policies={agent: ModelModule, path or callable}")

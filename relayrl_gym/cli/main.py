@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 import gymnasium as gym
 
+from relayrl_gym.data.dataset import load
+from relayrl_gym.data.sql_reader import list_sql_runs
 from relayrl_gym.errors import RelayRLError
-from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
+from relayrl_gym.recording.spill_resend import resend_sink_spill
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, SQL_SCHEMES, url_scheme
+from relayrl_gym.transport.collector import Limits
+from relayrl_gym.transport.keys import generate_keys
+from relayrl_gym.transport.server import TrainingServer
+from relayrl_gym.transport.spill import SPILL_INDEX, resend
 
 __all__ = ["main"]
 
@@ -89,12 +99,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> None:
-    import signal
-    import threading
-
-    from relayrl_gym.transport.collector import Limits
-    from relayrl_gym.transport.server import TrainingServer
-
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -117,8 +121,6 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def _keygen(args: argparse.Namespace) -> None:
-    from relayrl_gym.transport.keys import generate_keys
-
     root = generate_keys(args.dir, args.client or ["actor"])
     print(f"server keys in {root} (serve --curve-keys {root}); client key folders:")
     for name in args.client or ["actor"]:
@@ -126,11 +128,6 @@ def _keygen(args: argparse.Namespace) -> None:
 
 
 def _resend(args: argparse.Namespace) -> None:
-    from pathlib import Path
-
-    from relayrl_gym.recording.spill_resend import resend_sink_spill
-    from relayrl_gym.transport.spill import SPILL_INDEX, resend
-
     if (Path(args.spill) / SPILL_INDEX).exists() or args.to is None:  # a ZMQ sink's own spill
         result: object = resend(args.spill, args.to, timeout=args.timeout,
                                 curve_keys=args.curve_keys, remove=not args.keep)
@@ -140,12 +137,7 @@ def _resend(args: argparse.Namespace) -> None:
 
 
 def _inspect(path: str) -> None:
-    from relayrl_gym.data.dataset import load
-    from relayrl_gym.sinks.base import SQL_SCHEMES, url_scheme
-
     if url_scheme(path) in SQL_SCHEMES and "run=" not in path:
-        from relayrl_gym.data.sql_reader import list_sql_runs
-
         runs = list_sql_runs(path)
         print(f"{len(runs)} runs in {path}")
         for run in runs:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from relayrl_gym.errors import DatasetError
+from relayrl_gym.schema.spaces import space_from_json
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.arrow import RUN_FILE, final_name, in_progress_name
 
@@ -88,7 +89,6 @@ def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
         schema = TransitionSchema.from_arrow(batches[0].schema)
         return pa.Table.from_batches(batches, schema=batches[0].schema), schema
     meta = json.loads(run_file.read_text())
-    from relayrl_gym.schema.spaces import space_from_json
 
     schema = TransitionSchema.build(space_from_json(meta["observation_space"]),
                                     space_from_json(meta["action_space"]), metadata=meta)

@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 
 from relayrl_gym.data.arrow_reader import read_run_dir
 from relayrl_gym.data.records import ActorSummary, Episode, Summary, Transitions
+from relayrl_gym.data.sql_reader import read_sql_run
 from relayrl_gym.errors import DatasetError, missing_extra
 from relayrl_gym.schema.batches import concat, map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
@@ -209,8 +210,6 @@ def load(path: str | os.PathLike[str]) -> Dataset:
     up to its last flushed batch.
     """
     if isinstance(path, str) and url_scheme(path) in SQL_SCHEMES:
-        from relayrl_gym.data.sql_reader import read_sql_run
-
         table, schema, _ = read_sql_run(path)
         return Dataset(table, schema, path)
     if isinstance(path, str) and path.startswith("arrow://"):

@@ -12,6 +12,7 @@ from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.codecs import numpy_to_arrow
 from relayrl_gym.schema.row_bytes import decode_rows, row_size
 from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
+from relayrl_gym.sinks.sql import engine_from_url, error_reason, split_run_query
 
 __all__ = ["list_sql_runs", "read_sql_run"]
 
@@ -23,7 +24,6 @@ def list_sql_runs(url: str) -> list[str]:
     from sqlalchemy import inspect, select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from relayrl_gym.sinks.sql import _reason, engine_from_url, split_run_query
     from relayrl_gym.sinks.sql_tables import runs
 
     engine = engine_from_url(split_run_query(url)[0])
@@ -34,7 +34,7 @@ def list_sql_runs(url: str) -> list[str]:
             found = conn.execute(select(runs.c.run_id).order_by(runs.c.created, runs.c.run_id))
             return [r[0] for r in found]
     except (SQLAlchemyError, ValueError) as err:
-        raise DatasetError(f"cannot list the runs in the database: {_reason(err)}") from err
+        raise DatasetError(f"cannot list the runs in the database: {error_reason(err)}") from err
     finally:
         engine.dispose()
 
@@ -48,7 +48,6 @@ def read_sql_run(url: str) -> tuple[pa.Table, TransitionSchema, str]:
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from relayrl_gym.sinks.sql import _reason, engine_from_url, split_run_query
     from relayrl_gym.sinks.sql_tables import runs, transitions
 
     db_url, run_id = split_run_query(url)
@@ -72,7 +71,7 @@ def read_sql_run(url: str) -> tuple[pa.Table, TransitionSchema, str]:
                                   .order_by(transitions.c.row_index))
             rows = result.fetchall()
     except SQLAlchemyError as err:
-        raise DatasetError(f"cannot read run {run_id!r}: {_reason(err)}") from err
+        raise DatasetError(f"cannot read run {run_id!r}: {error_reason(err)}") from err
     finally:
         engine.dispose()
     schema = TransitionSchema.from_arrow(arrow_schema)

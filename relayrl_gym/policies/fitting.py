@@ -15,6 +15,7 @@ from gymnasium import spaces
 
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.policies.device import DeviceType
+from relayrl_gym.policies.module import ModelModule
 
 __all__ = ["VersionCounter", "fitting_model", "model_data_type"]
 
@@ -48,8 +49,6 @@ def fitting_model(model: Any, observation_space: spaces.Space | None = None,
             ``replacing`` the message says the old model keeps running).
     """
     if isinstance(model, str | Path):
-        from relayrl_gym.policies import ModelModule
-
         model = ModelModule.load_from_path(model, device=device)
     if not hasattr(model, "step") or not hasattr(model, "version"):
         raise ConfigError(f"the {what} must be a ModelModule or a path to one, got {model!r}")

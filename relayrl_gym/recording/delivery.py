@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from relayrl_gym.errors import SinkError
+from relayrl_gym.sinks.arrow import ArrowSink
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from relayrl_gym.sinks.arrow import ArrowSink
     from relayrl_gym.sinks.base import Sink
 
 __all__ = ["DEFAULT_BACKLOG_BYTES", "SinkDelivery"]
@@ -260,8 +260,6 @@ class SinkDelivery:
 
     def _to_spill(self, batch: pa.RecordBatch) -> None:
         if self._spill is None:
-            from relayrl_gym.sinks.arrow import ArrowSink
-
             self._spill = ArrowSink(self.spill_dir, compression="lz4")
             try:
                 self._spill.start(self.run_id, batch.schema)

@@ -16,6 +16,7 @@ from relayrl_gym.errors import SinkError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.recording.delivery import DEFAULT_BACKLOG_BYTES, SinkDelivery
 from relayrl_gym.recording.pacing import WritePace
+from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 
 if TYPE_CHECKING:
@@ -355,8 +356,6 @@ class BackgroundWriter:
 
 
 def _default_spill_root(sinks: list[Sink]) -> Path:
-    from relayrl_gym.sinks.arrow import ArrowSink
-
     for sink in sinks:
         if isinstance(sink, ArrowSink):
             return sink.root.absolute() / "_spill"

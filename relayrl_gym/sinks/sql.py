@@ -18,11 +18,12 @@ from relayrl_gym.schema.codecs import arrow_to_numpy
 from relayrl_gym.schema.row_bytes import check_fixed_size, encode_rows
 from relayrl_gym.schema.transitions import METADATA_KEY, TransitionSchema
 from relayrl_gym.sinks.base import Sink, redact_url
+from relayrl_gym.sinks.pg_copy import CopyColumn, copy_payload
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["SQLSink", "engine_from_url", "split_run_query"]
+__all__ = ["SQLSink", "engine_from_url", "error_reason", "split_run_query"]
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ class SQLSink(Sink):
             raise SinkError(f"run {run_id!r} already exists in {self!r}; choose another "
                             "run_id") from err
         except SQLAlchemyError as err:
-            raise SinkError(f"cannot start run {run_id!r} in {self!r}: {_reason(err)}. Check "
+            raise SinkError(f"cannot start run {run_id!r} in {self!r}: {error_reason(err)}. Check "
                             "that the database is running and the URL is right") from err
 
     def write(self, batch: pa.RecordBatch) -> None:
@@ -197,7 +198,7 @@ class SQLSink(Sink):
             self._uncertain = True
             self.engine.dispose()  # drop pooled connections to a server that went away
             raise SinkError(f"writing {batch.num_rows} rows to {self!r} failed: "
-                            f"{_reason(err)}") from err
+                            f"{error_reason(err)}") from err
         self._uncertain = False
         self._rows += batch.num_rows
         self._seq += 1
@@ -221,7 +222,7 @@ class SQLSink(Sink):
                 conn.execute(runs.update().where(runs.c.run_id == self.run_id).values(
                     status="closed", closed=self._time(time.time_ns())))
         except SQLAlchemyError as err:
-            raise SinkError(f"closing run {self.run_id!r} in {self!r} failed: {_reason(err)} "
+            raise SinkError(f"closing run {self.run_id!r} in {self!r} failed: {error_reason(err)} "
                             "(its transitions are written; its unfinished episodes are not "
                             "listed in relayrl_episodes)") from err
         finally:
@@ -294,8 +295,6 @@ class SQLSink(Sink):
 
     def _copy_postgresql(self, batch: pa.RecordBatch, cols: dict[str, Any],
                          conn: Connection) -> None:
-        from relayrl_gym.sinks.pg_copy import CopyColumn, copy_payload
-
         n = batch.num_rows
         assert self.run_id is not None
         run = self.run_id.encode()
@@ -421,7 +420,6 @@ class SQLSink(Sink):
             ended=int(per_episode["ended"][j]))
 
     def _copy_episodes(self, conn: Connection, closed: dict[str, Any]) -> None:
-        from relayrl_gym.sinks.pg_copy import CopyColumn, copy_payload
         from relayrl_gym.sinks.sql_tables import episodes
 
         n = len(closed["episode_id"])
@@ -469,8 +467,6 @@ def _copy(conn: Connection, table: str, names: list[str], payload: bytes) -> Non
 
 
 def _constant_column(name: str, value: bytes, rows: int) -> Any:
-    from relayrl_gym.sinks.pg_copy import CopyColumn
-
     return CopyColumn(name, "bytes", np.broadcast_to(np.frombuffer(value, np.uint8),
                                                      (rows, len(value))))
 
@@ -478,8 +474,6 @@ def _constant_column(name: str, value: bytes, rows: int) -> Any:
 def _string_column(name: str, words: list[str], idx: np.ndarray) -> Any:
     """A dictionary-encoded string column as a COPY column: one numpy gather when every word
     has the same length (actor UUIDs, a single agent name), else per-row bytes."""
-    from relayrl_gym.sinks.pg_copy import CopyColumn
-
     encoded = [w.encode() for w in words]
     width = len(encoded[0]) if encoded else 0
     if all(len(w) == width for w in encoded):
@@ -494,7 +488,7 @@ def _nullable(column: pa.Array, convert: Any) -> list[Any]:
     return [None if v is None else convert(v) for v in column.to_pylist()]
 
 
-def _reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
     """The driver's message without the SQL statement and parameters SQLAlchemy appends."""
     orig = getattr(err, "orig", None)
     text = str(orig if orig is not None else err)

@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relayrl_gym.errors import ConfigError
+from relayrl_gym.policies.module import ModelModule
 from relayrl_gym.transport._zmq import require_zmq
 from relayrl_gym.transport.models import pack_model
 from relayrl_gym.transport.protocol import Kind, ProtocolViolation, decode_header
@@ -84,8 +85,6 @@ class ModelPublisher:
         """Makes ``module`` (a ModelModule or a path to one) the current model; returns its
         version. Actors swap to it between steps, typically within a second."""
         if not hasattr(module, "save"):
-            from relayrl_gym.policies.module import ModelModule
-
             if not isinstance(module, str | bytes) and not hasattr(module, "__fspath__"):
                 raise ConfigError(f"publish_model takes a ModelModule or a path to one, got "
                                   f"{module!r}")

@@ -23,8 +23,9 @@ from relayrl_gym.transport.collector import (
     Collector,
     Limits,
 )
+from relayrl_gym.transport.keys import server_keys
 from relayrl_gym.transport.protocol import MIN_MESSAGE_LIMIT
-from relayrl_gym.transport.publisher import DEFAULT_PEER_TIMEOUT
+from relayrl_gym.transport.publisher import DEFAULT_PEER_TIMEOUT, ModelPublisher
 from relayrl_gym.transport.run_store import ArrowRunStore, SinkRunStore
 
 __all__ = ["TrainingServer"]
@@ -117,15 +118,12 @@ class TrainingServer:
             if curve_keys is not None:
                 from zmq.auth.thread import ThreadAuthenticator
 
-                from relayrl_gym.transport.keys import server_keys
 
                 keys = server_keys(curve_keys)
                 self._auth = ThreadAuthenticator(self._ctx)
                 self._auth.start()
                 self._auth.configure_curve(domain="*", location=str(keys.authorized))
             if models is not None:
-                from relayrl_gym.transport.publisher import ModelPublisher
-
                 self.publisher = ModelPublisher(self._ctx, models, keys=keys,
                                                 peer_timeout=peer_timeout)
             self.collector = Collector(

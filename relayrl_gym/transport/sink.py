@@ -20,6 +20,7 @@ import pyarrow as pa
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
+from relayrl_gym.transport.keys import client_keys
 from relayrl_gym.transport.outbox import Outbox
 from relayrl_gym.transport.payloads import payload_crc
 from relayrl_gym.transport.protocol import (
@@ -107,8 +108,6 @@ class ZMQSink(Sink):
             close_timeout: seconds ``close`` waits for acknowledgements.
             resend_after: seconds before an unacknowledged batch is sent again (doubling).
         """
-        from relayrl_gym.transport.keys import client_keys
-
         self.endpoint = tcp_endpoint(address)
         #: ``models=off``: no model source follows this sink's collector.
         self.models_off = models == "off"

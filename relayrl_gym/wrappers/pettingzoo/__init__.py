@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from relayrl_gym.wrappers.detect import require_pettingzoo
+
 __all__ = ["PettingZooAgentEnv", "PettingZooVectorEnv", "RecordedAECEnv",
            "RecordedParallelEnv"]
 
@@ -21,7 +23,5 @@ def __getattr__(name: str) -> Any:
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from relayrl_gym.wrappers.detect import require_pettingzoo
-
     require_pettingzoo()
     return getattr(importlib.import_module(f"{__name__}.{home}"), name)

@@ -17,6 +17,7 @@ from relayrl_gym.wrappers.detect import is_aec, is_parallel, require_pettingzoo
 from relayrl_gym.wrappers.pettingzoo.observations import policy_space
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
+from relayrl_gym.wrappers.pettingzoo.single import PettingZooAgentEnv
 
 __all__ = ["PZ_APIS", "wrap_pettingzoo"]
 
@@ -196,7 +197,6 @@ def _build(envs: list[Any], parallel: bool, own_api: bool, vector: bool, left: l
            players: AgentPolicies, recording: GameRecording | None, mode: AutoresetMode | None,
            api: str | None) -> Any:
     from relayrl_gym.wrappers.pettingzoo.simultaneous import SimultaneousGames
-    from relayrl_gym.wrappers.pettingzoo.single import PettingZooAgentEnv
     from relayrl_gym.wrappers.pettingzoo.turns import TurnGames
     from relayrl_gym.wrappers.pettingzoo.vector import PettingZooVectorEnv
 
