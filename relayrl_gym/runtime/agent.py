@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from relayrl_gym.errors import ConfigError, RelayRLError, StateError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
-from relayrl_gym.transport.model_source import ZMQModelSource
+from relayrl_gym.models.zmq_source import ZMQModelSource
 from relayrl_gym.transport.sink import ZMQSink
 
 if TYPE_CHECKING:

@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import pyarrow as pa
 
 from relayrl_gym._version import __version__
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.models.runner import PolicyRunner
 from relayrl_gym.policies.device import DeviceType
-from relayrl_gym.policies.fitting import VersionCounter, fitting_model, model_data_type
 from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import AgentCore, new_run_id
@@ -98,16 +97,13 @@ class RelayRLAgent(AgentCore):
         super().__init__(running=False)
         self._by_id: dict[uuid.UUID, Actor] = {}
         self._table: TrajectoryTable | None = None
-        self._default_model: Any = None
-        self._default_version = -1
-        self._default_device = DeviceType.DEFAULT
-        self._data_type: pa.DataType = pa.null()
+        #: The agent's model (what new actors and ``update_model`` without ids use).
+        self._policy: PolicyRunner | None = None
         self._workers: concurrent.futures.ThreadPoolExecutor | None = None
         self._worker_count = 0
         self._next_slot = 0
         self._generation = 0
         self._resolved: _Resolved | None = None
-        self._versions = VersionCounter()
 
     def start(self, params: AgentParams) -> None:
         """Starts a built agent: loads its model, opens its sinks, creates its actors."""
@@ -116,23 +112,20 @@ class RelayRLAgent(AgentCore):
         if params.default_model is None:
             raise ConfigError("the agent needs a model: AgentBuilder().default_model(module or "
                               "path)")
-        self._default_device = params.default_device
-        self._default_model = self._checked_model(params.default_model, params.default_device)
-        self._default_version = self._versions.version_of(self._default_model)
-        self._data_type = model_data_type(self._default_model)
+        policy = PolicyRunner(params.default_model, device=params.default_device)
+        self._policy = policy
         config = params.config
         # Checks the spaces before anything is opened (a failed start leaves nothing behind).
-        table = TrajectoryTable(self._default_model.observation_space,
-                                self._default_model.action_space, None,
+        table = TrajectoryTable(policy.observation_space, policy.action_space, None,
                                 config.trajectory.max_length)
         self.run_id = params.run_id or new_run_id("agent")
-        model = self._default_model
+        model = policy.model
         sink = params.sink if params.sink is not UNSET else [
             *config.sink.targets, *config.transport.sink_urls()]
         if sink is not None:
             meta = {"run_id": self.run_id, "source": "agent", "relayrl_gym_version": __version__,
                     "created": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                    "env_id": None, "model_version": self._default_version,
+                    "env_id": None, "model_version": policy.version,
                     "router_scale": params.router_scale, "config": config.to_dict()}
             options = RecordingOptions(sink=sink, run_id=self.run_id,
                                        flush_interval=config.sink.flush_interval,
@@ -142,7 +135,7 @@ class RelayRLAgent(AgentCore):
                 lambda sinks: TransitionSchema.build(
                     model.observation_space, model.action_space,
                     metadata={**meta, "sinks": [type(s).__name__ for s in sinks]},
-                    data_type=self._data_type),
+                    data_type=policy.data_type),
                 [])
         table.attach(self.recorder)
         self._table = table
@@ -311,14 +304,19 @@ class RelayRLAgent(AgentCore):
         table = self._client()
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(f"`count` must be an int >= 1, got {count!r}")
-        module = self._default_model if model is None else self._checked_model(model, device)
-        version = self._default_version if model is None else self._versions.version_of(module)
+        policy = self._policy
+        assert policy is not None  # set by start
+        if model is None:
+            module, version = policy.current()
+        else:
+            module = policy.checked(model, device)
+            version = policy.version_of(module)
         with self._lock:
             added = []
             for _ in range(count):
                 actor = Actor(self._next_slot, model=module, model_version=version,
                               device=device if device is not DeviceType.DEFAULT
-                              else self._default_device)
+                              else policy.device)
                 self._add_slot(actor)
                 added.append(actor.id)
             table.grow(self._next_slot)
@@ -363,15 +361,6 @@ class RelayRLAgent(AgentCore):
             self._changed()
 
     # -- models ------------------------------------------------------------------------------
-    def _checked_model(self, model: Any, device: DeviceType = DeviceType.DEFAULT) -> Any:
-        """``model`` loaded (if a path) and checked against the running one, if any."""
-        default = self._default_model
-        return fitting_model(
-            model, None if default is None else default.observation_space,
-            None if default is None else default.action_space,
-            None if default is None else self._data_type, replacing=True,
-            device=device if device is not DeviceType.DEFAULT else self._default_device)
-
     def update_model(self, model: Any, ids: Sequence[uuid.UUID] | uuid.UUID | None = None
                      ) -> int:
         """Hot-swaps the model of every actor (or of ``ids``) between requests; returns the
@@ -379,14 +368,14 @@ class RelayRLAgent(AgentCore):
         (its own ``version`` if higher); one used before keeps its version. A model whose
         spaces or outputs do not fit is refused and the old one keeps running."""
         self._client()
-        module = self._checked_model(model)
+        policy = self._policy
+        assert policy is not None  # set by start
+        module = policy.checked(model)
         with self._lock:
             targets = self.actors if ids is None else self._slots(ids).actors
-            version = self._versions.version_of(module)
+            version = policy.swap(module) if ids is None else policy.version_of(module)
             for actor in targets:
                 actor.model = module
                 actor.model_version = version
-            if ids is None:
-                self._default_model, self._default_version = module, version
             self._changed()
         return version

@@ -1,5 +1,5 @@
 """The ZMQ sink: streams a run's Arrow batches to a collector, at least once (models come back on
-a path of their own: `relayrl_gym.transport.model_source`)."""
+a path of their own: `relayrl_gym.models.zmq_source`)."""
 
 from __future__ import annotations
 

@@ -3,14 +3,13 @@ version and outputs when those actions are stepped."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from gymnasium import spaces
 
-from relayrl_gym.policies.fitting import VersionCounter, fitting_model, model_data_type
+from relayrl_gym.models.runner import PolicyRunner
 
 __all__ = ["PolicyDriver"]
 
@@ -23,19 +22,25 @@ class PolicyDriver:
     def __init__(self, model: Any, observation_space: spaces.Space,
                  action_space: spaces.Space) -> None:
         """Loads ``model`` (a ModelModule or a path to one) and checks it fits the env."""
-        self.observation_space, self.action_space = observation_space, action_space
-        self.model = fitting_model(model, observation_space, action_space, what="policy",
+        self.runner = PolicyRunner(model, observation_space, action_space, what="policy",
                                    owner="env")
-        self.data_type: pa.DataType = model_data_type(self.model)
-        self._versions = VersionCounter()
-        self.version = self._versions.version_of(self.model)
-        self._lock = threading.Lock()
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
+
+    @property
+    def model(self) -> Any:
+        return self.runner.model
+
+    @property
+    def version(self) -> int:
+        return self.runner.version
+
+    @property
+    def data_type(self) -> pa.DataType:
+        return self.runner.data_type
 
     def act(self, obs: Any, mask: Any = None) -> np.ndarray:
         """One batched model call for every env copy; remembers the answer for `take`."""
-        with self._lock:
-            model, version = self.model, self.version
+        model, version = self.runner.current()
         actions, data = model.step(obs, mask)
         versions = np.full(len(actions), version, np.int64)
         # Our own copy: the caller may change the array it gets before stepping it.
@@ -55,11 +60,5 @@ class PolicyDriver:
         self._last = None
 
     def update(self, model: Any) -> int:
-        """Swaps the model between steps; returns the version it runs as (see
-        `VersionCounter`)."""
-        module = fitting_model(model, self.observation_space, self.action_space, self.data_type,
-                               what="policy", owner="env", replacing=True)
-        with self._lock:
-            self.version = self._versions.version_of(module)
-            self.model = module
-            return self.version
+        """Swaps the model between steps; returns the version it runs as."""
+        return self.runner.update(model)

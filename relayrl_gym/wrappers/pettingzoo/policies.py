@@ -12,7 +12,8 @@ import pyarrow as pa
 from gymnasium import spaces
 
 from relayrl_gym.errors import ConfigError
-from relayrl_gym.policies.fitting import VersionCounter, fitting_model, model_data_type
+from relayrl_gym.models.runner import PolicyRunner
+from relayrl_gym.policies.fitting import VersionCounter
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask, policy_input, policy_space
 
 __all__ = ["AgentPolicies", "Move"]
@@ -69,61 +70,54 @@ class AgentPolicies:
                               f"its agents are {agents}. Use names from env.possible_agents")
         self._env = env
         self._lock = threading.Lock()
-        self._versions = VersionCounter()
-        self._policies: dict[Any, Any] = {}
-        self._agent_versions: dict[Any, int] = {}
+        self._versions = VersionCounter()  # shared: the game's versions only move forward
+        #: The agents ModelModules play, each model and its version held by its runner.
+        self._runners: dict[Any, PolicyRunner] = {}
+        #: The agents callables play: (callable, version it is recorded with).
+        self._callables: dict[Any, tuple[Callable[[Any], Any], int]] = {}
+        self._agents = list(policies)
         self.data_type: pa.DataType = pa.null()
-        data_known = False
         for agent, policy in policies.items():
             if _is_model(policy):
-                model = self._fitting(agent, policy, self.data_type if data_known else None)
-                if not data_known:
-                    self.data_type, data_known = model_data_type(model), True
-                self._set(agent, model)
+                # The spaces are checked by wrap, with a message about the agent (build.py);
+                # the first model's outputs type the run's `data` column.
+                runner = self._runner(agent, policy, None, None,
+                                      self.data_type if self._runners else None)
+                if not self._runners:
+                    self.data_type = runner.data_type
+                self._runners[agent] = runner
             elif callable(policy):
-                self._set(agent, policy)
+                self._callables[agent] = (policy, int(getattr(policy, "version", -1)))
             else:
                 raise ConfigError(f"the policy of agent {agent!r} must be a ModelModule, a path "
                                   f"to one, or a callable obs -> action; got "
                                   f"{type(policy).__name__}")
 
-    def _fitting(self, agent: Any, model: Any, data_type: pa.DataType | None,
-                 replacing: bool = False) -> Any:
-        if replacing:
-            obs_space, act_space = (policy_space(self._env.observation_space(agent)),
-                                    self._env.action_space(agent))
-        else:  # the first check is wrap's, with a message about the agent (build.py)
-            obs_space, act_space = None, None
-        return fitting_model(model, obs_space, act_space, data_type,
-                             what=f"policy of agent {agent!r}", owner=f"agent {agent!r}",
-                             replacing=replacing)
-
-    def _set(self, agent: Any, policy: Any) -> int:
-        if _is_model(policy):
-            version = self._versions.version_of(policy)
-        else:
-            version = int(getattr(policy, "version", -1))
-        with self._lock:
-            self._policies[agent] = policy
-            self._agent_versions[agent] = version
-        return version
+    def _runner(self, agent: Any, model: Any, obs_space: spaces.Space | None,
+                act_space: spaces.Space | None, data_type: pa.DataType | None,
+                replacing: bool = False) -> PolicyRunner:
+        return PolicyRunner(model, obs_space, act_space, what=f"policy of agent {agent!r}",
+                            owner=f"agent {agent!r}", data_type=data_type,
+                            versions=self._versions, replacing=replacing)
 
     @property
     def agents(self) -> list[Any]:
         """The agents played by a policy."""
-        return list(self._policies)
+        return list(self._agents)
 
     def __contains__(self, agent: Any) -> bool:
-        return agent in self._policies
+        return agent in self._runners or agent in self._callables
 
     def model_of(self, agent: Any) -> Any:
         """``agent``'s ModelModule, or None when a callable plays it."""
-        policy = self._policies[agent]
-        return policy if _is_model(policy) else None
+        runner = self._runners.get(agent)
+        return runner.model if runner is not None else None
 
     def version(self, agent: Any) -> int:
         """The version ``agent``'s policy runs as (-1 for a callable without ``version``)."""
-        return self._agent_versions[agent]
+        with self._lock:
+            runner = self._runners.get(agent)
+            return runner.version if runner is not None else self._callables[agent][1]
 
     def update(self, agent: Any, policy: Any) -> int:
         """Swaps ``agent``'s policy (between steps); returns the version it runs as.
@@ -132,38 +126,53 @@ class AgentPolicies:
             ConfigError: ``agent`` has no policy, or the new one does not fit: other spaces,
                 or other extra outputs than the run records (the old one keeps running).
         """
-        if agent not in self._policies:
+        if agent not in self:
             raise ConfigError(f"agent {agent!r} is not played by a policy; the policy-played "
                               f"agents are {self.agents}")
         if _is_model(policy):
             # Null included: the run's `data` column was typed at wrap time, and rows with
             # outputs it cannot hold would fail in the writer, taking their batch with them.
-            policy = self._fitting(agent, policy, self.data_type, replacing=True)
-        elif not callable(policy):
+            runner = self._runners.get(agent)
+            if runner is not None:
+                module = runner.checked(policy)
+                with self._lock:
+                    return runner.swap(module)
+            runner = self._runner(agent, policy, policy_space(self._env.observation_space(agent)),
+                                  self._env.action_space(agent), self.data_type, replacing=True)
+            with self._lock:
+                self._runners[agent] = runner
+                del self._callables[agent]
+                return runner.version
+        if not callable(policy):
             raise ConfigError(f"the policy of agent {agent!r} must be a ModelModule, a path to "
                               f"one, or a callable obs -> action; got {type(policy).__name__}")
-        return self._set(agent, policy)
+        version = int(getattr(policy, "version", -1))
+        with self._lock:
+            self._runners.pop(agent, None)
+            self._callables[agent] = (policy, version)
+        return version
 
     def seed(self, seed: int | None) -> None:
         """Seeds the sampling of every ModelModule policy (a reset with a seed replays)."""
-        for policy in {id(p): p for p in self._policies.values()}.values():
-            if hasattr(policy, "seed") and _is_model(policy):
-                policy.seed(seed)
+        for model in {id(r.model): r.model for r in self._runners.values()}.values():
+            if hasattr(model, "seed"):
+                model.seed(seed)
 
     def act(self, requests: Sequence[tuple[Any, Any, dict[str, Any] | None]]) -> list[Move]:
         """Moves for ``(agent, obs, info)`` requests: one batched call per model."""
         with self._lock:
-            chosen = [(self._policies[agent], self._agent_versions[agent])
-                      for agent, _, _ in requests]
+            chosen: list[tuple[tuple[Any, int], bool]] = [
+                (self._runners[agent].current(), True) if agent in self._runners
+                else (self._callables[agent], False) for agent, _, _ in requests]
         moves: list[Move | None] = [None] * len(requests)
         groups: dict[int, list[int]] = {}
-        for i, (policy, version) in enumerate(chosen):
-            if _is_model(policy):
+        for i, ((policy, version), is_model) in enumerate(chosen):
+            if is_model:
                 groups.setdefault(id(policy), []).append(i)
             else:
                 moves[i] = Move(_as_action(policy, requests[i][1]), version, None)
         for rows in groups.values():
-            model, version = chosen[rows[0]]
+            model, version = chosen[rows[0]][0]
             obs = np.stack([np.asarray(policy_input(requests[i][1])) for i in rows])
             masks = [action_mask(requests[i][1], requests[i][2]) for i in rows]
             known = [m for m in masks if m is not None]
