@@ -12,9 +12,29 @@ from relayrl_gym.recording.writer import BackgroundWriter
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import Sink, open_sink
 
-__all__ = ["open_recording"]
+__all__ = ["RunRecording", "open_recording"]
 
 log = logging.getLogger(__name__)
+
+
+class RunRecording:
+    """One run's recording pipeline: its started sinks behind a background writer, and the
+    recorder that feeds the writer."""
+
+    def __init__(self, run_id: str, recorder: Recorder, writer: BackgroundWriter,
+                 run_path: Path | None) -> None:
+        self.run_id, self.recorder, self.writer, self.run_path = run_id, recorder, writer, run_path
+
+    def flush(self) -> None:
+        """Hands every recorded row to the writer and waits until the sinks have it."""
+        self.recorder.flush()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Flushes the recorder, then stops the writer (even when the flush failed)."""
+        try:
+            self.recorder.close()
+        finally:
+            self.writer.close(timeout)
 
 
 def open_recording(
@@ -22,10 +42,9 @@ def open_recording(
     run_id: str,
     build_schema: Callable[[list[Sink]], TransitionSchema],
     actor_ids: list[str],
-) -> tuple[Recorder, BackgroundWriter, Path | None]:
+) -> RunRecording:
     """Opens and starts every sink of ``options.sink`` (one spec or a list), then the writer
-    and the recorder of the run ``run_id``; returns them with the run's local Arrow directory
-    (if any).
+    and the recorder of the run ``run_id``.
 
     ``build_schema`` gets the opened sinks (their kinds go into the run description). If a
     sink fails to start, every sink is closed again and the error raised.
@@ -49,4 +68,4 @@ def open_recording(
                               name=f"relayrl-writer-{run_id}", run_id=run_id,
                               spill_dir=options.spill_dir)
     recorder = Recorder(schema, run_id, actor_ids, writer=writer, batch_rows=options.batch_rows)
-    return recorder, writer, run_path
+    return RunRecording(run_id, recorder, writer, run_path)

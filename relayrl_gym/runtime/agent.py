@@ -5,6 +5,7 @@ its actors) and `RelayRLAgent` (the RelayRL client, asked for actions by the cal
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import logging
 import threading
 import uuid
@@ -18,6 +19,7 @@ from relayrl_gym.models.zmq_source import ZMQModelSource
 from relayrl_gym.transport.sink import ZMQSink
 
 if TYPE_CHECKING:
+    from relayrl_gym.recording.pipeline import RunRecording
     from relayrl_gym.recording.recorder import Recorder
     from relayrl_gym.recording.writer import BackgroundWriter
     from relayrl_gym.runtime.actor import Actor
@@ -35,24 +37,23 @@ def new_run_id(env_id: str | None) -> str:
 
 
 class AgentCore:
-    """Actors, the recorder and writer of their transitions, the model sources that feed them,
-    and one shutdown that closes it all (registered with the exit hook while running).
+    """Actors, the recorded runs of their transitions, the model sources that feed them, and
+    one shutdown that closes it all (registered with the exit hook while running).
 
     Subclasses say what else shutdown closes (`_closing_steps`) and how a new model is taken
     (`update_model`).
     """
 
-    def __init__(self, actors: Sequence[Actor] = (), recorder: Recorder | None = None,
-                 writer: BackgroundWriter | None = None, *, running: bool) -> None:
+    def __init__(self, actors: Sequence[Actor] = (), runs: Sequence[RunRecording] = (), *,
+                 running: bool) -> None:
         """Args:
         actors: the actors, in slot order.
-        recorder: the recorder of their transitions (None: nothing recorded).
-        writer: the background writer behind ``recorder``.
+        runs: the runs their transitions are recorded to (none: nothing recorded; a game
+            whose agents have different spaces records several).
         running: True: running now (registered with the exit hook); False: started later.
         """
         self.actors = list(actors)
-        self.recorder = recorder
-        self.writer = writer
+        self.runs = list(runs)
         self.run_id: str | None = None
         self.run_path: Path | None = None
         #: Where new models come from (`follow_models`); closed first by `shutdown`.
@@ -72,6 +73,16 @@ class AgentCore:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def recorder(self) -> Recorder | None:
+        """The recorder of the run (None: nothing recorded, or several runs: see `runs`)."""
+        return self.runs[0].recorder if len(self.runs) == 1 else None
+
+    @property
+    def writer(self) -> BackgroundWriter | None:
+        """The background writer of the run (None: nothing recorded, or several runs)."""
+        return self.runs[0].writer if len(self.runs) == 1 else None
+
     def update_model(self, model: Any, ids: Any = None) -> int:
         """Hot-swaps the model; returns the version it runs as."""
         raise NotImplementedError
@@ -80,7 +91,7 @@ class AgentCore:
         """Follows the model publisher of each ZMQ sink's collector (unless ``models=off``):
         each newer model published there is swapped in through `update_model`. Models travel
         on their own path (`ZMQModelSource`), not through the sinks."""
-        for sink in self.writer.sinks if self.writer is not None else []:
+        for sink in [sink for run in self.runs for sink in run.writer.sinks]:
             if isinstance(sink, ZMQSink):
                 source = ZMQModelSource.following(sink, self.update_model)
                 if source is not None:
@@ -103,8 +114,8 @@ class AgentCore:
 
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks."""
-        if self.recorder is not None:
-            self.recorder.flush()
+        for run in self.runs:
+            run.flush()
 
     def _closing_steps(self, timeout: float) -> list[Callable[[], Any]]:
         """What shutdown closes between the model sources and the recording (in order)."""
@@ -123,10 +134,7 @@ class AgentCore:
         errors: list[BaseException] = []
         steps: list[Callable[[], Any]] = [source.close for source in self.model_sources]
         steps += self._closing_steps(timeout)
-        if self.recorder is not None:
-            steps.append(self.recorder.close)
-        if self.writer is not None:
-            steps.append(lambda: self.writer.close(timeout))  # type: ignore[union-attr]
+        steps += [functools.partial(run.close, timeout) for run in self.runs]
         for step in steps:  # every part gets closed even if an earlier one fails
             try:
                 step()

@@ -130,13 +130,14 @@ class RelayRLAgent(AgentCore):
             options = RecordingOptions(sink=sink, run_id=self.run_id,
                                        flush_interval=config.sink.flush_interval,
                                        spill_dir=config.sink.spill_dir or None)
-            self.recorder, self.writer, self.run_path = open_recording(
+            recording = open_recording(
                 options, self.run_id,
                 lambda sinks: TransitionSchema.build(
                     model.observation_space, model.action_space,
                     metadata={**meta, "sinks": [type(s).__name__ for s in sinks]},
                     data_type=policy.data_type),
                 [])
+            self.runs, self.run_path = [recording], recording.run_path
         table.attach(self.recorder)
         self._table = table
         self._mark_running()

@@ -9,8 +9,7 @@ from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.runtime.agent import AgentCore
 
 if TYPE_CHECKING:
-    from relayrl_gym.recording.recorder import Recorder
-    from relayrl_gym.recording.writer import BackgroundWriter
+    from relayrl_gym.recording.pipeline import RunRecording
     from relayrl_gym.runtime.actor import Actor
     from relayrl_gym.runtime.processes import ProcessRouter
     from relayrl_gym.runtime.router import Router
@@ -38,17 +37,16 @@ class EnvAgent(AgentCore):
     """
 
     def __init__(self, actors: Sequence[Actor], router: Router | ProcessRouter,
-                 recorder: Recorder | None, writer: BackgroundWriter | None, *,
-                 on_shutdown: Callable[[], None], on_update_model: Callable[..., int]) -> None:
+                 runs: Sequence[RunRecording], *, on_shutdown: Callable[[], None],
+                 on_update_model: Callable[..., int]) -> None:
         """Args:
         actors: the actors, in slot order.
         router: the router serving them.
-        recorder: the recorder of their transitions, if recording.
-        writer: the background writer behind ``recorder``.
+        runs: the runs their transitions are recorded to (none: nothing recorded).
         on_shutdown: called first by `shutdown` (closes the environments on their threads).
         on_update_model: what `update_model` does (swaps the env's policy).
         """
-        super().__init__(actors, recorder, writer, running=True)
+        super().__init__(actors, runs, running=True)
         self.router = router
         self._on_shutdown = on_shutdown
         self._on_update_model = on_update_model

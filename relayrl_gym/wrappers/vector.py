@@ -22,9 +22,7 @@ from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.lifecycle import CallGate, finalizing
-from relayrl_gym.recording.pipeline import open_recording
-from relayrl_gym.recording.recorder import Recorder
-from relayrl_gym.recording.writer import BackgroundWriter
+from relayrl_gym.recording.pipeline import RunRecording, open_recording
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import new_run_id
 from relayrl_gym.runtime.env_agent import EnvAgent
@@ -227,19 +225,20 @@ class RelayRLVectorEnv(VectorEnv):
             self._policy = (PolicyDriver(policy, self.single_observation_space,
                                          self.single_action_space)
                             if policy is not None else None)
-            recorder, writer = self._open_recording(options, router_scale, first)
+            recording = self._open_recording(options, router_scale, first)
         except BaseException:
             self.closed = True  # nothing for __del__ to close: done here
             self._close_envs_quietly()
             raise
-        self.agent = EnvAgent(self._actors, self._router, recorder, writer,
+        runs = [recording] if recording is not None else []
+        self.agent = EnvAgent(self._actors, self._router, runs,
                               on_shutdown=self._close_envs, on_update_model=self._update_policy)
         if self._policy is not None:
             for actor in self._actors:
                 actor.model, actor.model_version = self._policy.model, self._policy.version
             self.agent.follow_models()
-        self._recorder = recorder
-        self._writer = writer
+        self._recorder = recording.recorder if recording is not None else None
+        self._writer = recording.writer if recording is not None else None
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
         self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
@@ -251,7 +250,7 @@ class RelayRLVectorEnv(VectorEnv):
         self._autoreset = np.zeros(self.num_envs, dtype=np.bool_)
         self._any_done = False
         self._episodes = EpisodeTracker(
-            self.num_envs, recorder.new_episode_id if recorder is not None else None)
+            self.num_envs, self._recorder.new_episode_id if self._recorder is not None else None)
 
     # -- construction helpers ------------------------------------------------------------------
     def _close_envs(self) -> None:
@@ -266,18 +265,19 @@ class RelayRLVectorEnv(VectorEnv):
         self._router.close()
 
     def _open_recording(self, options: RecordingOptions, router_scale: int | str, first: gym.Env
-                        ) -> tuple[Recorder | None, BackgroundWriter | None]:
+                        ) -> RunRecording | None:
         self.run_path: Path | None = None
         if not options.recording:
-            return None, None
-        recorder, writer, self.run_path = open_recording(
+            return None
+        recording = open_recording(
             options, self.run_id,
             lambda sinks: TransitionSchema.build(
                 self.single_observation_space, self.single_action_space,
                 metadata=self._run_metadata(first, router_scale, sinks),
                 data_type=self._policy.data_type if self._policy is not None else None),
             [str(a.id) for a in self._actors])
-        return recorder, writer
+        self.run_path = recording.run_path
+        return recording
 
     def _run_metadata(self, first: gym.Env, router_scale: int | str, sinks: list[Sink]
                       ) -> dict[str, Any]:

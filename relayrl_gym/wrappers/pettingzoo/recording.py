@@ -19,9 +19,7 @@ from relayrl_gym.core.episodes import EpisodeTracker
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.errors import ConfigError
-from relayrl_gym.recording.pipeline import open_recording
-from relayrl_gym.recording.recorder import Recorder
-from relayrl_gym.recording.writer import BackgroundWriter
+from relayrl_gym.recording.pipeline import RunRecording, open_recording
 from relayrl_gym.runtime.agent import new_run_id
 from relayrl_gym.schema.batches import map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
@@ -89,16 +87,17 @@ def _check_sinks_for(sink: Any, groups: list[SpaceGroup]) -> None:
             "sink='relayrl_runs' or sink='sqlite:///runs.db'), which opens one sink per run")
 
 
-class _Run:
+class _Run(RunRecording):
     """One run of a recorded game: the agents of one `SpaceGroup`, slot ``copy * K + k`` for
     agent ``k`` of the group in game copy ``copy``, its recorder and background writer."""
 
-    def __init__(self, run_id: str, agents: list[Any], recorder: Recorder,
-                 writer: BackgroundWriter, run_path: Path | None) -> None:
-        self.run_id, self.agents, self.run_path = run_id, agents, run_path
-        self.recorder, self.writer = recorder, writer
+    def __init__(self, recording: RunRecording, agents: list[Any]) -> None:
+        super().__init__(recording.run_id, recording.recorder, recording.writer,
+                         recording.run_path)
+        self.agents = agents
         #: Each slot's episode (the slots of every game copy).
-        self.episodes = EpisodeTracker(len(recorder.actor_ids), recorder.new_episode_id)
+        self.episodes = EpisodeTracker(len(self.recorder.actor_ids),
+                                       self.recorder.new_episode_id)
 
     def record(self, rows: list[AgentTransition]) -> None:
         """Hands ``rows`` (all of this run) to the recorder as one batch."""
@@ -115,13 +114,6 @@ class _Run:
             model_version=(rows[0].version if len(rows) == 1 else
                            np.array([r.version for r in rows], np.int64)),
             infos=infos or None, masks=masks or None, outputs=outputs or None))
-
-    def close(self, timeout: float) -> None:
-        """Flushes the recorder, then stops the writer (even when the flush failed)."""
-        try:
-            self.recorder.close()
-        finally:
-            self.writer.close(timeout)
 
 
 def _each(runs: list[_Run], action: Callable[[_Run], object]) -> None:
@@ -257,15 +249,15 @@ def _open_run(options: RecordingOptions, run_id: str, group: SpaceGroup, copies:
     k = len(agents)
     actor_ids = [str(uuid.uuid4()) for _ in range(copies * k)]
     description = {**meta, "run_id": run_id, "agents": agents, "actor_ids": actor_ids}
-    recorder, writer, run_path = open_recording(
+    recording = open_recording(
         options, run_id,
         lambda sinks: TransitionSchema.build(
             group.observation_space, group.action_space,
             metadata={**description, "sinks": [type(s).__name__ for s in sinks]},
             data_type=data_type),
         actor_ids)
-    recorder.agent_ids = [agents[i % k] for i in range(copies * k)]
-    return _Run(run_id, agents, recorder, writer, run_path)
+    recording.recorder.agent_ids = [agents[i % k] for i in range(copies * k)]
+    return _Run(recording, agents)
 
 
 def _stack(*leaves: Any) -> np.ndarray:
