@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import logging
 import os
 import warnings
 from pathlib import Path
@@ -14,37 +13,20 @@ import pyarrow as pa
 from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.spaces import space_from_json
 from relayrl_gym.schema.transitions import TransitionSchema
-from relayrl_gym.sinks.arrow import RUN_FILE, final_name, in_progress_name
+from relayrl_gym.storage.run_dir import (
+    PART_GLOB,
+    RUN_FILE,
+    final_name,
+    in_progress_name,
+    read_in_progress,
+)
 
-__all__ = ["read_in_progress", "read_run_dir"]
-
-log = logging.getLogger(__name__)
-
-_FILE_MAGIC = b"ARROW1\x00\x00"
+__all__ = ["read_run_dir"]
 
 
 def _read_complete(path: Path) -> list[pa.RecordBatch]:
     with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
         return [reader.get_batch(i) for i in range(reader.num_record_batches)]
-
-
-def read_in_progress(path: Path) -> list[pa.RecordBatch]:
-    """An unfinished IPC file is the stream format after an 8-byte magic: read whole batches
-    until the data ends (a batch cut off by a crash is dropped)."""
-    data = pa.memory_map(str(path)).read_buffer()
-    if data.size < len(_FILE_MAGIC) or data[: len(_FILE_MAGIC)].to_pybytes() != _FILE_MAGIC:
-        return []
-    batches: list[pa.RecordBatch] = []
-    try:
-        reader = pa.ipc.open_stream(data.slice(len(_FILE_MAGIC)))
-        while True:
-            batches.append(reader.read_next_batch())
-    except StopIteration:
-        pass
-    except (pa.ArrowInvalid, OSError, EOFError) as err:
-        log.info("stopped reading %s at a cut-off batch (%s); %d whole batches recovered", path,
-                 err, len(batches))
-    return batches
 
 
 def _read_part(file: Path, final: Path) -> list[pa.RecordBatch]:
@@ -78,9 +60,9 @@ def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
     # One listing: a file renamed from in-progress to final while we read is still found.
     files: list[tuple[str, Path]] = []
     for entry in os.scandir(path):
-        if fnmatch.fnmatchcase(entry.name, "part-*.arrow"):
+        if fnmatch.fnmatchcase(entry.name, PART_GLOB):
             files.append((entry.name, Path(entry.path)))
-        elif fnmatch.fnmatchcase(entry.name, in_progress_name("part-*.arrow")):
+        elif fnmatch.fnmatchcase(entry.name, in_progress_name(PART_GLOB)):
             files.append((final_name(entry.name), Path(entry.path)))
     batches: list[pa.RecordBatch] = []
     for name, file in sorted(files):

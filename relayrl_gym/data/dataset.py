@@ -17,8 +17,8 @@ from relayrl_gym.data.sql_reader import read_sql_run
 from relayrl_gym.errors import DatasetError, missing_extra
 from relayrl_gym.schema.batches import concat, map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
-from relayrl_gym.sinks.arrow import RUN_FILE
 from relayrl_gym.sinks.base import SQL_SCHEMES, url_scheme
+from relayrl_gym.storage.run_dir import RUN_FILE
 
 if TYPE_CHECKING:
     import pandas as pd

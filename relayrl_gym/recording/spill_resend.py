@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 from relayrl_gym.data.arrow_reader import read_run_dir
 from relayrl_gym.errors import DatasetError, SinkError
-from relayrl_gym.sinks.arrow import RUN_FILE
 from relayrl_gym.sinks.base import open_sink, redact_url, url_scheme
+from relayrl_gym.storage.run_dir import RUN_FILE
 
 __all__ = ["SpillResent", "resend_sink_spill"]
 

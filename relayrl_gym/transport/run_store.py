@@ -25,25 +25,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from relayrl_gym.data.arrow_reader import read_in_progress
 from relayrl_gym.errors import SinkError
-from relayrl_gym.schema.transitions import METADATA_KEY
-from relayrl_gym.sinks.arrow import RUN_FILE, in_progress_name
 from relayrl_gym.sinks.base import Sink, open_sink
+from relayrl_gym.storage.run_dir import RunDirWriter, write_json_atomic, write_run_file
 
-__all__ = ["STATE_FILE", "ArrowRunStore", "SinkRunStore", "write_json_atomic"]
+__all__ = ["STATE_FILE", "ArrowRunStore", "SinkRunStore"]
 
 #: The collector's state beside a run's data (the underscore keeps it out of pyarrow.dataset).
 STATE_FILE = "_collector.json"
 _SCHEMA_FILE = "_schema.arrow"
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    """Writes ``value`` as JSON to ``path`` through a temporary file: readers see the old file
-    or the new one, never half of one."""
-    temp = path.with_name(path.name + ".tmp")
-    temp.write_text(json.dumps(value))
-    os.replace(temp, path)
 
 
 class _CommittedState:
@@ -108,10 +98,10 @@ class ArrowRunStore(_CommittedState):
         self.max_file_bytes = int(max_file_bytes)
         self.fsync = fsync
         self.compression = compression
-        self._file: Any = None
-        self._stream: Any = None
-        self._writer: Any = None
-        self._written = 0  # batches in the current file, committed or not
+        # Fewer, larger writes; `commit` flushes before anything is acknowledged.
+        self._parts = RunDirWriter(self.run_path, schema, compression=compression,
+                                   max_file_bytes=max_file_bytes, fsync=fsync,
+                                   buffer_size=4 * 1024 * 1024)
         self._pending_rows = 0
         state_path = self.run_path / STATE_FILE
         try:
@@ -120,8 +110,7 @@ class ArrowRunStore(_CommittedState):
                 self._reopen()
             else:  # a run directory without collector state is someone else's: keep off
                 self.run_path.mkdir(parents=True, exist_ok=False)
-                meta = json.loads((schema.metadata or {}).get(METADATA_KEY, b"{}"))
-                (self.run_path / RUN_FILE).write_text(json.dumps(meta, indent=2))
+                write_run_file(self.run_path, schema)
                 (self.run_path / _SCHEMA_FILE).write_bytes(schema.serialize().to_pybytes())
                 self._state = {"senders": {}, "part": 0, "batches": 0, "rows": 0}
                 self._save_state()
@@ -135,63 +124,37 @@ class ArrowRunStore(_CommittedState):
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Appends a batch (not acknowledged before `commit`)."""
-        if self._writer is None:
-            name = self._name(self._state["part"])
-            self._file = pa.OSFile(str(self.run_path / in_progress_name(name)), "wb")
-            # Fewer, larger writes; `commit` flushes before anything is acknowledged.
-            self._stream = pa.BufferedOutputStream(self._file, buffer_size=4 * 1024 * 1024)
-            options = pa.ipc.IpcWriteOptions(compression=self.compression)
-            self._writer = pa.ipc.new_file(self._stream, self.schema, options=options)
-        self._writer.write_batch(batch)
-        self._written += 1
+        self._parts.write(batch)
         self._pending_rows += batch.num_rows
 
     def commit(self, last_seqs: dict[str, int]) -> None:
         """Makes the written batches durable, then records ``last_seqs`` (sender -> seq)."""
-        if self._stream is not None:
-            self._stream.flush()
-            if self.fsync:
-                os.fsync(self._file.fileno())
+        self._parts.flush()
         # The state in memory moves only once it is saved: after a failure it still says
         # what the files hold, and the collector `abandon`s the store and reopens the run.
-        state = self._committing(last_seqs, batches=self._written)
+        state = self._committing(last_seqs, batches=self._parts.batches)
         write_json_atomic(self.run_path / STATE_FILE, state)
         self._state = state
         self._pending_rows = 0
-        if self._stream is not None and self._stream.tell() >= self.max_file_bytes:
+        if self._parts.full:
             self._complete()
 
     def abandon(self) -> None:
         """Lets go of the data file without completing it, after a failed `write` or
         `commit` left it in an unknown state; reopening the run cuts it back to its committed
         batches (as after a crash)."""
-        file, self._writer, self._stream, self._file = self._file, None, None, None
-        if file is not None:
-            with contextlib.suppress(Exception):
-                file.close()
+        self._parts.abandon()
 
     def close(self) -> None:
         """Completes the file being written; idempotent."""
         self._complete()
 
-    def _name(self, part: int) -> str:
-        return f"part-{part:05d}.arrow"
-
     def _complete(self) -> None:
         """Finishes the current file (every batch in it is committed) and moves on."""
-        if self._writer is None:
+        if self._parts.complete() is None:
             return
-        self._writer.close()
-        self._stream.flush()
-        if self.fsync:
-            os.fsync(self._file.fileno())
-        self._stream.close()
-        self._file.close()
-        self._writer = self._stream = self._file = None
-        name = self._name(self._state["part"])
-        os.replace(self.run_path / in_progress_name(name), self.run_path / name)
-        self._state["part"] += 1
-        self._state["batches"] = self._written = 0
+        self._state["part"] = self._parts.part
+        self._state["batches"] = 0
         self._save_state()
 
     def _reopen(self) -> None:
@@ -199,31 +162,10 @@ class ArrowRunStore(_CommittedState):
         if not stored.equals(self.schema, check_metadata=False):
             raise SinkError(f"run {self.run_id!r} already exists in {str(self.run_path)!r} "
                             "with another schema; a sender must not reuse a run id")
-        part, committed = self._state["part"], self._state["batches"]
-        name = self._name(part)
-        temp, final = self.run_path / in_progress_name(name), self.run_path / name
-        if temp.exists():
-            # Batches past the committed count were never acknowledged: the sender resends
-            # them, so they go; the committed ones make a complete file.
-            keep = read_in_progress(temp)[:committed]
-            if keep:
-                # Written aside and renamed: the final name only ever holds a whole file (a
-                # full disk leaves the in-progress file, read again at the next reopen).
-                repair = final.with_name(final.name + ".repair")
-                options = pa.ipc.IpcWriteOptions(compression=self.compression)
-                try:
-                    with pa.OSFile(str(repair), "wb") as out, \
-                            pa.ipc.new_file(out, self.schema, options=options) as writer:
-                        for batch in keep:
-                            writer.write_batch(batch)
-                except BaseException:
-                    repair.unlink(missing_ok=True)
-                    raise
-                os.replace(repair, final)
-                self._state["part"] += 1
-            temp.unlink()
-        elif final.exists():  # completed, but the crash came before the state said so
-            self._state["part"] += 1
+        # Batches past the committed count were never acknowledged: the sender resends them,
+        # so they go; the committed ones make a complete file.
+        self._parts.resume(part=self._state["part"], committed=self._state["batches"])
+        self._state["part"] = self._parts.part
         self._state["batches"] = 0
         self._save_state()
 

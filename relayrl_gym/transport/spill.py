@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, DatasetError, SinkError
+from relayrl_gym.storage.run_dir import write_json_atomic
 from relayrl_gym.transport.protocol import Header, Kind, ProtocolViolation
-from relayrl_gym.transport.run_store import write_json_atomic
 from relayrl_gym.transport.sink import ZMQSink
 from relayrl_gym.transport.spill_files import SPILL_INDEX, SpillIndex, spill_pending, write_spill
 
@@ -272,7 +272,7 @@ def _unacknowledged(sink: Any, path: Path, left: list[Pending], batches: int,
 def _remove_spill(path: Path) -> bool:
     """Removes a delivered spill: its index first (what is left is no spill any more), then
     the files the sink wrote. Other files stay, with a warning."""
-    from relayrl_gym.sinks.arrow import RUN_FILE
+    from relayrl_gym.storage.run_dir import RUN_FILE
 
     try:
         (path / SPILL_INDEX).unlink()

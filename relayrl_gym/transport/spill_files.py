@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from relayrl_gym.errors import SinkError
 from relayrl_gym.sinks.arrow import ArrowSink
-from relayrl_gym.transport.run_store import write_json_atomic
+from relayrl_gym.storage.run_dir import write_json_atomic
 
 if TYPE_CHECKING:
     from relayrl_gym.transport.outbox import Pending

@@ -8,7 +8,7 @@ import pytest
 from zmq_helpers import record_batches
 
 import relayrl_gym
-from relayrl_gym.sinks.arrow import in_progress_name
+from relayrl_gym.storage.run_dir import in_progress_name
 from relayrl_gym.transport.payloads import check_record_batch_message
 from relayrl_gym.transport.protocol import ProtocolViolation
 from relayrl_gym.transport.run_store import ArrowRunStore

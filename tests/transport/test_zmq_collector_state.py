@@ -21,7 +21,7 @@ from zmq_helpers import (
 )
 
 import relayrl_gym
-from relayrl_gym.sinks.arrow import in_progress_name
+from relayrl_gym.storage.run_dir import in_progress_name
 from relayrl_gym.transport import TrainingServer
 
 

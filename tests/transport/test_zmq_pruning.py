@@ -19,7 +19,7 @@ from zmq_helpers import (
 
 import relayrl_gym
 from relayrl_gym.errors import ConfigError
-from relayrl_gym.sinks.arrow import in_progress_name
+from relayrl_gym.storage.run_dir import in_progress_name
 from relayrl_gym.transport import TrainingServer
 from relayrl_gym.transport.protocol import Kind, encode
 

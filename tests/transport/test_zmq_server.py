@@ -83,7 +83,7 @@ def test_run_store_cuts_unacknowledged_batches_after_a_crash(tmp_path):
         store.write(batch(i))
     store.commit({"s": 2})
     store.write(batch(3))  # written, never committed: then the process dies
-    store._stream.flush()  # in the file, as if the process died right after writing
+    store._parts.flush()  # in the file, as if the process died right after writing
     del store
     again = ArrowRunStore(tmp_path, "run", schema)
     assert again.last_seq("s") == 2 and again.rows == 6
