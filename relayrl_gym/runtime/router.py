@@ -82,6 +82,8 @@ class Router:
             raise RouterError("the router is shut down")
         if actors is None:
             actors = list(self._actors.values())
+        if not actors:  # nothing to wait for (a group of no commands would never end)
+            return []
         if not self.threaded:
             return [fn(actor, arg) for actor, arg in zip(actors, args)]
         if finalizing():  # daemon threads are frozen: a command given to them never ends

@@ -77,8 +77,9 @@ def make_checked(fn: Callable[[], Any], index: int) -> gym.Env:
     if is_pettingzoo(env):
         raise EnvCreationError(
             f"the env factory made a PettingZoo game ({type(env).__name__}) on an actor's own "
-            "thread or process; PettingZoo games step on the calling thread: leave "
-            "`router_scale` at 'auto' or 0")
+            "thread or process, where only Gymnasium envs are made: leave `router_scale` at "
+            "'auto' or 0, or pass the game itself (relayrl_gym.wrap(game, actors=N, "
+            "router_scale=n): its copies are made here and stepped on actor threads)")
     if not isinstance(env, gym.Env):
         raise EnvCreationError(
             f"the env factory returned {type(env).__name__}, expected a gymnasium.Env; pass an "

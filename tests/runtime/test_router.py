@@ -319,3 +319,15 @@ def test_a_settle_cut_short_leaves_a_thread_that_frees_itself():
     thread.submit(lambda: "newer")
     assert thread.wait(5) == "newer"
     thread.stop()
+
+
+@pytest.mark.parametrize("scale", [0, 1, 4])
+def test_a_command_for_no_actors_returns_at_once(scale):
+    # (a threaded router once waited for ever on a group of no commands)
+    from relayrl_gym.runtime.actor import Actor
+    from relayrl_gym.runtime.router import Router
+
+    router = Router(scale, [Actor(i) for i in range(3)])
+    assert router.run(lambda actor, _: actor.index, [], []) == []
+    assert router.run(lambda actor, _: actor.index, [None] * 3) == [0, 1, 2]
+    router.close()

@@ -130,9 +130,11 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
     if actors is not None and (isinstance(actors, bool) or not isinstance(actors, int) or
                                actors < 1):
         raise ConfigError(f"`actors` must be an int >= 1 (game copies), got {actors!r}")
-    if router_scale not in ("auto", 0):
-        raise ConfigError(f"PettingZoo games step on the calling thread: `router_scale` must be "
-                          f"'auto' or 0, got {router_scale!r}")
+    scale = 0 if router_scale == "auto" else router_scale
+    if isinstance(scale, bool) or not isinstance(scale, int) or scale < 0:
+        raise ConfigError(f"the copies of a PettingZoo game step on the calling thread or on "
+                          f"actor threads: `router_scale` must be 'auto', 0 or an int >= 1, got "
+                          f"{router_scale!r}")
     parallel = is_parallel(first)
     agents = list(first.possible_agents)
     players = AgentPolicies(policies or {}, first)
@@ -147,6 +149,10 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
         raise ConfigError(f"api='pettingzoo' keeps the game's own API, which has no "
                           f"`policies` or `actors` (got policies for {players.agents}, "
                           f"actors={actors!r}); use api='gymnasium' or 'sb3' for those")
+    if own_api and scale:
+        raise ConfigError(f"a game with its own API is stepped by the caller: `router_scale` "
+                          f"applies to game copies behind a vector env (actors=N or api="
+                          f"'gymnasium'/'sb3'); leave it at 'auto' or 0, got {router_scale!r}")
     mode = None if autoreset_mode is None else parse_autoreset_mode(autoreset_mode)
     if mode not in (None, AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP):
         raise ConfigError(f"`autoreset_mode` for a PettingZoo game must be 'next_step' or "
@@ -182,7 +188,8 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
                                    data_type=players.data_type)
                      if options.recording else None)
         try:
-            return _build(envs, parallel, own_api, vector, left, players, recording, mode, api)
+            return _build(envs, parallel, own_api, vector, left, players, recording, mode, api,
+                          scale)
         except BaseException:
             if recording is not None:
                 recording.close()
@@ -195,7 +202,7 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
 
 def _build(envs: list[Any], parallel: bool, own_api: bool, vector: bool, left: list[Any],
            players: AgentPolicies, recording: GameRecording | None, mode: AutoresetMode | None,
-           api: str | None) -> Any:
+           api: str | None, scale: int) -> Any:
     from relayrl_gym.wrappers.pettingzoo.simultaneous import SimultaneousGames
     from relayrl_gym.wrappers.pettingzoo.turns import TurnGames
     from relayrl_gym.wrappers.pettingzoo.vector import PettingZooVectorEnv
@@ -211,8 +218,8 @@ def _build(envs: list[Any], parallel: bool, own_api: bool, vector: bool, left: l
 
         return RecordedAECEnv(first, tracker, recording)
     env_id = recording.env_id if recording is not None else str(first.metadata.get("name", ""))
-    games: Any = (SimultaneousGames(envs, left, players, recording) if parallel else
-                  TurnGames(envs, left[0], players, recording))
+    games: Any = (SimultaneousGames(envs, left, players, recording, scale) if parallel else
+                  TurnGames(envs, left[0], players, recording, scale))
     if not vector:
         return PettingZooAgentEnv(games, env_id=env_id or None)
     vector_env = PettingZooVectorEnv(games, autoreset_mode=mode or AutoresetMode.NEXT_STEP,

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 from gymnasium import spaces
 
+from relayrl_gym.runtime.actor import Actor
+from relayrl_gym.runtime.router import Router
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
 
-__all__ = ["GameStep", "Games", "close_copies"]
+__all__ = ["GameCopies", "GameStep", "Games"]
 
 
 class GameStep(NamedTuple):
@@ -36,6 +38,8 @@ class Games(Protocol):
     policies: AgentPolicies
     recording: GameRecording | None
     envs: list[Any]
+    actors: list[Actor]
+    router: Router
 
     def reset(self, copies: list[int], seeds: list[int | None],
               options: dict[str, Any] | None = None
@@ -47,27 +51,80 @@ class Games(Protocol):
         """Steps the given copies, each with one action per slot."""
         ...
 
+    def render(self) -> list[Any]:
+        """Each copy's render output."""
+        ...
+
+    def close_copies(self) -> None:
+        """Closes every copy (the run stays open)."""
+        ...
+
     def close(self) -> None:
-        """Closes every copy and the run's sinks."""
+        """Closes every copy, the actor threads and the run's sinks."""
         ...
 
 
-def close_copies(envs: Iterable[Any], recording: GameRecording | None) -> None:
-    """Closes every game copy, then flushes and closes the run, whatever fails on the way.
-
-    A copy whose ``close`` raises must not keep the other copies open or the run's writer
-    thread alive with its rows unwritten: everything is closed first, then the first error
-    is raised.
+class GameCopies:
+    """Game copies as actors: copy ``c`` is actor ``c``, which owns the (recorded) env, and a
+    `Router` steps them, on the calling thread (``router_scale`` 0, the default) or each on
+    its own actor thread (``router_scale`` n >= 1: at most n stepping at once). Recording
+    stays in step order whichever thread steps a copy (see `GameRecording.stage`).
     """
-    error: BaseException | None = None
-    for env in envs:
+
+    def __init__(self, envs: list[Any], recording: GameRecording | None,
+                 router_scale: int) -> None:
+        self.recording = recording
+        self.actors = [Actor(c, env=env) for c, env in enumerate(envs)]
+        self.router = Router(router_scale, self.actors, name="relayrl-game")
+
+    @property
+    def envs(self) -> list[Any]:
+        """The (recorded) env of each copy, in copy order."""
+        return [actor.env for actor in self.actors]
+
+    def run(self, fn: Callable[[Actor, Any], Any], copies: Sequence[int], args: Sequence[Any]
+            ) -> list[Any]:
+        """``fn(actor, arg)`` for the actor of each copy in ``copies``, where its env lives; the
+        rows they record come after those of earlier calls."""
+        if self.recording is not None:
+            self.recording.next_phase()
+        return self.router.run(fn, args, [self.actors[c] for c in copies])
+
+    def render(self) -> list[Any]:
+        """Each copy's render output, rendered where the copy lives."""
+        return self.run(lambda actor, _: actor.env.render(), range(len(self.actors)),
+                        [None] * len(self.actors))
+
+    def close_copies(self) -> None:
+        """Closes every copy where it lives, whatever fails on the way (then raises the first
+        error), after handing the staged rows to the recorders."""
+        errors: list[BaseException] = []
+
+        def close_one(actor: Actor, _: Any) -> None:
+            try:
+                actor.env.close()
+            except Exception as err:
+                errors.append(err)
+
         try:
-            env.close()
-        except Exception as err:
-            error = error or err
-    try:
-        if recording is not None:
-            recording.close()
-    finally:
-        if error is not None:
-            raise error
+            if self.recording is not None:
+                self.recording.commit()
+        finally:
+            self.router.run(close_one, [None] * len(self.actors))
+        if errors:
+            raise errors[0]
+
+    def close(self) -> None:
+        """Closes every copy, stops the actor threads, then flushes and closes the run,
+        whatever fails on the way (then raises the first error)."""
+        steps: list[Callable[[], Any]] = [self.close_copies, self.router.close]
+        if self.recording is not None:
+            steps.append(self.recording.close)
+        errors: list[BaseException] = []
+        for step in steps:
+            try:
+                step()
+            except Exception as err:
+                errors.append(err)
+        if errors:
+            raise errors[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -100,14 +101,27 @@ class _Run(RunRecording):
                                        self.recorder.new_episode_id)
 
     def record(self, rows: list[AgentTransition]) -> None:
-        """Hands ``rows`` (all of this run) to the recorder as one batch."""
+        """Hands ``rows`` (all of this run, in step order) to the recorder as one batch; each
+        gets its episode id and step here, so they follow the rows' order whichever thread
+        stepped their game."""
+        slots = np.array([r.slot for r in rows], np.int64)
+        episode_ids = np.empty(len(rows), np.int64)
+        steps = np.empty(len(rows), np.int64)
+        episodes = self.episodes
+        for i, row in enumerate(rows):
+            slot = row.slot
+            if row.first:
+                episodes.start([slot])
+            episode_ids[i], steps[i] = episodes.ids[slot], episodes.steps[slot]
+            if row.terminated or row.truncated:
+                episodes.end([slot])
+            else:
+                episodes.advance([slot])
         infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
         masks = {i: r.mask.tolist() for i, r in enumerate(rows) if r.mask is not None}
         outputs = {i: r.data for i, r in enumerate(rows) if r.data}
         self.recorder.record(TransitionBatch(
-            np.array([r.slot for r in rows], np.int32),
-            np.array([r.episode for r in rows], np.int64),
-            np.array([r.step for r in rows], np.int64),
+            slots.astype(np.int32), episode_ids, steps,
             _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
             tuple(r.reward for r in rows), _rows([r.next_obs for r in rows]),
             tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
@@ -189,8 +203,6 @@ class GameRecording:
         #: The local Arrow directory of every agent's run (agent -> path; None: no local one).
         self.run_paths = {a: run.run_path for run in self.runs for a in run.agents}
         self.run_path = self.runs[0].run_path if len(self.runs) == 1 else None
-        #: Each run's `EpisodeTracker` (by index in `runs`).
-        self.episodes = [run.episodes for run in self.runs]
         # agent -> (run index, slot of its actor in game copy 0, agents in its run)
         self._places = {a: (r, k, len(run.agents)) for r, run in enumerate(self.runs)
                         for k, a in enumerate(run.agents)}
@@ -198,24 +210,42 @@ class GameRecording:
         #: Hold finished transitions until `commit` (game copies stepped together record one
         #: batch per step); False: every transition goes to the recorder at once.
         self.batching = False
-        self._staged: list[AgentTransition] = []
+        #: Held while finished transitions are staged: the copies of a game may step on
+        #: actor threads.
+        self.lock = threading.Lock()
+        # (phase, copy, arrival, rows): a commit orders rows by phase (a round of copies
+        # stepped together), then copy, as stepping the copies one after another would.
+        self._staged: list[tuple[int, int, int, list[AgentTransition]]] = []
+        self._phase = 0
 
     def tracker(self, copy: int) -> AgentTracker:
         """The bookkeeping of game copy ``copy``."""
         return AgentTracker(self, {agent: (r, copy * n + k)
-                                   for agent, (r, k, n) in self._places.items()})
+                                   for agent, (r, k, n) in self._places.items()}, copy)
 
-    def stage(self, rows: list[AgentTransition]) -> None:
-        """Takes finished transitions: recorded now, or at the next `commit` when batching."""
-        self._staged.extend(rows)
-        if not self.batching:
-            self.commit()
+    def next_phase(self) -> None:
+        """Starts a new round of copies stepped together (rows of a later round come later)."""
+        self._phase += 1
+
+    def stage(self, rows: list[AgentTransition], copy: int = 0) -> None:
+        """Takes finished transitions of game copy ``copy``: recorded now, or at the next
+        `commit` when batching."""
+        with self.lock:
+            self._staged.append((self._phase, copy, len(self._staged), rows))
+            if not self.batching:
+                self._commit_locked()
 
     def commit(self) -> None:
         """Hands the staged transitions to the recorders, one batch per run."""
-        rows, self._staged = self._staged, []
-        if not rows:
+        with self.lock:
+            self._commit_locked()
+
+    def _commit_locked(self) -> None:
+        staged, self._staged = self._staged, []
+        if not staged:
             return
+        staged.sort(key=lambda entry: entry[:3])
+        rows = [row for entry in staged for row in entry[3]]
         if len(self.runs) == 1:
             self.runs[0].record(rows)
             return

@@ -8,7 +8,8 @@ from typing import Any
 from gymnasium import spaces
 
 from relayrl_gym.errors import UnsupportedSpaceError
-from relayrl_gym.wrappers.pettingzoo.games import GameStep, close_copies
+from relayrl_gym.runtime.actor import Actor
+from relayrl_gym.wrappers.pettingzoo.games import GameCopies, GameStep
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask, zeros_like
 from relayrl_gym.wrappers.pettingzoo.parallel import RecordedParallelEnv
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
@@ -40,7 +41,7 @@ def shared_spaces(env: Any, agents: list[Any], why: str, fix: str
     return obs_space, act_space
 
 
-class SimultaneousGames:
+class SimultaneousGames(GameCopies):
     """Copies of a `ParallelEnv` seen as ``copies x len(agents)`` slots (slot ``c * K + k`` is
     caller agent ``k`` of copy ``c``); the env's other agents move with their policies, every
     request for one model in a step answered by one batched call.
@@ -52,7 +53,8 @@ class SimultaneousGames:
     """
 
     def __init__(self, envs: list[Any], agents: list[Any],
-                 policies: AgentPolicies, recording: GameRecording | None) -> None:
+                 policies: AgentPolicies, recording: GameRecording | None,
+                 router_scale: int = 0) -> None:
         """Takes the copies over (closed with this object).
 
         Args:
@@ -60,19 +62,19 @@ class SimultaneousGames:
             agents: the caller-played agents (the slots of each copy), sharing their spaces.
             policies: the policies of every other agent.
             recording: the run (None: nothing recorded).
+            router_scale: 0 steps the copies on the calling thread, n >= 1 each on its own
+                actor thread (see `GameCopies`).
         """
         self.copies, self.slots, self.agents = len(envs), len(agents), list(agents)
-        self.policies, self.recording = policies, recording
-        if recording is not None:
-            recording.batching = True  # one recorded batch per step of all copies
-        self.envs: list[RecordedParallelEnv] = []
-        for c, env in enumerate(envs):
-            self.envs.append(RecordedParallelEnv(env, recording.tracker(c) if recording
-                                                 else None))
+        self.policies = policies
         self.observation_space: spaces.Space
         self.action_space: spaces.Space
-        self.observation_space, self.action_space = shared_spaces(
-            self.envs[0], self.agents, *SHARING)
+        self.observation_space, self.action_space = shared_spaces(envs[0], self.agents,
+                                                                  *SHARING)
+        if recording is not None:
+            recording.batching = True  # one recorded batch per step of all copies
+        super().__init__([RecordedParallelEnv(env, recording.tracker(c) if recording else None)
+                          for c, env in enumerate(envs)], recording, router_scale)
         self._obs: list[dict[Any, Any]] = [{} for _ in range(self.copies)]
         self._infos: list[dict[Any, dict[str, Any]]] = [{} for _ in range(self.copies)]
 
@@ -101,18 +103,22 @@ class SimultaneousGames:
               ) -> list[tuple[list[Any], list[dict[str, Any]]]]:
         if seeds and seeds[0] is not None:
             self.policies.seed(seeds[0])
-        out = []
-        for c, seed in zip(copies, seeds):
-            obs, infos = self.envs[c].reset(seed=seed, options=options)
-            self._obs[c], self._infos[c] = dict(obs), dict(infos)
-            out.append(self._slots_of(c, set(self.envs[c].agents)))
-        return out  # a reset finishes no transition: nothing to commit
+        return self.run(lambda actor, seed: self._reset_one(actor, seed, options), copies,
+                        seeds)  # a reset finishes no transition: nothing to commit
+
+    def _reset_one(self, actor: Actor, seed: int | None, options: dict[str, Any] | None
+                   ) -> tuple[list[Any], list[dict[str, Any]]]:
+        c, env = actor.index, actor.env
+        obs, infos = env.reset(seed=seed, options=options)
+        self._obs[c], self._infos[c] = dict(obs), dict(infos)
+        return self._slots_of(c, set(env.agents))
 
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
         joint: list[dict[Any, Any]] = []
         requests, askers = [], []
+        sources: list[dict[Any, tuple[int, Any]]] = []
         for c, slot_actions in zip(copies, actions):
-            env, seen, seen_infos = self.envs[c], self._obs[c], self._infos[c]
+            env, seen, seen_infos = self.actors[c].env, self._obs[c], self._infos[c]
             alive = env.agents
             moves = {agent: action for agent, action in zip(self.agents, slot_actions)
                      if agent in alive}
@@ -121,28 +127,32 @@ class SimultaneousGames:
                     requests.append((agent, seen[agent], seen_infos.get(agent)))
                     askers.append((c, len(joint), agent))
             joint.append(moves)
+            sources.append({})
         if requests:
-            for (c, j, agent), move in zip(askers, self.policies.act(requests)):
+            for (_, j, agent), move in zip(askers, self.policies.act(requests)):
                 joint[j][agent] = move.action
-                self.envs[c].acted_by(agent, move.version, move.data)
-        out = []
-        for c, moves in zip(copies, joint):
-            env = self.envs[c]
-            obs, rewards, terminated, truncated, infos = env.step(moves)
-            self._obs[c] = {**self._obs[c], **obs}
-            self._infos[c] = {**self._infos[c], **infos}
-            now = set(env.agents)
-            slot_obs, slot_infos = self._slots_of(c, now | (set(moves) & set(obs)))
-            out.append(GameStep(
-                slot_obs,
-                [float(rewards.get(a, 0.0)) if a in moves else 0.0 for a in self.agents],
-                [bool(terminated.get(a, False)) if a in moves else False for a in self.agents],
-                [bool(truncated.get(a, False)) if a in moves else False for a in self.agents],
-                slot_infos,
-                not any(agent in now for agent in self.agents)))
+                sources[j][agent] = (move.version, move.data)
+        out = self.run(self._step_one, copies, list(zip(joint, sources)))
         if self.recording is not None:
             self.recording.commit()
         return out
 
-    def close(self) -> None:
-        close_copies(self.envs, self.recording)
+    def _step_one(self, actor: Actor, arg: tuple[dict[Any, Any], dict[Any, tuple[int, Any]]]
+                  ) -> GameStep:
+        c, env = actor.index, actor.env
+        moves, sources = arg
+        for agent, (version, data) in sources.items():
+            env.acted_by(agent, version, data)
+        obs, rewards, terminated, truncated, infos = env.step(moves)
+        self._obs[c] = {**self._obs[c], **obs}
+        self._infos[c] = {**self._infos[c], **infos}
+        now = set(env.agents)
+        slot_obs, slot_infos = self._slots_of(c, now | (set(moves) & set(obs)))
+        return GameStep(
+            slot_obs,
+            [float(rewards.get(a, 0.0)) if a in moves else 0.0 for a in self.agents],
+            [bool(terminated.get(a, False)) if a in moves else False for a in self.agents],
+            [bool(truncated.get(a, False)) if a in moves else False for a in self.agents],
+            slot_infos,
+            not any(agent in now for agent in self.agents))
+

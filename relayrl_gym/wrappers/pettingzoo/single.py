@@ -85,7 +85,7 @@ class PettingZooAgentEnv(gym.Env):
                 result.infos[0])
 
     def render(self) -> Any:
-        return self.games.envs[0].render()
+        return self.games.render()[0]
 
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""

@@ -22,8 +22,7 @@ class AgentTransition(NamedTuple):
 
     run: int  # index in GameRecording.runs
     slot: int
-    episode: int
-    step: int
+    first: bool  # the agent's first transition since its episode started (a new episode)
     obs: Any
     action: Any
     reward: float
@@ -55,14 +54,17 @@ class AgentTracker:
     """
 
     def __init__(self, recording: GameRecording | None,
-                 slots: dict[Any, tuple[int, int]]) -> None:
+                 slots: dict[Any, tuple[int, int]], copy: int = 0) -> None:
         """Args:
         recording: the runs rows go to (None: track nothing).
         slots: each agent's run (an index in ``recording.runs``) and slot (actor) in it.
+        copy: the game copy tracked (rows are committed in copy order).
         """
         self._recording = recording
         self._slots = slots
+        self._copy = copy
         self._pending: dict[str, _Pending] = {}
+        self._playing: set[Any] = set()  # agents in an episode (they have a recorded row)
 
     def pending(self, agent: str) -> bool:
         return agent in self._pending
@@ -74,9 +76,7 @@ class AgentTracker:
     def reset(self) -> None:
         """A new game: transitions in flight are dropped, every agent starts a new episode."""
         self._pending.clear()
-        if self._recording is not None:
-            for run, slot in self._slots.values():
-                self._recording.episodes[run].end([slot])
+        self._playing.clear()
 
     def begin(self, agent: str, obs: Any, action: Any, mask: np.ndarray | None = None,
               version: int = -1, data: dict[str, Any] | None = None) -> None:
@@ -108,15 +108,14 @@ class AgentTracker:
         rows = []
         for pending, (agent, next_obs, reward, terminated, truncated, info) in done:
             run, slot = self._slots[agent]
-            episodes = recording.episodes[run]  # an agent's episode starts at its first row
-            episodes.start_missing([slot])
+            first = agent not in self._playing  # an agent's episode starts at its first row
+            if terminated or truncated:
+                self._playing.discard(agent)
+            else:
+                self._playing.add(agent)
             text = info_to_json(info) if recording.record_info and info else None
             rows.append(AgentTransition(
-                run, slot, int(episodes.ids[slot]), int(episodes.steps[slot]), pending.obs,
-                pending.action, float(reward), map_leaves(np.array, next_obs), bool(terminated),
-                bool(truncated), pending.version, text, pending.mask, pending.data))
-            if terminated or truncated:
-                episodes.end([slot])
-            else:
-                episodes.advance([slot])
-        recording.stage(rows)
+                run, slot, first, pending.obs, pending.action, float(reward),
+                map_leaves(np.array, next_obs), bool(terminated), bool(truncated),
+                pending.version, text, pending.mask, pending.data))
+        recording.stage(rows, self._copy)

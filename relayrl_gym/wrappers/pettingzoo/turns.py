@@ -9,10 +9,11 @@ from typing import Any
 from gymnasium import spaces
 
 from relayrl_gym.errors import StateError
+from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.wrappers.pettingzoo.aec import RecordedAECEnv
-from relayrl_gym.wrappers.pettingzoo.games import GameStep, close_copies
+from relayrl_gym.wrappers.pettingzoo.games import GameCopies, GameStep
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask
-from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
+from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies, Move
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
 
 __all__ = ["TurnGames"]
@@ -21,7 +22,7 @@ __all__ = ["TurnGames"]
 _MAX_TURNS = 100_000
 
 
-class TurnGames:
+class TurnGames(GameCopies):
     """Copies of an AEC game seen from one agent: a caller's step is its move followed by every
     other agent's moves until its next turn (or the end of its game). An agent that joins the
     game late gets its first observation from ``reset`` once it has its first turn.
@@ -34,7 +35,8 @@ class TurnGames:
     """
 
     def __init__(self, envs: list[Any], agent: Any,
-                 policies: AgentPolicies, recording: GameRecording | None) -> None:
+                 policies: AgentPolicies, recording: GameRecording | None,
+                 router_scale: int = 0) -> None:
         """Takes the copies over (closed with this object).
 
         Args:
@@ -42,14 +44,15 @@ class TurnGames:
             agent: the agent the caller plays.
             policies: the policies of every other agent.
             recording: the run (None: nothing recorded).
+            router_scale: 0 steps the copies on the calling thread, n >= 1 each on its own
+                actor thread (see `GameCopies`).
         """
         self.copies, self.slots, self.agents = len(envs), 1, [agent]
-        self.agent, self.policies, self.recording = agent, policies, recording
+        self.agent, self.policies = agent, policies
         if recording is not None:
             recording.batching = True  # one recorded batch per step of all copies
-        self.envs: list[RecordedAECEnv] = []
-        for c, env in enumerate(envs):
-            self.envs.append(RecordedAECEnv(env, recording.tracker(c) if recording else None))
+        super().__init__([RecordedAECEnv(env, recording.tracker(c) if recording else None)
+                          for c, env in enumerate(envs)], recording, router_scale)
         self.observation_space: spaces.Space = self.envs[0].observation_space(agent)
         self.action_space: spaces.Space = self.envs[0].action_space(agent)
         self._last: list[tuple[Any, dict[str, Any]] | None] = [None] * self.copies
@@ -61,8 +64,8 @@ class TurnGames:
               ) -> list[tuple[list[Any], list[dict[str, Any]]]]:
         if seeds and seeds[0] is not None:
             self.policies.seed(seeds[0])
-        for c, seed in zip(copies, seeds):
-            self.envs[c].reset(seed=seed, options=options)
+        self.run(lambda actor, seed: actor.env.reset(seed=seed, options=options), copies, seeds)
+        for c in copies:
             self._last[c], self._joined[c] = None, False
         self._play(copies)
         out = []
@@ -76,21 +79,21 @@ class TurnGames:
         return out
 
     def step(self, copies: list[int], actions: list[list[Any]]) -> list[GameStep]:
-        for c, (action,) in zip(copies, actions):
-            env = self.envs[c]
-            turn = env.turn()
+        for c in copies:
+            turn = self.actors[c].env.turn()
             if turn is None or turn[0] != self.agent or turn[3] or turn[4]:
                 raise StateError(f"game copy {c} is over for agent {self.agent!r}; reset it "
                                  "before stepping again")
-            env.step(action)
+        self.run(_step, copies, [(action, None) for (action,) in actions])
         self._play(copies)
         out = []
         for c in copies:
             obs, reward, terminated, truncated, info = self._view(c)
-            over = terminated or truncated
-            if over:
-                self._end(c)
-            out.append(GameStep([obs], [reward], [terminated], [truncated], [info], over))
+            out.append(GameStep([obs], [reward], [terminated], [truncated], [info],
+                                terminated or truncated))
+        ended = [c for c, result in zip(copies, out) if result.over]
+        if ended:
+            self.run(_end, ended, [None] * len(ended))
         self._commit()
         return out
 
@@ -101,7 +104,7 @@ class TurnGames:
     def _waiting(self, c: int) -> bool:
         # The others play while the caller's agent is in the game and it is not its turn, or
         # while it has not joined yet; not once it has been removed.
-        env = self.envs[c]
+        env = self.actors[c].env
         present = self.agent in env.agents
         self._joined[c] = self._joined[c] or present
         turn = env.turn()
@@ -116,24 +119,26 @@ class TurnGames:
         for _ in range(_MAX_TURNS):
             if not active:
                 return
-            requests, movers = [], []
+            requests, movers, dead = [], [], []
             for c in active:
-                env = self.envs[c]
-                agent, obs, _, terminated, truncated, info = env.turn()  # type: ignore[misc]
+                turn = self.actors[c].env.turn()
+                agent, obs, _, terminated, truncated, info = turn
                 if terminated or truncated:
-                    env.step(None)
+                    dead.append(c)  # its dead step: no move to ask for
                     continue
                 requests.append((agent, obs, info))
-                movers.append(env)
-            for env, move in zip(movers, self.policies.act(requests)):
-                env.acted_by(move.version, move.data)
-                env.step(move.action)
+                movers.append(c)
+            if dead:
+                self.run(_step, dead, [(None, None)] * len(dead))
+            if movers:
+                self.run(_step, movers, [(move.action, move) for move in
+                                         self.policies.act(requests)])
             active = [c for c in active if self._waiting(c)]
         raise StateError(f"the other agents played {_MAX_TURNS} turns without agent "
                          f"{self.agent!r} getting one")
 
     def _view(self, c: int) -> tuple[Any, float, bool, bool, dict[str, Any]]:
-        turn = self.envs[c].turn()
+        turn = self.actors[c].env.turn()
         if turn is None or turn[0] != self.agent:
             # Removed without a turn of its own: nothing more to observe or receive.
             last = self._last[c]
@@ -147,13 +152,20 @@ class TurnGames:
         self._last[c] = (obs, info)
         return obs, float(reward), bool(terminated), bool(truncated), info
 
-    def _end(self, c: int) -> None:
-        # The caller's dead step, then the other dead agents': their last transitions end.
-        env = self.envs[c]
-        turn = env.turn()
-        while turn is not None and (turn[3] or turn[4]):
-            env.step(None)
-            turn = env.turn()
 
-    def close(self) -> None:
-        close_copies(self.envs, self.recording)
+
+def _step(actor: Actor, arg: tuple[Any, Move | None]) -> None:
+    """One move in a copy, where it lives (``move``: the policy's answer it comes from)."""
+    action, move = arg
+    if move is not None:
+        actor.env.acted_by(move.version, move.data)
+    actor.env.step(action)
+
+
+def _end(actor: Actor, _: Any) -> None:
+    """The caller's dead step, then the other dead agents': their last transitions end."""
+    env = actor.env
+    turn = env.turn()
+    while turn is not None and (turn[3] or turn[4]):
+        env.step(None)
+        turn = env.turn()

@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.runtime.env_agent import EnvAgent
 from relayrl_gym.wrappers.pettingzoo.games import Games
 from relayrl_gym.wrappers.pettingzoo.observations import zeros_like
 from relayrl_gym.wrappers.pettingzoo.recording import run_names
@@ -112,7 +113,11 @@ class PettingZooVectorEnv(VectorEnv):
         self.metadata = {**dict(first.metadata), "autoreset_mode": autoreset_mode}
         self.render_mode = getattr(first, "render_mode", None)
         self.env_id = env_id
-        self.agent = None  # PettingZoo games step inline: no RelayRLAgent behind them
+        #: The game copies' actors, their router and the runs they record to.
+        self.agent = EnvAgent(games.actors, games.router,
+                              games.recording.runs if games.recording is not None else [],
+                              on_shutdown=games.close_copies,
+                              on_update_model=self._update_model)
         self.run_id, self.run_path, self.run_ids, self.run_paths = run_names(games.recording)
         self.closed = False
         self._prev_obs: Any = None
@@ -130,6 +135,11 @@ class PettingZooVectorEnv(VectorEnv):
         from the next step on; returns the version its transitions are recorded with."""
         self.check_open()
         return self.games.policies.update(agent, policy)
+
+    def _update_model(self, model: Any, ids: Any = None) -> int:
+        raise ConfigError(f"each policy-played agent of a game has its own policy: swap one "
+                          f"with envs.update_policy(agent, model) (agents "
+                          f"{self.games.policies.agents})")
 
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
@@ -264,7 +274,7 @@ class PettingZooVectorEnv(VectorEnv):
     def render(self) -> tuple[Any, ...]:
         """Each copy's render output."""
         self.check_open()
-        return tuple(env.render() for env in self.games.envs)
+        return tuple(self.games.render())
 
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
@@ -273,8 +283,9 @@ class PettingZooVectorEnv(VectorEnv):
             self.games.recording.flush()
 
     def close_extras(self, **kwargs: Any) -> None:
-        """Closes every copy, flushes and closes the sinks."""
-        self.games.close()
+        """Closes every copy where it lives, flushes and closes the sinks, joins every
+        thread."""
+        self.agent.shutdown()
 
     def __del__(self) -> None:
         if not getattr(self, "closed", True):
