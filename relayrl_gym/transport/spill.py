@@ -31,9 +31,11 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pyarrow as pa
 
+from relayrl_gym.data.arrow_reader import read_run_dir
 from relayrl_gym.errors import ConfigError, DatasetError, SinkError
-from relayrl_gym.storage.run_dir import write_json_atomic
+from relayrl_gym.storage.run_dir import PART_GLOB, RUN_FILE, write_json_atomic
 from relayrl_gym.transport.protocol import Header, Kind, ProtocolViolation
+from relayrl_gym.transport.run_store import STATE_FILE
 from relayrl_gym.transport.sink import ZMQSink
 from relayrl_gym.transport.spill_files import SPILL_INDEX, SpillIndex, spill_pending, write_spill
 
@@ -68,8 +70,6 @@ def read_spill(path: str | os.PathLike[str]) -> SpillIndex:
 
 def _spilled_batches(path: Path) -> tuple[SpillIndex, pa.Schema, list[pa.RecordBatch]]:
     """A spill's index, schema and batches: one record batch per ``seq``, as it was sent."""
-    from relayrl_gym.data.arrow_reader import read_run_dir
-
     index = read_spill(path)
     seqs = index.seqs
     try:
@@ -104,8 +104,6 @@ def _collected_last_seq(state: Any, sender_id: str) -> int:
     ``_collector.json``), a state JSON file, or the seq itself."""
     if isinstance(state, int) and not isinstance(state, bool):
         return state
-    from relayrl_gym.transport.run_store import STATE_FILE
-
     file = Path(state)
     if file.is_dir():
         file = file / STATE_FILE
@@ -272,12 +270,10 @@ def _unacknowledged(sink: Any, path: Path, left: list[Pending], batches: int,
 def _remove_spill(path: Path) -> bool:
     """Removes a delivered spill: its index first (what is left is no spill any more), then
     the files the sink wrote. Other files stay, with a warning."""
-    from relayrl_gym.storage.run_dir import RUN_FILE
-
     try:
         (path / SPILL_INDEX).unlink()
         for file in path.iterdir():
-            if file.name == RUN_FILE or fnmatch.fnmatchcase(file.name, "part-*.arrow"):
+            if file.name == RUN_FILE or fnmatch.fnmatchcase(file.name, PART_GLOB):
                 file.unlink()
         path.rmdir()
     except OSError as err:
