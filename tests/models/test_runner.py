@@ -38,7 +38,7 @@ def test_versions_move_forward_and_a_model_keeps_its_version(tmp_path):
 def test_a_model_that_does_not_fit_is_refused_and_the_old_keeps_running(tmp_path):
     runner = PolicyRunner(_module(tmp_path, "a"), what="policy", owner="env")
     other = _module(tmp_path, "wide", obs=spaces.Box(-1, 1, (3,), np.float32))
-    with pytest.raises(ConfigError, match="do not fit the env's.*old model keeps running"):
+    with pytest.raises(ConfigError, match=r"do not fit the env's.*old model keeps running"):
         runner.update(other)
     assert runner.current()[1] == 0
     with pytest.raises(ConfigError, match="must be a ModelModule"):

@@ -7,10 +7,10 @@ import pyarrow as pa
 import pytest
 
 import relayrl_gym
-from relayrl_gym.data.arrow_reader import read_in_progress
 from relayrl_gym.errors import SinkError
 from relayrl_gym.recording.delivery import SinkDelivery
 from relayrl_gym.sinks.arrow import ArrowSink
+from relayrl_gym.storage.run_dir import read_in_progress
 
 SCHEMA = pa.schema([("seq", pa.int64()), ("payload", pa.binary())])
 
