@@ -19,10 +19,10 @@ from relayrl_gym.data.sql_reader import list_sql_runs
 from relayrl_gym.errors import RelayRLError
 from relayrl_gym.recording.spill_resend import resend_sink_spill
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, SQL_SCHEMES, url_scheme
-from relayrl_gym.transport.collector import Limits
+from relayrl_gym.transport.collector.receiver import Limits
+from relayrl_gym.transport.collector.server import TrainingServer
 from relayrl_gym.transport.keys import generate_keys
-from relayrl_gym.transport.server import TrainingServer
-from relayrl_gym.transport.spill import SPILL_INDEX, resend
+from relayrl_gym.transport.sender.spill import SPILL_INDEX, resend
 
 __all__ = ["main"]
 

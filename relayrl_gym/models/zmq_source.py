@@ -23,7 +23,7 @@ from relayrl_gym.transport.sockets import connect_socket
 
 if TYPE_CHECKING:
     from relayrl_gym.transport.keys import ClientKeys
-    from relayrl_gym.transport.sink import ZMQSink
+    from relayrl_gym.transport.sender.sink import ZMQSink
 
 __all__ = ["ZMQModelSource"]
 

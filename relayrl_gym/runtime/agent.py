@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from relayrl_gym.errors import ConfigError, RelayRLError, StateError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.models.zmq_source import ZMQModelSource
-from relayrl_gym.transport.sink import ZMQSink
+from relayrl_gym.transport.sender.sink import ZMQSink
 
 if TYPE_CHECKING:
     from relayrl_gym.recording.pipeline import RunRecording

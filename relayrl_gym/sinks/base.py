@@ -72,7 +72,7 @@ SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mariadb")
 _FACTORIES: dict[str, Callable[[str], Sink] | str] = {
     "arrow": "relayrl_gym.sinks.arrow:ArrowSink.from_url",
     **{scheme: "relayrl_gym.sinks.sql:SQLSink.from_url" for scheme in SQL_SCHEMES},
-    "zmq": "relayrl_gym.transport.sink:ZMQSink.from_url",
+    "zmq": "relayrl_gym.transport.sender.sink:ZMQSink.from_url",
 }
 
 

@@ -21,14 +21,19 @@ import pyarrow as pa
 
 from relayrl_gym.schema.transitions import METADATA_KEY
 
-__all__ = ["PART_GLOB", "RUN_FILE", "RunDirWriter", "final_name", "in_progress_name",
-           "part_name", "read_in_progress", "write_json_atomic", "write_run_file"]
+__all__ = ["PART_GLOB", "RUN_FILE", "STATE_FILE", "RunDirWriter", "final_name",
+           "in_progress_name", "part_name", "read_in_progress", "write_json_atomic",
+           "write_run_file"]
 
 log = logging.getLogger(__name__)
 
 #: The run description beside the data files (same JSON as the schema metadata); the leading
 #: underscore keeps `pyarrow.dataset` from taking it for data.
 RUN_FILE = "_run.json"
+
+#: A collector's state beside a run's data (per sender, the last batch it holds); the
+#: underscore keeps it out of `pyarrow.dataset`. A sender's spill is compared against it.
+STATE_FILE = "_collector.json"
 
 #: The final names of a run's data files, as a glob pattern (`fnmatch`, `Path.glob`).
 PART_GLOB = "part-*.arrow"

@@ -9,9 +9,9 @@ from zmq_helpers import record_batches
 
 import relayrl_gym
 from relayrl_gym.storage.run_dir import in_progress_name
+from relayrl_gym.transport.collector.run_store import ArrowRunStore
 from relayrl_gym.transport.payloads import check_record_batch_message
 from relayrl_gym.transport.protocol import ProtocolViolation
-from relayrl_gym.transport.run_store import ArrowRunStore
 
 
 def _messages(path):

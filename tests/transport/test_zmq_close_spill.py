@@ -19,7 +19,7 @@ import relayrl_gym
 from relayrl_gym.errors import SinkError
 from relayrl_gym.transport import TrainingServer, ZMQSink
 from relayrl_gym.transport.protocol import Kind, decode_header
-from relayrl_gym.transport.spill import read_spill, uncollected
+from relayrl_gym.transport.sender.spill import read_spill, uncollected
 
 
 class LossyRelay:

@@ -93,7 +93,7 @@ def test_a_damaged_run_directory_is_refused_and_others_go_on(tmp_path):
 
 
 def test_invented_sender_names_cannot_grow_the_counters_without_bound(tmp_path):
-    from relayrl_gym.transport.stats import EARLIER_SENDERS
+    from relayrl_gym.transport.collector.stats import EARLIER_SENDERS
 
     schema, _ = record_batches(tmp_path)
     with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:

@@ -29,9 +29,9 @@ from zmq_helpers import (
 import relayrl_gym
 from relayrl_gym.errors import ConfigError, DatasetError, SinkError, TransportError
 from relayrl_gym.transport import TrainingServer
-from relayrl_gym.transport.outbox import Pending
 from relayrl_gym.transport.protocol import Kind
-from relayrl_gym.transport.spill import SPILL_INDEX, read_spill, resend, write_spill
+from relayrl_gym.transport.sender.outbox import Pending
+from relayrl_gym.transport.sender.spill import SPILL_INDEX, read_spill, resend, write_spill
 
 #: The token of the small spill's sender (the collector gives it; the spill keeps it).
 SMALL_TOKEN = "0123456789abcdef0123456789abcdef"
@@ -231,7 +231,7 @@ def test_what_is_not_a_whole_spill_is_refused_and_left_alone(tmp_path, small_spi
 def test_each_batch_goes_whole_under_its_seq(tmp_path, small_spill):
     """The collector's state says sender s1's batches 0..3 are in; the spill holds 3..6: the
     resend skips 3 and the collector commits 4..6 exactly as they were spilled."""
-    from relayrl_gym.transport.sink import ZMQSink
+    from relayrl_gym.transport.sender.sink import ZMQSink
 
     spill, schema, batches = small_spill
     with TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path / "collected") as server:

@@ -15,8 +15,8 @@ import relayrl_gym
 from relayrl_gym.errors import ConfigError, MissingDependencyError, StateError, TransportError
 from relayrl_gym.sinks.base import open_sink
 from relayrl_gym.transport import TrainingServer, ZMQSink
-from relayrl_gym.transport.outbox import Outbox
-from relayrl_gym.transport.run_store import ArrowRunStore
+from relayrl_gym.transport.collector.run_store import ArrowRunStore
+from relayrl_gym.transport.sender.outbox import Outbox
 
 
 def _stream(server, tmp_path, steps=100, seed=0, name="copy"):

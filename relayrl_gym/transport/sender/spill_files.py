@@ -1,6 +1,6 @@
 """Writing a ZMQ sink's close-time spill: the batches the collector never acknowledged, as a
 local Arrow run, and the index of their run, sender, token and sequence numbers
-(`relayrl_gym.transport.spill` reads, checks and resends it)."""
+(`relayrl_gym.transport.sender.spill` reads, checks and resends it)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.storage.run_dir import write_json_atomic
 
 if TYPE_CHECKING:
-    from relayrl_gym.transport.outbox import Pending
+    from relayrl_gym.transport.sender.outbox import Pending
 
 __all__ = ["SPILL_INDEX", "SpillIndex", "spill_pending", "write_spill"]
 

@@ -21,7 +21,6 @@ from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
 from relayrl_gym.transport.keys import client_keys
-from relayrl_gym.transport.outbox import Outbox
 from relayrl_gym.transport.payloads import payload_crc
 from relayrl_gym.transport.protocol import (
     MIN_MESSAGE_LIMIT,
@@ -30,13 +29,14 @@ from relayrl_gym.transport.protocol import (
     decode_header,
     encode,
 )
+from relayrl_gym.transport.sender.outbox import Outbox
+from relayrl_gym.transport.sender.spill_files import spill_pending
 from relayrl_gym.transport.sockets import (
     connect_socket,
     failed_handshakes,
     tcp_endpoint,
     watch_handshakes,
 )
-from relayrl_gym.transport.spill_files import spill_pending
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "ZMQSink"]
 
@@ -66,8 +66,8 @@ class ZMQSink(Sink):
     meanwhile which batches it committed (so an acknowledgement lost on the way is made up for
     without waiting for a resend), and takes every acknowledgement that arrived before it
     stopped listening. What is still unacknowledged then is written to a local Arrow run under
-    ``spill_dir`` with an index of each batch's sequence number (`relayrl_gym.transport.spill`):
-    a batch the collector committed but could not acknowledge in time may be among them.
+    ``spill_dir`` with an index of each batch's sequence number (`sender.spill`): a batch
+    the collector committed but could not acknowledge in time may be among them.
     ``relayrl-gym resend SPILL`` (`relayrl_gym.transport.spill.resend`) sends them later as
     this sender, the collector keeping each batch once; or
     `relayrl_gym.transport.spill.uncollected` drops those against the collector's state.

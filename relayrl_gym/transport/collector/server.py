@@ -17,16 +17,16 @@ from relayrl_gym.errors import ConfigError, StateError, TransportError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
 from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
-from relayrl_gym.transport.collector import (
+from relayrl_gym.transport.collector.publisher import DEFAULT_PEER_TIMEOUT, ModelPublisher
+from relayrl_gym.transport.collector.receiver import (
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_RUN_IDLE_TIMEOUT,
     Collector,
     Limits,
 )
+from relayrl_gym.transport.collector.run_store import ArrowRunStore, SinkRunStore
 from relayrl_gym.transport.keys import server_keys
 from relayrl_gym.transport.protocol import MIN_MESSAGE_LIMIT
-from relayrl_gym.transport.publisher import DEFAULT_PEER_TIMEOUT, ModelPublisher
-from relayrl_gym.transport.run_store import ArrowRunStore, SinkRunStore
 
 __all__ = ["TrainingServer"]
 

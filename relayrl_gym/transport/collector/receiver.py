@@ -19,6 +19,7 @@ import pyarrow as pa
 from relayrl_gym.errors import ConfigError, RelayRLError
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.transport._zmq import require_zmq
+from relayrl_gym.transport.collector.stats import CollectorStats
 from relayrl_gym.transport.payloads import check_record_batch_message, checked_payload
 from relayrl_gym.transport.protocol import (
     Header,
@@ -28,7 +29,6 @@ from relayrl_gym.transport.protocol import (
     encode,
 )
 from relayrl_gym.transport.sockets import bind_socket, failed_handshakes, watch_handshakes
-from relayrl_gym.transport.stats import CollectorStats
 
 if TYPE_CHECKING:
     from relayrl_gym.transport.keys import ServerKeys

@@ -27,12 +27,14 @@ import pyarrow as pa
 
 from relayrl_gym.errors import SinkError
 from relayrl_gym.sinks.base import Sink, open_sink
-from relayrl_gym.storage.run_dir import RunDirWriter, write_json_atomic, write_run_file
+from relayrl_gym.storage.run_dir import (
+    STATE_FILE,
+    RunDirWriter,
+    write_json_atomic,
+    write_run_file,
+)
 
-__all__ = ["STATE_FILE", "ArrowRunStore", "SinkRunStore"]
-
-#: The collector's state beside a run's data (the underscore keeps it out of pyarrow.dataset).
-STATE_FILE = "_collector.json"
+__all__ = ["ArrowRunStore", "SinkRunStore"]
 _SCHEMA_FILE = "_schema.arrow"
 
 
