@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = ["TransitionBatch"]
 
 
-@dataclass(slots=True)
-class TransitionBatch:
+class TransitionBatch(NamedTuple):
     """Transitions of ``len(env_index)`` slots (env copies, agents or client actors), as columns.
 
     Every front end hands its finished transitions to the recorder in this one form; the
     recorder keeps the values it is given (no copy), so they must not be modified afterwards.
+    A tuple: cheap to make on the stepping thread, and a block of them is transposed into
+    columns in one C-level pass on the writer thread.
     Batch columns have one row per transition; ``obs``, ``action`` and ``next_obs`` are batches
     of their space (nested dicts and tuples of arrays for composite spaces).
 

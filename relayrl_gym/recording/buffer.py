@@ -5,20 +5,18 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
+from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.schema.codecs import (
     numpy_dtype,
     numpy_to_arrow,
     strings_to_arrow,
 )
 from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
-
-if TYPE_CHECKING:
-    from relayrl_gym.core.transitions import TransitionBatch
 
 __all__ = ["StepBlock"]
 
@@ -92,27 +90,19 @@ class StepBlock:
         self.stamps.append(timestamp_ns)
         self.n += len(batch.env_index)
 
-    def _sparse_rows(self, name: str, starts: list[int]) -> dict[int, Any]:
-        """Block row -> value of the sparse column ``name`` of every batch."""
-        found: dict[int, Any] = {}
-        for batch, start in zip(self.batches, starts):
-            values = getattr(batch, name)
-            if values:
-                found.update({start + row: value for row, value in values.items()})
-        return found
 
     def to_record_batch(
         self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str]
     ) -> pa.RecordBatch:
         """Builds the Arrow batch of every row; ``actor_ids``/``agent_ids`` are by env index."""
         n = self.n
-        batches = self.batches
-        env_index_parts = [b.env_index for b in batches]
+        col = dict(zip(TransitionBatch._fields, zip(*self.batches)))  # one C-level transpose
+        env_index_parts = col["env_index"]
         env_index = np.concatenate(env_index_parts).astype(np.int32, copy=False)
-        k_rows = np.fromiter(map(len, env_index_parts), np.int64, len(batches))
+        k_rows = np.fromiter(map(len, env_index_parts), np.int64, len(self.batches))
         starts = np.concatenate([[0], np.cumsum(k_rows)[:-1]]).astype(np.int64).tolist()
         timestamps = np.repeat(np.asarray(self.stamps, np.int64), k_rows)
-        versions_by_batch = [b.model_version for b in batches]
+        versions_by_batch = col["model_version"]
         kinds = set(map(type, versions_by_batch))
         if kinds <= {int}:
             versions = np.repeat(np.asarray(versions_by_batch, np.int64), k_rows)
@@ -122,40 +112,51 @@ class StepBlock:
             versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
                                        for v, k in zip(versions_by_batch, k_rows.tolist())])
         indices = numpy_to_arrow(env_index)
-        obs = schema.obs.concat([b.obs for b in batches])
-        next_obs = schema.obs.concat([b.next_obs for b in batches])
-        action = schema.action.concat([b.action for b in batches])
-        dense = [(start, b.output_batch, b.mask_batch) for b, start in zip(batches, starts)
-                 if b.output_batch is not None or b.mask_batch is not None]
+        obs = schema.obs.concat(col["obs"])
+        next_obs = schema.obs.concat(col["next_obs"])
+        action = schema.action.concat(col["action"])
+        dense = [(start, outputs, masks) for start, outputs, masks
+                 in zip(starts, col["output_batch"], col["mask_batch"])
+                 if outputs is not None or masks is not None]
         columns = [
             _repeated(run_id, n),
             _gathered(actor_ids, indices),
             _gathered(agent_ids, indices),
             indices,
-            numpy_to_arrow(np.concatenate([b.episode_id for b in batches]).astype(np.int64)),
-            numpy_to_arrow(np.concatenate([b.step for b in batches]).astype(np.int64)),
+            numpy_to_arrow(np.concatenate(col["episode_id"]).astype(np.int64)),
+            numpy_to_arrow(np.concatenate(col["step"]).astype(np.int64)),
             schema.obs.to_arrow(obs, n),
             schema.action.to_arrow(action, n),
-            numpy_to_arrow(_flat([b.reward for b in batches], np.float64, n, k_rows)),
+            numpy_to_arrow(_flat(col["reward"], np.float64, n, k_rows)),
             schema.obs.to_arrow(next_obs, n),
-            numpy_to_arrow(_flat([b.terminated for b in batches], np.bool_, n, k_rows)),
-            numpy_to_arrow(_flat([b.truncated for b in batches], np.bool_, n, k_rows)),
+            numpy_to_arrow(_flat(col["terminated"], np.bool_, n, k_rows)),
+            numpy_to_arrow(_flat(col["truncated"], np.bool_, n, k_rows)),
             numpy_to_arrow(versions),
             numpy_to_arrow(timestamps, _TIMESTAMP),
             (_dense_mask(dense, n) if dense
-             else _sparse(self._sparse_rows("masks", starts), n, MASK_TYPE)),
+             else _sparse(_by_row(col["masks"], starts), n, MASK_TYPE)),
             (_dense_data(dense, n, schema.data_type) if dense
-             else _sparse(self._sparse_rows("outputs", starts), n, schema.data_type)),
-            _sparse(self._sparse_rows("infos", starts), n, pa.string()),
+             else _sparse(_by_row(col["outputs"], starts), n, schema.data_type)),
+            _sparse(_by_row(col["infos"], starts), n, pa.string()),
         ]
         batch = pa.RecordBatch.from_arrays(columns, schema=schema.arrow)
-        masked = [(start, b.valid) for b, start in zip(batches, starts) if b.valid is not None]
+        masked = [(start, valid) for start, valid in zip(starts, col["valid"])
+                  if valid is not None]
         if masked:
             keep = np.ones(n, np.bool_)
             for start, valid in masked:
                 keep[start : start + len(valid)] = valid
             batch = batch.filter(numpy_to_arrow(keep))
         return batch
+
+
+def _by_row(parts: tuple[dict[int, Any] | None, ...], starts: list[int]) -> dict[int, Any]:
+    """Block row -> value of a sparse column, from each batch's own row -> value dict."""
+    found: dict[int, Any] = {}
+    for values, start in zip(parts, starts):
+        if values:
+            found.update({start + row: value for row, value in values.items()})
+    return found
 
 
 def _dense_mask(dense: list[_Dense], n: int) -> pa.Array:

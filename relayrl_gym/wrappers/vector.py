@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import functools
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -21,7 +20,7 @@ from relayrl_gym.core.infos import info_to_json
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.errors import ConfigError, StateError
-from relayrl_gym.lifecycle import CallGate, finalizing
+from relayrl_gym.lifecycle import CallGate, finalizing, gated
 from relayrl_gym.recording.pipeline import RunRecording, open_recording
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import new_run_id
@@ -108,18 +107,6 @@ def _reset_or_step(actor: Actor, arg: tuple[Any, bool]) -> tuple[Any, ...]:
 
 def _create_env(actor: Actor, fn: Callable[[], gym.Env]) -> None:
     actor.env = make_checked(fn, actor.index)
-
-
-def _gated(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Runs the method holding the env's `CallGate`: a close() from another thread waits for
-    it, one from a signal handler inside it runs when it ends."""
-
-    @functools.wraps(method)
-    def gated(self: RelayRLVectorEnv, *args: Any, **kwargs: Any) -> Any:
-        with self._gate:
-            return method(self, *args, **kwargs)
-
-    return gated
 
 
 class RelayRLVectorEnv(VectorEnv):
@@ -303,7 +290,7 @@ class RelayRLVectorEnv(VectorEnv):
         }
 
     # -- VectorEnv API ---------------------------------------------------------------------------
-    @_gated
+    @gated
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Resets the envs (env i gets ``seed + i``); starts a new episode in each."""
@@ -313,7 +300,7 @@ class RelayRLVectorEnv(VectorEnv):
             infos = self._add_info(infos, info, i)
         return obs, infos
 
-    @_gated
+    @gated
     def reset_each(self, *, seed: int | Sequence[int | None] | None = None,
                    options: dict[str, Any] | None = None) -> tuple[Any, dict[int, dict[str, Any]]]:
         """`reset`, with each reset env's own info dict (by env index) instead of Gymnasium's
@@ -380,7 +367,7 @@ class RelayRLVectorEnv(VectorEnv):
                     infos = self._add_info(infos, info, i)
         return obs, rewards, terminated, truncated, infos
 
-    @_gated
+    @gated
     def step_each(self, actions: Any) -> EnvSteps:
         """`step`, with each env's own info dict instead of Gymnasium's vector info.
 
@@ -471,12 +458,12 @@ class RelayRLVectorEnv(VectorEnv):
                     if text is not None:
                         infos[i] = text
         acted = self._policy.take(user_actions) if self._policy is not None else None
-        self._recorder.record(TransitionBatch(
-            self._arange, self._episodes.ids, self._episodes.steps, self._prev_obs, actions,
-            rewards, next_obs, terminated, truncated,
-            model_version=-1 if acted is None else acted[0], infos=infos,
-            valid=None if reset_rows is None else ~reset_rows,
-            output_batch=None if acted is None else acted[1]))
+        episodes = self._episodes
+        self._recorder.record(TransitionBatch(  # positional: the cheapest way to make one
+            self._arange, episodes.ids, episodes.steps, self._prev_obs, actions, rewards,
+            next_obs, terminated, truncated, -1 if acted is None else acted[0], infos or None,
+            None, None, None if reset_rows is None else ~reset_rows,
+            None if acted is None else acted[1], None))
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
                           reset_rows: np.ndarray | None, any_done: bool) -> None:
@@ -535,14 +522,14 @@ class RelayRLVectorEnv(VectorEnv):
             actor.model, actor.model_version = self._policy.model, version
         return version
 
-    @_gated
+    @gated
     def render(self) -> tuple[Any, ...]:
         """Each env's render output, rendered on the thread that owns the env."""
         self.check_open()
         return tuple(self._router.run(lambda actor, _: actor.env.render(),
                                       [None] * self.num_envs, self._actors))
 
-    @_gated
+    @gated
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """Calls ``name(*args, **kwargs)`` on every env (or reads it, if not callable)."""
         self.check_open()
@@ -553,14 +540,14 @@ class RelayRLVectorEnv(VectorEnv):
 
         return tuple(self._router.run(call_one, [None] * self.num_envs, self._actors))
 
-    @_gated
+    @gated
     def get_attr(self, name: str) -> tuple[Any, ...]:
         """The attribute ``name`` of every env."""
         self.check_open()
         return tuple(self._router.run(lambda actor, _: actor.env.get_wrapper_attr(name),
                                       [None] * self.num_envs, self._actors))
 
-    @_gated
+    @gated
     def set_attr(self, name: str, values: list[Any] | tuple[Any, ...] | Any) -> None:
         """Sets ``name`` on every env: one value for all, or a list with one value per env."""
         self.check_open()
@@ -591,7 +578,7 @@ class RelayRLVectorEnv(VectorEnv):
     def np_random(self) -> tuple[np.random.Generator, ...]:  # type: ignore[override]
         return self.get_attr("np_random")
 
-    @_gated
+    @gated
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
         self.check_open()
@@ -609,7 +596,10 @@ class RelayRLVectorEnv(VectorEnv):
 
     def _close_once(self, **kwargs: Any) -> None:
         if not self.closed:
-            super().close(**kwargs)
+            try:
+                super().close(**kwargs)
+            finally:  # closed even when an env's own close() raised: the rest was closed
+                self.closed = True
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes the envs on their threads, flushes and closes the sinks, joins every thread."""
@@ -636,7 +626,7 @@ class RelayRLVectorEnv(VectorEnv):
         reset every env (no ``reset_mask``)."""
         return self._prev_obs is None
 
-    @_gated
+    @gated
     def call_each(self, fn: Callable[[gym.Env], Any], indices: Sequence[int] | None = None
                   ) -> list[Any]:
         """``fn(env)`` for the envs at ``indices`` (default: all), each on the thread that owns
