@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -93,6 +93,38 @@ class EpisodeTracker:
         ids[where] = -1
         steps[where] = 0
         self.ids, self.steps = ids, steps
+
+    def number(self, slots: Sequence[int], first: Sequence[bool], done: Sequence[bool]
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Episode id and step of each of a sequence of rows, in order (a slot may come more
+        than once): a row marked ``first``, or of a slot in no episode, starts a new episode;
+        every row counts a step; a row marked ``done`` ends its episode.
+
+        >>> tracker = EpisodeTracker(2, iter(range(10)).__next__)
+        >>> ids, steps = tracker.number([0, 1, 0, 0], [True, True, False, True],
+        ...                             [False, False, True, False])
+        >>> ids.tolist(), steps.tolist(), tracker.ids.tolist(), tracker.steps.tolist()
+        ([0, 1, 0, 2], [0, 0, 1, 0], [2, 1], [1, 1])
+        """
+        current: dict[int, list[int]] = {}  # slot -> [episode id, step], the slots touched
+        out_ids = np.empty(len(slots), np.int64)
+        out_steps = np.empty(len(slots), np.int64)
+        for i, (slot, starts, ends) in enumerate(zip(slots, first, done)):
+            state = current.get(slot)
+            if state is None:
+                state = current[slot] = [int(self.ids[slot]), int(self.steps[slot])]
+            if starts or state[0] < 0:
+                state[0], state[1] = (self.new_id() if self.new_id is not None else 0), 0
+            out_ids[i], out_steps[i] = state
+            if ends:
+                state[0], state[1] = -1, 0
+            else:
+                state[1] += 1
+        if current:
+            touched = np.fromiter(current, np.intp, len(current))
+            values = np.array(list(current.values()), np.int64).reshape(-1, 2)
+            self.set(touched, values[:, 0], values[:, 1])
+        return out_ids, out_steps
 
     def set(self, slots: np.ndarray, ids: np.ndarray, steps: np.ndarray) -> None:
         """Puts episode ids and steps kept elsewhere for a while back into the slots."""

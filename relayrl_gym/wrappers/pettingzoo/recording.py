@@ -104,24 +104,14 @@ class _Run(RunRecording):
         """Hands ``rows`` (all of this run, in step order) to the recorder as one batch; each
         gets its episode id and step here, so they follow the rows' order whichever thread
         stepped their game."""
-        slots = np.array([r.slot for r in rows], np.int64)
-        episode_ids = np.empty(len(rows), np.int64)
-        steps = np.empty(len(rows), np.int64)
-        episodes = self.episodes
-        for i, row in enumerate(rows):
-            slot = row.slot
-            if row.first:
-                episodes.start([slot])
-            episode_ids[i], steps[i] = episodes.ids[slot], episodes.steps[slot]
-            if row.terminated or row.truncated:
-                episodes.end([slot])
-            else:
-                episodes.advance([slot])
+        slots = [r.slot for r in rows]
+        episode_ids, steps = self.episodes.number(
+            slots, [r.first for r in rows], [r.terminated or r.truncated for r in rows])
         infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
         masks = {i: r.mask.tolist() for i, r in enumerate(rows) if r.mask is not None}
         outputs = {i: r.data for i, r in enumerate(rows) if r.data}
         self.recorder.record(TransitionBatch(
-            slots.astype(np.int32), episode_ids, steps,
+            np.array(slots, np.int32), episode_ids, steps,
             _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
             tuple(r.reward for r in rows), _rows([r.next_obs for r in rows]),
             tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
