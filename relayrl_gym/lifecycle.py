@@ -10,6 +10,7 @@ threads still run; ``__del__`` methods check `finalizing` and skip what would wa
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import logging
 import sys
@@ -18,7 +19,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CallGate", "close_at_exit", "finalizing", "forget_at_exit"]
+__all__ = ["CallGate", "close_at_exit", "finalizing", "forget_at_exit", "gated"]
 
 log = logging.getLogger(__name__)
 
@@ -127,3 +128,16 @@ class CallGate:
         finally:
             self._lock.release()
         return True
+
+
+def gated(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Runs a front end's method holding the front end's `CallGate` (its ``_gate``): a
+    ``close()`` from another thread waits for it, one from a signal handler inside it runs when
+    it ends."""
+
+    @functools.wraps(method)
+    def run_gated(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._gate:
+            return method(self, *args, **kwargs)
+
+    return run_gated

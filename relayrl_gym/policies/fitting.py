@@ -6,6 +6,7 @@ one whose spaces or extra outputs do not match, and number the models they run.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,15 @@ class VersionCounter:
 
     def __init__(self) -> None:
         self._given: dict[int, tuple[Any, int]] = {}
+        self._lock = threading.Lock()  # runners of one run may share a counter
         self.top = -1
 
     def version_of(self, model: Any) -> int:
-        known = self._given.get(id(model))
-        if known is not None and known[0] is model:
-            return known[1]
-        version = max(int(model.version), self.top + 1)
-        self._given[id(model)] = (model, version)  # keeps the model: its id stays unique
-        self.top = version
-        return version
+        with self._lock:
+            known = self._given.get(id(model))
+            if known is not None and known[0] is model:
+                return known[1]
+            version = max(int(model.version), self.top + 1)
+            self._given[id(model)] = (model, version)  # keeps the model: its id stays unique
+            self.top = version
+            return version

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relayrl_gym.errors import ConfigError, RelayRLError, StateError
+from relayrl_gym.errors import ConfigError, StateError, add_note
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.models.zmq_source import ZMQModelSource
 from relayrl_gym.transport.sender.sink import ZMQSink
@@ -124,7 +124,9 @@ class AgentCore:
     def shutdown(self, timeout: float = 30.0) -> None:
         """Closes the environments, flushes every sink and joins every thread; idempotent.
 
-        A client agent's actions still waiting for their reward are not recorded.
+        Every part is closed even if an earlier one fails; then the first error is raised as
+        itself (an env's own exception from its ``close`` reaches the caller unchanged, with a
+        note). A client agent's actions still waiting for their reward are not recorded.
         """
         if not self._running:
             return
@@ -139,12 +141,14 @@ class AgentCore:
             try:
                 step()
             except Exception as err:
-                log.exception("shutdown step failed")
+                if errors:  # the first is raised below; later ones are only logged
+                    log.exception("a further shutdown step failed")
                 errors.append(err)
         if errors:
-            if isinstance(errors[0], RelayRLError):
-                raise errors[0]
-            raise StateError(f"shutdown did not complete cleanly: {errors[0]}") from errors[0]
+            if len(errors) > 1:
+                add_note(errors[0], f"relayrl-gym: {len(errors) - 1} later shutdown step(s) "
+                                    "failed too (logged); every part was closed")
+            raise errors[0]
 
     def _check_running(self) -> None:
         if not self._running:

@@ -307,12 +307,11 @@ class RelayRLAgent(AgentCore):
             raise ConfigError(f"`count` must be an int >= 1, got {count!r}")
         policy = self._policy
         assert policy is not None  # set by start
-        if model is None:
-            module, version = policy.current()
-        else:
-            module = policy.checked(model, device)
-            version = policy.version_of(module)
+        module = None if model is None else policy.checked(model, device)
+        version = -1 if module is None else policy.version_of(module)
         with self._lock:
+            if module is None:  # read here: an update_model in between is not missed
+                module, version = policy.current()
             added = []
             for _ in range(count):
                 actor = Actor(self._next_slot, model=module, model_version=version,

@@ -14,7 +14,12 @@ if TYPE_CHECKING:
     from relayrl_gym.runtime.processes import ProcessRouter
     from relayrl_gym.runtime.router import Router
 
-__all__ = ["EnvAgent"]
+__all__ = ["ClientCallError", "EnvAgent"]
+
+class ClientCallError(StateError, AttributeError):
+    """A RelayRL client call on the agent of a wrapped env (an `AttributeError` too, so
+    ``hasattr(envs.agent, "request_action")`` is False)."""
+
 
 #: The RelayRL client's calls, which an env's agent refuses with a clear error.
 _CLIENT_CALLS = frozenset({"request_action", "flag_last_action", "new_actor", "new_actors",
@@ -53,7 +58,7 @@ class EnvAgent(AgentCore):
 
     def __getattr__(self, name: str) -> Any:
         if name in _CLIENT_CALLS:
-            raise StateError(f"this agent belongs to a wrapped env, which steps its actors "
+            raise ClientCallError(f"this agent belongs to a wrapped env, which steps its actors "
                              f"itself; {name} and the other RelayRL client calls need an agent "
                              "from AgentBuilder().build() and agent.start(params)")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

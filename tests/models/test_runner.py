@@ -72,3 +72,23 @@ def test_current_never_pairs_a_model_with_another_models_version(tmp_path):
     stop.set()
     reader.join()
     assert seen and all(versions[id(model)] == version for model, version in seen)
+
+
+def test_runners_sharing_a_counter_give_distinct_versions_from_many_threads(tmp_path):
+    counter = VersionCounter()
+    runners = [PolicyRunner(_module(tmp_path, f"r{i}", seed=i), versions=counter)
+               for i in range(4)]
+    fresh = [[_module(tmp_path, f"n{i}-{k}", seed=10 * i + k) for k in range(5)]
+             for i in range(4)]
+    got = [[] for _ in runners]
+
+    def swap_all(i):
+        got[i] += [runners[i].update(model) for model in fresh[i]]
+
+    threads = [threading.Thread(target=swap_all, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    versions = [v for vs in got for v in vs]
+    assert sorted(versions) == list(range(4, 24))  # each new model its own version

@@ -260,3 +260,24 @@ def test_non_finite_info_values_are_recorded_as_valid_json(sink_dir):
     text = relayrl_gym.load(envs.run_path).table["info"][0].as_py()
     assert json.loads(text) == {"nan": "NaN", "inf": ["Infinity", "-Infinity", 1.5]}
     assert "NaN" not in text.replace('"NaN"', "")  # no bare NaN token: strict JSON
+
+
+def test_an_env_whose_close_raises_reaches_the_caller_as_itself(tmp_path):
+    class CloseFails(Exception):
+        pass
+
+    def make():
+        env = gym.make("CartPole-v1")
+
+        def close():
+            raise CloseFails("the env's own close failed")
+
+        env.close = close
+        return env
+
+    envs = relayrl_gym.wrap([make, make], sink=tmp_path)
+    envs.reset(seed=0)
+    envs.step(envs.action_space.sample())
+    with pytest.raises(CloseFails, match="own close failed"):
+        envs.close()
+    assert envs.closed and len(relayrl_gym.load(envs.run_path).table) == 2

@@ -149,6 +149,11 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
         raise ConfigError(f"api='pettingzoo' keeps the game's own API, which has no "
                           f"`policies` or `actors` (got policies for {players.agents}, "
                           f"actors={actors!r}); use api='gymnasium' or 'sb3' for those")
+    if not own_api and not vector and scale:
+        raise ConfigError(f"this call makes a single gymnasium.Env of one game, which steps on "
+                          f"the calling thread: `router_scale` applies to game copies behind a "
+                          f"vector env (actors=N or api='gymnasium'/'sb3'); leave it at 'auto' "
+                          f"or 0, got {router_scale!r}")
     if own_api and scale:
         raise ConfigError(f"a game with its own API is stepped by the caller: `router_scale` "
                           f"applies to game copies behind a vector env (actors=N or api="

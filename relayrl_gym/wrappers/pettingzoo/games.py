@@ -76,6 +76,7 @@ class GameCopies:
         self.recording = recording
         self.actors = [Actor(c, env=env) for c, env in enumerate(envs)]
         self.router = Router(router_scale, self.actors, name="relayrl-game")
+        self._closed = False
 
     @property
     def envs(self) -> list[Any]:
@@ -116,7 +117,10 @@ class GameCopies:
 
     def close(self) -> None:
         """Closes every copy, stops the actor threads, then flushes and closes the run,
-        whatever fails on the way (then raises the first error)."""
+        whatever fails on the way (then raises the first error); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         steps: list[Callable[[], Any]] = [self.close_copies, self.router.close]
         if self.recording is not None:
             steps.append(self.recording.close)

@@ -137,12 +137,15 @@ class AgentPolicies:
                 module = runner.checked(policy)
                 with self._lock:
                     return runner.swap(module)
-            runner = self._runner(agent, policy, policy_space(self._env.observation_space(agent)),
+            new = self._runner(agent, policy, policy_space(self._env.observation_space(agent)),
                                   self._env.action_space(agent), self.data_type, replacing=True)
             with self._lock:
-                self._runners[agent] = runner
-                del self._callables[agent]
-                return runner.version
+                runner = self._runners.get(agent)
+                if runner is not None:  # another update made one meanwhile: swap into it
+                    return runner.swap(new.model)
+                self._runners[agent] = new
+                self._callables.pop(agent, None)
+                return new.version
         if not callable(policy):
             raise ConfigError(f"the policy of agent {agent!r} must be a ModelModule, a path to "
                               f"one, or a callable obs -> action; got {type(policy).__name__}")

@@ -49,12 +49,12 @@ class TurnGames(GameCopies):
         """
         self.copies, self.slots, self.agents = len(envs), 1, [agent]
         self.agent, self.policies = agent, policies
+        self.observation_space: spaces.Space = envs[0].observation_space(agent)
+        self.action_space: spaces.Space = envs[0].action_space(agent)
         if recording is not None:
             recording.batching = True  # one recorded batch per step of all copies
         super().__init__([RecordedAECEnv(env, recording.tracker(c) if recording else None)
                           for c, env in enumerate(envs)], recording, router_scale)
-        self.observation_space: spaces.Space = self.envs[0].observation_space(agent)
-        self.action_space: spaces.Space = self.envs[0].action_space(agent)
         self._last: list[tuple[Any, dict[str, Any]] | None] = [None] * self.copies
         # Whether the caller's agent has been in the game since its reset (it may join late).
         self._joined = [False] * self.copies

@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.lifecycle import CallGate, gated
 from relayrl_gym.runtime.env_agent import EnvAgent
 from relayrl_gym.wrappers.pettingzoo.games import Games
 from relayrl_gym.wrappers.pettingzoo.observations import zeros_like
@@ -103,6 +104,7 @@ class PettingZooVectorEnv(VectorEnv):
             raise ConfigError(f"`autoreset_mode` for a PettingZoo game must be 'next_step' or "
                               f"'same_step', got {autoreset_mode.value!r}")
         self.games = games
+        self._gate = CallGate()  # close() from any thread waits for the step in flight
         self.autoreset_mode = autoreset_mode
         self.num_envs = games.copies * games.slots
         self.single_observation_space = games.observation_space
@@ -141,6 +143,7 @@ class PettingZooVectorEnv(VectorEnv):
                           f"with envs.update_policy(agent, model) (agents "
                           f"{self.games.policies.agents})")
 
+    @gated
     def reset(self, *, seed: int | Sequence[int | None] | None = None,
               options: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
         """Resets the copies (copy ``c`` gets ``seed + c``; a list gives one seed per copy)."""
@@ -180,6 +183,7 @@ class PettingZooVectorEnv(VectorEnv):
             raise StateError("the first reset() must reset every game copy (no reset_mask)")
         return np.flatnonzero(per_copy[:, 0]).tolist()
 
+    @gated
     def step(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Steps every copy (see the class docstring for resets and padded slots)."""
         self.check_open()
@@ -231,7 +235,7 @@ class PettingZooVectorEnv(VectorEnv):
         final_mask = infos.get("_final_obs")
         final_info = infos.get("final_info", {})
         top = {k: v for k, v in infos.items() if k not in _FINAL_KEYS}
-        finals = {i: (final_obs[i], env_info(final_info, i))  # type: ignore[index]
+        finals = {i: (final_obs[i], env_info(final_info, i))
                   for i in range(self.num_envs) if final_mask is not None and final_mask[i]}
         return EnvSteps(obs, rewards, terminated, truncated,
                         tuple(env_info(top, i) for i in range(self.num_envs)), finals)
@@ -271,16 +275,31 @@ class PettingZooVectorEnv(VectorEnv):
         out = create_empty_array(self.single_observation_space, self.num_envs, fn=np.empty)
         return concatenate(self.single_observation_space, self._items, out)  # type: ignore[arg-type]
 
+    @gated
     def render(self) -> tuple[Any, ...]:
         """Each copy's render output."""
         self.check_open()
         return tuple(self.games.render())
 
+    @gated
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
         self.check_open()
         if self.games.recording is not None:
             self.games.recording.flush()
+
+    def close(self, **kwargs: Any) -> None:
+        """Closes every copy where it lives, flushes and closes the sinks; safe from any
+        thread (a step in flight finishes first); idempotent."""
+        if not self.closed:
+            self._gate.close_now(lambda: self._close_once(**kwargs))
+
+    def _close_once(self, **kwargs: Any) -> None:
+        if not self.closed:
+            try:
+                super().close(**kwargs)
+            finally:  # closed even when an env's own close() raised: the rest was closed
+                self.closed = True
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes every copy where it lives, flushes and closes the sinks, joins every

@@ -131,3 +131,62 @@ def test_a_threaded_game_env_left_open_is_closed_at_exit_with_its_rows(tmp_path)
     subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
     assert time.perf_counter() - start < 30
     assert len(relayrl_gym.load(tmp_path / "left-open").table) == 10 * 3 * 2
+
+
+class _SlowStep(_ThreadNoting):
+    def step(self, actions):
+        time.sleep(0.3)
+        return super().step(actions)
+
+
+def test_close_from_another_thread_waits_for_the_threaded_step_in_flight(tmp_path):
+    envs = relayrl_gym.wrap(_SlowStep(), actors=2, sink=tmp_path, router_scale=2)
+    envs.reset(seed=0)
+    errors = []
+
+    def watchdog():
+        time.sleep(0.1)  # inside the step
+        try:
+            envs.close()
+        except Exception as err:  # what the caller would see
+            errors.append(err)
+
+    closer = threading.Thread(target=watchdog)
+    closer.start()
+    envs.step(np.zeros(envs.num_envs, np.int64))
+    closer.join(10)
+    assert errors == [] and envs.closed
+    assert len(relayrl_gym.load(envs.run_path).table) == 2 * 2  # the step in flight is recorded
+
+
+class _BadClose(Exception):
+    pass
+
+
+@pytest.mark.parametrize("scale", [0, 2])
+def test_a_game_whose_close_raises_reaches_the_caller_as_itself(tmp_path, scale):
+    class Failing(_ThreadNoting):
+        def close(self):
+            raise _BadClose("the game's own close failed")
+
+    envs = relayrl_gym.wrap(Failing(), actors=2, sink=tmp_path, router_scale=scale)
+    envs.reset(seed=0)
+    envs.step(np.zeros(envs.num_envs, np.int64))
+    with pytest.raises(_BadClose, match="own close failed"):
+        envs.close()
+    assert len(relayrl_gym.load(envs.run_path).table) == 2 * 2  # the run is closed all the same
+
+
+def test_a_single_agent_view_refuses_threads():
+    with pytest.raises(ConfigError, match=r"a single gymnasium.Env of one game"):
+        relayrl_gym.wrap(rps_v2.parallel_env(), policies={"player_1": lambda obs: 0},
+                         router_scale=2, sink=None)
+
+
+def test_the_agent_of_a_game_vector_env_has_no_client_calls():
+    envs = relayrl_gym.wrap(rps_v2.parallel_env(), actors=2, sink=None)
+    assert not hasattr(envs.agent, "request_action")
+    assert len(envs.agent.get_actor_ids()) == 2
+    with pytest.raises(ConfigError, match=r"update_policy\(agent, model\)"):
+        envs.agent.update_model(lambda obs: 0)
+    envs.close()
