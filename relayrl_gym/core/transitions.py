@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["TransitionBatch"]
+__all__ = ["TransitionBatch", "batch_of"]
 
 
 class TransitionBatch(NamedTuple):
@@ -62,3 +64,10 @@ class TransitionBatch(NamedTuple):
     def rows(self) -> int:
         """Transitions in the batch, including rows ``valid`` drops."""
         return len(self.env_index)
+
+
+#: ``batch_of((env_index, episode_id, ..., mask_batch))``: a `TransitionBatch` from all of its
+#: columns in field order, made without the Python-level ``__new__`` (half the cost, for the
+#: stepping thread's hot path).
+batch_of: Callable[[tuple[Any, ...]], TransitionBatch] = functools.partial(
+    tuple.__new__, TransitionBatch)

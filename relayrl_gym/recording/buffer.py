@@ -153,6 +153,8 @@ class StepBlock:
 def _by_row(parts: tuple[dict[int, Any] | None, ...], starts: list[int]) -> dict[int, Any]:
     """Block row -> value of a sparse column, from each batch's own row -> value dict."""
     found: dict[int, Any] = {}
+    if not any(parts):  # the common case: no batch of the block has one (one C-level pass)
+        return found
     for values, start in zip(parts, starts):
         if values:
             found.update({start + row: value for row, value in values.items()})

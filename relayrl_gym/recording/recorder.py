@@ -92,7 +92,9 @@ class Recorder:
             if block.n + k > self.capacity and block.n:
                 self._hand_over_locked()
                 block = self._block
-            block.append(batch, stamp)
+            block.batches.append(batch)  # (StepBlock.append, inlined: the hot path)
+            block.stamps.append(stamp)
+            block.n += k
             self._rows += k
         if batch.valid is not None:
             self._dropped += k - int(np.count_nonzero(batch.valid))

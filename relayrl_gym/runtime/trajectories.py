@@ -15,7 +15,7 @@ import numpy as np
 from gymnasium import spaces
 
 from relayrl_gym.core.episodes import EpisodeTracker
-from relayrl_gym.core.transitions import TransitionBatch
+from relayrl_gym.core.transitions import TransitionBatch, batch_of
 from relayrl_gym.errors import UnsupportedSpaceError
 
 if TYPE_CHECKING:
@@ -135,10 +135,10 @@ class TrajectoryTable:
         chain = self._chain
         if chain is not None and chain.key is key and mask is None:
             if self.recorder is not None:
-                self.recorder.record(TransitionBatch(
+                self.recorder.record(batch_of((
                     chain.slots32, chain.episodes, chain.steps, chain.obs, chain.actions,
-                    rewards, obs, chain.no_flags, chain.no_flags,
-                    model_version=chain.versions, output_batch=chain.data or None))
+                    rewards, obs, chain.no_flags, chain.no_flags, chain.versions, None, None,
+                    None, None, chain.data or None, None)))
             # New arrays replace the old ones (which the recorder now holds), never modified.
             chain.obs, chain.actions, chain.versions, chain.data = obs, actions, versions, data
             chain.steps = chain.steps + 1

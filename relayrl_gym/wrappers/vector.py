@@ -18,7 +18,7 @@ from relayrl_gym._version import __version__
 from relayrl_gym.core.episodes import EpisodeTracker
 from relayrl_gym.core.infos import info_to_json
 from relayrl_gym.core.options import RecordingOptions
-from relayrl_gym.core.transitions import TransitionBatch
+from relayrl_gym.core.transitions import batch_of
 from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.lifecycle import CallGate, finalizing, gated
 from relayrl_gym.recording.pipeline import RunRecording, open_recording
@@ -459,11 +459,11 @@ class RelayRLVectorEnv(VectorEnv):
                         infos[i] = text
         acted = self._policy.take(user_actions) if self._policy is not None else None
         episodes = self._episodes
-        self._recorder.record(TransitionBatch(  # positional: the cheapest way to make one
+        self._recorder.record(batch_of((
             self._arange, episodes.ids, episodes.steps, self._prev_obs, actions, rewards,
             next_obs, terminated, truncated, -1 if acted is None else acted[0], infos or None,
             None, None, None if reset_rows is None else ~reset_rows,
-            None if acted is None else acted[1], None))
+            None if acted is None else acted[1], None)))
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
                           reset_rows: np.ndarray | None, any_done: bool) -> None:

@@ -87,3 +87,15 @@ def test_recorded_episodes_follow_gymnasium_episode_bounds(tmp_path, mode):
         mine = set(episode.tolist())
         assert not mine & ids  # episode ids are unique within the run
         ids |= mine
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_number_gives_every_row_its_episode_and_step(shared):
+    tracker = EpisodeTracker(3, itertools.count().__next__, shared=shared)
+    held = tracker.ids
+    ids, steps = tracker.number([0, 1, 0, 0, 2, 0], [True, True, False, False, True, True],
+                                [False, False, False, True, False, False])
+    assert ids.tolist() == [0, 1, 0, 0, 2, 3]  # slot 0's episode ended, the next row starts 3
+    assert steps.tolist() == [0, 0, 1, 2, 0, 0]
+    assert tracker.ids.tolist() == [3, 1, 2] and tracker.steps.tolist() == [1, 1, 1]
+    assert (held is tracker.ids) is not shared  # a shared tracker never writes in place

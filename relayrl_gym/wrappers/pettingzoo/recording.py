@@ -98,7 +98,7 @@ class _Run(RunRecording):
         self.agents = agents
         #: Each slot's episode (the slots of every game copy).
         self.episodes = EpisodeTracker(len(self.recorder.actor_ids),
-                                       self.recorder.new_episode_id)
+                                       self.recorder.new_episode_id, shared=False)
 
     def record(self, rows: list[AgentTransition]) -> None:
         """Hands ``rows`` (all of this run, in step order) to the recorder as one batch; each
