@@ -19,7 +19,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["CallGate", "close_at_exit", "finalizing", "forget_at_exit", "gated"]
+__all__ = ["CallGate", "GatedClose", "close_at_exit", "finalizing", "forget_at_exit",
+           "gated"]
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +142,25 @@ def gated(method: Callable[..., Any]) -> Callable[..., Any]:
             return method(self, *args, **kwargs)
 
     return run_gated
+
+
+class GatedClose:
+    """``close()`` through the front end's `CallGate` (its ``_gate``), for a Gymnasium
+    `VectorEnv` subclass (mixed in before it): safe from any thread (a call in flight finishes
+    first; from a signal handler inside a call, the close runs when the call ends), idempotent,
+    and ``closed`` even when an env's own ``close`` raised (everything else is closed first)."""
+
+    _gate: CallGate
+    closed: bool
+
+    def close(self, **kwargs: Any) -> None:
+        """Closes the env (see the class docstring)."""
+        if not self.closed:
+            self._gate.close_now(lambda: self._close_once(**kwargs))
+
+    def _close_once(self, **kwargs: Any) -> None:
+        if not self.closed:
+            try:
+                super().close(**kwargs)  # type: ignore[misc]
+            finally:
+                self.closed = True

@@ -20,7 +20,7 @@ from relayrl_gym.core.infos import info_to_json
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.core.transitions import batch_of
 from relayrl_gym.errors import ConfigError, StateError
-from relayrl_gym.lifecycle import CallGate, finalizing, gated
+from relayrl_gym.lifecycle import CallGate, GatedClose, finalizing, gated
 from relayrl_gym.recording.pipeline import RunRecording, open_recording
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.agent import new_run_id
@@ -109,7 +109,7 @@ def _create_env(actor: Actor, fn: Callable[[], gym.Env]) -> None:
     actor.env = make_checked(fn, actor.index)
 
 
-class RelayRLVectorEnv(VectorEnv):
+class RelayRLVectorEnv(GatedClose, VectorEnv):
     """A `gymnasium.vector.VectorEnv` of ``N`` actors, each owning one env copy, all recorded.
 
     What the caller sees is what `gymnasium.vector.SyncVectorEnv` of the same envs returns (same
@@ -583,23 +583,6 @@ class RelayRLVectorEnv(VectorEnv):
         """Writes every transition recorded so far to the sinks (and waits for it)."""
         self.check_open()
         self.agent.flush()
-
-    def close(self, **kwargs: Any) -> None:
-        """Closes the envs on their threads, flushes and closes the sinks, joins every thread.
-
-        Safe from any thread: a step in flight on another thread finishes (and is recorded)
-        first; called from a signal handler during a step, the close runs when that step ends.
-        Idempotent.
-        """
-        if not self.closed:
-            self._gate.close_now(lambda: self._close_once(**kwargs))
-
-    def _close_once(self, **kwargs: Any) -> None:
-        if not self.closed:
-            try:
-                super().close(**kwargs)
-            finally:  # closed even when an env's own close() raised: the rest was closed
-                self.closed = True
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes the envs on their threads, flushes and closes the sinks, joins every thread."""

@@ -12,7 +12,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space, concatenate, create_empty_array, iterate
 
 from relayrl_gym.errors import ConfigError, StateError
-from relayrl_gym.lifecycle import CallGate, gated
+from relayrl_gym.lifecycle import CallGate, GatedClose, gated
 from relayrl_gym.runtime.env_agent import EnvAgent
 from relayrl_gym.wrappers.pettingzoo.games import Games
 from relayrl_gym.wrappers.pettingzoo.observations import zeros_like
@@ -62,7 +62,7 @@ def _clear_slot(infos: dict[str, Any], i: int) -> None:
                 _clear_slot(infos[key], i)
 
 
-class PettingZooVectorEnv(VectorEnv):
+class PettingZooVectorEnv(GatedClose, VectorEnv):
     """A `gymnasium.vector.VectorEnv` over ``copies`` copies of a PettingZoo game: slot
     ``c * K + k`` is the ``k``-th caller-played agent of copy ``c`` (``K`` = 1 when policies
     play every other agent; every agent under parameter sharing).
@@ -287,19 +287,6 @@ class PettingZooVectorEnv(VectorEnv):
         self.check_open()
         if self.games.recording is not None:
             self.games.recording.flush()
-
-    def close(self, **kwargs: Any) -> None:
-        """Closes every copy where it lives, flushes and closes the sinks; safe from any
-        thread (a step in flight finishes first); idempotent."""
-        if not self.closed:
-            self._gate.close_now(lambda: self._close_once(**kwargs))
-
-    def _close_once(self, **kwargs: Any) -> None:
-        if not self.closed:
-            try:
-                super().close(**kwargs)
-            finally:  # closed even when an env's own close() raised: the rest was closed
-                self.closed = True
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes every copy where it lives, flushes and closes the sinks, joins every
