@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
+from relayrl_gym.transport._zmq import new_context, release_gc_thread, require_zmq
 from relayrl_gym.transport.models import ModelFeed
 from relayrl_gym.transport.protocol import ProtocolViolation, decode_header
 from relayrl_gym.transport.sockets import connect_socket
@@ -56,7 +56,7 @@ class ZMQModelSource:
         self._endpoint = endpoint if callable(endpoint) else (lambda: endpoint)
         self._feed = ModelFeed(update)
         self._keys = keys
-        self._ctx = require_zmq().Context()
+        self._ctx = new_context()
         self._stop = threading.Event()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)

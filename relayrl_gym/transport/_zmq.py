@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from relayrl_gym.errors import missing_extra
 
-__all__ = ["release_gc_thread", "require_zmq"]
+__all__ = ["new_context", "release_gc_thread", "require_zmq"]
+
+_contexts = 0  # contexts made by new_context and not yet released
+_contexts_lock = threading.Lock()
 
 
 def require_zmq() -> Any:
@@ -18,14 +22,30 @@ def require_zmq() -> Any:
     return zmq
 
 
+def new_context() -> Any:
+    """A new ``zmq.Context``, counted: `release_gc_thread` stops pyzmq's garbage-collector
+    thread only once every counted context is released."""
+    global _contexts
+    context = require_zmq().Context()
+    with _contexts_lock:
+        _contexts += 1
+    return context
+
+
 def release_gc_thread() -> None:
-    """Stops pyzmq's garbage-collector thread once no zero-copy send is outstanding.
+    """Releases a context of `new_context` (after terminating it); the last one stops pyzmq's
+    garbage-collector thread once no zero-copy send is outstanding.
 
     pyzmq starts that thread at the first zero-copy send and keeps it for the process's life;
-    a sink or server calls this after terminating its context, so closing leaves no thread
-    behind. The thread starts again by itself at the next zero-copy send.
+    closing the last sink, server or model source leaves no thread behind. Stopping it while
+    another of them still sends could wait for ever (its context cannot terminate under a
+    send in flight), hence the count. The thread starts again by itself at the next
+    zero-copy send.
     """
+    global _contexts
     from zmq.utils.garbage import gc
 
-    if gc.is_alive() and not gc.refs:
-        gc.stop()
+    with _contexts_lock:
+        _contexts = max(0, _contexts - 1)
+        if _contexts == 0 and gc.is_alive() and not gc.refs:
+            gc.stop()

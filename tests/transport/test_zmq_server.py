@@ -195,3 +195,28 @@ def test_batches_over_the_collectors_limit_are_split(tmp_path):
                      rows(tmp_path / "copy" / envs.run_id))
     with pytest.raises(ConfigError, match="max_message_bytes"):
         TrainingServer(bind="tcp://127.0.0.1:*", sink=tmp_path, max_message_bytes=1000)
+
+
+def test_pyzmqs_gc_thread_stops_with_the_last_context_not_before():
+    # Stopping it while another sink, server or model source still sends zero-copy could wait
+    # for ever (a closing model source once hung the process that way).
+    import zmq
+    from zmq.utils.garbage import gc
+
+    from relayrl_gym.transport._zmq import new_context, release_gc_thread
+
+    sending, other = new_context(), new_context()
+    push, pull = sending.socket(zmq.PUSH), sending.socket(zmq.PULL)
+    pull.bind("inproc://gc-test")
+    push.connect("inproc://gc-test")
+    push.send(b"x" * 100_000, copy=False)  # a zero-copy send starts the gc thread
+    assert pull.recv() == b"x" * 100_000
+    assert gc.is_alive()
+    push.close()
+    pull.close()
+    sending.term()
+    release_gc_thread()
+    assert gc.is_alive()  # `other` may still send: left running
+    other.term()
+    release_gc_thread()
+    assert not gc.is_alive()

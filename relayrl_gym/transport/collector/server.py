@@ -16,7 +16,7 @@ import pyarrow as pa
 from relayrl_gym.errors import ConfigError, StateError, TransportError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
-from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
+from relayrl_gym.transport._zmq import new_context, release_gc_thread, require_zmq
 from relayrl_gym.transport.collector.publisher import DEFAULT_PEER_TIMEOUT, ModelPublisher
 from relayrl_gym.transport.collector.receiver import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -88,7 +88,7 @@ class TrainingServer:
             limits: runs and senders one peer (a CURVE key, else a connection) and all peers
                 may hold open (default `Limits()`: 16 and 64 per peer, 128 and 4096 in all).
         """
-        zmq = require_zmq()
+        require_zmq()  # a clear error before anything is opened
         if isinstance(sink, Sink):
             raise ConfigError("TrainingServer needs a sink spec it can open per run (a "
                               "directory or a database URL), not a Sink object")
@@ -110,7 +110,7 @@ class TrainingServer:
         self._arrived = threading.Condition()
         self._listening = False
         self._closed = False
-        self._ctx = zmq.Context()
+        self._ctx = new_context()
         self._auth: Any = None
         self.publisher: Any = None
         keys = None

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
-from relayrl_gym.transport._zmq import release_gc_thread, require_zmq
+from relayrl_gym.transport._zmq import new_context, release_gc_thread, require_zmq
 from relayrl_gym.transport.keys import client_keys
 from relayrl_gym.transport.payloads import payload_crc
 from relayrl_gym.transport.protocol import (
@@ -163,14 +163,14 @@ class ZMQSink(Sink):
 
     # -- Sink API ---------------------------------------------------------------------------
     def start(self, run_id: str, schema: pa.Schema) -> None:
-        zmq = require_zmq()
+        require_zmq()  # a clear error before anything is opened
         if self._thread is not None:
             raise SinkError("ZMQSink.start() called twice; use one sink per run")
         self.run_id, self._schema = run_id, schema
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._ctx = zmq.Context()
+        self._ctx = new_context()
         self._thread = threading.Thread(target=self._run, name=f"relayrl-zmq-sender-{run_id}",
                                         daemon=True)
         self._thread.start()
