@@ -80,13 +80,15 @@ class StepBlock:
 
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
-        self.batches: list[TransitionBatch] = []
+        self.batches: list[tuple[Any, ...]] = []  # TransitionBatch columns, as plain tuples
         self.stamps: list[int] = []  # each batch's timestamp (ns)
         self.n = 0
 
     def append(self, batch: TransitionBatch, timestamp_ns: int) -> None:
         """Takes ``batch`` (recorded at ``timestamp_ns``) as the block's next rows."""
-        self.batches.append(batch)
+        # An exact tuple of arrays and scalars, which the garbage collector stops tracking
+        # (a NamedTuple it would traverse at every collection while the block waits).
+        self.batches.append(tuple(batch))
         self.stamps.append(timestamp_ns)
         self.n += len(batch.env_index)
 

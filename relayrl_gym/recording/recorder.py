@@ -92,7 +92,7 @@ class Recorder:
             if block.n + k > self.capacity and block.n:
                 self._hand_over_locked()
                 block = self._block
-            block.batches.append(batch)  # (StepBlock.append, inlined: the hot path)
+            block.batches.append(tuple(batch))  # StepBlock.append inlined (the hot path)
             block.stamps.append(stamp)
             block.n += k
             self._rows += k
