@@ -3,7 +3,9 @@ it."""
 
 from __future__ import annotations
 
+import logging
 import sys
+from collections.abc import Callable, Iterable
 
 __all__ = [
     "ActionError",
@@ -19,7 +21,10 @@ __all__ = [
     "TransportError",
     "UnsupportedSpaceError",
     "add_note",
+    "run_all",
 ]
+
+log = logging.getLogger(__name__)
 
 
 class RelayRLError(Exception):
@@ -84,3 +89,30 @@ def add_note(err: BaseException, note: str) -> None:
         err.add_note(note)
     else:
         setattr(err, "__notes__", [*getattr(err, "__notes__", []), note])  # noqa: B010
+
+
+def run_all(steps: Iterable[Callable[[], object]]) -> None:
+    """Runs every step whatever fails on the way (closing many parts), then raises the first
+    error as itself; the later ones are logged and counted in a note on it.
+
+    >>> done = []
+    >>> run_all([lambda: done.append(1), lambda: 1 / 0, lambda: done.append(3)])
+    Traceback (most recent call last):
+    ...
+    ZeroDivisionError: division by zero
+    >>> done
+    [1, 3]
+    """
+    errors: list[Exception] = []
+    for step in steps:
+        try:
+            step()
+        except Exception as err:
+            if errors:  # the first is raised below
+                log.exception("a further step failed while closing")
+            errors.append(err)
+    if errors:
+        if len(errors) > 1:
+            add_note(errors[0], f"relayrl-gym: {len(errors) - 1} later step(s) failed too "
+                                "(logged); every part was closed")
+        raise errors[0]

@@ -68,12 +68,8 @@ class EpisodeTracker:
     def start(self, slots: Slots = None) -> None:
         """Starts a new episode in each of ``slots`` (None: every slot), at step 0."""
         where = _indices(slots, len(self.ids))
-        if len(where) == 0:
-            return
-        ids, steps = self.ids.copy(), self.steps.copy()
-        ids[where] = self._new_ids(len(where))
-        steps[where] = 0
-        self.ids, self.steps = ids, steps
+        if len(where):
+            self.set(where, self._new_ids(len(where)), 0)
 
     def start_missing(self, slots: Slots = None) -> None:
         """Starts a new episode in each of ``slots`` that is in none."""
@@ -92,12 +88,8 @@ class EpisodeTracker:
     def end(self, slots: Slots) -> None:
         """Takes each of ``slots`` out of its episode."""
         where = _indices(slots, len(self.ids))
-        if len(where) == 0:
-            return
-        ids, steps = self.ids.copy(), self.steps.copy()
-        ids[where] = -1
-        steps[where] = 0
-        self.ids, self.steps = ids, steps
+        if len(where):
+            self.set(where, -1, 0)
 
     def number(self, slots: Sequence[int], first: Sequence[bool], done: Sequence[bool]
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +125,9 @@ class EpisodeTracker:
         self.ids, self.steps = ids, steps
         return np.array(out_ids, np.int64), np.array(out_steps, np.int64)
 
-    def set(self, slots: np.ndarray, ids: np.ndarray, steps: np.ndarray) -> None:
-        """Puts episode ids and steps kept elsewhere for a while back into the slots."""
+    def set(self, slots: np.ndarray, ids: np.ndarray | list[int] | int,
+            steps: np.ndarray | int) -> None:
+        """Puts episode ids and steps (one per slot, or one for all) into the slots."""
         new_ids, new_steps = self.ids.copy(), self.steps.copy()
         new_ids[slots] = ids
         new_steps[slots] = steps

@@ -33,8 +33,8 @@ class TransitionBatch(NamedTuple):
     >>> batch = TransitionBatch(np.arange(2, dtype=np.int32), np.zeros(2, np.int64),
     ...                         np.zeros(2, np.int64), np.zeros((2, 3)), np.array([0, 1]),
     ...                         1.0, np.ones((2, 3)), (False, True), (False, False))
-    >>> batch.rows
-    2
+    >>> len(batch.env_index), batch.model_version
+    (2, -1)
     """
 
     env_index: np.ndarray
@@ -59,11 +59,6 @@ class TransitionBatch(NamedTuple):
     output_batch: dict[str, np.ndarray] | None = None
     #: The action masks of every row, ``(rows, n)`` bools.
     mask_batch: np.ndarray | None = None
-
-    @property
-    def rows(self) -> int:
-        """Transitions in the batch, including rows ``valid`` drops."""
-        return len(self.env_index)
 
 
 #: ``batch_of((env_index, episode_id, ..., mask_batch))``: a `TransitionBatch` from all of its

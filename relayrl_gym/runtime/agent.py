@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import logging
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from relayrl_gym.errors import ConfigError, StateError, add_note
+from relayrl_gym.errors import ConfigError, StateError, run_all
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.models.zmq_source import ZMQModelSource
 from relayrl_gym.transport.sender.sink import ZMQSink
@@ -25,8 +24,6 @@ if TYPE_CHECKING:
     from relayrl_gym.runtime.actor import Actor
 
 __all__ = ["AgentCore", "new_run_id"]
-
-log = logging.getLogger(__name__)
 
 
 def new_run_id(env_id: str | None) -> str:
@@ -87,6 +84,17 @@ class AgentCore:
         """Hot-swaps the model; returns the version it runs as."""
         raise NotImplementedError
 
+    def scale_throughput(self, n: int) -> None:
+        """Sets how many actors may run at once: a wrapped env's actor threads (threaded
+        router only; see `Router`), a client agent's inference threads (0: the caller's)."""
+        self._check_running()
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"`n` must be an int >= 0, got {n!r}")
+        self._scale(n)
+
+    def _scale(self, n: int) -> None:
+        raise NotImplementedError
+
     def follow_models(self) -> None:
         """Follows the model publisher of each ZMQ sink's collector (unless ``models=off``):
         each newer model published there is swapped in through `update_model`. Models travel
@@ -133,22 +141,9 @@ class AgentCore:
         with self._lock:  # a request in flight finishes (and is recorded) first
             self._running = False
         forget_at_exit(self._exit_key)
-        errors: list[BaseException] = []
-        steps: list[Callable[[], Any]] = [source.close for source in self.model_sources]
-        steps += self._closing_steps(timeout)
-        steps += [functools.partial(run.close, timeout) for run in self.runs]
-        for step in steps:  # every part gets closed even if an earlier one fails
-            try:
-                step()
-            except Exception as err:
-                if errors:  # the first is raised below; later ones are only logged
-                    log.exception("a further shutdown step failed")
-                errors.append(err)
-        if errors:
-            if len(errors) > 1:
-                add_note(errors[0], f"relayrl-gym: {len(errors) - 1} later shutdown step(s) "
-                                    "failed too (logged); every part was closed")
-            raise errors[0]
+        run_all([*(source.close for source in self.model_sources),
+                 *self._closing_steps(timeout),
+                 *(functools.partial(run.close, timeout) for run in self.runs)])
 
     def _check_running(self) -> None:
         if not self._running:

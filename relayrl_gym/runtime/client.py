@@ -159,11 +159,8 @@ class RelayRLAgent(AgentCore):
         """Inference worker threads (0: requests run on the caller's thread)."""
         return self._worker_count
 
-    def scale_throughput(self, n: int) -> None:
-        """Sets how many inference threads serve actors with different models at once."""
-        self._check_running()
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigError(f"`n` must be an int >= 0, got {n!r}")
+    def _scale(self, n: int) -> None:
+        # Inference threads serving actors with different models at once.
         with self._lock:  # between requests, never during one
             self._resize_workers(n)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.errors import StateError
 from relayrl_gym.runtime.agent import AgentCore
 
 if TYPE_CHECKING:
@@ -68,12 +68,8 @@ class EnvAgent(AgentCore):
         """0 when actors run inline on the caller's thread, else how many may run at once."""
         return self.router.scale
 
-    def scale_throughput(self, n: int) -> None:
-        """Sets how many actors may run at once (threaded router only; see `Router`)."""
-        self._check_running()
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ConfigError(f"`n` must be an int >= 0, got {n!r}")
-        self.router.scale_throughput(n)
+    def _scale(self, n: int) -> None:
+        self.router.scale_throughput(n)  # threaded router only; see `Router`
 
     def update_model(self, model: Any, ids: Any = None) -> int:
         """Hot-swaps the env's policy between steps; returns the version it runs as."""

@@ -7,6 +7,7 @@ from typing import Any, NamedTuple, Protocol
 
 from gymnasium import spaces
 
+from relayrl_gym.errors import run_all
 from relayrl_gym.runtime.actor import Actor
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.wrappers.pettingzoo.policies import AgentPolicies
@@ -99,21 +100,16 @@ class GameCopies:
     def close_copies(self) -> None:
         """Closes every copy where it lives, whatever fails on the way (then raises the first
         error), after handing the staged rows to the recorders."""
-        errors: list[BaseException] = []
+        run_all([*([self.recording.commit] if self.recording is not None else []),
+                 self._close_envs])
 
-        def close_one(actor: Actor, _: Any) -> None:
-            try:
-                actor.env.close()
-            except Exception as err:
-                errors.append(err)
-
-        try:
-            if self.recording is not None:
-                self.recording.commit()
-        finally:
-            self.router.run(close_one, [None] * len(self.actors))
-        if errors:
-            raise errors[0]
+    def _close_envs(self) -> None:
+        # Every copy at once where it lives, each whatever the others do; then the first error
+        # in copy order.
+        failed = [err for err in self.router.run(_close_env, [None] * len(self.actors))
+                  if err is not None]
+        if failed:
+            raise failed[0]
 
     def close(self) -> None:
         """Closes every copy, stops the actor threads, then flushes and closes the run,
@@ -121,14 +117,13 @@ class GameCopies:
         if self._closed:
             return
         self._closed = True
-        steps: list[Callable[[], Any]] = [self.close_copies, self.router.close]
-        if self.recording is not None:
-            steps.append(self.recording.close)
-        errors: list[BaseException] = []
-        for step in steps:
-            try:
-                step()
-            except Exception as err:
-                errors.append(err)
-        if errors:
-            raise errors[0]
+        run_all([self.close_copies, self.router.close,
+                 *([self.recording.close] if self.recording is not None else [])])
+
+
+def _close_env(actor: Actor, _: Any) -> Exception | None:
+    try:
+        actor.env.close()
+    except Exception as err:
+        return err
+    return None

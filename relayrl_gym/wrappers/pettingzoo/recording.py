@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -19,7 +19,7 @@ from relayrl_gym._version import __version__
 from relayrl_gym.core.episodes import EpisodeTracker
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.core.transitions import TransitionBatch
-from relayrl_gym.errors import ConfigError
+from relayrl_gym.errors import ConfigError, run_all
 from relayrl_gym.recording.pipeline import RunRecording, open_recording
 from relayrl_gym.runtime.agent import new_run_id
 from relayrl_gym.schema.batches import map_leaves
@@ -120,18 +120,6 @@ class _Run(RunRecording):
             infos=infos or None, masks=masks or None, outputs=outputs or None))
 
 
-def _each(runs: list[_Run], action: Callable[[_Run], object]) -> None:
-    """``action(run)`` for every run, whatever fails on the way; then the first error."""
-    error: BaseException | None = None
-    for run in runs:
-        try:
-            action(run)
-        except Exception as err:
-            error = error or err
-    if error is not None:
-        raise error
-
-
 class GameRecording:
     """The recorded runs of ``copies`` copies of a game.
 
@@ -187,8 +175,9 @@ class GameRecording:
             for rid, group in zip(ids, groups):
                 self.runs.append(_open_run(options, rid, group, copies, meta, data_type))
         except BaseException:
+            opened = [functools.partial(run.close, 10.0) for run in self.runs]
             with contextlib.suppress(Exception):  # the opening error is the one to see
-                _each(self.runs, lambda run: run.close(10.0))  # the runs opened before it
+                run_all(opened)
             raise
         #: The local Arrow directory of every agent's run (agent -> path; None: no local one).
         self.run_paths = {a: run.run_path for run in self.runs for a in run.agents}
@@ -248,7 +237,7 @@ class GameRecording:
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
         self.commit()
-        _each(self.runs, lambda run: run.recorder.flush())
+        run_all([run.flush for run in self.runs])
 
     def close(self, timeout: float = 30.0) -> None:
         """Flushes and closes every run's sinks, whatever fails on the way (then raises the
@@ -259,7 +248,7 @@ class GameRecording:
         try:
             self.commit()
         finally:
-            _each(self.runs, lambda run: run.close(timeout))
+            run_all([functools.partial(run.close, timeout) for run in self.runs])
 
 
 def _open_run(options: RecordingOptions, run_id: str, group: SpaceGroup, copies: int,
