@@ -210,9 +210,10 @@ class GameRecording:
         """Takes finished transitions of game copy ``copy``: recorded now, or at the next
         `commit` when batching."""
         with self.lock:
-            self._staged.append((self._phase, copy, len(self._staged), rows))
-            if not self.batching:
-                self._commit_locked()
+            if self.batching:
+                self._staged.append((self._phase, copy, len(self._staged), rows))
+            elif rows:  # one game stepped by the caller: nothing to order
+                self._record(rows)
 
     def commit(self) -> None:
         """Hands the staged transitions to the recorders, one batch per run."""
@@ -224,7 +225,9 @@ class GameRecording:
         if not staged:
             return
         staged.sort(key=lambda entry: entry[:3])
-        rows = [row for entry in staged for row in entry[3]]
+        self._record([row for entry in staged for row in entry[3]])
+
+    def _record(self, rows: list[AgentTransition]) -> None:
         if len(self.runs) == 1:
             self.runs[0].record(rows)
             return
