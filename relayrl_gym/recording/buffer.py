@@ -76,13 +76,15 @@ class StepBlock:
     building Arrow arrays happens on the writer thread.
     """
 
-    __slots__ = ("batches", "n", "seq", "stamps")
+    __slots__ = ("arrow", "batches", "n", "seq", "stamps")
 
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
         self.batches: list[tuple[Any, ...]] = []  # TransitionBatch columns, as plain tuples
         self.stamps: list[int] = []  # each batch's timestamp (ns)
         self.n = 0
+        #: The block's rows as one Arrow batch, once built (then ``batches`` is let go of).
+        self.arrow: pa.RecordBatch | None = None
 
     def append(self, batch: TransitionBatch, timestamp_ns: int) -> None:
         """Takes ``batch`` (recorded at ``timestamp_ns``) as the block's next rows."""
@@ -91,7 +93,6 @@ class StepBlock:
         self.batches.append(tuple(batch))
         self.stamps.append(timestamp_ns)
         self.n += len(batch.env_index)
-
 
     def to_record_batch(
         self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str]
