@@ -18,6 +18,10 @@ def _json_default(value: Any) -> Any:
     return repr(value)
 
 
+#: One encoder for every info (``json.dumps`` with ``default=`` builds a new one per call, which
+#: costs as much as the encoding of a small info).
+_ENCODER = json.JSONEncoder(default=_json_default, allow_nan=False)
+
 #: Non-finite floats as JSON strings, as the protobuf JSON mapping writes them.
 _NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
 
@@ -34,7 +38,7 @@ def info_to_json(info: dict[str, Any]) -> str | None:
     if not info:
         return None
     try:  # the common case: one C-accelerated pass
-        return json.dumps(info, default=_json_default, allow_nan=False)
+        return _ENCODER.encode(info)
     except (TypeError, ValueError):  # keys JSON cannot hold, non-finite floats, cycles
         try:
             return json.dumps(_plain(info), allow_nan=False)
