@@ -13,6 +13,7 @@ import pyarrow as pa
 from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.spaces import space_from_json
 from relayrl_gym.schema.transitions import TransitionSchema
+from relayrl_gym.storage.obs_layout import is_once, logical_schema, restore
 from relayrl_gym.storage.run_dir import (
     PART_GLOB,
     RUN_FILE,
@@ -68,8 +69,13 @@ def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
     for name, file in sorted(files):
         batches.extend(_read_part(file, path / name))
     if batches:
-        schema = TransitionSchema.from_arrow(batches[0].schema)
-        return pa.Table.from_batches(batches, schema=batches[0].schema), schema
+        stored = batches[0].schema
+        if is_once(stored):  # observations stored once: whole transitions back, batch by batch
+            stored = logical_schema(stored)
+            batches = [restore(batch, stored) if is_once(batch.schema) else batch
+                       for batch in batches]
+        schema = TransitionSchema.from_arrow(stored)
+        return pa.Table.from_batches(batches, schema=stored), schema
     meta = json.loads(run_file.read_text())
 
     schema = TransitionSchema.build(space_from_json(meta["observation_space"]),

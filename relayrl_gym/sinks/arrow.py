@@ -9,6 +9,7 @@ import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
+from relayrl_gym.storage.obs_layout import LAYOUTS, compact, resolve, stored_schema
 from relayrl_gym.storage.run_dir import RunDirWriter
 
 __all__ = ["ArrowSink"]
@@ -30,7 +31,7 @@ class ArrowSink(Sink):
 
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_SINK_ROOT, *,
                  max_file_bytes: int = 256 * 1024 * 1024, compression: str | None = "zstd",
-                 fsync: bool = False) -> None:
+                 fsync: bool = False, obs_layout: str = "auto") -> None:
         """Creates the sink; nothing is written before `start`.
 
         Args:
@@ -38,6 +39,12 @@ class ArrowSink(Sink):
             max_file_bytes: a data file is closed and a new one started past this size.
             compression: IPC buffer compression, "zstd", "lz4" or None.
             fsync: also ``fsync`` files at every flush (survives power loss, not only crashes).
+            obs_layout: ``"pairs"`` stores obs and next_obs in every row; ``"once"`` stores
+                each observation once, ``next_obs`` only where it is not the obs of the
+                agent's next row (about half the bytes for images; `relayrl_gym.load` returns
+                whole transitions either way, other readers see nulls there; see
+                `relayrl_gym.storage.obs_layout`); ``"auto"`` (default): ``"once"`` for array
+                observations of 4 KiB or more.
         """
         if compression not in (None, "zstd", "lz4"):
             raise ConfigError(f"`compression` must be 'zstd', 'lz4' or None, got {compression!r}")
@@ -47,6 +54,12 @@ class ArrowSink(Sink):
         self.max_file_bytes = int(max_file_bytes)
         self.compression = compression
         self.fsync = fsync
+        if obs_layout not in LAYOUTS:
+            raise ConfigError(f"`obs_layout` must be one of {', '.join(LAYOUTS)}; got "
+                              f"{obs_layout!r}")
+        self.obs_layout = obs_layout
+        #: The schema of the files, when they store observations once (None: as recorded).
+        self._once_schema: pa.Schema | None = None
         self.run_path: Path | None = None
         self._parts: RunDirWriter | None = None
         self.files_written: list[Path] = []
@@ -65,6 +78,8 @@ class ArrowSink(Sink):
 
     def start(self, run_id: str, schema: pa.Schema) -> None:
         run_path = self.root / run_id
+        if resolve(self.obs_layout, schema) == "once":
+            schema = self._once_schema = stored_schema(schema)
         try:
             self._parts = RunDirWriter.create(run_path, schema, compression=self.compression,
                                               max_file_bytes=self.max_file_bytes,
@@ -84,6 +99,8 @@ class ArrowSink(Sink):
     def write(self, batch: pa.RecordBatch) -> None:
         if self._parts is None:
             raise SinkError("ArrowSink.write() called before start()")
+        if self._once_schema is not None:
+            batch = compact(batch, self._once_schema)
         self._parts.write(batch)
         if self._parts.full:
             self._complete()
