@@ -12,6 +12,7 @@ import pyarrow as pa
 
 from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.schema.codecs import (
+    LeafCodec,
     numpy_dtype,
     numpy_to_arrow,
     strings_to_arrow,
@@ -95,9 +96,15 @@ class StepBlock:
         self.n += len(batch.env_index)
 
     def to_record_batch(
-        self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str]
+        self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str],
+        once_schema: pa.Schema | None = None,
     ) -> pa.RecordBatch:
-        """Builds the Arrow batch of every row; ``actor_ids``/``agent_ids`` are by env index."""
+        """Builds the Arrow batch of every row; ``actor_ids``/``agent_ids`` are by env index.
+
+        With ``once_schema`` (the run's `stored_schema`) the batch is in the ``once``
+        observation layout: a row's ``next_obs`` is null where the block holds it as the obs of
+        the same slot's next step (see `_next_obs_once`).
+        """
         n = self.n
         col = dict(zip(TransitionBatch._fields, zip(*self.batches)))  # one C-level transpose
         env_index_parts = col["env_index"]
@@ -116,7 +123,24 @@ class StepBlock:
                                        for v, k in zip(versions_by_batch, k_rows.tolist())])
         indices = numpy_to_arrow(env_index)
         obs = schema.obs.concat(col["obs"])
-        next_obs = schema.obs.concat(col["next_obs"])
+        episode_ids = np.concatenate(col["episode_id"]).astype(np.int64)
+        steps = np.concatenate(col["step"]).astype(np.int64)
+        masked = [(start, valid) for start, valid in zip(starts, col["valid"])
+                  if valid is not None]
+        keep = None
+        if masked:
+            keep = np.ones(n, np.bool_)
+            for start, valid in masked:
+                keep[start : start + len(valid)] = valid
+        stored_once = None
+        if once_schema is not None and isinstance(schema.obs, LeafCodec) and schema.obs.shape:
+            stored_once = _next_obs_once(schema.obs, col, starts, obs, env_index, episode_ids,
+                                         steps, keep)
+        next_obs = schema.obs.concat(col["next_obs"]) if stored_once is None else stored_once[0]
+        next_obs_array = schema.obs.to_arrow(next_obs, n)
+        if stored_once is not None:
+            next_obs_array = pa.FixedSizeListArray.from_arrays(
+                next_obs_array.values, schema.obs.size, mask=numpy_to_arrow(stored_once[1]))
         action = schema.action.concat(col["action"])
         dense = [(start, outputs, masks) for start, outputs, masks
                  in zip(starts, col["output_batch"], col["mask_batch"])
@@ -126,12 +150,12 @@ class StepBlock:
             _gathered(actor_ids, indices),
             _gathered(agent_ids, indices),
             indices,
-            numpy_to_arrow(np.concatenate(col["episode_id"]).astype(np.int64)),
-            numpy_to_arrow(np.concatenate(col["step"]).astype(np.int64)),
+            numpy_to_arrow(episode_ids),
+            numpy_to_arrow(steps),
             schema.obs.to_arrow(obs, n),
             schema.action.to_arrow(action, n),
             numpy_to_arrow(_flat(col["reward"], np.float64, n, k_rows)),
-            schema.obs.to_arrow(next_obs, n),
+            next_obs_array,
             numpy_to_arrow(_flat(col["terminated"], np.bool_, n, k_rows)),
             numpy_to_arrow(_flat(col["truncated"], np.bool_, n, k_rows)),
             numpy_to_arrow(versions),
@@ -142,15 +166,61 @@ class StepBlock:
              else _sparse(_by_row(col["outputs"], starts), n, schema.data_type)),
             _sparse(_by_row(col["infos"], starts), n, pa.string()),
         ]
-        batch = pa.RecordBatch.from_arrays(columns, schema=schema.arrow)
-        masked = [(start, valid) for start, valid in zip(starts, col["valid"])
-                  if valid is not None]
-        if masked:
-            keep = np.ones(n, np.bool_)
-            for start, valid in masked:
-                keep[start : start + len(valid)] = valid
+        batch = pa.RecordBatch.from_arrays(
+            columns, schema=schema.arrow if once_schema is None else once_schema)
+        if keep is not None:
             batch = batch.filter(numpy_to_arrow(keep))
         return batch
+
+
+def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: list[int],
+                   obs: np.ndarray, env_index: np.ndarray, episode_ids: np.ndarray,
+                   steps: np.ndarray, keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``next_obs`` rows of the ``once`` layout and the mask of those left null (zero,
+    free to compress): the rows whose value the block holds as the obs of the same slot's
+    next step in the same episode (a row that is kept).
+
+    A batch whose ``next_obs`` is the very array the following batch holds as ``obs``, for the
+    same slots in the same order (the vector env hands one copy over as both), is not even
+    copied: each row's next observation is the following batch's row for its slot. The rows
+    of other batches (game agents, the client API) are copied and compared with their next
+    step's obs, found by slot, episode and step.
+    """
+    obs_parts, next_parts, env_parts = col["obs"], col["next_obs"], col["env_index"]
+    n = len(obs)
+    values = np.zeros((n, *codec.shape), codec.dtype)  # pages no copy touches cost nothing
+    shared = np.zeros(n, np.bool_)
+    partner = np.full(n, -1, np.int64)
+    last = len(next_parts) - 1
+    for b, (start, following) in enumerate(zip(starts, next_parts)):
+        rows = len(env_parts[b])
+        if b < last and following is obs_parts[b + 1] and (
+                env_parts[b] is env_parts[b + 1] or np.array_equal(env_parts[b], env_parts[b + 1])):
+            shared[start : start + rows] = True
+            partner[start : start + rows] = np.arange(start + rows, start + 2 * rows)
+        else:
+            values[start : start + rows] = following
+    if not shared.all():  # rows copied: find each one's next step by slot, episode and step
+        order = np.lexsort((steps, episode_ids, env_index))
+        first, second = order[:-1], order[1:]
+        follows = ((env_index[first] == env_index[second])
+                   & (episode_ids[first] == episode_ids[second])
+                   & (steps[second] == steps[first] + 1) & ~shared[first])
+        first, second = first[follows], second[follows]
+        flat_values = values.reshape(n, -1)
+        equal = (flat_values[first] == obs.reshape(n, -1)[second]).all(axis=1)
+        partner[first[equal]] = second[equal]
+    candidates = np.flatnonzero(partner >= 0)
+    to = partner[candidates]
+    same = (episode_ids[to] == episode_ids[candidates]) & (steps[to] == steps[candidates] + 1)
+    if keep is not None:
+        same &= keep[to]
+    copied = candidates[~same & shared[candidates]]
+    values[copied] = obs[partner[copied]]
+    missing = np.zeros(n, np.bool_)
+    missing[candidates[same]] = True
+    values[missing & ~shared] = 0  # compared equal: stored once, as the next row's obs
+    return values, missing
 
 
 def _by_row(parts: tuple[dict[int, Any] | None, ...], starts: list[int]) -> dict[int, Any]:

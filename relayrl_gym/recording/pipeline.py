@@ -67,5 +67,6 @@ def open_recording(
     writer = BackgroundWriter(sinks, flush_interval=options.flush_interval,
                               name=f"relayrl-writer-{run_id}", run_id=run_id,
                               spill_dir=options.spill_dir)
-    recorder = Recorder(schema, run_id, actor_ids, writer=writer, batch_rows=options.batch_rows)
+    recorder = Recorder(schema, run_id, actor_ids, writer=writer, batch_rows=options.batch_rows,
+                        obs_once=all(s.stores_obs_once for s in sinks))
     return RunRecording(run_id, recorder, writer, run_path)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from relayrl_gym.recording.buffer import StepBlock
+from relayrl_gym.storage.obs_layout import stored_schema
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -45,6 +46,7 @@ class Recorder:
         agent_ids: list[str] | None = None,
         writer: BackgroundWriter | None = None,
         batch_rows: int | None = None,
+        obs_once: bool = False,
     ) -> None:
         """Creates a recorder.
 
@@ -55,6 +57,8 @@ class Recorder:
             agent_ids: PettingZoo agent name of each slot; empty strings for single-agent envs.
             writer: the background writer that receives full buffers.
             batch_rows: rows per buffer; default: as many as fit in ~4 MiB (16..8192).
+            obs_once: build batches in the ``once`` observation layout (every sink stores it;
+                see `relayrl_gym.storage.obs_layout`).
         """
         self.schema = schema
         self.run_id = run_id
@@ -64,6 +68,9 @@ class Recorder:
         self.capacity = batch_rows or int(
             np.clip(TARGET_BATCH_BYTES // row_bytes, MIN_BATCH_ROWS, MAX_BATCH_ROWS))
         self._writer = writer
+        #: The schema of the batches built: the run's, or its `stored_schema` when obs_once.
+        self.batch_schema = stored_schema(schema.arrow) if obs_once else schema.arrow
+        self._obs_once = obs_once
         self._lock = threading.Lock()
         self._block = StepBlock()
         self._episode_ids = itertools.count()
@@ -142,7 +149,8 @@ class Recorder:
         """The block's rows as an Arrow batch (built at hand-over, or now)."""
         if block.arrow is not None:
             return block.arrow
-        return block.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids)
+        return block.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids,
+                                     once_schema=self.batch_schema if self._obs_once else None)
 
     def close(self) -> None:
         """Flushes and detaches from the writer; the writer itself is closed by its owner."""

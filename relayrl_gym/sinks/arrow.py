@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
-from relayrl_gym.storage.obs_layout import LAYOUTS, compact, resolve, stored_schema
+from relayrl_gym.storage.obs_layout import LAYOUTS, compact, is_once, resolve, stored_schema
 from relayrl_gym.storage.run_dir import RunDirWriter
 
 __all__ = ["ArrowSink"]
@@ -80,6 +80,7 @@ class ArrowSink(Sink):
         run_path = self.root / run_id
         if resolve(self.obs_layout, schema) == "once":
             schema = self._once_schema = stored_schema(schema)
+            self.stores_obs_once = True
         try:
             self._parts = RunDirWriter.create(run_path, schema, compression=self.compression,
                                               max_file_bytes=self.max_file_bytes,
@@ -99,8 +100,8 @@ class ArrowSink(Sink):
     def write(self, batch: pa.RecordBatch) -> None:
         if self._parts is None:
             raise SinkError("ArrowSink.write() called before start()")
-        if self._once_schema is not None:
-            batch = compact(batch, self._once_schema)
+        if self._once_schema is not None and not is_once(batch.schema):
+            batch = compact(batch, self._once_schema)  # a run with other sinks besides
         self._parts.write(batch)
         if self._parts.full:
             self._complete()

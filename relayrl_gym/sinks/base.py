@@ -43,6 +43,10 @@ class Sink(abc.ABC):
     """
 
     run_path: Path | None = None
+    #: Whether the started sink stores batches in the ``once`` observation layout (see
+    #: `relayrl_gym.storage.obs_layout`): then, when every sink of a run does, the recorder
+    #: builds its batches that way, which spares it copying most next observations.
+    stores_obs_once: bool = False
 
     @abc.abstractmethod
     def start(self, run_id: str, schema: pa.Schema) -> None:

@@ -179,3 +179,22 @@ def _batch(schema: pa.Schema, obs: list[list[int]], next_obs: list[list[int]]) -
                             pa.array([0] * n, pa.int64()), pa.array(range(n), pa.int64()),
                             pa.array(obs, schema.field("obs").type),
                             pa.array(next_obs, schema.field("next_obs").type)], schema=schema)
+
+
+def test_beside_another_sink_the_arrow_sink_stores_once_and_the_other_whole(
+        tmp_path: Path) -> None:
+    # The recorder builds whole transitions for SQLite; the Arrow sink makes its own copy once.
+    envs = relayrl_gym.wrap(make_testing_env(obs_space=IMAGE, length=6), actors=2,
+                            sink=[ArrowSink(tmp_path, obs_layout="once"),
+                                  f"sqlite:///{tmp_path / 'runs.db'}"], batch_rows=10)
+    envs.reset(seed=0)
+    for _ in range(30):
+        envs.step(np.array([1, 0]))
+    envs.close()
+    stored = [b for part in envs.run_path.glob("part-*.arrow")
+              for b in pa.ipc.open_file(part).read_all().to_batches()]
+    assert sum(b.column("next_obs").null_count for b in stored) > 20
+    arrow = relayrl_gym.load(envs.run_path).table
+    sql = relayrl_gym.load(f"sqlite:///{tmp_path / 'runs.db'}").table
+    assert arrow.num_rows == sql.num_rows == 60 - 2 * (30 // 7)
+    assert arrow.select(COMPARED).equals(sql.select(COMPARED))
