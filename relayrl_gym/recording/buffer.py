@@ -132,15 +132,14 @@ class StepBlock:
             keep = np.ones(n, np.bool_)
             for start, valid in masked:
                 keep[start : start + len(valid)] = valid
-        stored_once = None
-        if once_schema is not None and isinstance(schema.obs, LeafCodec) and schema.obs.shape:
-            stored_once = _next_obs_once(schema.obs, col, starts, obs, env_index, episode_ids,
-                                         steps, keep)
-        next_obs = schema.obs.concat(col["next_obs"]) if stored_once is None else stored_once[0]
-        next_obs_array = schema.obs.to_arrow(next_obs, n)
-        if stored_once is not None:
-            next_obs_array = pa.FixedSizeListArray.from_arrays(
-                next_obs_array.values, schema.obs.size, mask=numpy_to_arrow(stored_once[1]))
+        codec = schema.obs
+        if once_schema is not None and isinstance(codec, LeafCodec) and codec.shape:
+            values, missing = _next_obs_once(codec, col, starts, obs, env_index, episode_ids,
+                                             steps, keep)
+            next_obs_array: pa.Array = pa.FixedSizeListArray.from_arrays(
+                codec.to_arrow(values, n).values, codec.size, mask=numpy_to_arrow(missing))
+        else:
+            next_obs_array = codec.to_arrow(codec.concat(col["next_obs"]), n)
         action = schema.action.concat(col["action"])
         dense = [(start, outputs, masks) for start, outputs, masks
                  in zip(starts, col["output_batch"], col["mask_batch"])
