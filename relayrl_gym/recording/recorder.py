@@ -73,9 +73,6 @@ class Recorder:
         self._obs_once = obs_once
         self._lock = threading.Lock()
         self._block = StepBlock()
-        #: Set by the writer ahead of its time-based flush: the next `record` hands the block
-        #: over (built on the recording thread) instead of leaving it for the writer to build.
-        self._hand_over_asked = False
         self._episode_ids = itertools.count()
         self._rows = 0
         self._dropped = 0
@@ -109,18 +106,10 @@ class Recorder:
             block.stamps.append(stamp)
             block.n += k
             self._rows += k
-            if self._hand_over_asked:
-                self._hand_over_locked()
         if batch.valid is not None:
             self._dropped += k - int(np.count_nonzero(batch.valid))
 
-    def ask_hand_over(self) -> None:
-        """Asks the next `record` call to hand its block to the writer, however full (the
-        writer's time-based flush is near)."""
-        self._hand_over_asked = True
-
     def _hand_over_locked(self) -> None:
-        self._hand_over_asked = False
         full, self._block = self._block, StepBlock()
         if self._writer is not None and full.n:
             # Built here, on the recording thread, not on the writer's: the conversion is a

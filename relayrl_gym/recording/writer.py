@@ -88,8 +88,6 @@ class BackgroundWriter:
                          max_backlog_bytes=max_backlog_bytes)
             for i, sink in enumerate(self.sinks)]
         self._pace = WritePace(self.flush_interval)
-        #: How long before a time-based flush the recorders are asked to hand over.
-        self._ask_ahead = min(0.1, self.flush_interval / 10)
         self._lock = threading.Lock()
         self._has_work = threading.Condition(self._lock)
         self._has_room = threading.Condition(self._lock)
@@ -220,16 +218,8 @@ class BackgroundWriter:
     # -- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
         next_flush = time.monotonic() + self._pace.tick()
-        asked = False
         while True:
-            # Shortly before the time-based flush, the recorders are asked to hand their
-            # blocks over: a recorder still recording builds its block on its own thread
-            # (see `Recorder._hand_over_locked`); the flush takes the blocks of idle ones.
-            if not asked and time.monotonic() >= next_flush - self._ask_ahead:
-                for recorder in list(self._recorders):
-                    recorder.ask_hand_over()
-                asked = True
-            item = self._next(next_flush if asked else next_flush - self._ask_ahead)
+            item = self._next(next_flush)
             try:
                 if isinstance(item, _Request) and item.command is _Command.STOP:
                     try:
@@ -249,7 +239,6 @@ class BackgroundWriter:
                 if time.monotonic() >= next_flush:
                     self._flush_all()
                     next_flush = time.monotonic() + self._pace.tick()
-                    asked = False
             except Exception:  # never let the writer die silently: log, go on
                 log.exception("relayrl-gym writer failed to handle %r", item)
                 if isinstance(item, _Request):
