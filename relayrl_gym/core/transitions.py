@@ -47,8 +47,9 @@ class TransitionBatch(NamedTuple):
     terminated: np.ndarray | tuple[Any, ...]
     truncated: np.ndarray | tuple[Any, ...]
     model_version: np.ndarray | int = -1
-    #: Row -> the step's info dict as JSON (see `relayrl_gym.core.infos.info_to_json`).
-    infos: dict[int, str] | None = None
+    #: Row -> the step's info dict as the recorder keeps it (its numbers, or JSON text: see
+    #: `relayrl_gym.schema.infos.recorded_info`).
+    infos: dict[int, Any] | None = None
     #: Row -> its action mask (a list of bools).
     masks: dict[int, Any] | None = None
     #: Row -> the policy's extra outputs for it (name -> value).

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from relayrl_gym.errors import DatasetError
+from relayrl_gym.schema.infos import text_info_schema, with_text_info
 from relayrl_gym.schema.spaces import space_from_json
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.storage.obs_layout import is_once, logical_schema, restore
@@ -52,8 +53,9 @@ def _read_torn_or_complete(path: Path) -> list[pa.RecordBatch]:
         return batches
 
 
-def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
-    """All rows of one run directory, in the order they were written."""
+def read_run_dir(path: Path, *, text_info: bool = True) -> tuple[pa.Table, TransitionSchema]:
+    """All rows of one run directory, in the order they were written; ``text_info``: each
+    row's info as its JSON text (False: as stored, to send the batches on)."""
     run_file = path / RUN_FILE
     if not run_file.is_file():
         raise DatasetError(f"{str(path)!r} is not a relayrl-gym run directory (no {RUN_FILE}); "
@@ -75,9 +77,14 @@ def read_run_dir(path: Path) -> tuple[pa.Table, TransitionSchema]:
             batches = [restore(batch, stored) if is_once(batch.schema) else batch
                        for batch in batches]
         schema = TransitionSchema.from_arrow(stored)
-        return pa.Table.from_batches(batches, schema=stored), schema
+        if not text_info:
+            return pa.Table.from_batches(batches, schema=stored), schema
+        readable = text_info_schema(stored)  # infos stored as numbers: their JSON text back
+        batches = [with_text_info(batch, readable) for batch in batches]
+        return pa.Table.from_batches(batches, schema=readable), schema
     meta = json.loads(run_file.read_text())
 
     schema = TransitionSchema.build(space_from_json(meta["observation_space"]),
                                     space_from_json(meta["action_space"]), metadata=meta)
-    return schema.arrow.empty_table(), schema
+    empty = text_info_schema(schema.arrow) if text_info else schema.arrow
+    return empty.empty_table(), schema

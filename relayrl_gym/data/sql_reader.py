@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.codecs import numpy_to_arrow
+from relayrl_gym.schema.infos import text_info_schema
 from relayrl_gym.schema.row_bytes import decode_rows, row_size
 from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
 from relayrl_gym.sinks.sql import engine_from_url, error_reason, split_run_query
@@ -75,6 +76,7 @@ def read_sql_run(url: str) -> tuple[pa.Table, TransitionSchema, str]:
     finally:
         engine.dispose()
     schema = TransitionSchema.from_arrow(arrow_schema)
+    arrow_schema = text_info_schema(arrow_schema)  # the database holds each info's JSON text
     values = list(zip(*rows)) if rows else [() for _ in arrow_schema]
     arrays = [_column(field, list(col), schema) for field, col in zip(arrow_schema, values)]
     return pa.Table.from_arrays(arrays, schema=arrow_schema), schema, run_id

@@ -17,7 +17,8 @@ from relayrl_gym.schema.codecs import (
     numpy_to_arrow,
     strings_to_arrow,
 )
-from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
+from relayrl_gym.schema.infos import infos_to_arrow
+from relayrl_gym.schema.transitions import INFO_TYPE, MASK_TYPE, TransitionSchema
 
 __all__ = ["StepBlock"]
 
@@ -163,7 +164,7 @@ class StepBlock:
              else _sparse(_by_row(col["masks"], starts), n, MASK_TYPE)),
             (_dense_data(dense, n, schema.data_type) if dense
              else _sparse(_by_row(col["outputs"], starts), n, schema.data_type)),
-            _sparse(_by_row(col["infos"], starts), n, pa.string()),
+            _infos(_by_row(col["infos"], starts), n),
         ]
         batch = pa.RecordBatch.from_arrays(
             columns, schema=schema.arrow if once_schema is None else once_schema)
@@ -273,6 +274,16 @@ def _dense_data(dense: list[_Dense], n: int, arrow_type: pa.DataType) -> pa.Arra
         children.append(pa.FixedSizeListArray.from_arrays(flat, width) if fixed else flat)
     return pa.StructArray.from_arrays(children, fields=list(arrow_type),
                                       mask=numpy_to_arrow(~valid))
+
+
+def _infos(values: dict[int, Any], n: int) -> pa.Array:
+    """The stored ``info`` column from block row -> recorded info."""
+    if not values:
+        return pa.nulls(n, INFO_TYPE)
+    column: list[Any] = [None] * n
+    for row, value in values.items():
+        column[row] = value
+    return infos_to_arrow(column)
 
 
 def _sparse(values: dict[int, Any], n: int, arrow_type: pa.DataType) -> pa.Array:

@@ -260,7 +260,8 @@ class SinkDelivery:
 
     def _to_spill(self, batch: pa.RecordBatch) -> None:
         if self._spill is None:
-            self._spill = ArrowSink(self.spill_dir, compression="lz4")
+            # Batches kept as they came (the layout they were built in), for the sink later.
+            self._spill = ArrowSink(self.spill_dir, compression="lz4", obs_layout="pairs")
             try:
                 self._spill.start(self.run_id, batch.schema)
             except SinkError as err:

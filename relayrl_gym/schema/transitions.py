@@ -12,14 +12,23 @@ from gymnasium import spaces
 from relayrl_gym.schema.codecs import Codec, codec_for
 from relayrl_gym.schema.spaces import space_from_json, space_to_json
 
-__all__ = ["METADATA_KEY", "SCHEMA_VERSION", "TransitionSchema"]
+__all__ = ["INFO_TYPE", "METADATA_KEY", "SCHEMA_VERSION", "TransitionSchema"]
 
 #: Key of the JSON run description in the Arrow schema metadata.
 METADATA_KEY = b"relayrl_gym"
 #: Version of the row layout; bumped on any incompatible change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: `info` stored as INFO_TYPE (numbers where they are numbers)
 
 MASK_TYPE = pa.list_(pa.bool_())
+#: The ``info`` column as stored: a row's info dict as numbers when its values are all floats
+#: (``floats``) or all integers (``ints``), in the dict's key order; as JSON text otherwise
+#: (``json``); null when the env gave no info. Readers give every row's JSON text
+#: (`relayrl_gym.schema.infos.infos_to_text`); runs of schema version 1 hold the text itself.
+INFO_TYPE = pa.struct([
+    pa.field("floats", pa.map_(pa.string(), pa.float64())),
+    pa.field("ints", pa.map_(pa.string(), pa.int64())),
+    pa.field("json", pa.string()),
+])
 
 
 @dataclass(frozen=True)
@@ -67,7 +76,7 @@ class TransitionSchema:
             pa.field("timestamp", pa.timestamp("ns", tz="UTC"), nullable=False),
             pa.field("mask", MASK_TYPE, nullable=True),
             pa.field("data", data_type, nullable=True),
-            pa.field("info", pa.string(), nullable=True),
+            pa.field("info", INFO_TYPE, nullable=True),
         ]
         meta = dict(metadata or {})
         meta.setdefault("schema_version", SCHEMA_VERSION)

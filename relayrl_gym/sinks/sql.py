@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from relayrl_gym.errors import ConfigError, SinkError, missing_extra
 from relayrl_gym.schema.codecs import arrow_to_numpy
+from relayrl_gym.schema.infos import infos_to_text
 from relayrl_gym.schema.row_bytes import check_fixed_size, encode_rows
 from relayrl_gym.schema.transitions import METADATA_KEY, TransitionSchema
 from relayrl_gym.sinks.base import Sink, redact_url
@@ -290,7 +291,7 @@ class SQLSink(Sink):
         cols["mask"] = _nullable(batch.column("mask"),
                                  lambda v: np.asarray(v, np.bool_).tobytes())
         cols["data"] = _nullable(batch.column("data"), lambda v: json.dumps(v))
-        cols["info"] = _nullable(batch.column("info"), lambda v: v)
+        cols["info"] = infos_to_text(batch.column("info")).to_pylist()
         return cols
 
     def _copy_postgresql(self, batch: pa.RecordBatch, cols: dict[str, Any],

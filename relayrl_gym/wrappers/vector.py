@@ -16,7 +16,6 @@ from gymnasium.vector.utils import concatenate, create_empty_array
 
 from relayrl_gym._version import __version__
 from relayrl_gym.core.episodes import EpisodeTracker
-from relayrl_gym.core.infos import info_to_json
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.core.transitions import batch_of
 from relayrl_gym.errors import ConfigError, StateError
@@ -28,6 +27,7 @@ from relayrl_gym.runtime.env_agent import EnvAgent
 from relayrl_gym.runtime.processes import ProcessRouter
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.schema.batches import copy_batch
+from relayrl_gym.schema.infos import RecordedInfo, recorded_info
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.wrappers.actions import ActionBatcher
@@ -449,14 +449,14 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
             obs_codec = self._recorder.schema.obs
             for i, (final_obs, _) in finals.items():
                 next_obs = obs_codec.replace_row(next_obs, i, final_obs)
-        infos: dict[int, str] = {}
+        infos: dict[int, RecordedInfo] = {}
         if self.record_info and (finals or any(step_infos)):
             for i, step_info in enumerate(step_infos):
                 info = finals[i][1] if i in finals else step_info
                 if info and (reset_rows is None or not reset_rows[i]):
-                    text = info_to_json(info)
-                    if text is not None:
-                        infos[i] = text
+                    kept = recorded_info(info)
+                    if kept is not None:
+                        infos[i] = kept
         acted = self._policy.take(user_actions) if self._policy is not None else None
         episodes = self._episodes
         self._recorder.record(batch_of((

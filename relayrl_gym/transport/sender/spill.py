@@ -33,6 +33,7 @@ import pyarrow as pa
 
 from relayrl_gym.data.arrow_reader import read_run_dir
 from relayrl_gym.errors import ConfigError, DatasetError, SinkError
+from relayrl_gym.schema.infos import text_info_schema, with_text_info
 from relayrl_gym.storage.run_dir import PART_GLOB, RUN_FILE, STATE_FILE, write_json_atomic
 from relayrl_gym.transport.protocol import Header, Kind, ProtocolViolation
 from relayrl_gym.transport.sender.sink import ZMQSink
@@ -88,7 +89,7 @@ def _spilled_batches(path: Path) -> tuple[SpillIndex, pa.Schema, list[pa.RecordB
         raise DatasetError(f"the spill index {str(path / SPILL_INDEX)!r} is damaged ({err}); "
                            "it was changed after the sink wrote it") from err
     try:
-        table, _ = read_run_dir(path)
+        table, _ = read_run_dir(path, text_info=False)  # the batches as they were sent
     except (OSError, pa.ArrowException) as err:
         raise DatasetError(f"cannot read the spilled rows in {str(path)!r}: {err}") from err
     if table.num_rows != sum(index.rows):
@@ -134,8 +135,10 @@ def uncollected(spill: str | os.PathLike[str], collector_state: Any) -> pa.Table
     """
     index, schema, batches = _spilled_batches(Path(spill))
     last = _collected_last_seq(collector_state, index.sender_id)
-    return pa.Table.from_batches([b for seq, b in zip(index.seqs, batches) if seq > last],
-                                 schema=schema)
+    readable = text_info_schema(schema)  # rows as `relayrl_gym.load` gives them
+    return pa.Table.from_batches([with_text_info(b, readable)
+                                  for seq, b in zip(index.seqs, batches) if seq > last],
+                                 schema=readable)
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def write_spill(spill_dir: Path, run_id: str, sender_id: str, endpoint: str,
                 schema: pa.Schema, pending: list[Pending], token: str | None = None) -> Path:
     """Writes ``pending`` (oldest first) as the Arrow run ``spill_dir/run_id`` with its index;
     returns the run directory. Raises `SinkError` or `OSError` when it cannot."""
-    spill = ArrowSink(spill_dir, compression="lz4")
+    spill = ArrowSink(spill_dir, compression="lz4", obs_layout="pairs")  # batches as sent
     spill.start(run_id, schema)
     assert spill.run_path is not None
     # The index first: a spill whose data is there but whose index is not could not be told

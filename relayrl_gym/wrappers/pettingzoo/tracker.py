@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from relayrl_gym.core.infos import info_to_json
 from relayrl_gym.schema.batches import map_leaves
+from relayrl_gym.schema.infos import RecordedInfo, recorded_info
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
@@ -30,7 +30,7 @@ class AgentTransition(NamedTuple):
     terminated: bool
     truncated: bool
     version: int
-    info: str | None
+    info: RecordedInfo | None  # kept as `recorded_info` gives it
     mask: np.ndarray | None
     data: dict[str, Any] | None
 
@@ -113,7 +113,7 @@ class AgentTracker:
                 self._playing.discard(agent)
             else:
                 self._playing.add(agent)
-            text = info_to_json(info) if recording.record_info and info else None
+            text = recorded_info(info) if recording.record_info and info else None
             rows.append(AgentTransition(
                 run, slot, first, pending.obs, pending.action, float(reward),
                 map_leaves(np.array, next_obs), bool(terminated), bool(truncated),

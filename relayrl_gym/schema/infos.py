@@ -1,0 +1,177 @@
+"""Env info dicts as the ``info`` column holds them: numbers where they are all numbers, JSON
+text otherwise (`info_to_json`)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from relayrl_gym.schema.arrow_arrays import numpy_to_arrow, strings_to_arrow
+from relayrl_gym.schema.transitions import INFO_TYPE
+
+__all__ = ["INFO_TYPE", "RecordedInfo", "info_to_json", "infos_to_arrow", "infos_to_text",
+           "recorded_info", "text_info_schema", "with_text_info"]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return repr(value)
+
+
+#: One encoder for every info (``json.dumps`` with ``default=`` builds a new one per call, which
+#: costs as much as the encoding of a small info).
+_ENCODER = json.JSONEncoder(default=_json_default, allow_nan=False)
+
+#: Non-finite floats as JSON strings, as the protobuf JSON mapping writes them.
+_NON_FINITE = {float("inf"): "Infinity", float("-inf"): "-Infinity"}
+
+
+def info_to_json(info: dict[str, Any]) -> str | None:
+    """Serialises one env's info dict as standard JSON; ``None`` for an empty info.
+
+    numpy values become lists and numbers; NaN and infinities (not JSON) become the strings
+    ``"NaN"``, ``"Infinity"`` and ``"-Infinity"``; keys become strings.
+
+    >>> info_to_json({"x": np.array([1.0, np.nan]), 3: np.float32(np.inf)})
+    '{"x": [1.0, "NaN"], "3": "Infinity"}'
+    """
+    if not info:
+        return None
+    try:  # the common case: one C-accelerated pass
+        return _ENCODER.encode(info)
+    except (TypeError, ValueError):  # keys JSON cannot hold, non-finite floats, cycles
+        try:
+            return json.dumps(_plain(info), allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            return json.dumps({"__unserializable__": repr(info)})
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as plain JSON data: str keys, lists, finite floats or their names."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray | np.generic):
+        return _plain(value.tolist())
+    if isinstance(value, float):
+        return value if value == value and value not in _NON_FINITE else \
+            _NON_FINITE.get(value, "NaN")
+    if value is None or isinstance(value, str | int | bool):
+        return value
+    return repr(value)
+
+
+_FLOAT_TYPES = frozenset({float, np.float64, np.float32, np.float16})
+_INT_TYPES = frozenset({int, np.int64, np.int32, np.int16, np.int8, np.uint8, np.uint16,
+                        np.uint32})
+
+#: A recorded info: JSON text, or ``(kind, keys, values)`` with kind "floats" or "ints".
+RecordedInfo = str | tuple[str, tuple[str, ...], tuple[Any, ...]]
+
+
+def recorded_info(info: dict[str, Any]) -> RecordedInfo | None:
+    """What the recorder keeps of one env's info dict; ``None`` for an empty info.
+
+    An info of numbers only (MuJoCo's rewards and positions, Atari's frame counts) is kept as
+    its keys and values (immutable scalars: no copy, no encoding on the stepping thread), and
+    stored as numbers; any other is encoded now, as `info_to_json` does.
+
+    >>> recorded_info({"x": np.float64(0.5), "y": 1.0})
+    ('floats', ('x', 'y'), (np.float64(0.5), 1.0))
+    >>> recorded_info({"lives": 3, "frame": np.int64(8)})
+    ('ints', ('lives', 'frame'), (3, np.int64(8)))
+    >>> recorded_info({"ok": True})
+    '{"ok": true}'
+    """
+    if not info:
+        return None
+    kinds = set(map(type, info.values()))
+    if kinds <= _FLOAT_TYPES:  # keys other than str are found when the column is built
+        return ("floats", tuple(info), tuple(info.values()))
+    if kinds <= _INT_TYPES:
+        return ("ints", tuple(info), tuple(info.values()))
+    return info_to_json(info)
+
+
+def _numbers_map(rows: list[tuple[str, tuple[str, ...], tuple[Any, ...]] | None], kind: str,
+                 dtype: type, n: int) -> pa.Array:
+    mine = [r if r is not None and r[0] == kind else None for r in rows]
+    lengths = np.fromiter((len(r[1]) if r is not None else 0 for r in mine), np.int32, n)
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    keys = [k for r in mine if r is not None for k in r[1]]
+    if set(map(type, keys)) - {str}:
+        raise TypeError("an info key that is not a string")  # the block's infos go as text
+    values: np.ndarray = np.array([v for r in mine if r is not None for v in r[2]], dtype)
+    valid = np.fromiter((r is not None for r in mine), np.bool_, n)
+    return pa.MapArray.from_arrays(
+        numpy_to_arrow(offsets), strings_to_arrow(keys), numpy_to_arrow(values),
+        type=INFO_TYPE.field(kind).type, mask=numpy_to_arrow(~valid))
+
+
+def infos_to_arrow(values: list[RecordedInfo | None]) -> pa.Array:
+    """The stored ``info`` column (`INFO_TYPE`) of recorded infos (see `recorded_info`).
+
+    >>> column = infos_to_arrow([None, ("floats", ("x",), (0.5,)), '{"a": [1]}'])
+    >>> infos_to_text(column).to_pylist()
+    [None, '{"x": 0.5}', '{"a": [1]}']
+    """
+    n = len(values)
+    numbers: list[Any] = [v if type(v) is tuple else None for v in values]
+    texts: list[Any] = [v if type(v) is str else None for v in values]
+    try:
+        floats = _numbers_map(numbers, "floats", np.float64, n)
+        ints = _numbers_map(numbers, "ints", np.int64, n)
+    except (OverflowError, ValueError, TypeError):  # e.g. an int past int64: as text
+        texts = [info_to_json(dict(zip(v[1], v[2]))) if type(v) is tuple else v
+                 for v in values]
+        floats = pa.nulls(n, INFO_TYPE.field("floats").type)
+        ints = pa.nulls(n, INFO_TYPE.field("ints").type)
+    valid = np.fromiter((v is not None for v in values), np.bool_, n)
+    return pa.StructArray.from_arrays([floats, ints, strings_to_arrow(texts)],
+                                      fields=list(INFO_TYPE), mask=numpy_to_arrow(~valid))
+
+
+def infos_to_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Every row's info as the JSON text `info_to_json` gives its dict (null: no info), from
+    a stored ``info`` column (`INFO_TYPE`, or text already)."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if column.type == pa.string():
+        return column
+    texts = column.field("json").to_pylist()
+    for kind in ("floats", "ints"):
+        for i, pairs in enumerate(column.field(kind).to_pylist()):
+            if pairs is not None:
+                texts[i] = info_to_json(dict(pairs))
+    nulls = column.is_null().to_pylist()
+    return strings_to_arrow([None if null else t for t, null in zip(texts, nulls)])
+
+
+def text_info_schema(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the ``info`` column as JSON text: the schema readers give.
+
+    >>> text_info_schema(pa.schema([("info", INFO_TYPE)])).field("info").type
+    DataType(string)
+    """
+    index = schema.get_field_index("info")
+    if index < 0 or schema.field(index).type == pa.string():
+        return schema
+    return schema.set(index, schema.field(index).with_type(pa.string()))
+
+
+def with_text_info(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with its ``info`` column as JSON text (``schema``: `text_info_schema`)."""
+    if batch.schema.field("info").type == pa.string():
+        return batch
+    columns = list(batch.columns)
+    index = batch.schema.get_field_index("info")
+    columns[index] = infos_to_text(columns[index])
+    return pa.RecordBatch.from_arrays(columns, schema=schema)

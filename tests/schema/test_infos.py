@@ -1,0 +1,114 @@
+"""Infos stored as numbers where they are numbers: the same JSON text back from every reader,
+whatever the values, with keys appearing mid-run; and numbers in the Arrow files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pyarrow as pa
+from gymnasium import spaces
+
+import relayrl_gym
+from relayrl_gym.schema.infos import (
+    INFO_TYPE,
+    info_to_json,
+    infos_to_arrow,
+    infos_to_text,
+    recorded_info,
+)
+
+INFOS: list[dict[Any, Any]] = [
+    {},
+    {"x_position": np.float64(0.25), "reward_ctrl": np.float32(-0.28), "y": 1.5},
+    {"lives": 3, "episode_frame_number": np.int64(8), "frame": np.uint8(7)},
+    {"x": 1.0, "n": 2},  # floats and ints together: as text
+    {"ok": True, "flag": np.bool_(False)},
+    {"nested": {"r": 1.0, "l": 10}, "t": 0.5},
+    {"vec": np.arange(3), "mat": np.ones((2, 2), np.float32)},
+    {"name": "lava", "none": None},
+    {"nan": float("nan"), "inf": np.float64(np.inf), "ninf": -np.inf},
+    {3: 1.0, "k": 2.0},  # a key JSON makes a string
+    {"big": 2**70},  # past int64: as text
+    {"big": 2**70, "small": 1},
+    {"obj": object},
+]
+
+
+def test_every_kind_of_info_reads_back_as_the_json_text_it_had() -> None:
+    kept = [recorded_info(info) for info in INFOS]
+    assert [type(k) for k in kept[1:3]] == [tuple, tuple]  # numbers: no encoding when stepping
+    column = infos_to_arrow(kept)
+    assert column.type == INFO_TYPE
+    assert infos_to_text(column).to_pylist() == [info_to_json(info) for info in INFOS]
+
+
+def test_numbers_are_stored_as_numbers_in_their_key_order() -> None:
+    column = infos_to_arrow([recorded_info(info) for info in INFOS[:3]])
+    assert column.field("floats").to_pylist()[1] == [("x_position", 0.25),
+                                                      ("reward_ctrl", float(np.float32(-0.28))),
+                                                      ("y", 1.5)]
+    assert column.field("ints").to_pylist()[2] == [("lives", 3), ("episode_frame_number", 8),
+                                                    ("frame", 7)]
+    assert column.is_null().to_pylist() == [True, False, False]
+
+
+class KeysAppearEnv(gym.Env):
+    """Infos whose keys change over a run: numbers first, then new keys, then nested values
+    and text at episode ends (as RecordEpisodeStatistics adds)."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self) -> None:
+        self.t = 0
+        self.given: list[dict[str, Any]] = []
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        info: dict[str, Any] = {"x": self.t / 3}
+        if self.t > 10:
+            info["speed"] = np.float32(self.t)  # a new key mid-run
+        if self.t > 20:
+            info = {"lives": 3 - self.t % 3, "frame": np.int64(self.t)}  # another kind
+        done = self.t % 9 == 0
+        if done:
+            info["episode"] = {"r": float(self.t), "l": 9, "tag": "end"}
+        if self.t % 7 == 0:
+            info["vec"] = np.arange(self.t % 4)
+        self.given.append(info)
+        return np.full(2, self.t % 2, np.float32), 1.0, done, False, info
+
+
+def test_a_run_whose_info_keys_change_reads_back_the_same_from_arrow_and_sql(
+        tmp_path: Path) -> None:
+    envs_made: list[KeysAppearEnv] = []
+
+    def make() -> KeysAppearEnv:
+        envs_made.append(KeysAppearEnv())
+        return envs_made[-1]
+
+    db = f"sqlite:///{tmp_path / 'runs.db'}"
+    envs = relayrl_gym.wrap(make, actors=1, sink=[tmp_path / "arrow", db],
+                            autoreset_mode="same_step", batch_rows=8, run_id="keys")
+    envs.reset(seed=0)
+    for _ in range(40):
+        envs.step(np.array([0]))
+    envs.close()
+    expected = [info_to_json(info) for info in envs_made[0].given]
+    arrow = relayrl_gym.load(envs.run_path).table.column("info").to_pylist()
+    sql = relayrl_gym.load(db).table.column("info").to_pylist()
+    assert arrow == sql == expected
+    # In the files the numbers are numbers (queryable without parsing JSON).
+    stored = pa.concat_tables(pa.ipc.open_file(p).read_all()
+                              for p in sorted(envs.run_path.glob("part-*.arrow")))
+    assert stored.schema.field("info").type == INFO_TYPE
+    floats = stored.column("info").combine_chunks().field("floats").to_pylist()
+    assert floats[0] == [("x", 1 / 3)]
+    assert floats[10] == [("x", 11 / 3), ("speed", 11.0)]
