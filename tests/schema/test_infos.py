@@ -112,3 +112,20 @@ def test_a_run_whose_info_keys_change_reads_back_the_same_from_arrow_and_sql(
     floats = stored.column("info").combine_chunks().field("floats").to_pylist()
     assert floats[0] == [("x", 1 / 3)]
     assert floats[10] == [("x", 11 / 3), ("speed", 11.0)]
+
+
+def test_a_run_of_schema_version_1_with_text_infos_still_reads(tmp_path: Path) -> None:
+    from relayrl_gym.schema.transitions import TransitionSchema
+    from relayrl_gym.storage.run_dir import RunDirWriter
+
+    schema = TransitionSchema.build(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(2),
+                                    metadata={"schema_version": 1}).arrow
+    schema = schema.set(schema.get_field_index("info"), pa.field("info", pa.string()))
+    row = {"run_id": "old", "actor_id": "a", "agent_id": "", "env_index": 0, "episode_id": 0,
+           "step": 0, "obs": [0.0, 0.5], "action": 1, "reward": 1.0, "next_obs": [0.5, 0.0],
+           "terminated": False, "truncated": False, "model_version": -1, "timestamp": 0,
+           "mask": None, "data": None, "info": '{"x": 0.5}'}
+    parts = RunDirWriter.create(tmp_path / "old", schema)
+    parts.write(pa.RecordBatch.from_pylist([row], schema=schema))
+    parts.complete()
+    assert relayrl_gym.load(tmp_path / "old").table.column("info").to_pylist() == ['{"x": 0.5}']
