@@ -78,7 +78,7 @@ class StepBlock:
     building Arrow arrays happens on the writer thread.
     """
 
-    __slots__ = ("arrow", "batches", "n", "seq", "stamps")
+    __slots__ = ("arrow", "batches", "build_seconds", "n", "seq", "stamps")
 
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
@@ -87,6 +87,9 @@ class StepBlock:
         self.n = 0
         #: The block's rows as one Arrow batch, once built (then ``batches`` is let go of).
         self.arrow: pa.RecordBatch | None = None
+        #: Seconds the recording thread took to build ``arrow``: part of the rows' way to the
+        #: sinks, which the writer's pacing counts with its own work.
+        self.build_seconds = 0.0
 
     def append(self, batch: TransitionBatch, timestamp_ns: int) -> None:
         """Takes ``batch`` (recorded at ``timestamp_ns``) as the block's next rows."""
@@ -207,8 +210,10 @@ def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: li
                    & (episode_ids[first] == episode_ids[second])
                    & (steps[second] == steps[first] + 1) & ~shared[first])
         first, second = first[follows], second[follows]
-        flat_values = values.reshape(n, -1)
-        equal = (flat_values[first] == obs.reshape(n, -1)[second]).all(axis=1)
+        # Bytes, not values: -0.0 and 0.0 (or two NaNs) are told apart as the env gave them.
+        value_bytes = values.reshape(n, -1).view(np.uint8)
+        obs_bytes = np.ascontiguousarray(obs).reshape(n, -1).view(np.uint8)
+        equal = (value_bytes[first] == obs_bytes[second]).all(axis=1)
         partner[first[equal]] = second[equal]
     candidates = np.flatnonzero(partner >= 0)
     to = partner[candidates]

@@ -23,9 +23,9 @@ class WritePace:
 
     >>> pace = WritePace(flush_interval=1.0)
     >>> pace.finished(rows=1000, seconds=0.2)   # the sinks take 0.2 ms a row
-    >>> pace.must_wait(queued_rows=2000, next_rows=1000, now=0.0)  # 0.4 s + 0.2 s <= 0.8 s
+    >>> pace.must_wait(queued_rows=2000, next_rows=1000, now=0.0)  # 0.4 s + 0.2 s <= 0.7 s
     False
-    >>> pace.must_wait(queued_rows=3500, next_rows=1000, now=0.0)  # 0.7 s + 0.2 s > 0.8 s
+    >>> pace.must_wait(queued_rows=3000, next_rows=1000, now=0.0)  # 0.6 s + 0.2 s > 0.7 s
     True
     """
 
@@ -39,7 +39,7 @@ class WritePace:
         self.slice = self.flush_interval / 10
         #: What the queued work plus one more block may cost: the interval, less room for a
         #: catch-up slice under way when a block arrives and for the estimates' errors.
-        self.budget = self.flush_interval * 0.8
+        self.budget = self.flush_interval * 0.7
         self.seconds_per_row = 0.0
         self.partial_cost = 0.0  # seconds a time-based flush of the partial blocks takes
         self._measured = False

@@ -118,10 +118,14 @@ class Recorder:
             # waits for it each time, costing that thread several times the work itself.
             # The writer's own work (encoding, compression, I/O) then runs with the GIL
             # released. A block that fails to build is left to the writer, which reports it.
-            with contextlib.suppress(Exception):
-                full.arrow = self.to_record_batch(full)
-                full.batches = []
-            self._writer.submit(self, full)
+            try:
+                with contextlib.suppress(Exception):
+                    began = time.monotonic()
+                    full.arrow = self.to_record_batch(full)
+                    full.batches = []
+                    full.build_seconds = time.monotonic() - began
+            finally:  # even on Ctrl-C: the block is queued, built or not
+                self._writer.submit(self, full)
 
     def take_partial(self) -> StepBlock | None:
         """Detaches the rows recorded since the last hand-over (for the time-based flush).

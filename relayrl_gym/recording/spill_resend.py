@@ -45,7 +45,7 @@ def resend_sink_spill(path: str | Path, to: str, *, remove: bool = True) -> Spil
     if not (path / RUN_FILE).is_file():
         raise DatasetError(f"{str(path)!r} is not a spilled run (no {RUN_FILE}); pass the "
                            "directory the sink's error named, SPILL_DIR/<sink>/<run_id>")
-    table, schema = read_run_dir(path)
+    table, schema = read_run_dir(path, text_info=False)  # the batches as they were kept
     sink = open_sink(to)
     run_id = path.name if url_scheme(str(to)) == "zmq" else f"{path.name}-spill"
     try:

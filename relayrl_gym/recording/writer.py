@@ -274,7 +274,8 @@ class BackgroundWriter:
         started = time.monotonic()
         self._write(block.recorder, block.buf)
         with self._lock:
-            self._pace.finished(block.buf.n, time.monotonic() - started)
+            self._pace.finished(block.buf.n,
+                                time.monotonic() - started + block.buf.build_seconds)
 
     def _catch_up_while_idle(self) -> None:
         """One slice of a failing sink's backlog, while nothing else waits."""
@@ -303,7 +304,7 @@ class BackgroundWriter:
             begun = time.monotonic()
             self._write(recorder, buf)
             if id(buf) not in partial_ids:
-                queued_cost += time.monotonic() - begun
+                queued_cost += time.monotonic() - begun + buf.build_seconds
         for delivery in self.deliveries:
             delivery.retry(force=force_retry, budget=None if force_retry else self._pace.slice)
             if not delivery.rows_waiting:

@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 from gymnasium import spaces
 
+from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.codecs import Codec, codec_for
 from relayrl_gym.schema.spaces import space_from_json, space_to_json
 
@@ -94,6 +95,15 @@ class TransitionSchema:
     def from_arrow(cls, schema: pa.Schema) -> TransitionSchema:
         """Rebuilds the schema (spaces and codecs) from the metadata of a recorded file."""
         meta = json.loads((schema.metadata or {})[METADATA_KEY])
+        version = int(meta.get("schema_version", 1))
+        if version > SCHEMA_VERSION:
+            raise DatasetError(f"these transitions were recorded by a newer relayrl-gym (data "
+                               f"schema version {version}; this one reads up to "
+                               f"{SCHEMA_VERSION}); upgrade relayrl-gym")
+        info = schema.field("info").type if "info" in schema.names else pa.string()
+        if info != INFO_TYPE and info != pa.string():
+            raise DatasetError(f"the info column is {info}; recorded runs hold {INFO_TYPE} "
+                               "(schema version 2) or JSON text (version 1)")
         obs_space = space_from_json(meta["observation_space"])
         act_space = space_from_json(meta["action_space"])
         return cls(obs_space, act_space, codec_for(obs_space), codec_for(act_space),

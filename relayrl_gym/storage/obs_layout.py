@@ -142,7 +142,10 @@ def restore(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     if not column.null_count:
         return pa.RecordBatch.from_arrays(batch.columns, schema=schema)
     width = _obs_width(batch.schema)
-    assert width is not None  # only array observations are written this way
+    if width is None:
+        raise DatasetError(f"a batch marked as stored in the 'once' layout has an obs column "
+                           f"of {batch.schema.field('obs').type}, which that layout never "
+                           "stores; the file was not written by relayrl-gym or was altered")
     missing = np.flatnonzero(arrow_to_numpy(column.is_null()))
     rows, following = _successors(batch)
     source = np.full(batch.num_rows, -1, np.int64)

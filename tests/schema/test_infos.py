@@ -9,6 +9,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import pyarrow as pa
+import pytest
 from gymnasium import spaces
 
 import relayrl_gym
@@ -129,3 +130,19 @@ def test_a_run_of_schema_version_1_with_text_infos_still_reads(tmp_path: Path) -
     parts.write(pa.RecordBatch.from_pylist([row], schema=schema))
     parts.complete()
     assert relayrl_gym.load(tmp_path / "old").table.column("info").to_pylist() == ['{"x": 0.5}']
+
+
+def test_a_newer_schema_version_or_a_foreign_info_column_is_refused() -> None:
+    import json
+
+    from relayrl_gym.errors import DatasetError
+    from relayrl_gym.schema.transitions import METADATA_KEY, TransitionSchema
+
+    schema = TransitionSchema.build(spaces.Box(-1, 1, (2,), np.float32), spaces.Discrete(2)).arrow
+    meta = json.loads(schema.metadata[METADATA_KEY])
+    newer = schema.with_metadata({METADATA_KEY: json.dumps({**meta, "schema_version": 99})})
+    with pytest.raises(DatasetError, match="newer relayrl-gym"):
+        TransitionSchema.from_arrow(newer)
+    foreign = schema.set(schema.get_field_index("info"), pa.field("info", pa.int64()))
+    with pytest.raises(DatasetError, match="info column"):
+        TransitionSchema.from_arrow(foreign)

@@ -198,3 +198,25 @@ def test_beside_another_sink_the_arrow_sink_stores_once_and_the_other_whole(
     sql = relayrl_gym.load(f"sqlite:///{tmp_path / 'runs.db'}").table
     assert arrow.num_rows == sql.num_rows == 60 - 2 * (30 // 7)
     assert arrow.select(COMPARED).equals(sql.select(COMPARED))
+
+
+def test_a_next_obs_differing_only_in_the_sign_of_a_zero_is_kept() -> None:
+    # Rows handed over as separate arrays (a game, the agent API) are compared byte for byte.
+    from relayrl_gym.core.transitions import TransitionBatch
+    from relayrl_gym.recording.buffer import StepBlock
+    from relayrl_gym.schema.transitions import TransitionSchema
+
+    box = spaces.Box(-1, 1, (1024,), np.float32)
+    schema = TransitionSchema.build(box, spaces.Discrete(2), metadata={})
+    zeros, negative = np.zeros((1, 1024), np.float32), np.zeros((1, 1024), np.float32)
+    negative[0, 0] = -0.0
+    block = StepBlock()
+    for step, (obs, next_obs) in enumerate([(zeros, negative), (zeros.copy(), zeros.copy())]):
+        block.append(TransitionBatch(np.array([0], np.int32), np.array([0]), np.array([step]),
+                                     obs, np.array([1]), 0.0, next_obs, (False,), (False,)), 0)
+    stored = block.to_record_batch(schema, "r", ["a"], [""],
+                                   once_schema=obs_layout.stored_schema(schema.arrow))
+    assert stored.column("next_obs").null_count == 0  # kept: not the next row's obs
+    back = obs_layout.restore(stored, schema.arrow)
+    first = np.asarray(back.column("next_obs")[0].values)
+    assert np.signbit(first[0])
