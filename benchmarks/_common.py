@@ -6,12 +6,14 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 import relayrl_gym
 
-__all__ = ["interleave", "recorded_table", "steps_per_second"]
+__all__ = ["interleave", "play_turns", "recorded_table", "steps_per_second"]
 
 
 def steps_per_second(step: Callable[[int], None], steps: int) -> float:
@@ -19,6 +21,18 @@ def steps_per_second(step: Callable[[int], None], steps: int) -> float:
     for i in range(steps):
         step(i)
     return steps / (time.perf_counter() - start)
+
+
+def play_turns(env: Any, steps: int) -> None:
+    """``steps`` turns of a reset AEC game with seeded legal moves (a finished game is reset):
+    the turn loop both PettingZoo benchmarks time."""
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        if not env.agents:
+            env.reset()
+        obs, _, terminated, truncated, _ = env.last()
+        env.step(None if terminated or truncated else
+                 int(rng.choice(np.flatnonzero(obs["action_mask"]))))
 
 
 def interleave(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleave
+from _common import interleave, play_turns
 from pettingzoo.classic import rps_v2, tictactoe_v3
 
 import relayrl_gym
@@ -46,15 +46,9 @@ def parallel_rate(make, steps: int) -> float:
 
 def aec_rate(make, steps: int) -> float:
     env = make()
-    rng = np.random.default_rng(0)
     env.reset(seed=0)
     start = time.perf_counter()
-    for _ in range(steps):
-        if not env.agents:
-            env.reset()
-        obs, _, terminated, truncated, _ = env.last()
-        env.step(None if terminated or truncated else
-                 int(rng.choice(np.flatnonzero(obs["action_mask"]))))
+    play_turns(env, steps)
     rate = steps / (time.perf_counter() - start)
     env.close()
     return rate

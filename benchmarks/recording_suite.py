@@ -32,7 +32,7 @@ import gymnasium as gym
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleave
+from _common import interleave, play_turns
 
 import relayrl_gym
 
@@ -92,14 +92,8 @@ def aec_rate(make: Callable[[], Any], steps: int) -> float:
     """benchmarks/pettingzoo_recording.py's loop: seeded legal moves, agent turns per second."""
     start = time.perf_counter()
     env = make()
-    rng = np.random.default_rng(0)
     env.reset(seed=0)
-    for _ in range(steps):
-        if not env.agents:
-            env.reset()
-        obs, _, terminated, truncated, _ = env.last()
-        env.step(None if terminated or truncated else
-                 int(rng.choice(np.flatnonzero(obs["action_mask"]))))
+    play_turns(env, steps)
     env.close()
     return steps / (time.perf_counter() - start)
 

@@ -19,6 +19,7 @@ from relayrl_gym.schema.codecs import (
 )
 from relayrl_gym.schema.infos import infos_to_arrow
 from relayrl_gym.schema.transitions import INFO_TYPE, MASK_TYPE, TransitionSchema
+from relayrl_gym.storage.obs_layout import next_rows
 
 __all__ = ["StepBlock"]
 
@@ -204,12 +205,9 @@ def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: li
         else:
             values[start : start + rows] = following
     if not shared.all():  # rows copied: find each one's next step by slot, episode and step
-        order = np.lexsort((steps, episode_ids, env_index))
-        first, second = order[:-1], order[1:]
-        follows = ((env_index[first] == env_index[second])
-                   & (episode_ids[first] == episode_ids[second])
-                   & (steps[second] == steps[first] + 1) & ~shared[first])
-        first, second = first[follows], second[follows]
+        first, second = next_rows(env_index, episode_ids, steps)
+        copied_rows = ~shared[first]
+        first, second = first[copied_rows], second[copied_rows]
         # Bytes, not values: -0.0 and 0.0 (or two NaNs) are told apart as the env gave them.
         value_bytes = values.reshape(n, -1).view(np.uint8)
         obs_bytes = np.ascontiguousarray(obs).reshape(n, -1).view(np.uint8)

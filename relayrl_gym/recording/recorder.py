@@ -68,9 +68,8 @@ class Recorder:
         self.capacity = batch_rows or int(
             np.clip(TARGET_BATCH_BYTES // row_bytes, MIN_BATCH_ROWS, MAX_BATCH_ROWS))
         self._writer = writer
-        #: The schema of the batches built: the run's, or its `stored_schema` when obs_once.
-        self.batch_schema = stored_schema(schema.arrow) if obs_once else schema.arrow
-        self._obs_once = obs_once
+        #: The schema of the batches built in the ``once`` layout (None: the run's own).
+        self._once_schema = stored_schema(schema.arrow) if obs_once else None
         self._lock = threading.Lock()
         self._block = StepBlock()
         self._episode_ids = itertools.count()
@@ -154,7 +153,7 @@ class Recorder:
         if block.arrow is not None:
             return block.arrow
         return block.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids,
-                                     once_schema=self.batch_schema if self._obs_once else None)
+                                     once_schema=self._once_schema)
 
     def close(self) -> None:
         """Flushes and detaches from the writer; the writer itself is closed by its owner."""

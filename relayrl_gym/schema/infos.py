@@ -92,11 +92,12 @@ def recorded_info(info: dict[str, Any]) -> RecordedInfo | None:
     """
     if not info:
         return None
-    kinds = set(map(type, info.values()))
+    values = tuple(info.values())
+    kinds = set(map(type, values))
     if kinds <= _FLOAT_TYPES:  # keys other than str are found when the column is built
-        return ("floats", tuple(info), tuple(info.values()))
+        return ("floats", tuple(info), values)
     if kinds <= _INT_TYPES:
-        return ("ints", tuple(info), tuple(info.values()))
+        return ("ints", tuple(info), values)
     return info_to_json(info)
 
 
@@ -146,9 +147,14 @@ def infos_to_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     if column.type == pa.string():
         return column
+    if column.null_count == len(column):  # no info at all (CartPole): nothing to decode
+        return pa.nulls(len(column), pa.string())
     texts = column.field("json").to_pylist()
     for kind in ("floats", "ints"):
-        for i, pairs in enumerate(column.field(kind).to_pylist()):
+        numbers = column.field(kind)
+        if numbers.null_count == len(numbers):
+            continue
+        for i, pairs in enumerate(numbers.to_pylist()):
             if pairs is not None:
                 texts[i] = info_to_json(dict(pairs))
     nulls = column.is_null().to_pylist()

@@ -9,7 +9,13 @@ import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, SinkError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
-from relayrl_gym.storage.obs_layout import LAYOUTS, compact, is_once, resolve, stored_schema
+from relayrl_gym.storage.obs_layout import (
+    check_layout,
+    compact,
+    is_once,
+    resolve,
+    stored_schema,
+)
 from relayrl_gym.storage.run_dir import RunDirWriter
 
 __all__ = ["ArrowSink"]
@@ -54,12 +60,8 @@ class ArrowSink(Sink):
         self.max_file_bytes = int(max_file_bytes)
         self.compression = compression
         self.fsync = fsync
-        if obs_layout not in LAYOUTS:
-            raise ConfigError(f"`obs_layout` must be one of {', '.join(LAYOUTS)}; got "
-                              f"{obs_layout!r}")
+        check_layout(obs_layout)
         self.obs_layout = obs_layout
-        #: The schema of the files, when they store observations once (None: as recorded).
-        self._once_schema: pa.Schema | None = None
         self.run_path: Path | None = None
         self._parts: RunDirWriter | None = None
         self.files_written: list[Path] = []
@@ -79,7 +81,7 @@ class ArrowSink(Sink):
     def start(self, run_id: str, schema: pa.Schema) -> None:
         run_path = self.root / run_id
         if resolve(self.obs_layout, schema) == "once":
-            schema = self._once_schema = stored_schema(schema)
+            schema = stored_schema(schema)
             self.stores_obs_once = True
         try:
             self._parts = RunDirWriter.create(run_path, schema, compression=self.compression,
@@ -100,8 +102,8 @@ class ArrowSink(Sink):
     def write(self, batch: pa.RecordBatch) -> None:
         if self._parts is None:
             raise SinkError("ArrowSink.write() called before start()")
-        if self._once_schema is not None and not is_once(batch.schema):
-            batch = compact(batch, self._once_schema)  # a run with other sinks besides
+        if self.stores_obs_once and not is_once(batch.schema):
+            batch = compact(batch, self._parts.schema)  # a run with other sinks besides
         self._parts.write(batch)
         if self._parts.full:
             self._complete()

@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 from relayrl_gym.errors import ConfigError, DatasetError
 from relayrl_gym.schema.arrow_arrays import arrow_to_numpy, numpy_dtype, numpy_to_arrow
 
-__all__ = ["LAYOUTS", "LAYOUT_KEY", "ONCE_FROM_BYTES", "compact", "is_once", "logical_schema",
-           "resolve", "restore", "stored_schema"]
+__all__ = ["LAYOUTS", "LAYOUT_KEY", "ONCE_FROM_BYTES", "check_layout", "compact", "is_once",
+           "logical_schema", "next_rows", "resolve", "restore", "stored_schema"]
 
 #: ``pairs``: every row stores obs and next_obs; ``once``: see the module; ``auto``: ``once``
 #: for array observations of at least `ONCE_FROM_BYTES` bytes, else ``pairs``.
@@ -48,6 +48,12 @@ def _obs_width(schema: pa.Schema) -> int | None:
     return None
 
 
+def check_layout(layout: str) -> None:
+    """Raises `ConfigError` unless ``layout`` is one of `LAYOUTS`."""
+    if layout not in LAYOUTS:
+        raise ConfigError(f"`obs_layout` must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+
+
 def resolve(layout: str, schema: pa.Schema) -> str:
     """``once`` or ``pairs``: what ``layout`` (one of `LAYOUTS`) means for runs of ``schema``.
 
@@ -56,8 +62,7 @@ def resolve(layout: str, schema: pa.Schema) -> str:
     >>> resolve("auto", box), resolve("pairs", box)
     ('once', 'pairs')
     """
-    if layout not in LAYOUTS:
-        raise ConfigError(f"`obs_layout` must be one of {', '.join(LAYOUTS)}; got {layout!r}")
+    check_layout(layout)
     width = _obs_width(schema)
     if layout == "once" and width is None:
         raise ConfigError(f"obs_layout='once' stores array observations (Box, MultiBinary, "
@@ -84,18 +89,29 @@ def is_once(schema: pa.Schema) -> bool:
     return (schema.metadata or {}).get(LAYOUT_KEY) == b"once"
 
 
-def _successors(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
-    """(rows, next rows): pairs of rows where the second is the same agent's next transition
-    in the same episode (same env_index, agent_id and episode_id; step + 1)."""
-    env = arrow_to_numpy(batch.column("env_index"))
-    agent = arrow_to_numpy(pc.dictionary_encode(batch.column("agent_id")).indices)
-    episode = arrow_to_numpy(batch.column("episode_id"))
-    step = arrow_to_numpy(batch.column("step"))
-    order = np.lexsort((step, episode, agent, env))
+def next_rows(slot: np.ndarray, episode: np.ndarray, step: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, next rows): the pairs of rows where the second is the first's slot's next
+    transition in the same episode (step + 1).
+
+    >>> rows, following = next_rows(np.array([0, 1, 0]), np.array([5, 6, 5]), np.array([0, 0, 1]))
+    >>> rows.tolist(), following.tolist()
+    ([0], [2])
+    """
+    order = np.lexsort((step, episode, slot))
     first, second = order[:-1], order[1:]
-    same = ((env[first] == env[second]) & (agent[first] == agent[second])
-            & (episode[first] == episode[second]) & (step[second] == step[first] + 1))
+    same = ((slot[first] == slot[second]) & (episode[first] == episode[second])
+            & (step[second] == step[first] + 1))
     return first[same], second[same]
+
+
+def _successors(batch: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray]:
+    """`next_rows` of a batch, a slot being an (env_index, agent_id) pair."""
+    env = arrow_to_numpy(batch.column("env_index")).astype(np.int64)
+    agent = arrow_to_numpy(pc.dictionary_encode(batch.column("agent_id")).indices)
+    slot = env * (int(agent.max(initial=0)) + 1) + agent
+    return next_rows(slot, arrow_to_numpy(batch.column("episode_id")),
+                     arrow_to_numpy(batch.column("step")))
 
 
 def _rows_as_bytes(column: pa.Array, width: int) -> np.ndarray:

@@ -32,7 +32,7 @@ def test_ctrl_c_while_a_block_is_built_loses_no_row(tmp_path, monkeypatch) -> No
     assert len(relayrl_gym.load(envs.run_path)) == recorded, (recorded, interrupted)
 
 
-def test_a_block_that_fails_to_build_is_built_and_reported_by_the_writer(tmp_path,
+def test_a_block_that_fails_to_build_is_built_again_by_the_writer(tmp_path,
                                                                          monkeypatch) -> None:
     envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
     recorder = envs.agent.recorder
