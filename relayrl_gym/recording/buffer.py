@@ -25,8 +25,6 @@ __all__ = ["StepBlock"]
 
 _BLOCK_SEQ = itertools.count()
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
-#: (first row, policy outputs, action masks) of a batch that passes them whole.
-_Dense = tuple[int, "dict[str, np.ndarray] | None", "np.ndarray | None"]
 
 
 def _flat(parts: Sequence[Any], dtype: Any, total: int, rows: np.ndarray) -> np.ndarray:
@@ -84,7 +82,7 @@ class StepBlock:
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
         self.batches: list[tuple[Any, ...]] = []  # TransitionBatch columns, as plain tuples
-        self.stamps: list[int] = []  # each batch's timestamp (ns)
+        self.stamps: list[Any] = []  # each batch's timestamp (ns), or its rows' (an array)
         self.n = 0
         #: The block's rows as one Arrow batch, once built (then ``batches`` is let go of).
         self.arrow: pa.RecordBatch | None = None
@@ -92,8 +90,9 @@ class StepBlock:
         #: sinks, which the writer's pacing counts with its own work.
         self.build_seconds = 0.0
 
-    def append(self, batch: TransitionBatch, timestamp_ns: int) -> None:
-        """Takes ``batch`` (recorded at ``timestamp_ns``) as the block's next rows."""
+    def append(self, batch: TransitionBatch, timestamp_ns: int | np.ndarray) -> None:
+        """Takes ``batch`` (recorded at ``timestamp_ns``, or each row at its own) as the
+        block's next rows."""
         # An exact tuple of arrays and scalars, which the garbage collector stops tracking
         # (a NamedTuple it would traverse at every collection while the block waits).
         self.batches.append(tuple(batch))
@@ -116,7 +115,11 @@ class StepBlock:
         env_index = np.concatenate(env_index_parts).astype(np.int32, copy=False)
         k_rows = np.fromiter(map(len, env_index_parts), np.int64, len(self.batches))
         starts = np.concatenate([[0], np.cumsum(k_rows)[:-1]]).astype(np.int64).tolist()
-        timestamps = np.repeat(np.asarray(self.stamps, np.int64), k_rows)
+        if all(type(stamp) is int for stamp in self.stamps):
+            timestamps = np.repeat(np.asarray(self.stamps, np.int64), k_rows)
+        else:  # some batches carry one stamp per row
+            timestamps = np.concatenate([np.broadcast_to(np.asarray(stamp, np.int64), (k,))
+                                         for stamp, k in zip(self.stamps, k_rows.tolist())])
         versions_by_batch = col["model_version"]
         kinds = set(map(type, versions_by_batch))
         if kinds <= {int}:
@@ -146,9 +149,6 @@ class StepBlock:
         else:
             next_obs_array = codec.to_arrow(codec.concat(col["next_obs"]), n)
         action = schema.action.concat(col["action"])
-        dense = [(start, outputs, masks) for start, outputs, masks
-                 in zip(starts, col["output_batch"], col["mask_batch"])
-                 if outputs is not None or masks is not None]
         columns = [
             _repeated(run_id, n),
             _gathered(actor_ids, indices),
@@ -164,10 +164,8 @@ class StepBlock:
             numpy_to_arrow(_flat(col["truncated"], np.bool_, n, k_rows)),
             numpy_to_arrow(versions),
             numpy_to_arrow(timestamps, _TIMESTAMP),
-            (_dense_mask(dense, n) if dense
-             else _sparse(_by_row(col["masks"], starts), n, MASK_TYPE)),
-            (_dense_data(dense, n, schema.data_type) if dense
-             else _sparse(_by_row(col["outputs"], starts), n, schema.data_type)),
+            _masks(col, starts, n),
+            _outputs(col, starts, n, schema.data_type),
             _infos(_by_row(col["infos"], starts), n),
         ]
         batch = pa.RecordBatch.from_arrays(
@@ -237,28 +235,52 @@ def _by_row(parts: tuple[dict[int, Any] | None, ...], starts: list[int]) -> dict
     return found
 
 
-def _dense_mask(dense: list[_Dense], n: int) -> pa.Array:
-    """list<bool> masks from whole (rows, actions) batches; rows without one are null."""
-    lengths = np.zeros(n, np.int32)
-    valid = np.zeros(n, np.bool_)
-    parts = []
-    for start, _, mask in dense:
-        if mask is not None:
-            rows, width = mask.shape
-            lengths[start : start + rows] = width
-            valid[start : start + rows] = True
-            parts.append(np.asarray(mask, np.bool_).reshape(-1))
-    if not parts:
+def _masks(col: dict[str, tuple[Any, ...]], starts: list[int], n: int) -> pa.Array:
+    """The list<bool> action-mask column: from whole ``(rows, actions)`` batches (``mask_batch``)
+    and from per-row values (``masks``), in any mix; rows without one are null."""
+    dense = [(start, m) for start, m in zip(starts, col["mask_batch"]) if m is not None]
+    sparse = _by_row(col["masks"], starts)
+    if not dense and not sparse:
         return pa.nulls(n, MASK_TYPE)
+    lengths = np.zeros(n, np.int32)
+    pieces: list[tuple[int, np.ndarray]] = []  # (first row, its rows' masks, flattened)
+    for start, mask in dense:
+        rows, width = mask.shape
+        lengths[start : start + rows] = width
+        pieces.append((start, np.asarray(mask, np.bool_).reshape(-1)))
+    for row, mask in sparse.items():
+        values = np.asarray(mask, np.bool_).reshape(-1)
+        lengths[row] = len(values)
+        pieces.append((row, values))
+    if len(dense) + len(sparse) > 1:
+        pieces.sort(key=lambda piece: piece[0])
+    valid = np.zeros(n, np.bool_)
+    for start, mask in dense:
+        valid[start : start + len(mask)] = True
+    if sparse:
+        valid[np.fromiter(sparse, np.int64, len(sparse))] = True
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    values = numpy_to_arrow(np.concatenate(parts))
+    values = numpy_to_arrow(np.concatenate([piece for _, piece in pieces]))
     return pa.ListArray.from_arrays(numpy_to_arrow(offsets), values,
                                     mask=numpy_to_arrow(~valid))
 
 
-def _dense_data(dense: list[_Dense], n: int, arrow_type: pa.DataType) -> pa.Array:
-    """The struct column of policy outputs from whole per-call batches."""
+def _outputs(col: dict[str, tuple[Any, ...]], starts: list[int], n: int,
+             arrow_type: pa.DataType) -> pa.Array:
+    """The struct column of policy outputs: from whole per-call batches (``output_batch``) and
+    from per-row values (``outputs``), in any mix; rows without any are null."""
+    dense = [(start, data) for start, data in zip(starts, col["output_batch"])
+             if data is not None]
+    sparse = _by_row(col["outputs"], starts)
+    if not dense:
+        return _sparse(sparse, n, arrow_type)
+    if sparse:  # both forms in one block (rare): every row as a value
+        for start, data in dense:
+            rows = len(next(iter(data.values()))) if data else 0
+            for i in range(rows):
+                sparse[start + i] = {name: np.asarray(v[i]).tolist() for name, v in data.items()}
+        return _sparse(sparse, n, arrow_type)
     if not pa.types.is_struct(arrow_type):
         return pa.nulls(n, arrow_type)
     valid = np.zeros(n, np.bool_)
@@ -268,8 +290,8 @@ def _dense_data(dense: list[_Dense], n: int, arrow_type: pa.DataType) -> pa.Arra
         leaf = field.type.value_type if fixed else field.type
         width = field.type.list_size if fixed else 1
         column = np.zeros((n, width), numpy_dtype(leaf))
-        for start, data, _ in dense:
-            if data is not None and field.name in data:
+        for start, data in dense:
+            if field.name in data:
                 values = np.asarray(data[field.name]).reshape(len(data[field.name]), -1)
                 column[start : start + len(values)] = values
                 valid[start : start + len(values)] = True

@@ -6,6 +6,7 @@ import contextlib
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -71,6 +72,10 @@ class Recorder:
         #: The schema of the batches built in the ``once`` layout (None: the run's own).
         self._once_schema = stored_schema(schema.arrow) if obs_once else None
         self._lock = threading.Lock()
+        #: Rows recorded elsewhere and not handed over yet, for the writer's time-based flush:
+        #: called (with this recorder's lock held, on the writer thread) to get them as
+        #: ``(batch, stamps)`` pairs; it must never wait for a lock the stepping thread holds.
+        self.feeder: Callable[[], list[tuple[TransitionBatch, np.ndarray]]] | None = None
         self._block = StepBlock()
         self._episode_ids = itertools.count()
         self._rows = 0
@@ -87,15 +92,16 @@ class Recorder:
         """A run-unique episode id (thread-safe)."""
         return next(self._episode_ids)
 
-    def record(self, batch: TransitionBatch) -> None:
+    def record(self, batch: TransitionBatch, stamps: np.ndarray | None = None) -> None:
         """Appends the batch's rows (a list append: the writer thread converts them).
 
         The recorder keeps the batch and the arrays in it (no copy): the caller must not
         modify them afterwards. Rows its ``valid`` marks False are dropped, not recorded.
+        ``stamps``: each row's timestamp (ns since the epoch, whole microseconds: what every
+        sink, PostgreSQL included, stores exactly); default: now, for every row.
         """
         k = len(batch.env_index)
-        # Microseconds, held as nanoseconds: what every sink (PostgreSQL included) stores exactly.
-        stamp = time.time_ns() // 1000 * 1000
+        stamp = time.time_ns() // 1000 * 1000 if stamps is None else stamps
         with self._lock:
             block = self._block
             if block.n + k > self.capacity and block.n:
@@ -136,6 +142,12 @@ class Recorder:
         if not self._lock.acquire(blocking=False):
             return None
         try:
+            if self.feeder is not None:
+                for batch, stamps in self.feeder():
+                    self._block.append(batch, stamps)
+                    self._rows += len(batch.env_index)
+                    if batch.valid is not None:
+                        self._dropped += len(batch.valid) - int(np.count_nonzero(batch.valid))
             if self._block.n == 0:
                 return None
             full, self._block = self._block, StepBlock()

@@ -8,8 +8,8 @@ from pettingzoo.utils.env import ActionType, AECEnv, AgentID, ObsType
 from pettingzoo.utils.wrappers.base import BaseWrapper
 from typing_extensions import override
 
-from relayrl_gym.wrappers.pettingzoo.observations import action_mask
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, RunOwner
+from relayrl_gym.wrappers.pettingzoo.state import STATE, StateHolder
 from relayrl_gym.wrappers.pettingzoo.tracker import AgentTracker
 
 __all__ = ["RecordedAECEnv"]
@@ -53,11 +53,21 @@ class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
         """
         super().__init__(env)
         self._own_run(tracker, recording)
-        self._seen: dict[Any, tuple[Any, dict[str, Any]]] = {}
         self._source: tuple[int, dict[str, Any] | None] | None = None
         # (agent, obs, reward, terminated, truncated, info): last() of the selected agent,
         # read once per turn (nothing changes it until the next step or reset)
         self._turn: tuple[Any, ...] | None = None
+        # Where the game's state (agent_selection, agents, rewards, ...) is read once reset,
+        # and whether last() is PettingZoo's own; None before reset.
+        self._holder: StateHolder | None = None
+        self._state: Any = None
+        self._plain_last = type(env).last is AECEnv.last
+
+    def __getattr__(self, name: str) -> Any:
+        state = self.__dict__.get("_state")
+        if state is not None and name in STATE:
+            return getattr(state, name)  # one read instead of one per wrapper below
+        return super().__getattr__(name)
 
     def acted_by(self, version: int, data: dict[str, Any] | None = None) -> None:
         """Marks the next step's action as chosen by a model of ``version``."""
@@ -66,21 +76,21 @@ class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
     @override
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         self.env.reset(seed=seed, options=options)
+        self._holder = StateHolder(self.env)
+        self._state = self._holder.get()
         self.tracker.reset()
-        self._seen.clear()
         self._source = None
         self._at_turn()
 
     @override
     def step(self, action: ActionType) -> None:
-        env = self.env
-        agent = env.agent_selection
-        seen = self._seen.pop(agent, None)
+        state = self._state or self.env
+        agent = state.agent_selection
         source, self._source = self._source, None
-        if seen is not None and not (env.terminations.get(agent) or env.truncations.get(agent)):
+        if not (state.terminations.get(agent) or state.truncations.get(agent)):
             version, data = source or (-1, None)
-            self.tracker.begin(agent, seen[0], action, action_mask(*seen), version, data)
-        env.step(action)
+            self.tracker.begin(agent, action, version, data)
+        self.env.step(action)
         self._at_turn()
 
     def turn(self) -> tuple[Any, ...] | None:
@@ -98,21 +108,28 @@ class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
     def _at_turn(self) -> None:
         # Runs whenever an agent may have been selected: its transition in flight ends here.
         env, tracker = self.env, self.tracker
-        agents = env.agents
+        if self._holder is not None:
+            self._state = self._holder.get()
+        state = self._state or env
+        agents = state.agents
         self._turn = None
         for waiting in tracker.waiting():
             if waiting not in agents:
                 tracker.drop(waiting)
         if not agents:
             return
-        agent = env.agent_selection
+        agent = state.agent_selection
         if agent not in agents:
             return
-        obs, reward, terminated, truncated, info = env.last()
-        self._turn = (agent, obs, reward, terminated, truncated, info)
-        tracker.finish(agent, obs, reward, terminated, truncated, info)
-        if not (terminated or truncated):
-            self._seen[agent] = (obs, info)
+        if self._plain_last:  # last() itself, without its reads through every wrapper
+            turn = (agent, env.observe(agent), state._cumulative_rewards[agent],  # noqa: SLF001
+                    state.terminations[agent], state.truncations[agent], state.infos[agent])
+        else:
+            turn = (agent, *env.last())
+        self._turn = turn
+        tracker.finish_many([turn])
+        if turn[3] or turn[4]:
+            tracker.forget(agent)
 
     @override
     def __str__(self) -> str:

@@ -8,7 +8,6 @@ from pettingzoo.utils.env import ActionType, AgentID, ObsType, ParallelEnv
 from pettingzoo.utils.wrappers.base_parallel import BaseParallelWrapper
 from typing_extensions import override
 
-from relayrl_gym.wrappers.pettingzoo.observations import action_mask
 from relayrl_gym.wrappers.pettingzoo.recording import GameRecording, RunOwner
 from relayrl_gym.wrappers.pettingzoo.tracker import AgentTracker
 
@@ -50,8 +49,6 @@ class RecordedParallelEnv(RunOwner, BaseParallelWrapper[AgentID, ObsType, Action
         self.metadata = env.metadata
         self.possible_agents = env.possible_agents
         self._own_run(tracker, recording)
-        self._obs: dict[Any, Any] = {}
-        self._infos: dict[Any, dict[str, Any]] = {}
         self._sources: dict[Any, tuple[int, dict[str, Any] | None]] = {}
 
     @property
@@ -71,33 +68,32 @@ class RecordedParallelEnv(RunOwner, BaseParallelWrapper[AgentID, ObsType, Action
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[AgentID, ObsType], dict[AgentID, dict[str, Any]]]:
         obs, infos = self.env.reset(seed=seed, options=options)
-        self.tracker.reset()
+        tracker = self.tracker
+        tracker.reset()
         self._sources.clear()
-        self._obs, self._infos = dict(obs), dict(infos)
+        for agent, agent_obs in obs.items():
+            tracker.see(agent, agent_obs, infos.get(agent))
         return obs, infos
 
     @override
     def step(self, actions: dict[AgentID, ActionType]) -> tuple[
             dict[AgentID, ObsType], dict[AgentID, float], dict[AgentID, bool],
             dict[AgentID, bool], dict[AgentID, dict[str, Any]]]:
-        tracker, seen, seen_infos = self.tracker, self._obs, self._infos
+        tracker = self.tracker
         sources, self._sources = self._sources, {}
         for agent, action in actions.items():
-            if agent in seen:
-                version, data = sources.get(agent, (-1, None))
-                tracker.begin(agent, seen[agent], action,
-                              action_mask(seen[agent], seen_infos.get(agent)), version, data)
+            version, data = sources.get(agent, (-1, None))
+            tracker.begin(agent, action, version, data)
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
         outcomes = []
+        for agent, agent_obs in obs.items():
+            outcomes.append((agent, agent_obs, rewards.get(agent, 0.0),
+                             terminated.get(agent, False), truncated.get(agent, False),
+                             infos.get(agent)))
         for agent in actions:
-            if agent in obs:
-                outcomes.append((agent, obs[agent], rewards.get(agent, 0.0),
-                                 terminated.get(agent, False), truncated.get(agent, False),
-                                 infos.get(agent)))
-            else:
+            if agent not in obs:
                 tracker.drop(agent)  # no next observation: no transition to record
-        tracker.finish_many(outcomes)
-        self._obs, self._infos = dict(obs), dict(infos)
+        tracker.finish_many(outcomes, only_these=True)
         return obs, rewards, terminated, truncated, infos
 
     def __str__(self) -> str:

@@ -8,6 +8,7 @@ import datetime as _dt
 import functools
 import threading
 import uuid
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -88,9 +89,19 @@ def _check_sinks_for(sink: Any, groups: list[SpaceGroup]) -> None:
             "sink='relayrl_runs' or sink='sqlite:///runs.db'), which opens one sink per run")
 
 
+#: Finished transitions of a run handed to its recorder together (at most; fewer when a
+#: recorder buffer holds fewer): one batch of many rows costs far less per row than one each.
+ROWS_PER_BATCH = 256
+
+
 class _Run(RunRecording):
     """One run of a recorded game: the agents of one `SpaceGroup`, slot ``copy * K + k`` for
-    agent ``k`` of the group in game copy ``copy``, its recorder and background writer."""
+    agent ``k`` of the group in game copy ``copy``, its recorder and background writer.
+
+    Finished transitions wait in ``rows`` until a batch is full (``chunk``), a flush or close
+    hands them over, or the writer takes them for its time-based flush (`Recorder.feeder`):
+    no row waits longer than a flush interval, as in the recorder's own buffer.
+    """
 
     def __init__(self, recording: RunRecording, agents: list[Any]) -> None:
         super().__init__(recording.run_id, recording.recorder, recording.writer,
@@ -99,25 +110,60 @@ class _Run(RunRecording):
         #: Each slot's episode (the slots of every game copy).
         self.episodes = EpisodeTracker(len(self.recorder.actor_ids),
                                        self.recorder.new_episode_id, shared=False)
+        self.rows: list[AgentTransition] = []
+        self.chunk = max(1, min(ROWS_PER_BATCH, self.recorder.capacity))
 
-    def record(self, rows: list[AgentTransition]) -> None:
-        """Hands ``rows`` (all of this run, in step order) to the recorder as one batch; each
-        gets its episode id and step here, so they follow the rows' order whichever thread
-        stepped their game."""
-        slots = [r.slot for r in rows]
+    def add(self, rows: list[AgentTransition]) -> None:
+        """Takes ``rows`` (all of this run, in step order); a full batch goes to the recorder.
+        Called with the game's lock held."""
+        self.rows.extend(rows)
+        if len(self.rows) >= self.chunk:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Records the waiting rows (called with the game's lock held)."""
+        rows, self.rows = self.rows, []
+        for batch, stamps in self.batches(rows):
+            self.recorder.record(batch, stamps)
+
+    def batches(self, rows: list[AgentTransition]
+                ) -> list[tuple[TransitionBatch, np.ndarray]]:
+        """``rows`` (in step order) as one batch, with each row's timestamp; each row gets its
+        episode id and step here, so they follow the rows' order whichever thread stepped
+        their game (called with the game's lock held). Rows whose values do not stack (an
+        observation of another shape) go one batch each, for the recorder to report."""
+        if not rows:
+            return []
         episode_ids, steps = self.episodes.number(
-            slots, [r.first for r in rows], [r.terminated or r.truncated for r in rows])
-        infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
-        masks = {i: r.mask.tolist() for i, r in enumerate(rows) if r.mask is not None}
-        outputs = {i: r.data for i, r in enumerate(rows) if r.data}
-        self.recorder.record(TransitionBatch(
-            np.array(slots, np.int32), episode_ids, steps,
-            _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
-            tuple(r.reward for r in rows), _rows([r.next_obs for r in rows]),
-            tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
-            model_version=(rows[0].version if len(rows) == 1 else
-                           np.array([r.version for r in rows], np.int64)),
-            infos=infos or None, masks=masks or None, outputs=outputs or None))
+            [r.slot for r in rows], [r.first for r in rows],
+            [r.terminated or r.truncated for r in rows])
+        try:
+            return [_batch(rows, episode_ids, steps)]
+        except Exception:
+            return [_batch(rows[i:i + 1], episode_ids[i:i + 1], steps[i:i + 1])
+                    for i in range(len(rows))]
+
+
+def _batch(rows: list[AgentTransition], episode_ids: np.ndarray, steps: np.ndarray
+           ) -> tuple[TransitionBatch, np.ndarray]:
+    infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
+    given = [r.mask for r in rows if r.mask is not None]
+    masks, mask_batch = None, None
+    if len(given) == len(rows) and len({m.shape for m in given}) == 1:
+        mask_batch = np.stack(given)  # one shape for every row: one array
+    elif given:
+        masks = {i: r.mask for i, r in enumerate(rows) if r.mask is not None}
+    outputs = {i: r.data for i, r in enumerate(rows) if r.data}
+    versions = [r.version for r in rows]
+    batch = TransitionBatch(
+        np.array([r.slot for r in rows], np.int32), episode_ids, steps,
+        _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
+        tuple(r.reward for r in rows), _rows([r.next_obs for r in rows]),
+        tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
+        model_version=(versions[0] if len(set(versions)) == 1 else
+                       np.array(versions, np.int64)),
+        infos=infos or None, masks=masks, outputs=outputs or None, mask_batch=mask_batch)
+    return batch, np.array([r.stamp for r in rows], np.int64)
 
 
 class GameRecording:
@@ -179,6 +225,9 @@ class GameRecording:
             with contextlib.suppress(Exception):  # the opening error is the one to see
                 run_all(opened)
             raise
+        feed = functools.partial(_feed, weakref.ref(self))
+        for run in self.runs:
+            run.recorder.feeder = functools.partial(feed, run)
         #: The local Arrow directory of every agent's run (agent -> path; None: no local one).
         self.run_paths = {a: run.run_path for run in self.runs for a in run.agents}
         self.run_path = self.runs[0].run_path if len(self.runs) == 1 else None
@@ -216,7 +265,8 @@ class GameRecording:
                 self._record(rows)
 
     def commit(self) -> None:
-        """Hands the staged transitions to the recorders, one batch per run."""
+        """Orders the staged transitions after those recorded before (batches of rows go to
+        the recorders as they fill up)."""
         with self.lock:
             self._commit_locked()
 
@@ -229,17 +279,24 @@ class GameRecording:
 
     def _record(self, rows: list[AgentTransition]) -> None:
         if len(self.runs) == 1:
-            self.runs[0].record(rows)
+            self.runs[0].add(rows)
             return
         by_run: dict[int, list[AgentTransition]] = {}
         for row in rows:
             by_run.setdefault(row.run, []).append(row)
         for r, mine in by_run.items():
-            self.runs[r].record(mine)
+            self.runs[r].add(mine)
+
+    def hand_over(self) -> None:
+        """Hands every finished transition to the recorders."""
+        with self.lock:
+            self._commit_locked()
+            for run in self.runs:
+                run.hand_over()
 
     def flush(self) -> None:
         """Writes every transition recorded so far to the sinks (and waits for it)."""
-        self.commit()
+        self.hand_over()
         run_all([run.flush for run in self.runs])
 
     def close(self, timeout: float = 30.0) -> None:
@@ -249,9 +306,24 @@ class GameRecording:
             return
         self.closed = True
         try:
-            self.commit()
+            self.hand_over()
         finally:
             run_all([functools.partial(run.close, timeout) for run in self.runs])
+
+
+def _feed(recording: weakref.ref[GameRecording], run: _Run
+          ) -> list[tuple[TransitionBatch, np.ndarray]]:
+    """The waiting rows of ``run`` as batches, for the writer's time-based flush (see
+    `Recorder.feeder`); none when the game's lock is busy (the stepping thread holds it, and
+    may wait for the writer: the next tick takes them)."""
+    game = recording()
+    if game is None or not run.rows or not game.lock.acquire(blocking=False):
+        return []
+    try:
+        rows, run.rows = run.rows, []
+        return run.batches(rows)
+    finally:
+        game.lock.release()
 
 
 def _open_run(options: RecordingOptions, run_id: str, group: SpaceGroup, copies: int,

@@ -3,13 +3,14 @@ what followed each agent's action is known."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from relayrl_gym.schema.batches import map_leaves
+from relayrl_gym.schema.batches import owned
 from relayrl_gym.schema.infos import RecordedInfo, recorded_info
+from relayrl_gym.wrappers.pettingzoo.observations import action_mask
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.pettingzoo.recording import GameRecording
@@ -33,22 +34,17 @@ class AgentTransition(NamedTuple):
     info: RecordedInfo | None  # kept as `recorded_info` gives it
     mask: np.ndarray | None
     data: dict[str, Any] | None
-
-
-@dataclass
-class _Pending:
-    obs: Any
-    action: Any
-    mask: np.ndarray | None
-    version: int
-    data: dict[str, Any] | None
+    stamp: int  # when it finished (ns since the epoch, whole microseconds)
 
 
 class AgentTracker:
     """The transitions in flight of the agents of one game copy.
 
-    ``begin`` when an agent acts (what it saw, what it did); ``finish`` when what followed is
-    known (its next observation, reward and flags). Only finished transitions are recorded: an
+    An agent's transition begins when it acts (`begin`: what it last saw, what it did) and
+    finishes when what followed is known (`finish_many`: its next observation, reward and
+    flags). Each observation is copied once, when it is seen: the env may reuse its arrays,
+    and the copy is both the next observation of the transition it finishes and the
+    observation of the one the agent begins next. Only finished transitions are recorded: an
     agent whose transition never finishes (a reset in between) leaves no row. An agent's
     episode starts at its first action and ends when it is terminated or truncated.
     """
@@ -63,59 +59,82 @@ class AgentTracker:
         self._recording = recording
         self._slots = slots
         self._copy = copy
-        self._pending: dict[str, _Pending] = {}
+        # agent -> (owned obs, info): what it saw last, until it acts on it
+        self._seen: dict[Any, tuple[Any, dict[str, Any] | None]] = {}
+        # agent -> (obs, action, mask, version, data): its transition in flight
+        self._pending: dict[Any, tuple[Any, Any, np.ndarray | None, int,
+                                       dict[str, Any] | None]] = {}
         self._playing: set[Any] = set()  # agents in an episode (they have a recorded row)
 
-    def pending(self, agent: str) -> bool:
+    def pending(self, agent: Any) -> bool:
         return agent in self._pending
 
-    def waiting(self) -> list[str]:
+    def waiting(self) -> list[Any]:
         """Agents whose transition has begun and not finished."""
         return list(self._pending)
 
     def reset(self) -> None:
         """A new game: transitions in flight are dropped, every agent starts a new episode."""
+        self._seen.clear()
         self._pending.clear()
         self._playing.clear()
 
-    def begin(self, agent: str, obs: Any, action: Any, mask: np.ndarray | None = None,
-              version: int = -1, data: dict[str, Any] | None = None) -> None:
-        """``agent`` saw ``obs`` and took ``action`` (chosen by a model of ``version``, or the
-        caller: -1). Both are copied: the env may reuse its arrays."""
-        if self._recording is None:
-            return
-        self._pending[agent] = _Pending(map_leaves(np.array, obs), map_leaves(np.array, action),
-                                        mask, version, data)
+    def see(self, agent: Any, obs: Any, info: dict[str, Any] | None) -> None:
+        """``agent`` observes ``obs`` (and ``info``), on which its next action is taken."""
+        if self._recording is not None:
+            self._seen[agent] = (owned(obs), info)
 
-    def drop(self, agent: str) -> None:
+    def forget(self, agent: Any) -> None:
+        """``agent`` will not act on what it saw last (it is done)."""
+        self._seen.pop(agent, None)
+
+    def begin(self, agent: Any, action: Any, version: int = -1,
+              data: dict[str, Any] | None = None) -> None:
+        """``agent`` takes ``action`` (chosen by a model of ``version``, or the caller: -1) on
+        what it saw last (nothing begins if it saw nothing since its last action). The action
+        is copied: the caller may reuse its arrays."""
+        seen = self._seen.pop(agent, None)
+        if seen is None:
+            return
+        obs, info = seen
+        self._pending[agent] = (obs, owned(action), action_mask(obs, info),
+                                version, data)
+
+    def drop(self, agent: Any) -> None:
         self._pending.pop(agent, None)
 
-    def finish(self, agent: str, next_obs: Any, reward: float, terminated: bool,
-               truncated: bool, info: dict[str, Any] | None) -> None:
-        """Records ``agent``'s transition in flight, if any, with what followed its action."""
-        self.finish_many([(agent, next_obs, reward, terminated, truncated, info)])
-
-    def finish_many(self, outcomes: list[tuple[str, Any, float, bool, bool,
-                                               dict[str, Any] | None]]) -> None:
-        """`finish` for several agents at once (one recorded batch): ``outcomes`` holds
-        ``(agent, next_obs, reward, terminated, truncated, info)`` tuples."""
-        if self._recording is None:
-            return
-        done = [(self._pending.pop(o[0]), o) for o in outcomes if o[0] in self._pending]
-        if not done:
-            return
+    def finish_many(self, outcomes: list[tuple[Any, Any, float, bool, bool,
+                                               dict[str, Any] | None]],
+                    only_these: bool = False) -> None:
+        """``(agent, next_obs, reward, terminated, truncated, info)`` of several agents after
+        a step: each agent sees ``next_obs`` (`see`), and its transition in flight, if any, is
+        recorded with what followed its action (one batch for all). ``only_these``: the
+        other agents saw nothing (what they saw before is forgotten)."""
         recording = self._recording
+        if recording is None:
+            return
+        if only_these:
+            self._seen = {}
+        pending, seen, playing = self._pending, self._seen, self._playing
         rows = []
-        for pending, (agent, next_obs, reward, terminated, truncated, info) in done:
+        stamp = time.time_ns() // 1000 * 1000
+        for agent, next_obs, reward, terminated, truncated, info in outcomes:
+            mine = owned(next_obs)
+            seen[agent] = (mine, info)
+            began = pending.pop(agent, None)
+            if began is None:
+                continue
             run, slot = self._slots[agent]
-            first = agent not in self._playing  # an agent's episode starts at its first row
+            first = agent not in playing  # an agent's episode starts at its first row
             if terminated or truncated:
-                self._playing.discard(agent)
+                playing.discard(agent)
             else:
-                self._playing.add(agent)
-            text = recorded_info(info) if recording.record_info and info else None
+                playing.add(agent)
+            obs, action, mask, version, data = began
             rows.append(AgentTransition(
-                run, slot, first, pending.obs, pending.action, float(reward),
-                map_leaves(np.array, next_obs), bool(terminated), bool(truncated),
-                pending.version, text, pending.mask, pending.data))
-        recording.stage(rows, self._copy)
+                run, slot, first, obs, action, float(reward), mine, bool(terminated),
+                bool(truncated), version,
+                recorded_info(info) if recording.record_info and info else None,
+                mask, data, stamp))
+        if rows:
+            recording.stage(rows, self._copy)
