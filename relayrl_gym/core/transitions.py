@@ -60,9 +60,13 @@ class TransitionBatch(NamedTuple):
     output_batch: dict[str, np.ndarray] | None = None
     #: The action masks of every row, ``(rows, n)`` bools.
     mask_batch: np.ndarray | None = None
+    #: Row -> the row of this batch whose ``obs`` is this row's next observation (-1: none):
+    #: ``next_obs`` rows with one are not filled in (the recorder takes them from ``obs``, and
+    #: stores them once where the layout allows). Flat (Box-like) observations only.
+    next_from: np.ndarray | None = None
 
 
-#: ``batch_of((env_index, episode_id, ..., mask_batch))``: a `TransitionBatch` from all of its
+#: ``batch_of((env_index, episode_id, ..., next_from))``: a `TransitionBatch` from all of its
 #: columns in field order, made without the Python-level ``__new__`` (half the cost, for the
 #: stepping thread's hot path).
 batch_of: Callable[[tuple[Any, ...]], TransitionBatch] = functools.partial(

@@ -147,7 +147,15 @@ class StepBlock:
             next_obs_array: pa.Array = pa.FixedSizeListArray.from_arrays(
                 codec.to_arrow(values, n).values, codec.size, mask=numpy_to_arrow(missing))
         else:
-            next_obs_array = codec.to_arrow(codec.concat(col["next_obs"]), n)
+            next_values = codec.concat(col["next_obs"])
+            filled = False
+            for start, following in zip(starts, col["next_from"]):
+                if following is not None:  # rows left for the obs of another row to fill
+                    if not filled:  # never write into arrays a batch handed over
+                        next_values, filled = np.array(next_values), True
+                    rows = np.flatnonzero(following >= 0)
+                    next_values[start + rows] = obs[start + following[rows]]
+            next_obs_array = codec.to_arrow(next_values, n)
         action = schema.action.concat(col["action"])
         columns = [
             _repeated(run_id, n),
@@ -184,9 +192,11 @@ def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: li
 
     A batch whose ``next_obs`` is the very array the following batch holds as ``obs``, for the
     same slots in the same order (the vector env hands one copy over as both), is not even
-    copied: each row's next observation is the following batch's row for its slot. The rows
-    of other batches (game agents, the client API) are copied and compared with their next
-    step's obs, found by slot, episode and step.
+    copied: each row's next observation is the following batch's row for its slot. Neither
+    are the rows a batch's ``next_from`` names (a game agent's next obs, handed over as the
+    obs of its next row). The rows of other batches (the client API, game agents whose next
+    row is in a later batch) are copied and compared with their next step's obs, found by
+    slot, episode and step.
     """
     obs_parts, next_parts, env_parts = col["obs"], col["next_obs"], col["env_index"]
     n = len(obs)
@@ -194,14 +204,20 @@ def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: li
     shared = np.zeros(n, np.bool_)
     partner = np.full(n, -1, np.int64)
     last = len(next_parts) - 1
-    for b, (start, following) in enumerate(zip(starts, next_parts)):
+    for b, (start, following, from_row) in enumerate(zip(starts, next_parts, col["next_from"])):
         rows = len(env_parts[b])
         if b < last and following is obs_parts[b + 1] and (
                 env_parts[b] is env_parts[b + 1] or np.array_equal(env_parts[b], env_parts[b + 1])):
             shared[start : start + rows] = True
             partner[start : start + rows] = np.arange(start + rows, start + 2 * rows)
-        else:
+        elif from_row is None:
             values[start : start + rows] = following
+        else:  # rows whose next obs is the obs of a row named: only the others are copied
+            named = from_row >= 0
+            own = np.flatnonzero(~named)
+            values[start + own] = following[own]
+            shared[start : start + rows] = named
+            partner[start : start + rows] = np.where(named, start + from_row, -1)
     if not shared.all():  # rows copied: find each one's next step by slot, episode and step
         first, second = next_rows(env_index, episode_ids, steps)
         copied_rows = ~shared[first]

@@ -27,6 +27,12 @@ __all__ = ["Recorder"]
 TARGET_BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCH_ROWS = 8192
 MIN_BATCH_ROWS = 16
+#: Observations of at least this many bytes: full buffers are built on the writer thread.
+WRITER_BUILDS_FROM = 64 * 1024
+#: In the once layout, a buffer holds at least this many steps of every slot...
+STEPS_OF_EVERY_SLOT = 4
+#: ...unless that passes this size.
+MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 
 class Recorder:
@@ -65,12 +71,21 @@ class Recorder:
         self.run_id = run_id
         self.actor_ids = list(actor_ids)
         self.agent_ids = list(agent_ids) if agent_ids is not None else [""] * len(actor_ids)
-        row_bytes = 2 * schema.obs.row_bytes + schema.action.row_bytes + 64
+        # In the once layout most rows store one observation, and a batch is worth it only
+        # when it holds several steps of every slot (its last step of each keeps its next obs).
+        row_bytes = ((1 if obs_once else 2) * schema.obs.row_bytes + schema.action.row_bytes
+                     + 64)
         self.capacity = batch_rows or int(
             np.clip(TARGET_BATCH_BYTES // row_bytes, MIN_BATCH_ROWS, MAX_BATCH_ROWS))
+        if obs_once and not batch_rows:
+            self.capacity = max(self.capacity, min(STEPS_OF_EVERY_SLOT * len(actor_ids),
+                                                   MAX_BATCH_BYTES // row_bytes))
         self._writer = writer
         #: The schema of the batches built in the ``once`` layout (None: the run's own).
         self._once_schema = stored_schema(schema.arrow) if obs_once else None
+        #: Whether full buffers are built on the writer thread: for large rows, where the
+        #: build is mostly copies that let the GIL go, and so run beside the stepping thread.
+        self.build_on_writer = schema.obs.row_bytes >= WRITER_BUILDS_FROM
         self._lock = threading.Lock()
         #: Rows recorded elsewhere and not handed over yet, for the writer's time-based flush:
         #: called (with this recorder's lock held, on the writer thread) to get them as
@@ -116,21 +131,24 @@ class Recorder:
 
     def _hand_over_locked(self) -> None:
         full, self._block = self._block, StepBlock()
-        if self._writer is not None and full.n:
-            # Built here, on the recording thread, not on the writer's: the conversion is a
-            # few large C-level calls (~0.3 us a CartPole row), while on a second thread every
-            # call that lets the GIL go hands it back and forth with a stepping thread that
-            # waits for it each time, costing that thread several times the work itself.
-            # The writer's own work (encoding, compression, I/O) then runs with the GIL
-            # released. A block that fails to build is left to the writer, which reports it.
-            try:
+        if self._writer is None or not full.n:
+            return
+        # Small rows are built here, on the recording thread: the conversion is a few large
+        # C-level calls (~0.3 us a CartPole row), while on a second thread every call that
+        # lets the GIL go hands it back and forth with a stepping thread that waits for it
+        # each time, costing that thread several times the work itself. Large rows are left
+        # to the writer: their build is mostly copies that let the GIL go, and run beside the
+        # stepping thread. The writer's own work (encoding, compression, I/O) runs with the
+        # GIL released. A block that fails to build is left to the writer, which reports it.
+        try:
+            if not self.build_on_writer:
                 with contextlib.suppress(Exception):
                     began = time.monotonic()
                     full.arrow = self.to_record_batch(full)
                     full.batches = []
                     full.build_seconds = time.monotonic() - began
-            finally:  # even on Ctrl-C: the block is queued, built or not
-                self._writer.submit(self, full)
+        finally:  # even on Ctrl-C: the block is queued, built or not
+            self._writer.submit(self, full)
 
     def take_partial(self) -> StepBlock | None:
         """Detaches the rows recorded since the last hand-over (for the time-based flush).

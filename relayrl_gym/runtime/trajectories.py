@@ -138,7 +138,7 @@ class TrajectoryTable:
                 self.recorder.record(batch_of((
                     chain.slots32, chain.episodes, chain.steps, chain.obs, chain.actions,
                     rewards, obs, chain.no_flags, chain.no_flags, chain.versions, None, None,
-                    None, None, chain.data or None, None)))
+                    None, None, chain.data or None, None, None)))
             # New arrays replace the old ones (which the recorder now holds), never modified.
             chain.obs, chain.actions, chain.versions, chain.data = obs, actions, versions, data
             chain.steps = chain.steps + 1

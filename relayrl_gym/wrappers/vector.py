@@ -463,7 +463,7 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
             self._arange, episodes.ids, episodes.steps, self._prev_obs, actions, rewards,
             next_obs, terminated, truncated, -1 if acted is None else acted[0], infos or None,
             None, None, None if reset_rows is None else ~reset_rows,
-            None if acted is None else acted[1], None)))
+            None if acted is None else acted[1], None, None)))
 
     def _advance_episodes(self, terminated: np.ndarray, truncated: np.ndarray,
                           reset_rows: np.ndarray | None, any_done: bool) -> None:

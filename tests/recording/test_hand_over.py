@@ -52,3 +52,33 @@ def test_a_block_that_fails_to_build_is_built_again_by_the_writer(tmp_path,
     envs.close()
     assert calls[:2] == [32, 32]  # tried on the recording thread, then by the writer
     assert len(relayrl_gym.load(envs.run_path)) == recorder.rows_recorded > 64
+
+
+def test_large_rows_are_built_by_the_writer_and_every_row_lands(tmp_path) -> None:
+    import gymnasium as gym
+
+    from relayrl_gym.recording.recorder import WRITER_BUILDS_FROM
+
+    class Frames(gym.Env):
+        observation_space = gym.spaces.Box(0, 255, (WRITER_BUILDS_FROM,), np.uint8)
+        action_space = gym.spaces.Discrete(2)
+
+        def reset(self, *, seed=None, options=None):
+            super().reset(seed=seed)
+            self.t = 0
+            return np.zeros(WRITER_BUILDS_FROM, np.uint8), {}
+
+        def step(self, action):
+            self.t += 1
+            return (np.full(WRITER_BUILDS_FROM, self.t % 251, np.uint8), 1.0, self.t % 50 == 0,
+                    False, {})
+
+    envs = relayrl_gym.wrap(Frames, actors=2, sink=tmp_path, batch_rows=16)
+    assert envs.agent.recorder.build_on_writer
+    envs.reset(seed=0)
+    for _ in range(120):  # many full buffers, none built on this thread
+        envs.step(np.array([0, 1]))
+    envs.close()
+    table = relayrl_gym.load(envs.run_path).table
+    assert len(table) == envs.agent.recorder.rows_recorded == 2 * 120 - 4  # 4 autoreset steps
+    assert table.column("step").to_pylist()[:3] == [0, 0, 1]

@@ -155,15 +155,35 @@ def _batch(rows: list[AgentTransition], episode_ids: np.ndarray, steps: np.ndarr
         masks = {i: r.mask for i, r in enumerate(rows) if r.mask is not None}
     outputs = {i: r.data for i, r in enumerate(rows) if r.data}
     versions = [r.version for r in rows]
+    next_obs, next_from = _next_obs(rows)
     batch = TransitionBatch(
         np.array([r.slot for r in rows], np.int32), episode_ids, steps,
         _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
-        tuple(r.reward for r in rows), _rows([r.next_obs for r in rows]),
+        tuple(r.reward for r in rows), next_obs,
         tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
         model_version=(versions[0] if len(set(versions)) == 1 else
                        np.array(versions, np.int64)),
-        infos=infos or None, masks=masks, outputs=outputs or None, mask_batch=mask_batch)
+        infos=infos or None, masks=masks, outputs=outputs or None, mask_batch=mask_batch,
+        next_from=next_from)
     return batch, np.array([r.stamp for r in rows], np.int64)
+
+
+def _next_obs(rows: list[AgentTransition]) -> tuple[Any, np.ndarray | None]:
+    """The ``next_obs`` column of ``rows`` and its ``next_from``: an agent's next observation
+    is the very copy its next transition holds as ``obs`` (see `AgentTracker`), so a row
+    whose next transition is in ``rows`` names that row instead of copying the array
+    (observations that are one array each; others are copied)."""
+    first = rows[0].obs
+    if type(first) is not np.ndarray or len(rows) < 2:
+        return _rows([r.next_obs for r in rows]), None
+    row_of = {id(r.obs): i for i, r in enumerate(rows)}
+    next_from = np.array([row_of.get(id(r.next_obs), -1) for r in rows], np.int64)
+    if not (next_from >= 0).any():
+        return _rows([r.next_obs for r in rows]), None
+    values = np.zeros((len(rows), *first.shape), first.dtype)
+    for i in np.flatnonzero(next_from < 0).tolist():
+        values[i] = rows[i].next_obs
+    return values, next_from
 
 
 class GameRecording:

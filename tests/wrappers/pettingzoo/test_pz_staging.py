@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.ipc
 import pytest
 
 pytest.importorskip("pettingzoo")
@@ -135,3 +137,44 @@ def test_an_env_reusing_its_observation_arrays_is_recorded_as_it_was_seen(tmp_pa
     for (agent, obs), (_, row) in zip(seen, rows.sort_values("timestamp").iterrows()):
         assert row["agent_id"] == agent
         assert np.array_equal(row["obs"]["observation"], obs)
+
+
+@pytest.mark.parametrize("layout", ["once", "pairs"])
+def test_game_rows_keep_every_next_observation_in_either_layout(toy_game, tmp_path, layout):
+    # Agents come and go (toy_game): a row's next obs is the obs of the agent's next row when
+    # that is recorded with it, and its own array otherwise.
+    def play(env):
+        rng = np.random.default_rng(0)
+        obs, infos = env.reset(seed=5)
+        lived = []
+        for _ in range(40):
+            if not env.agents:
+                obs, infos = env.reset()
+            actions = {a: int(rng.choice(np.flatnonzero(infos[a]["action_mask"])))
+                       for a in env.agents}
+            nxt, *_, infos = env.step(actions)
+            lived += [(a, obs[a].copy(), nxt[a].copy()) for a in actions if a in nxt]
+            obs = nxt
+        return lived
+
+    expected = play(toy_game())
+    sink = relayrl_gym.ArrowSink(tmp_path, obs_layout=layout)
+    env = relayrl_gym.wrap(toy_game(), sink=sink)
+    seen = play(env)  # the same seeded moves as the raw game, and the same observations
+    assert [(a, o.tolist(), n.tolist()) for a, o, n in seen] == \
+        [(a, o.tolist(), n.tolist()) for a, o, n in expected]
+    env.close()
+    stored = pa.concat_tables(pa.ipc.open_file(str(path)).read_all()
+                              for path in sorted(env.run_path.glob("*.arrow")))
+    nulls = stored.column("next_obs").null_count
+    assert (nulls > 0) if layout == "once" else (nulls == 0)  # once where it could be
+    rows = relayrl_gym.load(env.run_path).to_pandas()
+    assert len(rows) == len(expected)
+    by_agent = {}
+    for agent, obs, nxt in expected:
+        by_agent.setdefault(agent, []).append((obs, nxt))
+    for agent, pairs in by_agent.items():
+        mine = rows[rows["agent_id"] == agent]
+        assert len(mine) == len(pairs)
+        for (_, row), (obs, nxt) in zip(mine.iterrows(), pairs):
+            assert np.array_equal(row["obs"], obs) and np.array_equal(row["next_obs"], nxt)
