@@ -8,11 +8,13 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["arrow_to_numpy", "numpy_dtype", "numpy_to_arrow", "strings_to_arrow"]
+__all__ = ["arrow_to_numpy", "numpy_dtype", "numpy_to_arrow", "strings_to_arrow", "tiled_strings"]
 
 
 def strings_to_arrow(values: Sequence[str | None]) -> pa.Array:
     """A list of str (or None) as an Arrow string array, without ``pa.array``'s pandas probe."""
+    if all(v is None for v in values):
+        return pa.nulls(len(values), pa.string())
     encoded = [b"" if v is None else v.encode() for v in values]
     offsets = np.zeros(len(encoded) + 1, np.int32)
     np.cumsum([len(b) for b in encoded], out=offsets[1:])
@@ -21,6 +23,23 @@ def strings_to_arrow(values: Sequence[str | None]) -> pa.Array:
         validity = pa.py_buffer(np.packbits([v is not None for v in values], bitorder="little"))
     return pa.Array.from_buffers(pa.string(), len(values),
                                  [validity, pa.py_buffer(offsets), pa.py_buffer(b"".join(encoded))])
+
+
+def tiled_strings(values: Sequence[str], times: int) -> pa.Array:
+    """``values`` one after the other, ``times`` over, as an Arrow string array (built from
+    buffers: the same few keys of every row of a column, without a Python object each).
+
+    >>> tiled_strings(["a", "bc"], 2).to_pylist()
+    ['a', 'bc', 'a', 'bc']
+    """
+    encoded = [v.encode() for v in values]
+    lengths = np.tile(np.array([len(b) for b in encoded], np.int64), times)
+    if int(lengths.sum()) >= 2**31:  # past int32 offsets: let Arrow pick the layout
+        return pa.array(list(values) * times, pa.string())
+    offsets = np.zeros(len(lengths) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    data = pa.py_buffer(b"".join(encoded) * times)
+    return pa.Array.from_buffers(pa.string(), len(lengths), [None, pa.py_buffer(offsets), data])
 
 
 def numpy_to_arrow(values: np.ndarray, arrow_type: pa.DataType | None = None) -> pa.Array:

@@ -3,13 +3,14 @@ text otherwise (`info_to_json`)."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from relayrl_gym.schema.arrow_arrays import numpy_to_arrow, strings_to_arrow
+from relayrl_gym.schema.arrow_arrays import numpy_to_arrow, strings_to_arrow, tiled_strings
 from relayrl_gym.schema.transitions import INFO_TYPE
 
 __all__ = ["INFO_TYPE", "RecordedInfo", "info_to_json", "infos_to_arrow", "infos_to_text",
@@ -104,16 +105,29 @@ def recorded_info(info: dict[str, Any]) -> RecordedInfo | None:
 def _numbers_map(rows: list[tuple[str, tuple[str, ...], tuple[Any, ...]] | None], kind: str,
                  dtype: type, n: int) -> pa.Array:
     mine = [r if r is not None and r[0] == kind else None for r in rows]
-    lengths = np.fromiter((len(r[1]) if r is not None else 0 for r in mine), np.int32, n)
+    present = [r for r in mine if r is not None]
+    if not present:
+        return pa.nulls(n, INFO_TYPE.field(kind).type)
+    valid = np.fromiter((r is not None for r in mine), np.bool_, n)
+    key_sets = {r[1] for r in present}
+    if len(key_sets) == 1:  # the common case: every info of the block has the same keys
+        same = next(iter(key_sets))
+        if set(map(type, same)) - {str}:
+            raise TypeError("an info key that is not a string")  # the block's infos go as text
+        lengths = valid.astype(np.int32) * np.int32(len(same))
+        keys = tiled_strings(same, len(present))
+    else:
+        lengths = np.fromiter((len(r[1]) if r is not None else 0 for r in mine), np.int32, n)
+        listed = [k for r in present for k in r[1]]
+        if set(map(type, listed)) - {str}:
+            raise TypeError("an info key that is not a string")  # the block's infos go as text
+        keys = strings_to_arrow(listed)
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(lengths, out=offsets[1:])
-    keys = [k for r in mine if r is not None for k in r[1]]
-    if set(map(type, keys)) - {str}:
-        raise TypeError("an info key that is not a string")  # the block's infos go as text
-    values: np.ndarray = np.array([v for r in mine if r is not None for v in r[2]], dtype)
-    valid = np.fromiter((r is not None for r in mine), np.bool_, n)
+    values: np.ndarray = np.fromiter(itertools.chain.from_iterable(r[2] for r in present), dtype,
+                                     int(offsets[-1]))
     return pa.MapArray.from_arrays(
-        numpy_to_arrow(offsets), strings_to_arrow(keys), numpy_to_arrow(values),
+        numpy_to_arrow(offsets), keys, numpy_to_arrow(values),
         type=INFO_TYPE.field(kind).type, mask=numpy_to_arrow(~valid))
 
 

@@ -56,6 +56,20 @@ def test_numbers_are_stored_as_numbers_in_their_key_order() -> None:
     assert column.is_null().to_pylist() == [True, False, False]
 
 
+def test_a_block_of_infos_with_the_same_keys_and_gaps_reads_back_row_by_row() -> None:
+    # The usual block: every row's info has the same keys (values of several float types),
+    # some rows have none, one is text, one has ints.
+    infos = [{"x": np.float64(i / 4), "r": np.float32(-i), "v": float(i)} for i in range(6)]
+    infos[2] = {}
+    infos[4] = {"x": "far"}
+    infos.append({"lives": 2})
+    kept = [recorded_info(info) for info in infos]
+    column = infos_to_arrow(kept)
+    assert infos_to_text(column).to_pylist() == [
+        None if not info else info_to_json(info) for info in infos]
+    assert column.field("floats").to_pylist()[5] == [("x", 1.25), ("r", -5.0), ("v", 5.0)]
+
+
 class KeysAppearEnv(gym.Env):
     """Infos whose keys change over a run: numbers first, then new keys, then nested values
     and text at episode ends (as RecordEpisodeStatistics adds)."""
