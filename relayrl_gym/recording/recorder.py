@@ -32,7 +32,7 @@ WRITER_BUILDS_FROM = 64 * 1024
 #: In the once layout, a buffer holds at least this many steps of every slot...
 STEPS_OF_EVERY_SLOT = 4
 #: ...unless that passes this size.
-MAX_BATCH_BYTES = 64 * 1024 * 1024
+MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 class Recorder:
@@ -40,9 +40,11 @@ class Recorder:
 
     ``record`` is a list append per call, whatever the number of rows. A full buffer is built
     into one Arrow batch on the recording thread (large C-level calls) and handed to the writer
-    thread, whose work (encoding, compression, I/O) mostly runs with the GIL released.
+    thread, whose work (encoding, compression, I/O) mostly runs with the GIL released; a buffer
+    of large rows (``build_on_writer``) is built by the writer, beside the recording thread.
     Thread-safe: the writer takes partial blocks for its time-based flush under the same lock
-    (and builds those itself).
+    (and builds those itself), with the rows a ``feeder`` holds back for it (a game's rows
+    waiting to fill a batch).
     """
 
     def __init__(

@@ -63,6 +63,7 @@ class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
         self._state: Any = None
         self._plain_last = type(env).last is AECEnv.last
 
+    @override
     def __getattr__(self, name: str) -> Any:
         state = self.__dict__.get("_state")
         if state is not None and name in STATE:
@@ -87,10 +88,11 @@ class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
         state = self._state or self.env
         agent = state.agent_selection
         source, self._source = self._source, None
-        if not (state.terminations.get(agent) or state.truncations.get(agent)):
+        alive = not (state.terminations.get(agent) or state.truncations.get(agent))
+        self.env.step(action)
+        if alive:  # a move the game took (one it refused raised above: no transition)
             version, data = source or (-1, None)
             self.tracker.begin(agent, action, version, data)
-        self.env.step(action)
         self._at_turn()
 
     def turn(self) -> tuple[Any, ...] | None:

@@ -100,7 +100,7 @@ class GameCopies:
     def close_copies(self) -> None:
         """Closes every copy where it lives, whatever fails on the way (then raises the first
         error), after handing the staged rows to the recorders."""
-        run_all([*([self.recording.commit] if self.recording is not None else []),
+        run_all([*([self.recording.hand_over] if self.recording is not None else []),
                  self._close_envs])
 
     def _close_envs(self) -> None:

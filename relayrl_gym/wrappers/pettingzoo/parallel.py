@@ -81,10 +81,10 @@ class RecordedParallelEnv(RunOwner, BaseParallelWrapper[AgentID, ObsType, Action
             dict[AgentID, bool], dict[AgentID, dict[str, Any]]]:
         tracker = self.tracker
         sources, self._sources = self._sources, {}
-        for agent, action in actions.items():
+        obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        for agent, action in actions.items():  # moves the game took (a refusal raised above)
             version, data = sources.get(agent, (-1, None))
             tracker.begin(agent, action, version, data)
-        obs, rewards, terminated, truncated, infos = self.env.step(actions)
         outcomes = []
         for agent, agent_obs in obs.items():
             outcomes.append((agent, agent_obs, rewards.get(agent, 0.0),

@@ -8,24 +8,20 @@ import datetime as _dt
 import functools
 import threading
 import uuid
-import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import gymnasium as gym
-import numpy as np
 import pyarrow as pa
 
 from relayrl_gym._version import __version__
-from relayrl_gym.core.episodes import EpisodeTracker
 from relayrl_gym.core.options import RecordingOptions
-from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.errors import ConfigError, run_all
-from relayrl_gym.recording.pipeline import RunRecording, open_recording
+from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.runtime.agent import new_run_id
-from relayrl_gym.schema.batches import map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import Sink
+from relayrl_gym.wrappers.pettingzoo.runs import GameRun, feed
 from relayrl_gym.wrappers.pettingzoo.tracker import AgentTracker, AgentTransition
 
 __all__ = ["GameRecording", "RunOwner", "SpaceGroup", "run_names", "space_groups"]
@@ -89,103 +85,6 @@ def _check_sinks_for(sink: Any, groups: list[SpaceGroup]) -> None:
             "sink='relayrl_runs' or sink='sqlite:///runs.db'), which opens one sink per run")
 
 
-#: Finished transitions of a run handed to its recorder together (at most; fewer when a
-#: recorder buffer holds fewer): one batch of many rows costs far less per row than one each.
-ROWS_PER_BATCH = 256
-
-
-class _Run(RunRecording):
-    """One run of a recorded game: the agents of one `SpaceGroup`, slot ``copy * K + k`` for
-    agent ``k`` of the group in game copy ``copy``, its recorder and background writer.
-
-    Finished transitions wait in ``rows`` until a batch is full (``chunk``), a flush or close
-    hands them over, or the writer takes them for its time-based flush (`Recorder.feeder`):
-    no row waits longer than a flush interval, as in the recorder's own buffer.
-    """
-
-    def __init__(self, recording: RunRecording, agents: list[Any]) -> None:
-        super().__init__(recording.run_id, recording.recorder, recording.writer,
-                         recording.run_path)
-        self.agents = agents
-        #: Each slot's episode (the slots of every game copy).
-        self.episodes = EpisodeTracker(len(self.recorder.actor_ids),
-                                       self.recorder.new_episode_id, shared=False)
-        self.rows: list[AgentTransition] = []
-        self.chunk = max(1, min(ROWS_PER_BATCH, self.recorder.capacity))
-
-    def add(self, rows: list[AgentTransition]) -> None:
-        """Takes ``rows`` (all of this run, in step order); a full batch goes to the recorder.
-        Called with the game's lock held."""
-        self.rows.extend(rows)
-        if len(self.rows) >= self.chunk:
-            self.hand_over()
-
-    def hand_over(self) -> None:
-        """Records the waiting rows (called with the game's lock held)."""
-        rows, self.rows = self.rows, []
-        for batch, stamps in self.batches(rows):
-            self.recorder.record(batch, stamps)
-
-    def batches(self, rows: list[AgentTransition]
-                ) -> list[tuple[TransitionBatch, np.ndarray]]:
-        """``rows`` (in step order) as one batch, with each row's timestamp; each row gets its
-        episode id and step here, so they follow the rows' order whichever thread stepped
-        their game (called with the game's lock held). Rows whose values do not stack (an
-        observation of another shape) go one batch each, for the recorder to report."""
-        if not rows:
-            return []
-        episode_ids, steps = self.episodes.number(
-            [r.slot for r in rows], [r.first for r in rows],
-            [r.terminated or r.truncated for r in rows])
-        try:
-            return [_batch(rows, episode_ids, steps)]
-        except Exception:
-            return [_batch(rows[i:i + 1], episode_ids[i:i + 1], steps[i:i + 1])
-                    for i in range(len(rows))]
-
-
-def _batch(rows: list[AgentTransition], episode_ids: np.ndarray, steps: np.ndarray
-           ) -> tuple[TransitionBatch, np.ndarray]:
-    infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
-    given = [r.mask for r in rows if r.mask is not None]
-    masks, mask_batch = None, None
-    if len(given) == len(rows) and len({m.shape for m in given}) == 1:
-        mask_batch = np.stack(given)  # one shape for every row: one array
-    elif given:
-        masks = {i: r.mask for i, r in enumerate(rows) if r.mask is not None}
-    outputs = {i: r.data for i, r in enumerate(rows) if r.data}
-    versions = [r.version for r in rows]
-    next_obs, next_from = _next_obs(rows)
-    batch = TransitionBatch(
-        np.array([r.slot for r in rows], np.int32), episode_ids, steps,
-        _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
-        tuple(r.reward for r in rows), next_obs,
-        tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
-        model_version=(versions[0] if len(set(versions)) == 1 else
-                       np.array(versions, np.int64)),
-        infos=infos or None, masks=masks, outputs=outputs or None, mask_batch=mask_batch,
-        next_from=next_from)
-    return batch, np.array([r.stamp for r in rows], np.int64)
-
-
-def _next_obs(rows: list[AgentTransition]) -> tuple[Any, np.ndarray | None]:
-    """The ``next_obs`` column of ``rows`` and its ``next_from``: an agent's next observation
-    is the very copy its next transition holds as ``obs`` (see `AgentTracker`), so a row
-    whose next transition is in ``rows`` names that row instead of copying the array
-    (observations that are one array each; others are copied)."""
-    first = rows[0].obs
-    if type(first) is not np.ndarray or len(rows) < 2:
-        return _rows([r.next_obs for r in rows]), None
-    row_of = {id(r.obs): i for i, r in enumerate(rows)}
-    next_from = np.array([row_of.get(id(r.next_obs), -1) for r in rows], np.int64)
-    if not (next_from >= 0).any():
-        return _rows([r.next_obs for r in rows]), None
-    values = np.zeros((len(rows), *first.shape), first.dtype)
-    for i in np.flatnonzero(next_from < 0).tolist():
-        values[i] = rows[i].next_obs
-    return values, next_from
-
-
 class GameRecording:
     """The recorded runs of ``copies`` copies of a game.
 
@@ -236,7 +135,7 @@ class GameRecording:
                 "render_mode": getattr(env, "render_mode", None)}
         if len(groups) > 1:
             meta.update(game_agents=self.agents, game_runs=self.run_ids)
-        self.runs: list[_Run] = []
+        self.runs: list[GameRun] = []
         try:
             for rid, group in zip(ids, groups):
                 self.runs.append(_open_run(options, rid, group, copies, meta, data_type))
@@ -245,9 +144,6 @@ class GameRecording:
             with contextlib.suppress(Exception):  # the opening error is the one to see
                 run_all(opened)
             raise
-        feed = functools.partial(_feed, weakref.ref(self))
-        for run in self.runs:
-            run.recorder.feeder = functools.partial(feed, run)
         #: The local Arrow directory of every agent's run (agent -> path; None: no local one).
         self.run_paths = {a: run.run_path for run in self.runs for a in run.agents}
         self.run_path = self.runs[0].run_path if len(self.runs) == 1 else None
@@ -261,6 +157,8 @@ class GameRecording:
         #: Held while finished transitions are staged: the copies of a game may step on
         #: actor threads.
         self.lock = threading.Lock()
+        for run in self.runs:
+            run.recorder.feeder = functools.partial(feed, self.lock, run)
         # (phase, copy, arrival, rows): a commit orders rows by phase (a round of copies
         # stepped together), then copy, as stepping the copies one after another would.
         self._staged: list[tuple[int, int, int, list[AgentTransition]]] = []
@@ -331,23 +229,8 @@ class GameRecording:
             run_all([functools.partial(run.close, timeout) for run in self.runs])
 
 
-def _feed(recording: weakref.ref[GameRecording], run: _Run
-          ) -> list[tuple[TransitionBatch, np.ndarray]]:
-    """The waiting rows of ``run`` as batches, for the writer's time-based flush (see
-    `Recorder.feeder`); none when the game's lock is busy (the stepping thread holds it, and
-    may wait for the writer: the next tick takes them)."""
-    game = recording()
-    if game is None or not run.rows or not game.lock.acquire(blocking=False):
-        return []
-    try:
-        rows, run.rows = run.rows, []
-        return run.batches(rows)
-    finally:
-        game.lock.release()
-
-
 def _open_run(options: RecordingOptions, run_id: str, group: SpaceGroup, copies: int,
-              meta: dict[str, Any], data_type: pa.DataType | None) -> _Run:
+              meta: dict[str, Any], data_type: pa.DataType | None) -> GameRun:
     """Opens the run of ``group``'s agents in ``copies`` game copies."""
     agents = group.agents
     k = len(agents)
@@ -361,22 +244,7 @@ def _open_run(options: RecordingOptions, run_id: str, group: SpaceGroup, copies:
             data_type=data_type),
         actor_ids)
     recording.recorder.agent_ids = [agents[i % k] for i in range(copies * k)]
-    return _Run(recording, agents)
-
-
-def _stack(*leaves: Any) -> np.ndarray:
-    return np.stack([np.asarray(leaf) for leaf in leaves])
-
-
-def _row_view(leaf: Any) -> np.ndarray:
-    return np.asarray(leaf)[None]
-
-
-def _rows(values: list[Any]) -> Any:
-    """Owned values of one space (possibly nested) as one batch."""
-    if len(values) == 1:
-        return map_leaves(_row_view, values[0])
-    return map_leaves(_stack, values[0], *values[1:])
+    return GameRun(recording, agents)
 
 
 def run_names(recording: GameRecording | None

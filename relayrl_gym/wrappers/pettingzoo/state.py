@@ -38,7 +38,8 @@ class StateHolder:
     first wrapper that answers one of them itself, so that reading them there gives what
     reading them on the outermost wrapper gives, without a hop per wrapper. Found once the
     game is reset (order enforcing refuses reads before) and again whenever a wrapper passed
-    over gains or loses an attribute (a wrapper that starts to answer one itself).
+    over gains or loses an attribute (one that starts to answer a read itself) or wraps
+    another env (a game replaced in place).
 
     >>> from pettingzoo.classic import tictactoe_v3
     >>> env = tictactoe_v3.env()
@@ -57,14 +58,14 @@ class StateHolder:
         env, passed = self._env, []
         while isinstance(env, BaseWrapper) and not _shadows(env):
             attrs = vars(env)
-            passed.append((attrs, len(attrs)))
+            passed.append((attrs, len(attrs), env.env))
             env = env.env
         self._holder, self._passed = env, passed
 
     def get(self) -> Any:
         """The holder of the game's state now."""
-        for attrs, size in self._passed:
-            if len(attrs) != size:
+        for attrs, size, inner in self._passed:
+            if len(attrs) != size or attrs.get("env") is not inner:
                 self._find()
                 break
         return self._holder

@@ -3,6 +3,8 @@ each with its own timestamp; wrappers that answer the game's state themselves ar
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import time
 
 import numpy as np
@@ -14,7 +16,9 @@ pytest.importorskip("pettingzoo")
 
 import itertools
 
+from gymnasium import spaces
 from pettingzoo.classic import tictactoe_v3
+from pettingzoo.utils.env import ParallelEnv
 from pettingzoo.utils.wrappers.base import BaseWrapper
 
 import relayrl_gym
@@ -178,3 +182,126 @@ def test_game_rows_keep_every_next_observation_in_either_layout(toy_game, tmp_pa
         assert len(mine) == len(pairs)
         for (_, row), (obs, nxt) in zip(mine.iterrows(), pairs):
             assert np.array_equal(row["obs"], obs) and np.array_equal(row["next_obs"], nxt)
+
+
+def _vector_game(sink, close):
+    envs = relayrl_gym.wrap(tictactoe_v3.env(), actors=2, sink=sink, flush_interval=30,
+                            policies={"player_2": lambda obs: int(np.flatnonzero(
+                                obs["action_mask"])[0])})
+    obs, _ = envs.reset(seed=0)
+    for _ in range(10):
+        obs, *_ = envs.step(np.array([np.flatnonzero(m)[0] for m in obs["action_mask"]]))
+    path = envs.run_path
+    if close:
+        envs.close()
+    return path
+
+
+def test_a_vector_game_dropped_without_close_writes_every_row(tmp_path):
+    closed = _vector_game(tmp_path / "closed", close=True)
+    dropped = _vector_game(tmp_path / "dropped", close=False)
+    gc.collect()  # the env is in a reference cycle: the collector finalizes it
+    assert len(relayrl_gym.load(dropped)) == len(relayrl_gym.load(closed)) == 28
+
+
+class _Refusing(ParallelEnv):
+    """Two agents; a step with action 2 raises before anything changes."""
+
+    metadata = {"name": "refusing_v0"}
+    possible_agents = ["a", "b"]
+
+    def __init__(self):
+        self.agents = []
+
+    def observation_space(self, agent):
+        return spaces.Box(0, 100, (2,), np.float32)
+
+    def action_space(self, agent):
+        return spaces.Discrete(3)
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        self.agents = list(self.possible_agents)
+        return {a: np.zeros(2, np.float32) for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions):
+        if 2 in actions.values():
+            raise ValueError("action 2 is not allowed here")
+        self.t += 1
+        return ({a: np.full(2, self.t, np.float32) for a in self.agents},
+                {a: float(actions[a]) for a in self.agents}, dict.fromkeys(self.agents, False),
+                dict.fromkeys(self.agents, self.t >= 3), {a: {} for a in self.agents})
+
+
+def test_a_step_the_game_refused_is_not_recorded(tmp_path):
+    env = relayrl_gym.wrap(_Refusing(), sink=tmp_path / "parallel")
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="not allowed"):
+        env.step({"a": 2, "b": 2})
+    env.step({"a": 1, "b": 0})  # the step the game took
+    env.close()
+    assert relayrl_gym.load(env.run_path).table.column("action").to_pylist() == [1, 0]
+
+    game = relayrl_gym.wrap(tictactoe_v3.env(), sink=tmp_path / "aec")
+    game.reset(seed=0)
+    with pytest.raises(AssertionError):  # outside the action space: AssertOutOfBounds says no
+        game.step(99)
+    for move in (4, 0, 8):
+        game.step(move)
+    game.close()
+    assert relayrl_gym.load(game.run_path).table.column("action").to_pylist() == [4, 0]
+
+
+class _Rematch(BaseWrapper):
+    """Starts a new game in place of one that ended (its inner env is replaced)."""
+
+    def step(self, action):
+        super().step(action)
+        if not self.env.agents:
+            self.env = tictactoe_v3.env()
+            self.env.reset()
+
+
+def test_a_wrapper_replacing_its_game_is_followed():
+    def turns(env):
+        env.reset(seed=0)
+        seen = []
+        for _ in range(12):
+            obs, _, term, trunc, _ = env.last()
+            env.step(None if term or trunc else int(np.flatnonzero(obs["action_mask"])[0]))
+            seen.append((env.agent_selection, list(env.agents)))
+        return seen
+
+    raw = turns(_Rematch(tictactoe_v3.env()))
+    assert turns(relayrl_gym.wrap(_Rematch(tictactoe_v3.env()), sink=None)) == raw
+
+
+def test_ctrl_c_while_rows_are_put_together_loses_and_renumbers_nothing(tmp_path, monkeypatch):
+    from relayrl_gym.wrappers.pettingzoo import runs
+
+    def game(sink):
+        env = relayrl_gym.wrap(tictactoe_v3.env(), sink=sink, batch_rows=4)
+        env.reset(seed=0)
+        rng = np.random.default_rng(3)
+        for _ in range(30):
+            with contextlib.suppress(KeyboardInterrupt):  # the move was taken; the rows wait
+                _moves(env, 1, rng)
+        env.close()
+        return relayrl_gym.load(env.run_path).to_pandas()
+
+    clean = game(tmp_path / "clean")
+    build, interrupted = runs._batch, []
+
+    def interrupted_once(*args):
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt  # as if Ctrl-C arrived while a batch was put together
+        return build(*args)
+
+    monkeypatch.setattr(runs, "_batch", interrupted_once)
+    rows = game(tmp_path / "interrupted")
+    assert interrupted
+    columns = ["agent_id", "action", "reward", "step", "terminated"]
+    assert rows[columns].equals(clean[columns])
+    assert (rows["episode_id"].diff().fillna(0) != 0).sum() == \
+        (clean["episode_id"].diff().fillna(0) != 0).sum()

@@ -1,0 +1,152 @@
+"""One run of a recorded game: its agents' finished transitions, waiting to go to the
+recorder in batches, numbered into episodes in the order they finished."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from relayrl_gym.core.episodes import EpisodeTracker
+from relayrl_gym.core.transitions import TransitionBatch
+from relayrl_gym.recording.pipeline import RunRecording
+from relayrl_gym.schema.batches import map_leaves
+from relayrl_gym.wrappers.pettingzoo.tracker import AgentTransition
+
+__all__ = ["ROWS_PER_BATCH", "GameRun", "feed"]
+
+
+#: Finished transitions of a run handed to its recorder together (at most; fewer when a
+#: recorder buffer holds fewer): one batch of many rows costs far less per row than one each.
+ROWS_PER_BATCH = 256
+
+
+class GameRun(RunRecording):
+    """One run of a recorded game: the agents of one `SpaceGroup`, slot ``copy * K + k`` for
+    agent ``k`` of the group in game copy ``copy``, its recorder and background writer.
+
+    Finished transitions wait in ``rows`` until a batch is full (``chunk``), a flush or close
+    hands them over, or the writer takes them for its time-based flush (`Recorder.feeder`):
+    no row waits longer than a flush interval, as in the recorder's own buffer.
+    """
+
+    def __init__(self, recording: RunRecording, agents: list[Any]) -> None:
+        super().__init__(recording.run_id, recording.recorder, recording.writer,
+                         recording.run_path)
+        self.agents = agents
+        #: Each slot's episode (the slots of every game copy).
+        self.episodes = EpisodeTracker(len(self.recorder.actor_ids),
+                                       self.recorder.new_episode_id, shared=False)
+        self.rows: list[AgentTransition] = []
+        self.chunk = max(1, min(ROWS_PER_BATCH, self.recorder.capacity))
+
+    def add(self, rows: list[AgentTransition]) -> None:
+        """Takes ``rows`` (all of this run, in step order); a full batch goes to the recorder.
+        Called with the game's lock held."""
+        self.rows.extend(rows)
+        if len(self.rows) >= self.chunk:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Records the waiting rows (called with the game's lock held). Interrupted (Ctrl-C)
+        while they are put together, they keep waiting, numbered as before."""
+        if not self.rows:
+            return
+        made = self.batches(self.rows)
+        self.rows = []
+        for batch, stamps in made:
+            self.recorder.record(batch, stamps)
+
+    def batches(self, rows: list[AgentTransition]
+                ) -> list[tuple[TransitionBatch, np.ndarray]]:
+        """``rows`` (in step order) as one batch, with each row's timestamp; each row gets its
+        episode id and step here, so they follow the rows' order whichever thread stepped
+        their game (called with the game's lock held). Rows whose values do not stack (an
+        observation of another shape) go one batch each, for the recorder to report."""
+        if not rows:
+            return []
+        episodes = self.episodes
+        before = episodes.ids.copy(), episodes.steps.copy()
+        try:
+            episode_ids, steps = episodes.number(
+                [r.slot for r in rows], [r.first for r in rows],
+                [r.terminated or r.truncated for r in rows])
+            try:
+                return [_batch(rows, episode_ids, steps)]
+            except Exception:
+                return [_batch(rows[i:i + 1], episode_ids[i:i + 1], steps[i:i + 1])
+                        for i in range(len(rows))]
+        except BaseException:  # nothing made: the rows are numbered again when they go
+            episodes.ids, episodes.steps = before
+            raise
+
+
+def _batch(rows: list[AgentTransition], episode_ids: np.ndarray, steps: np.ndarray
+           ) -> tuple[TransitionBatch, np.ndarray]:
+    infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
+    given = [r.mask for r in rows if r.mask is not None]
+    masks, mask_batch = None, None
+    if len(given) == len(rows) and len({m.shape for m in given}) == 1:
+        mask_batch = np.stack(given)  # one shape for every row: one array
+    elif given:
+        masks = {i: r.mask for i, r in enumerate(rows) if r.mask is not None}
+    outputs = {i: r.data for i, r in enumerate(rows) if r.data}
+    versions = [r.version for r in rows]
+    next_obs, next_from = _next_obs(rows)
+    batch = TransitionBatch(
+        np.array([r.slot for r in rows], np.int32), episode_ids, steps,
+        _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
+        tuple(r.reward for r in rows), next_obs,
+        tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
+        model_version=(versions[0] if len(set(versions)) == 1 else
+                       np.array(versions, np.int64)),
+        infos=infos or None, masks=masks, outputs=outputs or None, mask_batch=mask_batch,
+        next_from=next_from)
+    return batch, np.array([r.stamp for r in rows], np.int64)
+
+
+def _next_obs(rows: list[AgentTransition]) -> tuple[Any, np.ndarray | None]:
+    """The ``next_obs`` column of ``rows`` and its ``next_from``: an agent's next observation
+    is the very copy its next transition holds as ``obs`` (see `AgentTracker`), so a row
+    whose next transition is in ``rows`` names that row instead of copying the array
+    (observations that are one array each; others are copied)."""
+    first = rows[0].obs
+    if type(first) is not np.ndarray or len(rows) < 2:
+        return _rows([r.next_obs for r in rows]), None
+    row_of = {id(r.obs): i for i, r in enumerate(rows)}
+    next_from = np.array([row_of.get(id(r.next_obs), -1) for r in rows], np.int64)
+    if not (next_from >= 0).any():
+        return _rows([r.next_obs for r in rows]), None
+    values = np.zeros((len(rows), *first.shape), first.dtype)
+    for i in np.flatnonzero(next_from < 0).tolist():
+        values[i] = rows[i].next_obs
+    return values, next_from
+
+
+def feed(lock: threading.Lock, run: GameRun) -> list[tuple[TransitionBatch, np.ndarray]]:
+    """The waiting rows of ``run`` as batches, for the writer's time-based flush (see
+    `Recorder.feeder`); none when the game's ``lock`` is busy (the stepping thread holds it,
+    and may wait for the writer: the next tick takes them)."""
+    if not run.rows or not lock.acquire(blocking=False):
+        return []
+    try:
+        rows, run.rows = run.rows, []
+        return run.batches(rows)
+    finally:
+        lock.release()
+
+
+def _stack(*leaves: Any) -> np.ndarray:
+    return np.stack([np.asarray(leaf) for leaf in leaves])
+
+
+def _row_view(leaf: Any) -> np.ndarray:
+    return np.asarray(leaf)[None]
+
+
+def _rows(values: list[Any]) -> Any:
+    """Owned values of one space (possibly nested) as one batch."""
+    if len(values) == 1:
+        return map_leaves(_row_view, values[0])
+    return map_leaves(_stack, values[0], *values[1:])
