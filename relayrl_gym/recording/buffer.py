@@ -77,7 +77,7 @@ class StepBlock:
     building Arrow arrays happens on the writer thread.
     """
 
-    __slots__ = ("arrow", "batches", "build_seconds", "n", "seq", "stamps")
+    __slots__ = ("arrow", "batches", "build_seconds", "n", "offered", "seq", "stamps")
 
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
@@ -89,6 +89,8 @@ class StepBlock:
         #: Seconds the recording thread took to build ``arrow``: part of the rows' way to the
         #: sinks, which the writer's pacing counts with its own work.
         self.build_seconds = 0.0
+        #: Whether the block has gone to the sinks (or begun to).
+        self.offered = False
 
     def append(self, batch: TransitionBatch, timestamp_ns: int | np.ndarray) -> None:
         """Takes ``batch`` (recorded at ``timestamp_ns``, or each row at its own) as the

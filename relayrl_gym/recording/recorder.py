@@ -27,6 +27,8 @@ __all__ = ["Recorder"]
 TARGET_BATCH_BYTES = 4 * 1024 * 1024
 MAX_BATCH_ROWS = 8192
 MIN_BATCH_ROWS = 16
+#: Observations of fewer bytes: full buffers are written by the recording thread if it can.
+WRITTEN_HERE_BELOW = 4 * 1024
 #: Observations of at least this many bytes: full buffers are built on the writer thread.
 WRITER_BUILDS_FROM = 64 * 1024
 #: In the once layout, a buffer holds at least this many steps of every slot...
@@ -88,6 +90,10 @@ class Recorder:
         #: Whether full buffers are built on the writer thread: for large rows, where the
         #: build is mostly copies that let the GIL go, and so run beside the stepping thread.
         self.build_on_writer = schema.obs.row_bytes >= WRITER_BUILDS_FROM
+        #: Whether full buffers are written by the recording thread itself when the writer has
+        #: nothing ahead of them (see `BackgroundWriter.write_now`): for small rows, whose
+        #: write is cheap; larger ones are compressed by the writer, beside this thread.
+        self.writes_here = schema.obs.row_bytes < WRITTEN_HERE_BELOW
         self._lock = threading.Lock()
         #: Rows recorded elsewhere and not handed over yet, for the writer's time-based flush:
         #: called (with this recorder's lock held, on the writer thread) to get them as
@@ -150,7 +156,9 @@ class Recorder:
                     full.batches = []
                     full.build_seconds = time.monotonic() - began
         finally:  # even on Ctrl-C: the block is queued, built or not
-            self._writer.submit(self, full)
+            if (full.arrow is None or not self.writes_here
+                    or not self._writer.write_now(self, full)):
+                self._writer.submit(self, full)
 
     def take_partial(self) -> StepBlock | None:
         """Detaches the rows recorded since the last hand-over (for the time-based flush).

@@ -94,6 +94,13 @@ class BackgroundWriter:
         self._items: collections.deque[_Block | _Request] = collections.deque()
         self._queued_blocks = 0
         self._queued_rows = 0
+        #: Some thread works with the sinks (the writer on an item or a flush, or a recording
+        #: thread writing a block itself: see `write_now`); held with ``_lock``.
+        self._busy = False
+        self._free = threading.Condition(self._lock)
+        #: Whether full blocks may be written by the thread that recorded them (every sink is
+        #: local and quick: see `Sink.writes_inline`).
+        self.inline = all(sink.writes_inline for sink in self.sinks)
         self._recorders: list[Recorder] = []
         self.rows_written = 0
         self.rows_lost = 0
@@ -149,6 +156,39 @@ class BackgroundWriter:
                 if self._stopping or not self._thread.is_alive() or sys.is_finalizing():
                     return
                 self._has_room.wait(0.05)  # woken when a block is done; the timeout re-checks
+
+    def write_now(self, recorder: Recorder, buf: StepBlock) -> bool:
+        """Writes a full, built block on the calling thread (the one that recorded it), when
+        nothing is ahead of it: no block queued, no backlog, nobody else at the sinks; False
+        (nothing done) otherwise: queue it with `submit`.
+
+        For local sinks this is cheaper than the writer thread: the write is a few calls that
+        let the GIL go, while a second thread waiting for the GIL at every one of them costs
+        the recording thread several times the work (seen on loops that release the GIL every
+        step, such as ``action_space.sample()``).
+        """
+        with self._lock:
+            if (not self.inline or self._busy or self._items or self._stopping
+                    or self._closed or not self._thread.is_alive() or self.rows_waiting):
+                return False
+            self._busy = True
+        try:
+            started = time.monotonic()
+            self._write(recorder, buf)
+            with self._lock:
+                self._pace.finished(buf.n, time.monotonic() - started + buf.build_seconds)
+        except BaseException:
+            if not buf.offered:  # interrupted before any sink had it: the writer writes it
+                with self._lock:
+                    self._busy = False
+                    self._free.notify_all()
+                self.submit(recorder, buf)
+            raise
+        finally:
+            with self._lock:
+                self._busy = False
+                self._free.notify_all()
+        return True
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Writes every row recorded so far to the sinks, flushes them, and waits for it.
@@ -252,12 +292,18 @@ class BackgroundWriter:
         """The next queued item, waiting for one until ``deadline``; None at the deadline, or
         at once when a failing sink may be retried (that work fills the idle time)."""
         with self._lock:
+            while self._busy:  # a recording thread writes a block: it comes before these
+                self._free.wait()
             while not self._items:
                 now = time.monotonic()
                 wake = min([deadline, *(d.retry_at for d in self.deliveries)])
                 if wake <= now:
+                    self._busy = True
                     return None
                 self._has_work.wait(wake - now)
+                while self._busy:
+                    self._free.wait()
+            self._busy = True
             item = self._items.popleft()
             if isinstance(item, _Block):
                 self._queued_blocks -= 1
@@ -268,6 +314,8 @@ class BackgroundWriter:
     def _done(self) -> None:
         with self._lock:
             self._pace.finished(0, 0.0)
+            self._busy = False
+            self._free.notify_all()
             self._has_room.notify_all()
 
     def _write_queued(self, block: _Block) -> None:
@@ -329,6 +377,7 @@ class BackgroundWriter:
     def _write(self, recorder: Recorder, buf: StepBlock) -> None:
         try:
             batch = recorder.to_record_batch(buf)
+            buf.offered = True
         except Exception as err:
             self._conversion_errors += 1
             self.rows_lost += buf.n

@@ -35,6 +35,8 @@ class ArrowSink(Sink):
     'zstd'
     """
 
+    writes_inline = True  # local files: a block is written by the thread that recorded it
+
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_SINK_ROOT, *,
                  max_file_bytes: int = 256 * 1024 * 1024, compression: str | None = "zstd",
                  fsync: bool = False, obs_layout: str = "auto") -> None:

@@ -47,6 +47,9 @@ class Sink(abc.ABC):
     #: `relayrl_gym.storage.obs_layout`): then, when every sink of a run does, the recorder
     #: builds its batches that way, which spares it copying most next observations.
     stores_obs_once: bool = False
+    #: Whether a block may be written by the thread that recorded it (a local sink whose
+    #: ``write`` is quick and never waits on a network), not only by the writer thread.
+    writes_inline: bool = False
 
     @abc.abstractmethod
     def start(self, run_id: str, schema: pa.Schema) -> None:

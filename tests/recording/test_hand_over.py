@@ -82,3 +82,69 @@ def test_large_rows_are_built_by_the_writer_and_every_row_lands(tmp_path) -> Non
     table = relayrl_gym.load(envs.run_path).table
     assert len(table) == envs.agent.recorder.rows_recorded == 2 * 120 - 4  # 4 autoreset steps
     assert table.column("step").to_pylist()[:3] == [0, 0, 1]
+
+
+def test_blocks_written_by_the_recording_thread_keep_their_order_with_the_writers(
+        tmp_path) -> None:
+    # Small blocks written on this thread while the writer flushes partial ones every 10 ms.
+    envs = relayrl_gym.wrap("CartPole-v1", actors=3, sink=tmp_path, batch_rows=16,
+                            flush_interval=0.01)
+    writer = envs.agent.writer
+    assert writer.inline and envs.agent.recorder.writes_here
+    written_here = []
+    write_now = writer.write_now
+
+    def counted(recorder, buf):
+        done = write_now(recorder, buf)
+        written_here.append(done)
+        return done
+
+    writer.write_now = counted
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        envs.step(rng.integers(0, 2, 3))
+    envs.close()
+    assert any(written_here)  # most blocks, once the writer is idle
+    table = relayrl_gym.load(envs.run_path).to_pandas()
+    assert len(table) == envs.agent.recorder.rows_recorded
+    assert table["timestamp"].is_monotonic_increasing
+    for _, rows in table.groupby("env_index"):
+        for _, episode in rows.groupby("episode_id", sort=False):
+            assert episode["step"].tolist() == list(range(len(episode)))
+
+
+def test_a_block_interrupted_before_it_reaches_the_sink_is_written_by_the_writer(
+        tmp_path, monkeypatch) -> None:
+    import threading
+
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
+    recorder = envs.agent.recorder
+    build = recorder.to_record_batch
+    interrupted = []
+
+    def interrupted_once(block):
+        if (not interrupted and block.arrow is not None
+                and threading.current_thread() is threading.main_thread()):
+            interrupted.append(block.n)
+            raise KeyboardInterrupt  # Ctrl-C as this thread begins to write the block
+        return build(block)
+
+    monkeypatch.setattr(recorder, "to_record_batch", interrupted_once)
+    envs.reset(seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(100):
+            envs.step(np.array([0, 1]))
+    recorded = recorder.rows_recorded
+    envs.close()
+    assert interrupted
+    assert len(relayrl_gym.load(envs.run_path)) == recorded
+
+
+def test_only_local_sinks_are_written_by_the_recording_thread(tmp_path) -> None:
+    local = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path / "a")
+    mixed = relayrl_gym.wrap("CartPole-v1", actors=2,
+                             sink=[str(tmp_path / "b"), f"sqlite:///{tmp_path / 'r.db'}"])
+    assert local.agent.writer.inline and not mixed.agent.writer.inline
+    local.close()
+    mixed.close()
