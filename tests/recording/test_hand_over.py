@@ -3,22 +3,30 @@ is lost when that goes wrong, Ctrl-C included."""
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
 import relayrl_gym
 
 
-def test_ctrl_c_while_a_block_is_built_loses_no_row(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("moment", ["build", "write"])
+def test_ctrl_c_while_a_block_is_built_or_written_loses_no_row(tmp_path, monkeypatch,
+                                                               moment) -> None:
     envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
     recorder = envs.agent.recorder
     build = recorder.to_record_batch
     interrupted = []
 
     def interrupted_once(block):
-        if not interrupted and block.arrow is None:
+        # "build": as the recording thread builds the block; "write": as it begins to write
+        # it (the writer is idle, so the recording thread writes it itself)
+        at_moment = block.arrow is None if moment == "build" else (
+            block.arrow is not None and threading.current_thread() is threading.main_thread())
+        if not interrupted and at_moment:
             interrupted.append(block.n)
-            raise KeyboardInterrupt  # as if Ctrl-C arrived while the block was being built
+            raise KeyboardInterrupt  # as if Ctrl-C arrived just then
         return build(block)
 
     monkeypatch.setattr(recorder, "to_record_batch", interrupted_once)
@@ -112,33 +120,6 @@ def test_blocks_written_by_the_recording_thread_keep_their_order_with_the_writer
     for _, rows in table.groupby("env_index"):
         for _, episode in rows.groupby("episode_id", sort=False):
             assert episode["step"].tolist() == list(range(len(episode)))
-
-
-def test_a_block_interrupted_before_it_reaches_the_sink_is_written_by_the_writer(
-        tmp_path, monkeypatch) -> None:
-    import threading
-
-    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
-    recorder = envs.agent.recorder
-    build = recorder.to_record_batch
-    interrupted = []
-
-    def interrupted_once(block):
-        if (not interrupted and block.arrow is not None
-                and threading.current_thread() is threading.main_thread()):
-            interrupted.append(block.n)
-            raise KeyboardInterrupt  # Ctrl-C as this thread begins to write the block
-        return build(block)
-
-    monkeypatch.setattr(recorder, "to_record_batch", interrupted_once)
-    envs.reset(seed=0)
-    with pytest.raises(KeyboardInterrupt):
-        for _ in range(100):
-            envs.step(np.array([0, 1]))
-    recorded = recorder.rows_recorded
-    envs.close()
-    assert interrupted
-    assert len(relayrl_gym.load(envs.run_path)) == recorded
 
 
 def test_only_local_sinks_are_written_by_the_recording_thread(tmp_path) -> None:
