@@ -73,7 +73,7 @@ class GameRun(RunRecording):
                 [r.slot for r in rows], [r.first for r in rows],
                 [r.terminated or r.truncated for r in rows])
             try:
-                return [_batch(rows, episode_ids, steps)]
+                return [_batch(rows, episode_ids, steps, self.recorder.build_on_writer)]
             except Exception:
                 return [_batch(rows[i:i + 1], episode_ids[i:i + 1], steps[i:i + 1])
                         for i in range(len(rows))]
@@ -82,8 +82,10 @@ class GameRun(RunRecording):
             raise
 
 
-def _batch(rows: list[AgentTransition], episode_ids: np.ndarray, steps: np.ndarray
-           ) -> tuple[TransitionBatch, np.ndarray]:
+def _batch(rows: list[AgentTransition], episode_ids: np.ndarray, steps: np.ndarray,
+           rows_of_obs: bool = False) -> tuple[TransitionBatch, np.ndarray]:
+    """``rows_of_obs``: the ``obs`` column may stay a list of the rows' arrays, stacked when
+    the block is built (by the writer thread, for large observations: one copy less here)."""
     infos = {i: r.info for i, r in enumerate(rows) if r.info is not None}
     given = [r.mask for r in rows if r.mask is not None]
     masks, mask_batch = None, None
@@ -94,9 +96,15 @@ def _batch(rows: list[AgentTransition], episode_ids: np.ndarray, steps: np.ndarr
     outputs = {i: r.data for i, r in enumerate(rows) if r.data}
     versions = [r.version for r in rows]
     next_obs, next_from = _next_obs(rows)
+    obs = [r.obs for r in rows]
+    first = obs[0]
+    if not (rows_of_obs and type(first) is np.ndarray and all(
+            type(o) is np.ndarray and o.shape == first.shape and o.dtype == first.dtype
+            for o in obs)):
+        obs = _rows(obs)
     batch = TransitionBatch(
         np.array([r.slot for r in rows], np.int32), episode_ids, steps,
-        _rows([r.obs for r in rows]), _rows([r.action for r in rows]),
+        obs, _rows([r.action for r in rows]),
         tuple(r.reward for r in rows), next_obs,
         tuple(r.terminated for r in rows), tuple(r.truncated for r in rows),
         model_version=(versions[0] if len(set(versions)) == 1 else

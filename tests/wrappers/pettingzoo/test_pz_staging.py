@@ -305,3 +305,57 @@ def test_ctrl_c_while_rows_are_put_together_loses_and_renumbers_nothing(tmp_path
     assert rows[columns].equals(clean[columns])
     assert (rows["episode_id"].diff().fillna(0) != 0).sum() == \
         (clean["episode_id"].diff().fillna(0) != 0).sum()
+
+
+class _Frames(ParallelEnv):
+    """Three agents seeing frames large enough for the writer thread to build their blocks;
+    each frame tells the step and the agent apart."""
+
+    metadata = {"name": "frames_v0"}
+    possible_agents = ["a", "b", "c"]
+
+    def __init__(self):
+        from relayrl_gym.recording.recorder import WRITER_BUILDS_FROM
+
+        self.size = WRITER_BUILDS_FROM
+        self.agents = []
+
+    def observation_space(self, agent):
+        return spaces.Box(0, 255, (self.size,), np.uint8)
+
+    def action_space(self, agent):
+        return spaces.Discrete(2)
+
+    def _frames(self):
+        return {a: np.full(self.size, (7 * self.t + i) % 251, np.uint8)
+                for i, a in enumerate(self.agents)}
+
+    def reset(self, seed=None, options=None):
+        self.t = 0
+        self.agents = list(self.possible_agents)
+        return self._frames(), {a: {} for a in self.agents}
+
+    def step(self, actions):
+        self.t += 1
+        done = self.t % 5 == 0
+        return (self._frames(), {a: float(actions[a]) for a in self.agents},
+                dict.fromkeys(self.agents, done), dict.fromkeys(self.agents, False),
+                {a: {} for a in self.agents})
+
+
+def test_large_game_frames_built_by_the_writer_are_recorded_as_seen(tmp_path):
+    env = relayrl_gym.wrap(_Frames(), sink=tmp_path)
+    assert env.recording.runs[0].recorder.build_on_writer
+    obs, _ = env.reset(seed=0)
+    lived = []
+    for t in range(23):
+        if not env.agents:
+            obs, _ = env.reset()
+        nxt, *_ = env.step({a: t % 2 for a in env.agents})
+        lived += [(a, int(obs[a][0]), int(nxt[a][0])) for a in obs]
+        obs = nxt
+    env.close()
+    rows = relayrl_gym.load(env.run_path).to_pandas()
+    got = [(r.agent_id, int(r.obs[0]), int(r.next_obs[0])) for r in rows.itertuples()]
+    assert sorted(got) == sorted(lived) and len(got) == len(lived)
+    assert all(len(set(r.obs)) == 1 and len(set(r.next_obs)) == 1 for r in rows.itertuples())
