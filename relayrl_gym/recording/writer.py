@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import logging
 import os
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from relayrl_gym.errors import SinkError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
@@ -172,22 +175,20 @@ class BackgroundWriter:
                     or self._closed or not self._thread.is_alive() or self.rows_waiting):
                 return False
             self._busy = True
+        written = False
         try:
-            started = time.monotonic()
-            self._write(recorder, buf)
-            with self._lock:
-                self._pace.finished(buf.n, time.monotonic() - started + buf.build_seconds)
-        except BaseException:
-            if not buf.offered:  # interrupted before any sink had it: the writer writes it
+            with _ctrl_c_deferred():  # a block is written whole, or left to the writer
+                started = time.monotonic()
+                self._write(recorder, buf)
+                written = True
                 with self._lock:
-                    self._busy = False
-                    self._free.notify_all()
-                self.submit(recorder, buf)
-            raise
+                    self._pace.finished(buf.n, time.monotonic() - started + buf.build_seconds)
         finally:
             with self._lock:
                 self._busy = False
                 self._free.notify_all()
+            if not written and not buf.offered:  # stopped before any sink had it
+                self.submit(recorder, buf)
         return True
 
     def flush(self, timeout: float | None = 60.0) -> None:
@@ -403,6 +404,32 @@ class BackgroundWriter:
         unable to spill: data at risk), for the stepping thread to raise; None when none."""
         alarm, self.alarm = self.alarm, None
         return alarm
+
+
+@contextlib.contextmanager
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Holds a SIGINT (Ctrl-C) that arrives inside the block until its end, then handles it
+    as the handler in place would have: a block written by the recording thread (the main
+    thread, which Python's signal handlers run on) is then never half written. Elsewhere, or
+    when the handler in place was not set from Python, nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is None:
+        yield
+        return
+    caught: list[Any] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+        if caught:
+            if callable(handler):
+                handler(signal.SIGINT, caught[0])
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
 
 
 def _default_spill_root(sinks: list[Sink]) -> Path:

@@ -129,3 +129,30 @@ def test_only_local_sinks_are_written_by_the_recording_thread(tmp_path) -> None:
     assert local.agent.writer.inline and not mixed.agent.writer.inline
     local.close()
     mixed.close()
+
+
+def test_a_ctrl_c_arriving_while_this_thread_writes_a_block_waits_for_the_block(
+        tmp_path, monkeypatch) -> None:
+    import signal
+
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
+    sink = envs.agent.writer.sinks[0]
+    write = sink.write
+    signalled = []
+
+    def ctrl_c_inside(batch):
+        if not signalled and threading.current_thread() is threading.main_thread():
+            signalled.append(batch.num_rows)
+            signal.raise_signal(signal.SIGINT)  # a real Ctrl-C, halfway into the write
+        return write(batch)
+
+    monkeypatch.setattr(sink, "write", ctrl_c_inside)
+    envs.reset(seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(100):
+            envs.step(np.array([0, 1]))
+    recorded = envs.agent.recorder.rows_recorded
+    envs.close()
+    assert len(signalled) == 1
+    assert len(relayrl_gym.load(envs.run_path)) == recorded
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
