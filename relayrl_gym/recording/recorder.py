@@ -156,9 +156,10 @@ class Recorder:
                     full.batches = []
                     full.build_seconds = time.monotonic() - began
         finally:  # even on Ctrl-C: the block is queued, built or not
-            if (full.arrow is None or not self.writes_here
-                    or not self._writer.write_now(self, full)):
+            if full.arrow is None or not self.writes_here:
                 self._writer.submit(self, full)
+            else:  # written here, or queued (write_now queues what it does not write)
+                self._writer.write_now(self, full)
 
     def take_partial(self) -> StepBlock | None:
         """Detaches the rows recorded since the last hand-over (for the time-based flush).

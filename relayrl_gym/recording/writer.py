@@ -161,35 +161,41 @@ class BackgroundWriter:
                 self._has_room.wait(0.05)  # woken when a block is done; the timeout re-checks
 
     def write_now(self, recorder: Recorder, buf: StepBlock) -> bool:
-        """Writes a full, built block on the calling thread (the one that recorded it), when
-        nothing is ahead of it: no block queued, no backlog, nobody else at the sinks; False
-        (nothing done) otherwise: queue it with `submit`.
+        """Writes a full, built block on the calling thread (the one that recorded it) when
+        nothing is ahead of it (no block queued, no backlog, nobody else at the sinks), else
+        queues it with `submit`; True when it was written here. Whatever is raised (a Ctrl-C
+        included), the block is written or queued, and the sinks are not left claimed.
 
         For local sinks this is cheaper than the writer thread: the write is a few calls that
         let the GIL go, while a second thread waiting for the GIL at every one of them costs
         the recording thread several times the work (seen on loops that release the GIL every
         step, such as ``action_space.sample()``).
         """
-        with self._lock:
-            if (not self.inline or self._busy or self._items or self._stopping
-                    or self._closed or not self._thread.is_alive() or self.rows_waiting):
-                return False
-            self._busy = True
-        written = False
+        claimed = written = False
         try:
             with _ctrl_c_deferred():  # a block is written whole, or left to the writer
-                started = time.monotonic()
-                self._write(recorder, buf)
-                written = True
-                with self._lock:
-                    self._pace.finished(buf.n, time.monotonic() - started + buf.build_seconds)
+                try:
+                    with self._lock:
+                        if (not self.inline or self._busy or self._items or self._stopping
+                                or self._closed or not self._thread.is_alive()
+                                or self.rows_waiting):
+                            return False
+                        self._busy = claimed = True  # no check for signals between the two
+                    started = time.monotonic()
+                    self._write(recorder, buf)
+                    written = True
+                    with self._lock:
+                        self._pace.finished(buf.n,
+                                            time.monotonic() - started + buf.build_seconds)
+                finally:
+                    if claimed:
+                        with self._lock:
+                            self._busy = False
+                            self._free.notify_all()
         finally:
-            with self._lock:
-                self._busy = False
-                self._free.notify_all()
-            if not written and not buf.offered:  # stopped before any sink had it
+            if not written and not buf.offered:  # not claimed, or stopped before any sink
                 self.submit(recorder, buf)
-        return True
+        return written
 
     def flush(self, timeout: float | None = 60.0) -> None:
         """Writes every row recorded so far to the sinks, flushes them, and waits for it.
@@ -293,8 +299,8 @@ class BackgroundWriter:
         """The next queued item, waiting for one until ``deadline``; None at the deadline, or
         at once when a failing sink may be retried (that work fills the idle time)."""
         with self._lock:
-            while self._busy:  # a recording thread writes a block: it comes before these
-                self._free.wait()
+            while self._busy and not sys.is_finalizing():  # a recording thread writes a
+                self._free.wait(0.05)                          # block: it comes first
             while not self._items:
                 now = time.monotonic()
                 wake = min([deadline, *(d.retry_at for d in self.deliveries)])
@@ -302,8 +308,8 @@ class BackgroundWriter:
                     self._busy = True
                     return None
                 self._has_work.wait(wake - now)
-                while self._busy:
-                    self._free.wait()
+                while self._busy and not sys.is_finalizing():
+                    self._free.wait(0.05)
             self._busy = True
             item = self._items.popleft()
             if isinstance(item, _Block):

@@ -156,3 +156,73 @@ def test_a_ctrl_c_arriving_while_this_thread_writes_a_block_waits_for_the_block(
     assert len(signalled) == 1
     assert len(relayrl_gym.load(envs.run_path)) == recorded
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("signum", ["SIGINT", "SIGUSR1"])
+def test_a_signal_as_this_thread_claims_the_sinks_leaves_no_claim_and_loses_no_row(
+        tmp_path, signum) -> None:
+    # The signal is handled at the first check for signals after the claim (the return of the
+    # lock's __exit__): Ctrl-C is held until the block is written; another signal's handler
+    # (here one that exits, as launchers install for SIGTERM) raises there, and the block is
+    # queued for the writer.
+    import signal
+    import sys
+
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
+    writer = envs.agent.writer
+    fired = []
+
+    def exit_now(number, frame):
+        raise SystemExit(143)
+
+    def profiler(frame, event, arg):
+        if (not fired and event == "c_return" and frame.f_code.co_name == "write_now"
+                and writer._busy):
+            fired.append(True)
+            signal.raise_signal(getattr(signal, signum))
+
+    previous = signal.signal(signal.SIGUSR1, exit_now)
+    envs.reset(seed=0)
+    sys.setprofile(profiler)
+    try:
+        with pytest.raises(KeyboardInterrupt if signum == "SIGINT" else SystemExit):
+            for _ in range(100):
+                envs.step(np.array([0, 1]))
+    finally:
+        sys.setprofile(None)
+        signal.signal(signal.SIGUSR1, previous)
+    assert fired
+    recorded = envs.agent.recorder.rows_recorded
+    writer.flush(timeout=5.0)  # nobody holds the sinks
+    assert not writer._busy
+    envs.close()
+    assert len(relayrl_gym.load(envs.run_path)) == recorded
+
+
+def test_a_ctrl_c_while_this_thread_checks_whether_it_may_write_loses_no_row(
+        tmp_path, monkeypatch) -> None:
+    import signal
+    import sys
+
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
+    writer = envs.agent.writer
+    alive = writer._thread.is_alive
+    signalled = []
+
+    def is_alive():
+        if (not signalled and threading.current_thread() is threading.main_thread()
+                and sys._getframe(1).f_code.co_name == "write_now"):
+            signalled.append(True)
+            signal.raise_signal(signal.SIGINT)
+        return alive()
+
+    monkeypatch.setattr(writer._thread, "is_alive", is_alive)
+    envs.reset(seed=0)
+    with pytest.raises(KeyboardInterrupt):
+        for _ in range(100):
+            envs.step(np.array([0, 1]))
+    recorded = envs.agent.recorder.rows_recorded
+    monkeypatch.undo()
+    envs.close()
+    assert signalled
+    assert len(relayrl_gym.load(envs.run_path)) == recorded
