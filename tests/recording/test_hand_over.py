@@ -11,6 +11,14 @@ import pytest
 import relayrl_gym
 
 
+def _steps_until(envs, raised=KeyboardInterrupt) -> None:
+    """Steps a reset CartPole pair until the interruption the test arranged is raised."""
+    envs.reset(seed=0)
+    with pytest.raises(raised):
+        for _ in range(100):
+            envs.step(np.array([0, 1]))
+
+
 @pytest.mark.parametrize("moment", ["build", "write"])
 def test_ctrl_c_while_a_block_is_built_or_written_loses_no_row(tmp_path, monkeypatch,
                                                                moment) -> None:
@@ -30,10 +38,7 @@ def test_ctrl_c_while_a_block_is_built_or_written_loses_no_row(tmp_path, monkeyp
         return build(block)
 
     monkeypatch.setattr(recorder, "to_record_batch", interrupted_once)
-    envs.reset(seed=0)
-    with pytest.raises(KeyboardInterrupt):
-        for _ in range(100):
-            envs.step(np.array([0, 1]))
+    _steps_until(envs)
     recorded = recorder.rows_recorded
     envs.close()
     assert interrupted == [32]
@@ -147,10 +152,7 @@ def test_a_ctrl_c_arriving_while_this_thread_writes_a_block_waits_for_the_block(
         return write(batch)
 
     monkeypatch.setattr(sink, "write", ctrl_c_inside)
-    envs.reset(seed=0)
-    with pytest.raises(KeyboardInterrupt):
-        for _ in range(100):
-            envs.step(np.array([0, 1]))
+    _steps_until(envs)
     recorded = envs.agent.recorder.rows_recorded
     envs.close()
     assert len(signalled) == 1
@@ -182,12 +184,9 @@ def test_a_signal_as_this_thread_claims_the_sinks_leaves_no_claim_and_loses_no_r
             signal.raise_signal(getattr(signal, signum))
 
     previous = signal.signal(signal.SIGUSR1, exit_now)
-    envs.reset(seed=0)
     sys.setprofile(profiler)
     try:
-        with pytest.raises(KeyboardInterrupt if signum == "SIGINT" else SystemExit):
-            for _ in range(100):
-                envs.step(np.array([0, 1]))
+        _steps_until(envs, KeyboardInterrupt if signum == "SIGINT" else SystemExit)
     finally:
         sys.setprofile(None)
         signal.signal(signal.SIGUSR1, previous)
@@ -217,10 +216,7 @@ def test_a_ctrl_c_while_this_thread_checks_whether_it_may_write_loses_no_row(
         return alive()
 
     monkeypatch.setattr(writer._thread, "is_alive", is_alive)
-    envs.reset(seed=0)
-    with pytest.raises(KeyboardInterrupt):
-        for _ in range(100):
-            envs.step(np.array([0, 1]))
+    _steps_until(envs)
     recorded = envs.agent.recorder.rows_recorded
     monkeypatch.undo()
     envs.close()
