@@ -27,6 +27,18 @@ _BLOCK_SEQ = itertools.count()
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
 
 
+def _spread(parts: Sequence[Any], rows: np.ndarray) -> np.ndarray:
+    """One int64 column from per-batch values, each one int for all of its batch's ``rows``
+    or an array of one per row (timestamps, model versions)."""
+    kinds = set(map(type, parts))
+    if kinds <= {int}:
+        return np.repeat(np.asarray(parts, np.int64), rows)
+    if kinds == {np.ndarray}:  # one per row already
+        return np.concatenate(parts).astype(np.int64, copy=False)
+    return np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
+                           for v, k in zip(parts, rows.tolist())])
+
+
 def _flat(parts: Sequence[Any], dtype: Any, total: int, rows: np.ndarray) -> np.ndarray:
     """One column from per-call parts: arrays, tuples of per-env scalars (cheaper to keep on
     the stepping thread than array copies, and read here in one C loop), or one Python float
@@ -117,20 +129,8 @@ class StepBlock:
         env_index = np.concatenate(env_index_parts).astype(np.int32, copy=False)
         k_rows = np.fromiter(map(len, env_index_parts), np.int64, len(self.batches))
         starts = np.concatenate([[0], np.cumsum(k_rows)[:-1]]).astype(np.int64).tolist()
-        if all(type(stamp) is int for stamp in self.stamps):
-            timestamps = np.repeat(np.asarray(self.stamps, np.int64), k_rows)
-        else:  # some batches carry one stamp per row
-            timestamps = np.concatenate([np.broadcast_to(np.asarray(stamp, np.int64), (k,))
-                                         for stamp, k in zip(self.stamps, k_rows.tolist())])
-        versions_by_batch = col["model_version"]
-        kinds = set(map(type, versions_by_batch))
-        if kinds <= {int}:
-            versions = np.repeat(np.asarray(versions_by_batch, np.int64), k_rows)
-        elif kinds == {np.ndarray}:  # one version per row already (the agent API)
-            versions = np.concatenate(versions_by_batch).astype(np.int64, copy=False)
-        else:
-            versions = np.concatenate([np.broadcast_to(np.asarray(v, np.int64), (k,))
-                                       for v, k in zip(versions_by_batch, k_rows.tolist())])
+        timestamps = _spread(self.stamps, k_rows)
+        versions = _spread(col["model_version"], k_rows)
         indices = numpy_to_arrow(env_index)
         obs = schema.obs.concat(col["obs"])
         episode_ids = np.concatenate(col["episode_id"]).astype(np.int64)
@@ -150,13 +150,13 @@ class StepBlock:
                 codec.to_arrow(values, n).values, codec.size, mask=numpy_to_arrow(missing))
         else:
             next_values = codec.concat(col["next_obs"])
-            filled = False
-            for start, following in zip(starts, col["next_from"]):
-                if following is not None:  # rows left for the obs of another row to fill
-                    if not filled:  # never write into arrays a batch handed over
-                        next_values, filled = np.array(next_values), True
-                    rows = np.flatnonzero(following >= 0)
-                    next_values[start + rows] = obs[start + following[rows]]
+            named = [(start, following) for start, following in zip(starts, col["next_from"])
+                     if following is not None]  # rows left for the obs of another row to fill
+            if named:
+                next_values = np.array(next_values)  # never into arrays a batch handed over
+            for start, following in named:
+                rows = np.flatnonzero(following >= 0)
+                next_values[start + rows] = obs[start + following[rows]]
             next_obs_array = codec.to_arrow(next_values, n)
         action = schema.action.concat(col["action"])
         columns = [

@@ -144,10 +144,11 @@ class Recorder:
         # Small rows are built here, on the recording thread: the conversion is a few large
         # C-level calls (~0.3 us a CartPole row), while on a second thread every call that
         # lets the GIL go hands it back and forth with a stepping thread that waits for it
-        # each time, costing that thread several times the work itself. Large rows are left
-        # to the writer: their build is mostly copies that let the GIL go, and run beside the
-        # stepping thread. The writer's own work (encoding, compression, I/O) runs with the
-        # GIL released. A block that fails to build is left to the writer, which reports it.
+        # each time, costing that thread several times the work itself; for the same reason
+        # the smallest are also written here when nothing is queued (`writes_here`). Large
+        # rows are left to the writer: their build is mostly copies that let the GIL go, and
+        # run beside the stepping thread. A block that fails to build is left to the writer,
+        # which reports it.
         try:
             if not self.build_on_writer:
                 with contextlib.suppress(Exception):

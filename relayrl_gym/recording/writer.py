@@ -299,17 +299,17 @@ class BackgroundWriter:
         """The next queued item, waiting for one until ``deadline``; None at the deadline, or
         at once when a failing sink may be retried (that work fills the idle time)."""
         with self._lock:
-            while self._busy and not sys.is_finalizing():  # a recording thread writes a
-                self._free.wait(0.05)                          # block: it comes first
-            while not self._items:
+            while True:
+                while self._busy and not sys.is_finalizing():  # a recording thread writes
+                    self._free.wait(0.05)                          # a block: it comes first
+                if self._items:
+                    break
                 now = time.monotonic()
                 wake = min([deadline, *(d.retry_at for d in self.deliveries)])
                 if wake <= now:
                     self._busy = True
                     return None
                 self._has_work.wait(wake - now)
-                while self._busy and not sys.is_finalizing():
-                    self._free.wait(0.05)
             self._busy = True
             item = self._items.popleft()
             if isinstance(item, _Block):

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["concat", "copy_batch", "map_leaves", "owned"]
+__all__ = ["concat", "copy_batch", "map_leaves"]
 
 
 def map_leaves(fn: Callable[..., Any], batch: Any, *others: Any) -> Any:
@@ -27,37 +27,28 @@ def map_leaves(fn: Callable[..., Any], batch: Any, *others: Any) -> Any:
     return fn(batch, *others)
 
 
-def _copy_leaf(leaf: Any) -> Any:
-    return leaf.copy() if isinstance(leaf, np.ndarray) else deepcopy(leaf)
-
-
-def copy_batch(batch: Any) -> Any:
-    """A copy nobody else can modify."""
-    return batch.copy() if type(batch) is np.ndarray else map_leaves(_copy_leaf, batch)
-
-
 _IMMUTABLE = (int, float, bool, str, bytes, type(None))
 
 
-def owned(value: Any) -> Any:
-    """A value of a space (one row, possibly nested) that nobody else can modify: arrays are
-    copied, immutable scalars kept, any other leaf made an array (as `np.array` does).
+def copy_batch(batch: Any) -> Any:
+    """A copy nobody else can modify: arrays copied, dicts and tuples walked, immutable
+    scalars kept (as `copy.deepcopy` keeps them, without its dispatch), anything else deep
+    copied.
 
     >>> obs = {"a": np.zeros(2), "n": 3}
-    >>> copy = owned(obs); obs["a"][0] = 1
+    >>> copy = copy_batch(obs); obs["a"][0] = 1
     >>> copy["a"].tolist(), copy["n"]
     ([0.0, 0.0], 3)
     """
-    kind = type(value)
-    if kind is np.ndarray:
-        return value.copy()
-    if kind is dict:
-        return {k: owned(v) for k, v in value.items()}
-    if kind is tuple:
-        return tuple(owned(v) for v in value)
-    if kind in _IMMUTABLE or isinstance(value, np.generic):
-        return value
-    return map_leaves(np.array, value)
+    if isinstance(batch, np.ndarray):  # the common, flat case first
+        return batch.copy()
+    if isinstance(batch, dict):
+        return {k: copy_batch(v) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(copy_batch(v) for v in batch)
+    if type(batch) in _IMMUTABLE or isinstance(batch, np.generic):
+        return batch
+    return deepcopy(batch)
 
 
 def _concat_leaves(*leaves: Any) -> np.ndarray:

@@ -77,8 +77,7 @@ class RecordedAECEnv(RunOwner, BaseWrapper[AgentID, ObsType, ActionType]):
     @override
     def reset(self, seed: int | None = None, options: dict[str, Any] | None = None) -> None:
         self.env.reset(seed=seed, options=options)
-        self._holder = StateHolder(self.env)
-        self._state = self._holder.get()
+        self._holder = StateHolder(self.env)  # read from at the turn below
         self.tracker.reset()
         self._source = None
         self._at_turn()

@@ -39,7 +39,7 @@ class GameRun(RunRecording):
         self.episodes = EpisodeTracker(len(self.recorder.actor_ids),
                                        self.recorder.new_episode_id, shared=False)
         self.rows: list[AgentTransition] = []
-        self.chunk = max(1, min(ROWS_PER_BATCH, self.recorder.capacity))
+        self.chunk = min(ROWS_PER_BATCH, self.recorder.capacity)
 
     def add(self, rows: list[AgentTransition]) -> None:
         """Takes ``rows`` (all of this run, in step order); a full batch goes to the recorder.
@@ -49,14 +49,17 @@ class GameRun(RunRecording):
             self.hand_over()
 
     def hand_over(self) -> None:
-        """Records the waiting rows (called with the game's lock held). Interrupted (Ctrl-C)
-        while they are put together, they keep waiting, numbered as before."""
-        if not self.rows:
-            return
+        """Records the waiting rows (called with the game's lock held)."""
+        for batch, stamps in self.take():
+            self.recorder.record(batch, stamps)
+
+    def take(self) -> list[tuple[TransitionBatch, np.ndarray]]:
+        """The waiting rows as batches (see `batches`), no longer waiting (called with the
+        game's lock held). Interrupted (Ctrl-C) while they are put together, they keep
+        waiting, numbered as before."""
         made = self.batches(self.rows)
         self.rows = []
-        for batch, stamps in made:
-            self.recorder.record(batch, stamps)
+        return made
 
     def batches(self, rows: list[AgentTransition]
                 ) -> list[tuple[TransitionBatch, np.ndarray]]:
@@ -139,8 +142,7 @@ def feed(lock: threading.Lock, run: GameRun) -> list[tuple[TransitionBatch, np.n
     if not run.rows or not lock.acquire(blocking=False):
         return []
     try:
-        rows, run.rows = run.rows, []
-        return run.batches(rows)
+        return run.take()
     finally:
         lock.release()
 

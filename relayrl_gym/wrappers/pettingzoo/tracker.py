@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from relayrl_gym.schema.batches import owned
+from relayrl_gym.schema.batches import copy_batch
 from relayrl_gym.schema.infos import RecordedInfo, recorded_info
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask
 
@@ -66,9 +66,6 @@ class AgentTracker:
                                        dict[str, Any] | None]] = {}
         self._playing: set[Any] = set()  # agents in an episode (they have a recorded row)
 
-    def pending(self, agent: Any) -> bool:
-        return agent in self._pending
-
     def waiting(self) -> list[Any]:
         """Agents whose transition has begun and not finished."""
         return list(self._pending)
@@ -82,7 +79,7 @@ class AgentTracker:
     def see(self, agent: Any, obs: Any, info: dict[str, Any] | None) -> None:
         """``agent`` observes ``obs`` (and ``info``), on which its next action is taken."""
         if self._recording is not None:
-            self._seen[agent] = (owned(obs), info)
+            self._seen[agent] = (copy_batch(obs), info)
 
     def forget(self, agent: Any) -> None:
         """``agent`` will not act on what it saw last (it is done)."""
@@ -97,7 +94,7 @@ class AgentTracker:
         if seen is None:
             return
         obs, info = seen
-        self._pending[agent] = (obs, owned(action), action_mask(obs, info),
+        self._pending[agent] = (obs, copy_batch(action), action_mask(obs, info),
                                 version, data)
 
     def drop(self, agent: Any) -> None:
@@ -119,7 +116,7 @@ class AgentTracker:
         rows = []
         stamp = time.time_ns() // 1000 * 1000
         for agent, next_obs, reward, terminated, truncated, info in outcomes:
-            mine = owned(next_obs)
+            mine = copy_batch(next_obs)
             seen[agent] = (mine, info)
             began = pending.pop(agent, None)
             if began is None:
