@@ -4,6 +4,7 @@ is lost when that goes wrong, Ctrl-C included."""
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,19 @@ def _steps_until(envs, raised=KeyboardInterrupt) -> None:
     with pytest.raises(raised):
         for _ in range(100):
             envs.step(np.array([0, 1]))
+
+
+def _builds_on_this_thread(recorder) -> list[bool]:
+    """Whether each block the recorder builds is built on the calling (main) thread."""
+    build, here = recorder.to_record_batch, []
+
+    def spied(block):
+        if block.arrow is None:
+            here.append(threading.current_thread() is threading.main_thread())
+        return build(block)
+
+    recorder.to_record_batch = spied
+    return here
 
 
 @pytest.mark.parametrize("moment", ["build", "write"])
@@ -53,7 +67,8 @@ def test_a_block_that_fails_to_build_is_built_again_by_the_writer(tmp_path,
     calls = []
 
     def flaky(block):  # fails on the recording thread only, the first time
-        calls.append(block.n)
+        calls.append((id(block), block.n,
+                      threading.current_thread() is threading.main_thread()))
         if len(calls) == 1:
             raise MemoryError("no memory for the batch just now")
         return build(block)
@@ -63,7 +78,9 @@ def test_a_block_that_fails_to_build_is_built_again_by_the_writer(tmp_path,
     for _ in range(40):
         envs.step(np.array([0, 1]))
     envs.close()
-    assert calls[:2] == [32, 32]  # tried on the recording thread, then by the writer
+    failed = calls[0]
+    assert failed[1:] == (32, True)  # tried on the recording thread...
+    assert (failed[0], 32, False) in calls[1:]  # ...then the same block by the writer
     assert len(relayrl_gym.load(envs.run_path)) == recorder.rows_recorded > 64
 
 
@@ -87,11 +104,12 @@ def test_large_rows_are_built_by_the_writer_and_every_row_lands(tmp_path) -> Non
                     False, {})
 
     envs = relayrl_gym.wrap(Frames, actors=2, sink=tmp_path, batch_rows=16)
-    assert envs.agent.recorder.build_on_writer
+    here = _builds_on_this_thread(envs.agent.recorder)
     envs.reset(seed=0)
     for _ in range(120):  # many full buffers, none built on this thread
         envs.step(np.array([0, 1]))
     envs.close()
+    assert here and not any(here)
     table = relayrl_gym.load(envs.run_path).table
     assert len(table) == envs.agent.recorder.rows_recorded == 2 * 120 - 4  # 4 autoreset steps
     assert table.column("step").to_pylist()[:3] == [0, 0, 1]
@@ -222,3 +240,47 @@ def test_a_ctrl_c_while_this_thread_checks_whether_it_may_write_loses_no_row(
     envs.close()
     assert signalled
     assert len(relayrl_gym.load(envs.run_path)) == recorded
+
+
+def test_a_block_recorded_while_the_writer_is_at_the_sink_is_queued_behind_it(
+        tmp_path) -> None:
+    # The writer thread is held inside the sink's write (a partial block of its time-based
+    # flush) while this thread hands full blocks over: they must wait behind it, in order.
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=16,
+                            flush_interval=0.05)
+    writer = envs.agent.writer
+    sink = writer.sinks[0]
+    write, entered, release = sink.write, threading.Event(), threading.Event()
+
+    def held(batch):
+        if threading.current_thread() is not threading.main_thread() and not release.is_set():
+            entered.set()
+            release.wait(5.0)
+        return write(batch)
+
+    sink.write = held
+    write_now, results = writer.write_now, []
+
+    def spied(recorder, buf):
+        done = write_now(recorder, buf)
+        results.append((entered.is_set() and not release.is_set(), done))
+        return done
+
+    writer.write_now = spied
+    envs.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        if entered.is_set():
+            break
+        envs.step(rng.integers(0, 2, 2))
+        time.sleep(0.001)
+    assert entered.wait(5.0)
+    for _ in range(40):  # several full blocks while the writer is held
+        envs.step(rng.integers(0, 2, 2))
+    release.set()
+    envs.close()
+    while_held = [done for held_then, done in results if held_then]
+    assert while_held and not any(while_held)  # none written beside the writer
+    table = relayrl_gym.load(envs.run_path).to_pandas()
+    assert len(table) == envs.agent.recorder.rows_recorded
+    assert table["timestamp"].is_monotonic_increasing

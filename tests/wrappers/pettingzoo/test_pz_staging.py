@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import threading
 import time
 
 import numpy as np
@@ -293,14 +294,14 @@ def test_ctrl_c_while_rows_are_put_together_loses_and_renumbers_nothing(tmp_path
     build, interrupted = runs._batch, []
 
     def interrupted_once(*args):
-        if not interrupted:
-            interrupted.append(True)
+        interrupted.append(True)
+        if len(interrupted) == 3:  # mid-episode: numbering that is not rolled back shows
             raise KeyboardInterrupt  # as if Ctrl-C arrived while a batch was put together
         return build(*args)
 
     monkeypatch.setattr(runs, "_batch", interrupted_once)
     rows = game(tmp_path / "interrupted")
-    assert interrupted
+    assert len(interrupted) > 3
     columns = ["agent_id", "action", "reward", "step", "terminated"]
     assert rows[columns].equals(clean[columns])
     assert (rows["episode_id"].diff().fillna(0) != 0).sum() == \
@@ -345,7 +346,16 @@ class _Frames(ParallelEnv):
 
 def test_large_game_frames_built_by_the_writer_are_recorded_as_seen(tmp_path):
     env = relayrl_gym.wrap(_Frames(), sink=tmp_path)
-    assert env.recording.runs[0].recorder.build_on_writer
+    recorder = env.recording.runs[0].recorder
+    build, here, lists = recorder.to_record_batch, [], []
+
+    def spied(block):  # where each block is built, and whether its obs came as row lists
+        if block.arrow is None:
+            here.append(threading.current_thread() is threading.main_thread())
+            lists.append(any(type(batch[3]) is list for batch in block.batches))
+        return build(block)
+
+    recorder.to_record_batch = spied
     obs, _ = env.reset(seed=0)
     lived = []
     for t in range(23):
@@ -358,4 +368,5 @@ def test_large_game_frames_built_by_the_writer_are_recorded_as_seen(tmp_path):
     rows = relayrl_gym.load(env.run_path).to_pandas()
     got = [(r.agent_id, int(r.obs[0]), int(r.next_obs[0])) for r in rows.itertuples()]
     assert sorted(got) == sorted(lived) and len(got) == len(lived)
+    assert here and not any(here) and all(lists)  # built by the writer, stacked only there
     assert all(len(set(r.obs)) == 1 and len(set(r.next_obs)) == 1 for r in rows.itertuples())
