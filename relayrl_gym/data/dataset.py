@@ -1,34 +1,30 @@
-"""`relayrl_gym.load`: recorded runs back as pyarrow, numpy, episodes, pandas and summaries."""
+"""`relayrl_gym.load`: recorded runs back as one dataset, read lazily: filtered, streamed in
+batches, sampled, as torch datasets, pyarrow, numpy, episodes, pandas and summaries."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from relayrl_gym.data.arrow_reader import read_run_dir
-from relayrl_gym.data.records import ActorSummary, Episode, Summary, Transitions
-from relayrl_gym.data.sql_reader import read_sql_run
+from relayrl_gym.data.columns import check_columns, decode, join, length, take
+from relayrl_gym.data.discover import Spec, find_runs
+from relayrl_gym.data.episodes import EPISODE_COLUMNS, STAT_COLUMNS, episodes_of, summarize
+from relayrl_gym.data.records import Episode, Summary, Transitions
+from relayrl_gym.data.replay import Replay
+from relayrl_gym.data.sources import RunSource, Where
 from relayrl_gym.errors import DatasetError, missing_extra
-from relayrl_gym.schema.batches import concat, map_leaves
-from relayrl_gym.schema.transitions import TransitionSchema
-from relayrl_gym.sinks.base import SQL_SCHEMES, url_scheme
-from relayrl_gym.storage.run_dir import RUN_FILE
 
 if TYPE_CHECKING:
     import pandas as pd
     from gymnasium import spaces
 
 __all__ = ["Dataset", "load"]
-
-
-def _slice(batch: Any, start: int, stop: int) -> Any:
-    return map_leaves(lambda leaf: leaf[start:stop], batch)
 
 
 def _rows(batch: Any, n: int) -> list[Any]:
@@ -42,11 +38,13 @@ def _rows(batch: Any, n: int) -> list[Any]:
 
 
 class Dataset:
-    """The recorded transitions of one run.
+    """The recorded transitions of one or many runs with the same spaces, read lazily.
 
-    ``table`` is the raw `pyarrow.Table` (one row per transition, schema in the README);
-    `transitions` decodes observations and actions to numpy with their recorded shapes and
-    dtypes; `episodes` iterates episodes; `summary` gives counts and return statistics.
+    Opening a dataset reads metadata only. `iter_batches` streams numpy batches with bounded
+    memory, `filter` narrows rows (pushed down into the scan), `sample` and `to_torch` draw
+    random rows, `episodes` and `summary` stream episodes and statistics; `table`,
+    `transitions` and `to_pandas` read every row into memory. The rows, dtypes and shapes are
+    the same whichever sink wrote them (schema in the README); ``run_id`` tells runs apart.
 
     >>> import relayrl_gym, tempfile
     >>> envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tempfile.mkdtemp())
@@ -57,18 +55,63 @@ class Dataset:
     >>> ds = relayrl_gym.load(envs.run_path)
     >>> len(ds), ds.transitions().obs.dtype
     (10, dtype('float32'))
+    >>> batch = next(ds.iter_batches(batch_size=4, columns=["obs", "reward"]))
+    >>> batch["obs"].shape, ds.sample(3, seed=0)["action"].shape
+    ((4, 4), (3,))
     """
 
-    def __init__(self, table: pa.Table, schema: TransitionSchema, source: str) -> None:
-        """Wraps a table of recorded rows; use `relayrl_gym.load` to get one."""
-        self.table = table
-        self.schema = schema
+    def __init__(self, runs: Sequence[RunSource], where: Where | None = None, *,
+                 source: str = "", cache_dir: str | os.PathLike[str] | None = None) -> None:
+        """Use `relayrl_gym.load`.
+
+        Args:
+            runs: the runs (all with the same spaces).
+            where: the rows kept (default: all).
+            source: what was loaded, for messages.
+            cache_dir: where `sample` and `to_torch` keep decoded columns (default: the
+                system's temporary folder).
+        """
+        if not runs:
+            raise DatasetError("a dataset needs at least one run")
+        self._runs = list(runs)
+        self._where = where if where is not None else Where()
         self.source = source
+        self._cache_dir = cache_dir
+        self._replays: dict[tuple[str, ...], Replay] = {}
+
+    # -- what it holds ----------------------------------------------------------------------
+
+    @property
+    def run_ids(self) -> list[str]:
+        """The runs read, in load order."""
+        return [run.run_id for run in self._runs]
+
+    @property
+    def run_id(self) -> str:
+        """The run's id (a dataset of several runs has `run_ids`)."""
+        return self._one_run().run_id
 
     @property
     def metadata(self) -> dict[str, Any]:
-        """The run description recorded with the data (spaces, env spec, config, versions)."""
-        return self.schema.metadata
+        """The run description recorded with the data (spaces, env spec, config, versions);
+        a dataset of several runs has `runs_metadata`."""
+        return self._one_run().schema.metadata
+
+    @property
+    def runs_metadata(self) -> dict[str, dict[str, Any]]:
+        """Each run's description, by run id."""
+        return {run.run_id: run.schema.metadata for run in self._runs}
+
+    def _one_run(self) -> RunSource:
+        if len(self._runs) != 1:
+            raise DatasetError(f"this dataset holds {len(self._runs)} runs; ds.run_ids lists "
+                               "them and ds.runs_metadata gives each one's description")
+        return self._runs[0]
+
+    @property
+    def schema(self) -> Any:
+        """The runs' `TransitionSchema` (spaces and their column codecs)."""
+        return self._runs[0].schema
 
     @property
     def observation_space(self) -> spaces.Space:
@@ -78,64 +121,119 @@ class Dataset:
     def action_space(self) -> spaces.Space:
         return self.schema.action_space
 
-    @property
-    def run_id(self) -> str:
-        return str(self.metadata.get("run_id", ""))
-
     def __len__(self) -> int:
-        return self.table.num_rows
+        """Transitions kept by the filters; without filters, from file metadata alone."""
+        return sum(run.count(self._where) for run in self._runs)
 
     def __repr__(self) -> str:
-        return f"Dataset({self.source!r}, rows={len(self)})"
+        runs = f"{len(self._runs)} runs" if len(self._runs) > 1 else f"run={self._runs[0].run_id!r}"
+        return f"Dataset({self.source!r}, {runs})"
+
+    # -- narrowing ---------------------------------------------------------------------------
+
+    def filter(self, *, runs: Iterable[str] | None = None, agents: Iterable[str] | None = None,
+               actors: Iterable[str] | None = None, env_indices: Iterable[int] | None = None,
+               episodes: Iterable[int] | None = None,
+               model_versions: Iterable[int] | None = None) -> Dataset:
+        """The rows whose run, agent, actor, env copy, episode id and model version are among
+        those given (None: any). Episode ids are unique within a run: with several runs,
+        combine ``episodes`` with ``runs``.
+
+        Raises:
+            DatasetError: a run id that is not in the dataset.
+        """
+        chosen = self._runs
+        if runs is not None:
+            wanted = [runs] if isinstance(runs, str) else list(runs)
+            known = {run.run_id: run for run in self._runs}
+            unknown = [r for r in wanted if r not in known]
+            if unknown:
+                raise DatasetError(f"`runs` names {unknown}, which this dataset does not hold; "
+                                   f"it holds {sorted(known)}")
+            chosen = [known[r] for r in dict.fromkeys(wanted)]
+            if not chosen:
+                raise DatasetError("`runs` is empty; name at least one of ds.run_ids")
+        where = self._where.and_(Where.of(agents=agents, actors=actors, env_indices=env_indices,
+                                          episodes=episodes, model_versions=model_versions))
+        return Dataset(chosen, where, source=self.source, cache_dir=self._cache_dir)
+
+    # -- streaming ---------------------------------------------------------------------------
+
+    def _batches(self, columns: Sequence[str], order: np.random.Generator | None = None
+                 ) -> Iterator[tuple[RunSource, pa.RecordBatch]]:
+        units = [(run, unit) for run in self._runs for unit in run.units(columns, self._where)]
+        if order is not None:
+            units = [units[i] for i in order.permutation(len(units))]
+        for run, unit in units:
+            for batch in unit():
+                if batch.num_rows:
+                    yield run, batch
+
+    def iter_batches(self, batch_size: int = 4096, columns: Sequence[str] | None = None, *,
+                     shuffle: bool = False, seed: int | np.random.Generator | None = None,
+                     shuffle_buffer: int | None = None, drop_last: bool = False
+                     ) -> Iterator[dict[str, Any]]:
+        """The rows as dicts of numpy arrays, ``batch_size`` rows each (the last may be
+        shorter), streamed: memory holds a few batches, never the dataset.
+
+        Args:
+            batch_size: rows per batch.
+            columns: the columns to read (default obs, action, reward, next_obs, terminated,
+                truncated); observations and actions come with their spaces' shapes and
+                dtypes, strings as object arrays.
+            shuffle: read the files in a random order and mix rows through a buffer of
+                ``shuffle_buffer`` rows (default max(16 batches, 65 536 rows)).
+            seed: seed or generator of the shuffle.
+            drop_last: leave out a last batch shorter than ``batch_size``.
+        """
+        if batch_size < 1:
+            raise DatasetError(f"`batch_size` must be >= 1, got {batch_size}")
+        names = check_columns(columns)
+        rng = (seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+               ) if shuffle else None
+        parts = (decode(batch, run.schema) for run, batch in self._batches(names, rng))
+        if rng is None:
+            yield from _rebatch(parts, batch_size, drop_last)
+        else:
+            size = shuffle_buffer if shuffle_buffer is not None else max(16 * batch_size, 65536)
+            yield from _shuffled(parts, batch_size, rng, max(size, batch_size), drop_last)
+
+    def to_table(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Every row kept, in memory, as one `pyarrow.Table` (default: every column)."""
+        names = list(self._runs[0].arrow.names) if columns is None else check_columns(columns)
+        tables = []
+        for run in self._runs:
+            batches = [b for unit in run.units(names, self._where) for b in unit()]
+            schema = _select(run.arrow, names)
+            tables.append(pa.Table.from_batches(batches, schema=schema))
+        if len(tables) == 1:
+            return tables[0]
+        return pa.concat_tables(tables, promote_options="permissive")
+
+    @cached_property
+    def table(self) -> pa.Table:
+        """Every row and column in memory (`to_table`), read on first use."""
+        return self.to_table()
 
     def transitions(self) -> Transitions:
-        """All rows as numpy: obs, action, reward, next_obs, terminated, truncated."""
-        t = self.table
-        return Transitions(
-            obs=self.schema.obs.from_arrow(t.column("obs")),
-            action=self.schema.action.from_arrow(t.column("action")),
-            reward=t.column("reward").to_numpy(),
-            next_obs=self.schema.obs.from_arrow(t.column("next_obs")),
-            terminated=t.column("terminated").to_numpy(),
-            truncated=t.column("truncated").to_numpy(),
-        )
-
-    def _sorted(self) -> pa.Table:
-        return self.table.sort_by([("episode_id", "ascending"), ("step", "ascending")])
+        """Every row in memory as numpy: obs, action, reward, next_obs, terminated, truncated."""
+        rows = decode(self.to_table(list(Transitions._fields)), self.schema)
+        return Transitions(**rows)
 
     def episodes(self) -> Iterator[Episode]:
-        """Episodes in episode-id order, each with its observations (T+1), actions (T), ..."""
-        t = self._sorted()
-        if t.num_rows == 0:
-            return
-        ids = t.column("episode_id").to_numpy()
-        bounds = np.flatnonzero(np.diff(ids)) + 1
-        starts = np.concatenate([[0], bounds])
-        stops = np.concatenate([bounds, [len(ids)]])
-        obs = self.schema.obs.from_arrow(t.column("obs"))
-        next_obs = self.schema.obs.from_arrow(t.column("next_obs"))
-        actions = self.schema.action.from_arrow(t.column("action"))
-        rewards = t.column("reward").to_numpy()
-        term = t.column("terminated").to_numpy()
-        trunc = t.column("truncated").to_numpy()
-        versions = t.column("model_version").to_numpy()
-        actor = t.column("actor_id")
-        agent = t.column("agent_id")
-        env_index = t.column("env_index").to_numpy()
-        for start, stop in zip(starts.tolist(), stops.tolist()):
-            yield Episode(
-                episode_id=int(ids[start]),
-                actor_id=actor[start].as_py(),
-                agent_id=agent[start].as_py(),
-                env_index=int(env_index[start]),
-                observations=concat([_slice(obs, start, stop),
-                                      _slice(next_obs, stop - 1, stop)]),
-                actions=_slice(actions, start, stop),
-                rewards=rewards[start:stop],
-                terminations=term[start:stop],
-                truncations=trunc[start:stop],
-                model_versions=versions[start:stop],
-            )
+        """Episodes, each with its observations (T+1), actions (T), rewards and flags, run by
+        run in the order they end (unfinished ones, cut off by a reset or by the end of
+        recording, last); memory holds the episodes in progress, not the run."""
+        for run in self._runs:
+            batches = (b for unit in run.units(EPISODE_COLUMNS, self._where) for b in unit())
+            yield from episodes_of(batches, run.schema)
+
+    def summary(self) -> Summary:
+        """Steps, finished and unfinished episodes, return statistics overall and per actor;
+        no observation is read."""
+        batches = (batch for _, batch in self._batches(STAT_COLUMNS))
+        run_id = self._runs[0].run_id if len(self._runs) == 1 else f"{len(self._runs)} runs"
+        return summarize(batches, run_id, self._runs[0].schema.metadata.get("env_id"))
 
     def to_pandas(self) -> pd.DataFrame:
         """A DataFrame of every row; obs/next_obs/action cells hold arrays of the space's shape."""
@@ -143,85 +241,121 @@ class Dataset:
             import pandas  # noqa: F401
         except ImportError as err:
             raise missing_extra("pandas", "pandas") from err
-        decoded = self.transitions()
-        frame = self.table.drop_columns(["obs", "action", "next_obs"]).to_pandas()
+        table = self.table
+        decoded = decode(table.select(["obs", "action", "next_obs"]), self.schema)
+        frame = table.drop_columns(["obs", "action", "next_obs"]).to_pandas()
         n = len(frame)
-        position = list(self.table.column_names)
-        frame.insert(position.index("obs"), "obs", _rows(decoded.obs, n))
-        frame.insert(position.index("action"), "action", _rows(decoded.action, n))
-        frame.insert(position.index("next_obs"), "next_obs", _rows(decoded.next_obs, n))
+        position = list(table.column_names)
+        for name in ("obs", "action", "next_obs"):
+            frame.insert(position.index(name), name, _rows(decoded[name], n))
         return frame
 
-    def summary(self) -> Summary:
-        """Steps, finished and unfinished episodes, return statistics overall and per actor."""
-        t = self.table
-        meta = self.metadata
-        if t.num_rows == 0:
-            nan = float("nan")
-            return Summary(self.run_id, meta.get("env_id"), steps=0, episodes=0,
-                           unfinished_episodes=0, mean_return=nan, std_return=nan,
-                           min_return=nan, max_return=nan, mean_length=nan)
-        done = pc.or_(t.column("terminated"), t.column("truncated"))
-        per_episode = (
-            pa.table({"episode_id": t.column("episode_id"), "actor_id": t.column("actor_id"),
-                      "agent_id": t.column("agent_id"), "reward": t.column("reward"),
-                      "done": done})
-            .group_by(["episode_id", "actor_id", "agent_id"])
-            .aggregate([("reward", "sum"), ("reward", "count"), ("done", "any")])
-        )
-        finished = per_episode.filter(pc.field("done_any"))
-        returns = finished.column("reward_sum").to_numpy()
-        lengths = finished.column("reward_count").to_numpy()
-        steps_by_actor = (pa.table({"actor_id": t.column("actor_id"),
-                                    "agent_id": t.column("agent_id")})
-                          .group_by(["actor_id", "agent_id"]).aggregate([([], "count_all")]))
-        actors = []
-        for row in steps_by_actor.sort_by("actor_id").to_pylist():
-            mine = finished.filter(pc.and_(pc.equal(finished.column("actor_id"), row["actor_id"]),
-                                           pc.equal(finished.column("agent_id"), row["agent_id"])))
-            r = mine.column("reward_sum").to_numpy()
-            actors.append(ActorSummary(row["actor_id"], row["agent_id"], int(row["count_all"]),
-                                       len(r), _stat(np.mean, r), _stat(np.std, r)))
-        return Summary(
-            run_id=self.run_id,
-            env_id=meta.get("env_id"),
-            steps=t.num_rows,
-            episodes=len(returns),
-            unfinished_episodes=per_episode.num_rows - finished.num_rows,
-            mean_return=_stat(np.mean, returns),
-            std_return=_stat(np.std, returns),
-            min_return=_stat(np.min, returns),
-            max_return=_stat(np.max, returns),
-            mean_length=_stat(np.mean, lengths),
-            actors=actors,
-        )
+    # -- random access -----------------------------------------------------------------------
+
+    def _replay(self, columns: Sequence[str] | None) -> Replay:
+        names = tuple(check_columns(columns))
+        replay = self._replays.get(names)
+        if replay is None:
+            rows = len(self)
+            replay = Replay.build(self.iter_batches(65536, names), rows, self._cache_dir)
+            self._replays[names] = replay
+        return replay
+
+    def sample(self, n: int, *, seed: int | np.random.Generator | None = None,
+               columns: Sequence[str] | None = None) -> dict[str, Any]:
+        """``n`` transitions drawn uniformly (with replacement), as a dict of numpy arrays.
+
+        The first call decodes the columns once into memory-mapped files under the
+        dataset's ``cache_dir`` (one pass, bounded memory); every draw after that indexes them.
+
+        Args:
+            n: rows to draw.
+            seed: seed or generator (a seed gives the same rows each call).
+            columns: as in `iter_batches`.
+        """
+        if n < 0:
+            raise DatasetError(f"`n` must be >= 0, got {n}")
+        replay = self._replay(columns)
+        if not len(replay):
+            raise DatasetError("the dataset holds no transitions to sample (check its filters)")
+        rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+        return replay.take(rng.integers(0, len(replay), size=n))
+
+    def to_torch(self, columns: Sequence[str] | None = None) -> Any:
+        """A map-style `torch.utils.data.Dataset` of the rows: item ``i`` is a dict of tensors
+        (nested dicts/tuples for Dict/Tuple spaces), ready for a `DataLoader` (workers map the
+        same decoded files; see `sample`)."""
+        try:
+            from relayrl_gym.data.torch_dataset import TorchTransitions
+        except ImportError as err:
+            raise missing_extra("torch", "torch") from err
+        return TorchTransitions(self._replay(columns))
 
 
-def _stat(fn: Any, values: np.ndarray) -> float:
-    return float(fn(values)) if len(values) else float("nan")
+def _select(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
+    return pa.schema([schema.field(n) for n in names], metadata=schema.metadata)
 
 
-def load(path: str | os.PathLike[str]) -> Dataset:
-    """Loads a recorded run: the run directory an Arrow sink wrote (``envs.run_path``), or a
-    database URL of a SQL sink with the run chosen by ``?run=<run_id>`` (e.g.
-    ``"postgresql://user@host/db?run=<run_id>"``; optional when it holds one run).
+def _rebatch(parts: Iterable[dict[str, Any]], size: int, drop_last: bool
+             ) -> Iterator[dict[str, Any]]:
+    pending: list[dict[str, Any]] = []
+    have = 0
+    for part in parts:
+        n = length(part)
+        start = 0
+        if pending:
+            need = size - have
+            if n < need:
+                pending.append(part)
+                have += n
+                continue
+            pending.append(take(part, slice(0, need)))
+            yield join(pending)
+            pending, have, start = [], 0, need
+        while n - start >= size:
+            yield take(part, slice(start, start + size))
+            start += size
+        if start < n:
+            pending, have = [take(part, slice(start, n))], n - start
+    if pending and not drop_last:
+        yield join(pending)
 
-    The rows, dtypes and shapes are the same whichever sink wrote them. A crashed run is read
-    up to its last flushed batch.
+
+def _shuffled(parts: Iterable[dict[str, Any]], size: int, rng: np.random.Generator,
+              buffer: int, drop_last: bool) -> Iterator[dict[str, Any]]:
+    pool: list[dict[str, Any]] = []
+    have = 0
+    for part in parts:
+        pool.append(part)
+        have += length(part)
+        if have >= buffer:  # hand out all but half a buffer, which mixes with what follows
+            rows = take(join(pool), rng.permutation(have))
+            out = (have - buffer // 2) // size * size
+            for start in range(0, out, size):
+                yield take(rows, slice(start, start + size))
+            pool, have = [take(rows, slice(out, have))], have - out
+    if have:
+        rows = take(join(pool), rng.permutation(have))
+        end = have // size * size if drop_last else have
+        for start in range(0, end, size):
+            yield take(rows, slice(start, min(start + size, end)))
+
+
+def load(path: Spec, *, cache_dir: str | os.PathLike[str] | None = None) -> Dataset:
+    """Opens recorded runs as one `Dataset`; only metadata is read.
+
+    ``path`` is a run directory (``envs.run_path``); a folder of runs at any depth
+    (``"relayrl_runs"``, a collector's output); a glob (``"runs/CartPole-*"``); a database URL
+    of a SQL sink, all its runs or the one chosen by ``?run=<run_id>``
+    (``"postgresql://user@host/db?run=<run_id>"``); or a list of these. The runs must share
+    their observation and action spaces (the error lists the groups otherwise). A crashed run
+    is read up to its last whole batch.
+
+    Args:
+        path: what to read, as above.
+        cache_dir: where `Dataset.sample` and `Dataset.to_torch` keep decoded columns.
     """
-    if isinstance(path, str) and url_scheme(path) in SQL_SCHEMES:
-        table, schema, _ = read_sql_run(path)
-        return Dataset(table, schema, path)
-    if isinstance(path, str) and path.startswith("arrow://"):
-        path = path[len("arrow://"):]
-    p = Path(path)
-    if not p.exists():
-        raise DatasetError(f"no recorded run at {str(p)!r}; pass a run directory such as "
-                           "envs.run_path or relayrl_runs/<run_id>")
-    if p.is_dir() and not (p / RUN_FILE).exists():
-        runs = sorted(d.name for d in p.iterdir() if (d / RUN_FILE).is_file())
-        if runs:
-            raise DatasetError(f"{str(p)!r} holds {len(runs)} runs; load one of them, e.g. "
-                               f"relayrl_gym.load({str(p / runs[-1])!r})")
-    table, schema = read_run_dir(p)
-    return Dataset(table, schema, str(p))
+    source = str(path) if isinstance(path, (str, os.PathLike)) else f"{len(path)} paths"
+    if isinstance(path, Path):
+        path = str(path)
+    return Dataset(find_runs(path), source=source, cache_dir=cache_dir)

@@ -15,7 +15,7 @@ from relayrl_gym.schema.row_bytes import decode_rows, row_size
 from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
 from relayrl_gym.sinks.sql import engine_from_url, error_reason, split_run_query
 
-__all__ = ["list_sql_runs", "read_sql_run"]
+__all__ = ["list_sql_runs", "read_sql_run", "sql_run_schema"]
 
 _TIMESTAMP_NS = pa.timestamp("ns", tz="UTC")
 
@@ -38,6 +38,27 @@ def list_sql_runs(url: str) -> list[str]:
         raise DatasetError(f"cannot list the runs in the database: {error_reason(err)}") from err
     finally:
         engine.dispose()
+
+
+def sql_run_schema(url: str, run_id: str) -> pa.Schema:
+    """The Arrow schema a run was recorded with (``url``: the database, without ``?run=``)."""
+    from sqlalchemy import select
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from relayrl_gym.sinks.sql_tables import runs
+
+    engine = engine_from_url(url)
+    try:
+        with engine.connect() as conn:
+            run = conn.execute(select(runs.c.arrow_schema).where(runs.c.run_id == run_id)).first()
+    except SQLAlchemyError as err:
+        raise DatasetError(f"cannot read run {run_id!r}: {error_reason(err)}") from err
+    finally:
+        engine.dispose()
+    if run is None:
+        raise DatasetError(f"no run {run_id!r} in the database; relayrl-gym inspect <url> "
+                           "lists the runs it holds")
+    return pa.ipc.read_schema(pa.py_buffer(run[0]))
 
 
 def read_sql_run(url: str) -> tuple[pa.Table, TransitionSchema, str]:

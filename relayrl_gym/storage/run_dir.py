@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import pyarrow as pa
 from relayrl_gym.schema.transitions import METADATA_KEY
 
 __all__ = ["PART_GLOB", "RUN_FILE", "STATE_FILE", "RunDirWriter", "final_name",
-           "in_progress_name", "part_name", "read_in_progress", "write_json_atomic",
-           "write_run_file"]
+           "in_progress_name", "iter_in_progress", "part_name", "read_in_progress",
+           "write_json_atomic", "write_run_file"]
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +75,26 @@ def write_run_file(run_path: Path, schema: pa.Schema) -> None:
 def read_in_progress(path: Path) -> list[pa.RecordBatch]:
     """An unfinished IPC file is the stream format after an 8-byte magic: read whole batches
     until the data ends (a batch cut off by a crash is dropped)."""
+    return list(iter_in_progress(path))
+
+
+def iter_in_progress(path: Path) -> Iterator[pa.RecordBatch]:
+    """`read_in_progress` one batch at a time (memory-mapped: a batch is read when reached)."""
     data = pa.memory_map(str(path)).read_buffer()
     if data.size < len(_FILE_MAGIC) or data[: len(_FILE_MAGIC)].to_pybytes() != _FILE_MAGIC:
-        return []
-    batches: list[pa.RecordBatch] = []
+        return
+    whole = 0
     try:
         reader = pa.ipc.open_stream(data.slice(len(_FILE_MAGIC)))
         while True:
-            batches.append(reader.read_next_batch())
+            batch = reader.read_next_batch()
+            whole += 1
+            yield batch
     except StopIteration:
         pass
     except (pa.ArrowInvalid, OSError, EOFError) as err:
         log.info("stopped reading %s at a cut-off batch (%s); %d whole batches recovered", path,
-                 err, len(batches))
-    return batches
+                 err, whole)
 
 
 class RunDirWriter:

@@ -63,8 +63,8 @@ def test_load_errors(tmp_path, recorded):
     with pytest.raises(DatasetError, match="no recorded run at"):
         relayrl_gym.load(tmp_path / "missing")
     _, envs = recorded
-    with pytest.raises(DatasetError, match="holds 1 runs; load one of them"):
-        relayrl_gym.load(envs.run_path.parent)
+    # A folder of runs is a dataset of them.
+    assert relayrl_gym.load(envs.run_path.parent).run_ids == [envs.run_id]
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="not a relayrl-gym run directory"):
         relayrl_gym.load(tmp_path / "empty")

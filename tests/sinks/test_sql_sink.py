@@ -144,8 +144,10 @@ def test_existing_run_and_newer_schema_are_refused(sqlite_url):
 def test_load_and_inspect_with_several_runs(sqlite_url, capsys):
     first = _record(sqlite_url, steps=10)
     second = _record(sqlite_url, steps=10, seed=1)
-    with pytest.raises(DatasetError, match=r"holds 2 runs; choose one with \?run="):
-        relayrl_gym.load(sqlite_url)
+    both = relayrl_gym.load(sqlite_url)  # every run of the database, as one dataset
+    one = relayrl_gym.load(f"{sqlite_url}?run={second.run_id}")
+    assert both.run_ids == [first.run_id, second.run_id] and len(both) == 2 * len(one) > 0
+    assert set(both.table.column("run_id").to_pylist()) == set(both.run_ids)
     with pytest.raises(DatasetError, match="no run 'nope'"):
         relayrl_gym.load(f"{sqlite_url}?run=nope")
     assert cli(["inspect", sqlite_url]) == 0

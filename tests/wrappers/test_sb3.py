@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import warnings
+from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
@@ -14,6 +15,7 @@ from gymnasium.vector import AutoresetMode
 from tests_helpers import make_testing_env
 
 import relayrl_gym
+from relayrl_gym.data.columns import decode
 from relayrl_gym.errors import ConfigError, MissingDependencyError, StateError
 
 pytest.importorskip("stable_baselines3")
@@ -167,7 +169,7 @@ def test_learn_records_exactly_what_sb3_saw(algo, sink_dir):
 
     table = ds.table.sort_by([("env_index", "ascending"), ("episode_id", "ascending"),
                               ("step", "ascending")])
-    t = relayrl_gym.Dataset(table, ds.schema, ds.source).transitions()
+    t = SimpleNamespace(**decode(table, ds.schema))
     env_index = table.column("env_index").to_numpy()
     for i in range(n):
         rows = np.flatnonzero(env_index == i)

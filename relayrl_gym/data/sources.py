@@ -1,0 +1,336 @@
+"""Where a dataset's rows come from: one recorded run, read lazily batch by batch.
+
+A source gives a run's rows as logical record batches: ``next_obs`` filled in where the run
+stored observations once, ``info`` as JSON text, only the columns asked for, only the rows a
+`Where` keeps. Opening a source reads metadata only (file footers, the run description).
+
+- `ArrowRun`: a run directory. Its complete parts are one `pyarrow.dataset` over memory-mapped
+  IPC files (filters and column projection pushed down; counting reads footers and batch
+  headers only); the part still being written, or one a crash tore, is read up to its last
+  whole batch.
+- `SqlRun`: one run of a SQL database, read whole on first use (the tables hold raw row bytes,
+  not Arrow batches).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from relayrl_gym.data.sql_reader import read_sql_run, sql_run_schema
+from relayrl_gym.errors import DatasetError
+from relayrl_gym.schema.infos import text_info_schema, with_text_info
+from relayrl_gym.schema.spaces import space_from_json
+from relayrl_gym.schema.transitions import METADATA_KEY, TransitionSchema
+from relayrl_gym.storage.obs_layout import is_once, logical_schema, restore
+from relayrl_gym.storage.run_dir import (
+    PART_GLOB,
+    RUN_FILE,
+    final_name,
+    in_progress_name,
+    iter_in_progress,
+    read_in_progress,
+)
+
+__all__ = ["ArrowRun", "RunSource", "SqlRun", "Where"]
+
+#: The columns `restore` reads to fill ``next_obs`` back in a batch stored once.
+_RESTORE_COLUMNS = ("obs", "next_obs", "env_index", "agent_id", "episode_id", "step")
+
+
+@dataclass(frozen=True)
+class Where:
+    """Which rows a dataset keeps: one ``pyarrow.compute`` expression and the columns it reads.
+
+    >>> w = Where.of(agents=["player_0"], model_versions=range(3, 9))
+    >>> sorted(w.columns)
+    ['agent_id', 'model_version']
+    """
+
+    expression: pc.Expression | None = None
+    columns: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, *, agents: Iterable[str] | None = None, actors: Iterable[str] | None = None,
+           env_indices: Iterable[int] | None = None, episodes: Iterable[int] | None = None,
+           model_versions: Iterable[int] | None = None) -> Where:
+        """The rows whose columns hold one of the values given (None: any value)."""
+        where = cls()
+        for column, values in (("agent_id", agents), ("actor_id", actors),
+                               ("env_index", env_indices), ("episode_id", episodes),
+                               ("model_version", model_versions)):
+            if values is not None:
+                where = where.and_(cls(_member(column, values), frozenset([column])))
+        return where
+
+    def and_(self, other: Where) -> Where:
+        """The rows both keep."""
+        if self.expression is None:
+            return other
+        if other.expression is None:
+            return self
+        return Where(self.expression & other.expression, self.columns | other.columns)
+
+
+def _member(column: str, values: Iterable[Any]) -> pc.Expression:
+    field = pc.field(column)
+    if isinstance(values, range) and values.step == 1:  # a version range: two comparisons
+        return (field >= values.start) & (field < values.stop)
+    if isinstance(values, str):
+        values = [values]
+    return field.isin(pa.array(list(values), pa.string() if column.endswith("_id")
+                               and column != "episode_id" else pa.int64()))
+
+
+class RunSource(Protocol):
+    """One recorded run, read lazily."""
+
+    @property
+    def run_id(self) -> str: ...
+
+    @property
+    def location(self) -> str: ...
+
+    @property
+    def schema(self) -> TransitionSchema: ...
+
+    @property
+    def arrow(self) -> pa.Schema: ...
+
+    def count(self, where: Where) -> int: ...
+
+    def units(self, columns: Sequence[str], where: Where
+              ) -> list[Callable[[], Iterator[pa.RecordBatch]]]: ...
+
+
+def _logical(batch: pa.RecordBatch, columns: Sequence[str], where: Where, *,
+             filtered: bool) -> pa.RecordBatch:
+    """A stored batch as readers see it: next_obs back, infos as text, rows kept, columns
+    asked for (``filtered``: the rows were already chosen when the batch was read)."""
+    if "next_obs" in batch.schema.names and is_once(batch.schema):
+        batch = restore(batch, logical_schema(batch.schema))
+    if not filtered and where.expression is not None:
+        batch = batch.filter(where.expression)
+    if "info" in columns:
+        batch = with_text_info(batch, text_info_schema(batch.schema))
+    return batch.select(list(columns))
+
+
+class ArrowRun:
+    """A run directory the Arrow sink or the collector wrote.
+
+    >>> import relayrl_gym, tempfile
+    >>> envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tempfile.mkdtemp())
+    >>> _ = envs.reset(seed=1); _ = envs.step(envs.action_space.sample()); envs.close()
+    >>> run = ArrowRun(envs.run_path)
+    >>> run.count(Where()), run.run_id == envs.run_id
+    (2, True)
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Lists the run's parts and reads their schemas; no data is read.
+
+        Raises:
+            DatasetError: ``path`` is not a run directory.
+        """
+        self.path = path
+        if not (path / RUN_FILE).is_file():
+            raise DatasetError(f"{str(path)!r} is not a relayrl-gym run directory (no "
+                               f"{RUN_FILE}); pass the directory of one run, e.g. "
+                               "relayrl_runs/<run_id>, or a folder of runs")
+        self._files: list[Path] = []  # whole parts, read through pyarrow.dataset
+        self._open: list[tuple[Path, Path]] = []  # (in-progress name, final name)
+        self._torn: list[pa.RecordBatch] = []  # whole batches of parts a crash cut short
+        schemas: list[pa.Schema] = []
+        for name, file in self._listing():
+            if file.name == name:
+                try:
+                    with pa.ipc.open_file(pa.memory_map(str(file))) as reader:
+                        schemas.append(reader.schema)
+                    self._files.append(file)
+                except (pa.ArrowInvalid, OSError) as err:
+                    batches = read_in_progress(file)
+                    warnings.warn(f"{str(file)!r} is not a complete Arrow file ({err}); read "
+                                  f"the {len(batches)} whole record batches in it and skipped "
+                                  "the rest", RuntimeWarning, stacklevel=4)
+                    self._torn.extend(batches)
+                    schemas.extend(b.schema for b in batches[:1])
+            else:
+                self._open.append((file, path / name))
+                schemas.extend(_stream_schema(file))
+        self._stored = schemas[0] if schemas else None
+
+    def _listing(self) -> list[tuple[str, Path]]:
+        # One listing: a file renamed from in-progress to final while we read is still found.
+        files: list[tuple[str, Path]] = []
+        for entry in os.scandir(self.path):
+            if fnmatch.fnmatchcase(entry.name, PART_GLOB):
+                files.append((entry.name, Path(entry.path)))
+            elif fnmatch.fnmatchcase(entry.name, in_progress_name(PART_GLOB)):
+                files.append((final_name(entry.name), Path(entry.path)))
+        return sorted(files)
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    @cached_property
+    def stored(self) -> pa.Schema:
+        """The schema of the run's files (the ``once`` layout and stored infos as they are)."""
+        if self._stored is not None:
+            return self._stored
+        meta = json.loads((self.path / RUN_FILE).read_text())
+        return TransitionSchema.build(space_from_json(meta["observation_space"]),
+                                      space_from_json(meta["action_space"]), metadata=meta).arrow
+
+    @cached_property
+    def schema(self) -> TransitionSchema:
+        stored = self.stored
+        return TransitionSchema.from_arrow(logical_schema(stored) if is_once(stored) else stored)
+
+    @cached_property
+    def arrow(self) -> pa.Schema:
+        """The run's rows as readers see them (next_obs whole, info as text)."""
+        stored = self.stored
+        return text_info_schema(logical_schema(stored) if is_once(stored) else stored)
+
+    @property
+    def run_id(self) -> str:
+        return str(self.schema.metadata.get("run_id", self.path.name))
+
+    @cached_property
+    def _dataset(self) -> pads.Dataset | None:
+        if not self._files:
+            return None
+        return pads.dataset([str(f) for f in self._files], schema=self.stored,
+                            format=pads.IpcFileFormat(),
+                            filesystem=pafs.LocalFileSystem(use_mmap=True))
+
+    def count(self, where: Where) -> int:
+        """Rows ``where`` keeps; with no filter, from the files' metadata alone."""
+        total = 0
+        if self._dataset is not None:
+            total += self._dataset.count_rows(filter=where.expression)
+        for unit in self._loose_units(sorted(where.columns) or ["step"], where):
+            total += sum(batch.num_rows for batch in unit())
+        return total
+
+    def units(self, columns: Sequence[str], where: Where
+              ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
+        """The run's rows as independent pieces (one per part file), in the order written."""
+        units: list[Callable[[], Iterator[pa.RecordBatch]]] = []
+        if self._dataset is not None:
+            restoring = "next_obs" in columns and is_once(self.stored)
+            read = sorted(set(columns) | where.columns
+                          | (set(_RESTORE_COLUMNS) if restoring else set()))
+            # Rows are chosen after next_obs is restored: a dropped row may hold a kept row's
+            # next observation.
+            pushed = None if restoring else where.expression
+            for fragment in self._dataset.get_fragments():
+                units.append(_fragment_unit(fragment, read, pushed, columns, where))
+        units.extend(self._loose_units(columns, where))
+        return units
+
+    def _loose_units(self, columns: Sequence[str], where: Where
+                     ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
+        def torn() -> Iterator[pa.RecordBatch]:
+            for batch in self._torn:
+                yield _logical(batch, columns, where, filtered=False)
+
+        def open_part(file: Path, final: Path) -> Callable[[], Iterator[pa.RecordBatch]]:
+            def read() -> Iterator[pa.RecordBatch]:
+                try:
+                    batches = iter_in_progress(file)
+                    for batch in batches:
+                        yield _logical(batch, columns, where, filtered=False)
+                except FileNotFoundError:  # completed and renamed since it was listed
+                    with pa.ipc.open_file(pa.memory_map(str(final))) as reader:
+                        for i in range(reader.num_record_batches):
+                            yield _logical(reader.get_batch(i), columns, where, filtered=False)
+            return read
+
+        units = [torn] if self._torn else []
+        return units + [open_part(file, final) for file, final in self._open]
+
+
+def _fragment_unit(fragment: pads.Fragment, read: list[str], pushed: pc.Expression | None,
+                   columns: Sequence[str], where: Where
+                   ) -> Callable[[], Iterator[pa.RecordBatch]]:
+    def scan() -> Iterator[pa.RecordBatch]:
+        for batch in fragment.to_batches(columns=read, filter=pushed, use_threads=True):
+            if batch.num_rows:
+                yield _logical(batch, columns, where, filtered=pushed is not None)
+    return scan
+
+
+def _stream_schema(path: Path) -> list[pa.Schema]:
+    """The schema of an in-progress part ([] when it holds none yet or is gone)."""
+    try:
+        for batch in iter_in_progress(path):
+            return [batch.schema]
+    except FileNotFoundError:
+        pass
+    return []
+
+
+class SqlRun:
+    """One run of a database a SQL sink wrote; its rows are read whole on first use."""
+
+    def __init__(self, url: str, run_id: str) -> None:
+        """Reads the run's schema; ``url``: the database URL without ``?run=``."""
+        self._url, self._run_id = url, run_id
+        self.arrow_stored = sql_run_schema(url, run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self._run_id
+
+    @property
+    def location(self) -> str:
+        return f"{self._url}?run={self._run_id}"
+
+    @cached_property
+    def schema(self) -> TransitionSchema:
+        return TransitionSchema.from_arrow(self.arrow_stored)
+
+    @cached_property
+    def arrow(self) -> pa.Schema:
+        return text_info_schema(self.arrow_stored)
+
+    @cached_property
+    def _table(self) -> pa.Table:
+        table, _, _ = read_sql_run(self.location)
+        return table
+
+    def count(self, where: Where) -> int:
+        if where.expression is None:
+            return self._table.num_rows
+        return self._table.filter(where.expression).num_rows
+
+    def units(self, columns: Sequence[str], where: Where
+              ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
+        def scan() -> Iterator[pa.RecordBatch]:
+            table = self._table
+            if where.expression is not None:
+                table = table.filter(where.expression)
+            yield from table.select(list(columns)).to_batches(max_chunksize=65536)
+        return [scan]
+
+
+def spaces_key(schema: pa.Schema) -> tuple[str, str]:
+    """What runs must share to be read as one dataset: their observation and action spaces."""
+    meta = json.loads((schema.metadata or {})[METADATA_KEY])
+    return (json.dumps(meta["observation_space"], sort_keys=True),
+            json.dumps(meta["action_space"], sort_keys=True))
