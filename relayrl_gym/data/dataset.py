@@ -292,6 +292,31 @@ class Dataset:
         return TorchTransitions(self._replay(columns))
 
 
+    # -- out ---------------------------------------------------------------------------------
+
+    def export_minari(self, dataset_id: str, **options: Any) -> list[str]:
+        """Writes the dataset as Minari dataset(s) (see `relayrl_gym.data.minari_io`); returns
+        the ids created. Needs the ``minari`` extra."""
+        from relayrl_gym.data.minari_io import export_minari
+
+        return export_minari(self, dataset_id, **options)
+
+    def export_parquet(self, folder: str | os.PathLike[str], **options: Any) -> Path:
+        """Writes the dataset as Parquet files with a dataset card (see
+        `relayrl_gym.data.parquet`); returns the folder."""
+        from relayrl_gym.data.parquet import export_parquet
+
+        return export_parquet(self, folder, **options)
+
+    def plot(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:
+        """Episode return against environment steps, and episode lengths (see
+        `relayrl_gym.data.plots`); written to ``path`` (PNG, SVG, ...) when given. Needs the
+        ``plot`` extra."""
+        from relayrl_gym.data.plots import plot
+
+        return plot(self, path, **options)
+
+
 def _select(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:
     return pa.schema([schema.field(n) for n in names], metadata=schema.metadata)
 

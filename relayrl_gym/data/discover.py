@@ -51,6 +51,10 @@ def _find(spec: Spec) -> list[RunSource]:
         return [run for item in spec for run in _find(item)]
     if isinstance(spec, str) and url_scheme(spec) in SQL_SCHEMES:
         return _sql_runs(spec)
+    if isinstance(spec, str) and spec.startswith("minari:"):
+        from relayrl_gym.data.minari_io import MinariRun
+
+        return [MinariRun(spec[len("minari:"):])]
     if isinstance(spec, str) and spec.startswith("arrow://"):
         spec = spec[len("arrow://"):]
     if isinstance(spec, str) and _GLOB_CHARS & set(spec) and not Path(spec).exists():
