@@ -45,7 +45,9 @@ def _plain(column: pa.Array | pa.ChunkedArray) -> Any:
         return {kind.field(i).name: _plain(column.field(i)) for i in range(kind.num_fields)}
     if pa.types.is_null(kind):
         return np.full(len(column), None, object)
-    return column.to_numpy(zero_copy_only=False)
+    array = column.to_numpy(zero_copy_only=False)
+    # A view of Arrow's buffers is read-only; the caller gets arrays it may write into.
+    return array if array.flags.writeable else array.copy()
 
 
 def decode(batch: pa.RecordBatch | pa.Table, schema: TransitionSchema) -> dict[str, Any]:

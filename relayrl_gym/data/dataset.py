@@ -198,17 +198,29 @@ class Dataset:
             size = shuffle_buffer if shuffle_buffer is not None else max(16 * batch_size, 65536)
             yield from _shuffled(parts, batch_size, rng, max(size, batch_size), drop_last)
 
+    @cached_property
+    def arrow_schema(self) -> pa.Schema:
+        """The schema of `record_batches` and `to_table` (every run's rows in one schema)."""
+        schemas = [run.arrow for run in self._runs]
+        if len(schemas) == 1:
+            return schemas[0]
+        unified = pa.unify_schemas(schemas, promote_options="permissive")
+        return pa.schema([unified.field(n) for n in schemas[0].names],
+                         metadata=schemas[0].metadata)
+
+    def record_batches(self, columns: Sequence[str] | None = None) -> Iterator[pa.RecordBatch]:
+        """The rows as Arrow record batches of `arrow_schema` (default: every column), run by
+        run in the order written, streamed."""
+        names = list(self.arrow_schema.names) if columns is None else check_columns(columns)
+        schema = _select(self.arrow_schema, names)
+        for _, batch in self._batches(names):
+            yield batch if batch.schema == schema else _cast(batch, schema)
+
     def to_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Every row kept, in memory, as one `pyarrow.Table` (default: every column)."""
-        names = list(self._runs[0].arrow.names) if columns is None else check_columns(columns)
-        tables = []
-        for run in self._runs:
-            batches = [b for unit in run.units(names, self._where) for b in unit()]
-            schema = _select(run.arrow, names)
-            tables.append(pa.Table.from_batches(batches, schema=schema))
-        if len(tables) == 1:
-            return tables[0]
-        return pa.concat_tables(tables, promote_options="permissive")
+        names = list(self.arrow_schema.names) if columns is None else check_columns(columns)
+        return pa.Table.from_batches(list(self.record_batches(names)),
+                                     schema=_select(self.arrow_schema, names))
 
     @cached_property
     def table(self) -> pa.Table:
@@ -315,6 +327,10 @@ class Dataset:
         from relayrl_gym.data.plots import plot
 
         return plot(self, path, **options)
+
+
+def _cast(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    return pa.Table.from_batches([batch]).cast(schema).combine_chunks().to_batches()[0]
 
 
 def _select(schema: pa.Schema, names: Sequence[str]) -> pa.Schema:

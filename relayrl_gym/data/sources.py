@@ -4,10 +4,11 @@ A source gives a run's rows as logical record batches: ``next_obs`` filled in wh
 stored observations once, ``info`` as JSON text, only the columns asked for, only the rows a
 `Where` keeps. Opening a source reads metadata only (file footers, the run description).
 
-- `ArrowRun`: a run directory. Its complete parts are one `pyarrow.dataset` over memory-mapped
-  IPC files (filters and column projection pushed down; counting reads footers and batch
-  headers only); the part still being written, or one a crash tore, is read up to its last
-  whole batch.
+- `ArrowRun`: a run directory. Its complete parts are read from memory maps a record batch at
+  a time, only the fields a read needs (columns asked for and those a filter reads); counting
+  reads batch headers only. The part still being written, or one a crash tore, is read up to
+  its last whole batch. (A `pyarrow.dataset` scan reads up to 16 batches ahead and copies
+  them: 152 MiB held for a run of 12 KB images, against 7 MiB read this way.)
 - `SqlRun`: one run of a SQL database, read whole on first use (the tables hold raw row bytes,
   not Arrow batches).
 """
@@ -15,6 +16,7 @@ stored observations once, ``info`` as JSON text, only the columns asked for, onl
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import os
 import warnings
@@ -26,8 +28,6 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-import pyarrow.fs as pafs
 
 from relayrl_gym.data.sql_reader import read_sql_run, sql_run_schema
 from relayrl_gym.errors import DatasetError
@@ -210,19 +210,15 @@ class ArrowRun:
     def run_id(self) -> str:
         return str(self.schema.metadata.get("run_id", self.path.name))
 
-    @cached_property
-    def _dataset(self) -> pads.Dataset | None:
-        if not self._files:
-            return None
-        return pads.dataset([str(f) for f in self._files], schema=self.stored,
-                            format=pads.IpcFileFormat(),
-                            filesystem=pafs.LocalFileSystem(use_mmap=True))
-
     def count(self, where: Where) -> int:
-        """Rows ``where`` keeps; with no filter, from the files' metadata alone."""
+        """Rows ``where`` keeps; with no filter, from the files' batch headers alone."""
         total = 0
-        if self._dataset is not None:
-            total += self._dataset.count_rows(filter=where.expression)
+        for file in self._files:
+            if where.expression is None:
+                with pa.ipc.open_file(pa.memory_map(str(file))) as reader:
+                    total += reader.count_rows()
+            else:
+                total += sum(b.num_rows for b in _read_file(file, sorted(where.columns), where))
         for unit in self._loose_units(sorted(where.columns) or ["step"], where):
             total += sum(batch.num_rows for batch in unit())
         return total
@@ -231,15 +227,8 @@ class ArrowRun:
               ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
         """The run's rows as independent pieces (one per part file), in the order written."""
         units: list[Callable[[], Iterator[pa.RecordBatch]]] = []
-        if self._dataset is not None:
-            restoring = "next_obs" in columns and is_once(self.stored)
-            read = sorted(set(columns) | where.columns
-                          | (set(_RESTORE_COLUMNS) if restoring else set()))
-            # Rows are chosen after next_obs is restored: a dropped row may hold a kept row's
-            # next observation.
-            pushed = None if restoring else where.expression
-            for fragment in self._dataset.get_fragments():
-                units.append(_fragment_unit(fragment, read, pushed, columns, where))
+        for file in self._files:
+            units.append(functools.partial(_logical_file, file, columns, where))
         units.extend(self._loose_units(columns, where))
         return units
 
@@ -265,14 +254,35 @@ class ArrowRun:
         return units + [open_part(file, final) for file, final in self._open]
 
 
-def _fragment_unit(fragment: pads.Fragment, read: list[str], pushed: pc.Expression | None,
-                   columns: Sequence[str], where: Where
-                   ) -> Callable[[], Iterator[pa.RecordBatch]]:
-    def scan() -> Iterator[pa.RecordBatch]:
-        for batch in fragment.to_batches(columns=read, filter=pushed, use_threads=True):
+def _read_file(file: Path, read: Sequence[str], where: Where) -> Iterator[pa.RecordBatch]:
+    """The columns ``read`` of a whole part, a batch at a time from its memory map (only the
+    fields asked for are read and decompressed), rows chosen by ``where``."""
+    with pa.ipc.open_file(pa.memory_map(str(file))) as probe:
+        names = probe.schema.names
+    fields = sorted({names.index(n) for n in read} | {names.index(n) for n in where.columns})
+    options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=True)
+    with pa.ipc.open_file(pa.memory_map(str(file)), options=options) as reader:
+        for i in range(reader.num_record_batches):
+            batch = reader.get_batch(i)
+            if where.expression is not None:
+                batch = batch.filter(where.expression)
             if batch.num_rows:
-                yield _logical(batch, columns, where, filtered=pushed is not None)
-    return scan
+                yield batch
+
+
+def _logical_file(file: Path, columns: Sequence[str], where: Where
+                  ) -> Iterator[pa.RecordBatch]:
+    """A whole part's rows as readers see them (`_logical`)."""
+    with pa.ipc.open_file(pa.memory_map(str(file))) as probe:
+        restoring = "next_obs" in columns and is_once(probe.schema)
+    if not restoring:
+        for batch in _read_file(file, columns, where):
+            yield _logical(batch, columns, where, filtered=True)
+        return
+    # Rows are chosen after next_obs is restored: a dropped row may hold a kept row's next
+    # observation.
+    for batch in _read_file(file, sorted(set(columns) | set(_RESTORE_COLUMNS)), Where()):
+        yield _logical(batch, columns, where, filtered=False)
 
 
 def _stream_schema(path: Path) -> list[pa.Schema]:

@@ -1,0 +1,276 @@
+"""Many recorded runs as one lazy dataset: folders, globs, lists; filters; streamed batches,
+shuffles, samples and torch datasets."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pyarrow.compute as pc
+import pytest
+import torch
+from gymnasium import spaces
+from testing_env import SPACES, TestingEnv
+from tests_helpers import make_testing_env
+
+import relayrl_gym
+from relayrl_gym.errors import DatasetError
+
+KEY = ["run_id", "actor_id", "episode_id", "step"]
+
+
+def _record(sink, env="CartPole-v1", steps=60, seed=0, actors=2, **options):
+    envs = relayrl_gym.wrap(env, actors=actors, sink=sink, **options)
+    envs.action_space.seed(seed)
+    envs.reset(seed=seed)
+    for _ in range(steps):
+        envs.step(envs.action_space.sample())
+    envs.close()
+    return envs
+
+
+def _keys(table):
+    return sorted(zip(*(table.column(k).to_pylist() for k in KEY)))
+
+
+@pytest.fixture
+def three_runs(tmp_path):
+    root = tmp_path / "runs"
+    runs = [_record(root, seed=0), _record(root / "a", seed=1), _record(root / "b" / "c", seed=2)]
+    return root, [r.run_path for r in runs]
+
+
+def test_a_folder_of_runs_is_their_union_once(three_runs, tmp_path):
+    root, paths = three_runs
+    ds = relayrl_gym.load(root)
+    assert sorted(ds.run_ids) == sorted(relayrl_gym.load(p).run_id for p in paths)
+    parts = [relayrl_gym.load(p).table for p in paths]
+    assert len(ds) == sum(t.num_rows for t in parts) == ds.table.num_rows
+    assert _keys(ds.table) == sorted(k for t in parts for k in _keys(t))
+    # A list, a glob and the same run named twice give the same rows, once each.
+    assert _keys(relayrl_gym.load([str(p) for p in paths] + [paths[0]]).table) == _keys(ds.table)
+    assert len(relayrl_gym.load(str(root / "**" / "CartPole-v1-*"))) == len(ds)
+    # A copy of a run beside the original would be read twice: refused, naming both places.
+    shutil.copytree(paths[0], tmp_path / "copy")
+    with pytest.raises(DatasetError, match="is at both .* load one of them"):
+        relayrl_gym.load([paths[0], tmp_path / "copy"])
+    with pytest.raises(DatasetError, match="this dataset holds 3 runs; ds.run_ids"):
+        ds.metadata  # noqa: B018
+    assert set(ds.runs_metadata) == set(ds.run_ids)
+
+
+def test_runs_with_other_spaces_are_refused_with_the_groups(tmp_path):
+    cartpole = _record(tmp_path / "runs")
+    box = _record(tmp_path / "runs", env=make_testing_env(), steps=5)
+    with pytest.raises(DatasetError, match=r"2 different pairs of observation and action spaces"
+                                           r"(.|\n)*group 1(.|\n)*group 2(.|\n)*load one group"
+                       ) as err:
+        relayrl_gym.load(tmp_path / "runs")
+    assert cartpole.run_id in str(err.value) and box.run_id in str(err.value)
+    assert len(relayrl_gym.load([box.run_path])) == 10
+    with pytest.raises(DatasetError, match="no recorded run matches"):
+        relayrl_gym.load(str(tmp_path / "nothing-*"))
+
+
+def test_filters_equal_pandas_filters(three_runs):
+    ds = relayrl_gym.load(three_runs[0])
+    full = ds.to_pandas()
+    run = ds.run_ids[1]
+    actor = full[full.run_id == run].actor_id.iloc[0]
+    cases = [
+        (dict(runs=[run]), full.run_id == run),
+        (dict(actors=[actor]), full.actor_id == actor),
+        (dict(env_indices=[1]), full.env_index == 1),
+        (dict(runs=[run], episodes=[0, 2]), (full.run_id == run) & full.episode_id.isin([0, 2])),
+        (dict(model_versions=range(-1, 0)), full.model_version == -1),
+        (dict(model_versions=[3]), full.model_version == 3),
+        (dict(agents=[""], env_indices=[0]), (full.agent_id == "") & (full.env_index == 0)),
+    ]
+    for options, mask in cases:
+        got = ds.filter(**options)
+        want = full[mask]
+        assert len(got) == len(want), options
+        table = got.table
+        assert _keys(table) == sorted(map(tuple, want[KEY].itertuples(index=False))), options
+        # Observations come with the rows they belong to.
+        if len(want):
+            both = got.to_pandas().merge(want, on=KEY)
+            assert all(np.array_equal(a, b) for a, b in zip(both.obs_x, both.obs_y))
+    assert len(ds.filter(runs=[run]).filter(env_indices=[0])) == int(
+        ((full.run_id == run) & (full.env_index == 0)).sum())
+    with pytest.raises(DatasetError, match=r"`runs` names \['nope'\], which this dataset does "
+                                           "not hold"):
+        ds.filter(runs=["nope"])
+
+
+def test_iter_batches_streams_every_row_once_in_order_or_shuffled(three_runs):
+    ds = relayrl_gym.load(three_runs[0])
+    columns = ["run_id", "actor_id", "episode_id", "step", "obs", "reward"]
+    batches = list(ds.iter_batches(batch_size=50, columns=columns))
+    assert [len(b["reward"]) for b in batches[:-1]] == [50] * (len(batches) - 1)
+    assert sum(len(b["reward"]) for b in batches) == len(ds)
+    assert len(list(ds.iter_batches(batch_size=50, drop_last=True))) == len(ds) // 50
+    joined = {k: np.concatenate([b[k] for b in batches]) for k in columns}
+    table = ds.to_table(columns)
+    np.testing.assert_array_equal(joined["obs"], np.stack(table.column("obs").to_numpy(
+        zero_copy_only=False)))
+    assert joined["obs"].dtype == np.float32 and joined["obs"].shape == (len(ds), 4)
+    joined["obs"][0] = 7.0  # the caller's arrays are writable
+    keys = list(zip(*(joined[k].tolist() for k in KEY)))
+    assert keys == list(zip(*(table.column(k).to_pylist() for k in KEY)))
+
+    shuffled = list(ds.iter_batches(batch_size=64, columns=KEY, shuffle=True, seed=3,
+                                    shuffle_buffer=100))
+    got = [k for b in shuffled for k in zip(*(b[c].tolist() for c in KEY))]
+    assert sorted(got) == sorted(keys) and got != keys
+    again = [k for b in ds.iter_batches(batch_size=64, columns=KEY, shuffle=True, seed=3,
+                                        shuffle_buffer=100) for k in zip(*(b[c].tolist()
+                                                                           for c in KEY))]
+    assert again == got
+    with pytest.raises(DatasetError, match=r"`columns` names \['rewards'\].*choose from"):
+        next(ds.iter_batches(columns=["rewards"]))
+    with pytest.raises(DatasetError, match="`batch_size` must be >= 1, got 0"):
+        next(ds.iter_batches(batch_size=0))
+
+
+@pytest.mark.parametrize("name", ["box", "image", "discrete", "multidiscrete", "multibinary",
+                                  "dict", "tuple"])
+def test_sample_draws_recorded_rows_of_every_space(name, sink_dir):
+    space = SPACES[name]
+    envs = _record(sink_dir, env=lambda: TestingEnv(space, space, length=4), steps=30)
+    ds = relayrl_gym.load(envs.run_path)
+    full = ds.transitions()
+    table = ds.to_table(KEY)
+    where = {k: i for i, k in enumerate(zip(*(table.column(c).to_pylist() for c in KEY)))}
+    drawn = ds.sample(64, seed=0, columns=[*KEY, "obs", "action", "next_obs", "reward"])
+    rows = [where[k] for k in zip(*(drawn[c].tolist() for c in KEY))]
+
+    def check(got, want):
+        if isinstance(want, dict):
+            for k in want:
+                check(got[k], want[k])
+        elif isinstance(want, tuple):
+            for g, w in zip(got, want):
+                check(g, w)
+        else:
+            assert got.dtype == want.dtype and got.shape == (64, *want.shape[1:])
+            np.testing.assert_array_equal(got, want[rows])
+
+    for column in ("obs", "action", "next_obs", "reward"):
+        check(drawn[column], getattr(full, column))
+    again = ds.sample(64, seed=0, columns=[*KEY, "obs", "action", "next_obs", "reward"])
+    np.testing.assert_array_equal(again["reward"], drawn["reward"])
+    assert space.contains(_first(drawn["obs"]))
+
+
+def _first(batch):
+    if isinstance(batch, dict):
+        return {k: _first(v) for k, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(_first(v) for v in batch)
+    return batch[0]
+
+
+def test_sample_and_errors_of_an_empty_selection(three_runs):
+    ds = relayrl_gym.load(three_runs[0])
+    rng = np.random.default_rng(0)
+    first, second = ds.sample(32, seed=rng), ds.sample(32, seed=rng)
+    assert first["obs"].shape == (32, 4) and not np.array_equal(first["obs"], second["obs"])
+    with pytest.raises(DatasetError, match="no transitions to sample"):
+        ds.filter(model_versions=[7]).sample(4)
+
+
+def test_to_torch_feeds_a_dataloader_with_workers(three_runs):
+    ds = relayrl_gym.load(three_runs[0])
+    data = ds.to_torch(columns=["obs", "action", "reward", "terminated"])
+    assert len(data) == len(ds)
+    loader = torch.utils.data.DataLoader(data, batch_size=40, num_workers=2)
+    batches = list(loader)
+    obs = torch.cat([b["obs"] for b in batches])
+    assert obs.dtype == torch.float32 and obs.shape == (len(ds), 4)
+    np.testing.assert_array_equal(obs.numpy(), ds.transitions().obs)
+    assert batches[0]["action"].dtype == torch.int64
+    assert batches[0]["terminated"].dtype == torch.bool
+    item = data[0]
+    item["obs"][0] = 99.0  # a copy: the next read is unchanged
+    assert data[0]["obs"][0] != 99.0
+    with pytest.raises(IndexError, match="out of range"):
+        data[len(ds)]
+
+
+def test_observations_stored_once_are_whole_through_filters(sink_dir):
+    image = spaces.Box(0, 255, (48, 32, 3), np.uint8)  # 4.6 KB: stored once
+    envs = _record(sink_dir, env=lambda: TestingEnv(image, length=5), steps=23, actors=3)
+    ds = relayrl_gym.load(envs.run_path)
+    assert ds.table.schema.field("next_obs").nullable is False
+    full = ds.transitions()
+    env_index = ds.to_table(["env_index"]).column("env_index").to_numpy()
+    one = ds.filter(env_indices=[1])
+    got = np.concatenate([b["next_obs"] for b in one.iter_batches(7, columns=["next_obs"])])
+    np.testing.assert_array_equal(got, full.next_obs[env_index == 1])
+
+
+def test_len_and_summary_decode_no_observation(three_runs, monkeypatch):
+    ds = relayrl_gym.load(three_runs[0])
+    want = (len(ds), ds.summary())
+
+    def refuse(*_):
+        raise AssertionError("an observation was decoded")
+
+    monkeypatch.setattr(type(ds.schema.obs), "from_arrow", refuse)
+    assert (len(ds), ds.summary()) == want
+    assert want[1].steps == want[0] and want[1].run_id == "3 runs"
+    episodes = pc.sum(pc.cast(pc.or_(ds.table.column("terminated"),
+                                     ds.table.column("truncated")), "int64")).as_py()
+    assert want[1].episodes == episodes
+
+
+def test_episodes_of_many_runs(three_runs):
+    ds = relayrl_gym.load(three_runs[0])
+    episodes = list(ds.episodes())
+    assert sum(len(e) for e in episodes) == len(ds)
+    finished = [e for e in episodes if e.terminations[-1] or e.truncations[-1]]
+    assert len(finished) == ds.summary().episodes
+    for e in episodes:
+        assert len(e.observations) == len(e) + 1
+        np.testing.assert_array_equal(e.observations[1:-1], e.observations[1:-1])
+
+
+_BOUNDED = """
+import re, sys, numpy as np, relayrl_gym
+
+def anon():
+    text = open("/proc/self/status").read()
+    return int(re.search(r"RssAnon:\\s+(\\d+)", text).group(1)) * 1024
+
+ds = relayrl_gym.load(sys.argv[1])
+next(ds.iter_batches(128, columns=["obs", "next_obs", "reward"]))  # imports, pools warmed
+before, peak, rows, seen = anon(), 0, 0, 0
+for batch in ds.iter_batches(128, columns=["obs", "next_obs", "reward"]):
+    rows += len(batch["reward"])
+    seen += batch["obs"].nbytes + batch["next_obs"].nbytes
+    peak = max(peak, anon())
+print(rows, seen, peak - before)
+"""
+
+
+@pytest.fixture(scope="module")
+def large_run(tmp_path_factory):
+    image = spaces.Box(0, 255, (64, 64, 3), np.uint8)  # random pixels: zstd cannot shrink them
+    sink = tmp_path_factory.mktemp("large")
+    envs = _record(sink, env=lambda: TestingEnv(image, length=50), steps=2700, actors=4)
+    return envs.run_path
+
+
+def test_iterating_a_dataset_five_times_the_budget_keeps_memory_bounded(large_run):
+    budget = 48 * 1024 * 1024
+    out = subprocess.run([sys.executable, "-c", textwrap.dedent(_BOUNDED), str(large_run)],
+                         capture_output=True, text=True, timeout=300, check=True).stdout
+    rows, seen, growth = map(int, out.split())
+    assert rows == len(relayrl_gym.load(large_run)) > 8000
+    assert seen >= 5 * budget  # the decoded observations streamed through
+    assert growth < budget, f"private memory grew by {growth / 2**20:.1f} MiB"
+    print(f"streamed {seen / 2**20:.0f} MiB; private memory grew by {growth / 2**20:.1f} MiB")
