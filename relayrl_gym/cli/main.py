@@ -1,6 +1,6 @@
-"""The ``relayrl-gym`` command: ``collect`` a recorded dataset, ``inspect`` one, ``serve`` remote
-actors (collector and model publisher), ``resend`` a ZMQ sink's spill, ``keygen`` CurveZMQ
-keys."""
+"""The ``relayrl-gym`` command: ``collect`` a recorded dataset, ``inspect``, ``export`` (Minari,
+Parquet) and ``plot`` datasets, ``serve`` remote actors (collector and model publisher),
+``resend`` a ZMQ sink's spill, ``keygen`` CurveZMQ keys."""
 
 from __future__ import annotations
 
@@ -15,10 +15,9 @@ from pathlib import Path
 import gymnasium as gym
 
 from relayrl_gym.data.dataset import load
-from relayrl_gym.data.sql_reader import list_sql_runs
-from relayrl_gym.errors import RelayRLError
+from relayrl_gym.errors import ConfigError, RelayRLError
 from relayrl_gym.recording.spill_resend import resend_sink_spill
-from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, SQL_SCHEMES, url_scheme
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 from relayrl_gym.transport.collector.receiver import Limits
 from relayrl_gym.transport.collector.server import TrainingServer
 from relayrl_gym.transport.keys import generate_keys
@@ -50,6 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="print the summary of a recorded run")
     inspect.add_argument("path", help="a run directory (relayrl_runs/<run_id>) or a database "
                          "URL (sqlite:///runs.db, postgresql://...; ?run=<run_id> picks one)")
+
+    export = commands.add_parser("export", help="write recorded runs as a Minari dataset or as "
+                                 "Parquet files (Hugging Face Hub layout)")
+    export.add_argument("paths", nargs="+", help="run directories, folders of runs, globs or a "
+                        "database URL (as relayrl_gym.load takes them)")
+    export.add_argument("--to", required=True, help="minari:<dataset_id> (e.g. "
+                        "minari:relayrl/cartpole-random-v0) or parquet:<new folder>")
+    export.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    plot = commands.add_parser("plot", help="plot episode returns against steps, and episode "
+                               "lengths, of recorded runs")
+    plot.add_argument("paths", nargs="+", help="run directories, folders of runs, globs or a "
+                      "database URL")
+    plot.add_argument("-o", "--output", default="returns.png",
+                      help="image file; its suffix picks the format (default returns.png)")
+    plot.add_argument("--by", default="model_version",
+                      choices=["model_version", "agent", "run", "none"],
+                      help="one line per model version (default), agent or run, or one line")
+    plot.add_argument("--window", type=int, default=20,
+                      help="episodes in the rolling mean (default 20)")
 
     serve = commands.add_parser("serve", help="collect trajectories streamed by remote actors "
                                 "(sink=zmq+tcp://HOST:PORT) and publish models to them")
@@ -137,14 +156,35 @@ def _resend(args: argparse.Namespace) -> None:
 
 
 def _inspect(path: str) -> None:
-    if url_scheme(path) in SQL_SCHEMES and "run=" not in path:
-        runs = list_sql_runs(path)
-        print(f"{len(runs)} runs in {path}")
-        for run in runs:
-            sep = "&" if "?" in path else "?"
-            print(load(f"{path}{sep}run={run}").summary())
+    ds = load(path)
+    if len(ds.run_ids) == 1:
+        print(ds.summary())
         return
-    print(load(path).summary())
+    print(f"{len(ds.run_ids)} runs in {path}")
+    for run in ds.run_ids:
+        print(ds.filter(runs=[run]).summary())
+
+
+def _export(args: argparse.Namespace) -> None:
+    kind, sep, target = args.to.partition(":")
+    if not sep or kind not in ("minari", "parquet") or not target:
+        raise ConfigError(f"--to must be minari:<dataset_id> or parquet:<folder>, got "
+                          f"{args.to!r}")
+    ds = load(args.paths if len(args.paths) > 1 else args.paths[0])
+    if kind == "parquet":
+        folder = ds.export_parquet(target, progress=not args.no_progress)
+        print(f"relayrl-gym export: {len(ds)} transitions of {len(ds.run_ids)} run(s) written "
+              f"to {folder}")
+    else:
+        ids = ds.export_minari(target)
+        print(f"relayrl-gym export: Minari dataset(s) {', '.join(ids)} written; read with "
+              "minari.load_dataset(id)")
+
+
+def _plot(args: argparse.Namespace) -> None:
+    ds = load(args.paths if len(args.paths) > 1 else args.paths[0])
+    ds.plot(args.output, by=None if args.by == "none" else args.by, window=args.window)
+    print(f"relayrl-gym plot: {args.output} written")
 
 
 def _router_scale(text: str) -> int | str:
@@ -171,6 +211,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             _keygen(args)
         elif args.command == "resend":
             _resend(args)
+        elif args.command == "export":
+            _export(args)
+        elif args.command == "plot":
+            _plot(args)
         else:
             _inspect(args.path)
     except (RelayRLError, ValueError, gym.error.Error) as err:

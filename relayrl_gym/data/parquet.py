@@ -36,7 +36,7 @@ _ROW_GROUP_BYTES = 64 * 1024 * 1024
 
 def export_parquet(ds: Dataset, folder: str | os.PathLike[str], *,
                    file_bytes: int = 256 * 1024 * 1024, compression: str = "zstd",
-                   name: str | None = None) -> Path:
+                   name: str | None = None, progress: bool = False) -> Path:
     """Writes every row of ``ds`` under ``folder`` (which must be new or empty); returns it.
 
     Args:
@@ -45,6 +45,7 @@ def export_parquet(ds: Dataset, folder: str | os.PathLike[str], *,
         file_bytes: about how many bytes of rows (before compression) go in one file.
         compression: Parquet compression codec (zstd, snappy, gzip, none).
         name: the dataset's name in the card (default: the folder's name).
+        progress: show a progress bar (rows written).
 
     Raises:
         DatasetError: ``folder`` exists and is not empty (nothing is overwritten), or the
@@ -68,7 +69,10 @@ def export_parquet(ds: Dataset, folder: str | os.PathLike[str], *,
         per_file = max(1, file_bytes // row_bytes)
         per_group = max(1, min(per_file, _ROW_GROUP_BYTES // row_bytes))
         files = -(-rows // per_file)
-        _write(data, schema, _chain(first, batches), per_file, per_group, files, compression)
+        stream = _chain(first, batches)
+        if progress:
+            stream = _counted(stream, rows)
+        _write(data, schema, stream, per_file, per_group, files, compression)
         _card(root, ds, schema, rows, files, name or root.resolve().name)
     except BaseException:
         if created:
@@ -84,6 +88,15 @@ def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]
            ) -> Iterator[pa.RecordBatch]:
     yield first
     yield from rest
+
+
+def _counted(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    from tqdm import tqdm
+
+    with tqdm(total=rows, unit="rows", desc="export") as bar:
+        for batch in batches:
+            yield batch
+            bar.update(batch.num_rows)
 
 
 def _write(data: Path, schema: pa.Schema, batches: Iterator[pa.RecordBatch], per_file: int,

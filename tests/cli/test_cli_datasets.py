@@ -1,0 +1,51 @@
+"""The dataset commands, run as a user runs them: inspect a folder of runs, export, plot."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+import relayrl_gym
+
+
+def _cli(*args, cwd, env=None):
+    return subprocess.run([sys.executable, "-m", "relayrl_gym.cli.main", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=180, env=env)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("cli")
+    for seed in ("0", "1"):
+        out = _cli("collect", "CartPole-v1", "--actors", "2", "--steps", "300", "--seed", seed,
+                   "--no-progress", cwd=cwd)
+        assert out.returncode == 0, out.stderr
+    return cwd
+
+
+def test_inspect_a_folder_lists_each_run(two_runs):
+    shown = _cli("inspect", "relayrl_runs", cwd=two_runs)
+    assert shown.returncode == 0, shown.stderr
+    ds = relayrl_gym.load(two_runs / "relayrl_runs")
+    assert shown.stdout.startswith("2 runs in relayrl_runs")
+    assert all(f"run {run_id}" in shown.stdout for run_id in ds.run_ids)
+    for run_id in ds.run_ids:
+        assert f"steps {len(ds.filter(runs=[run_id]))} " in shown.stdout
+
+
+def test_export_parquet_and_its_errors(two_runs, tmp_path):
+    out = _cli("export", "relayrl_runs", "--to", f"parquet:{tmp_path / 'pq'}", "--no-progress",
+               cwd=two_runs)
+    assert out.returncode == 0, out.stderr
+    rows = len(relayrl_gym.load(two_runs / "relayrl_runs"))
+    assert f"{rows} transitions of 2 run(s) written" in out.stdout
+    assert pq.read_table(tmp_path / "pq" / "data").num_rows == rows
+    again = _cli("export", "relayrl_runs", "--to", f"parquet:{tmp_path / 'pq'}", cwd=two_runs)
+    assert again.returncode == 2 and "already exists and is not an empty folder" in again.stderr
+    assert "Traceback" not in again.stderr
+    wrong = _cli("export", "relayrl_runs", "--to", "csv:out", cwd=two_runs)
+    assert wrong.returncode == 2
+    assert "--to must be minari:<dataset_id> or parquet:<folder>, got 'csv:out'" in wrong.stderr
