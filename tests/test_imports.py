@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "relayrl_gym"
 #: Dependencies an install may lack (extras, platform or Python-version modules).
 OPTIONAL = {"zmq", "sqlalchemy", "psycopg", "stable_baselines3", "pettingzoo", "torch",
             "onnxruntime", "onnx", "onnxscript", "pandas", "tomllib", "tomli", "fcntl", "ray",
-            "nats", "minari", "cloudpickle"}
+            "nats", "minari", "cloudpickle", "matplotlib"}
 
 
 def _module_file(name: str) -> Path | None:

@@ -15,6 +15,7 @@ import pyarrow as pa
 from relayrl_gym.data.columns import check_columns, decode, join, length, take
 from relayrl_gym.data.discover import Spec, find_runs
 from relayrl_gym.data.episodes import EPISODE_COLUMNS, STAT_COLUMNS, episodes_of, summarize
+from relayrl_gym.data.parquet import export_parquet
 from relayrl_gym.data.records import Episode, Summary, Transitions
 from relayrl_gym.data.replay import Replay
 from relayrl_gym.data.sources import RunSource, Where
@@ -316,8 +317,6 @@ class Dataset:
     def export_parquet(self, folder: str | os.PathLike[str], **options: Any) -> Path:
         """Writes the dataset as Parquet files with a dataset card (see
         `relayrl_gym.data.parquet`); returns the folder."""
-        from relayrl_gym.data.parquet import export_parquet
-
         return export_parquet(self, folder, **options)
 
     def plot(self, path: str | os.PathLike[str] | None = None, **options: Any) -> Any:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from relayrl_gym._version import __version__
 from relayrl_gym.data.columns import COLUMNS
@@ -91,8 +92,6 @@ def _chain(first: pa.RecordBatch, rest: Iterator[pa.RecordBatch]
 
 
 def _counted(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
-    from tqdm import tqdm
-
     with tqdm(total=rows, unit="rows", desc="export") as bar:
         for batch in batches:
             yield batch

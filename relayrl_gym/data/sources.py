@@ -20,7 +20,9 @@ import functools
 import json
 import os
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -254,20 +256,40 @@ class ArrowRun:
         return units + [open_part(file, final) for file, final in self._open]
 
 
+#: About how many bytes of a part (as stored) are read ahead of the caller.
+_READ_AHEAD_BYTES = 16 * 1024 * 1024
+_MAX_READ_AHEAD = 4
+
+
 def _read_file(file: Path, read: Sequence[str], where: Where) -> Iterator[pa.RecordBatch]:
     """The columns ``read`` of a whole part, a batch at a time from its memory map (only the
-    fields asked for are read and decompressed), rows chosen by ``where``."""
+    fields asked for are read and decompressed; the next few batches are decompressed on
+    other threads meanwhile), rows chosen by ``where``."""
     with pa.ipc.open_file(pa.memory_map(str(file))) as probe:
         names = probe.schema.names
     fields = sorted({names.index(n) for n in read} | {names.index(n) for n in where.columns})
-    options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=True)
-    with pa.ipc.open_file(pa.memory_map(str(file)), options=options) as reader:
-        for i in range(reader.num_record_batches):
-            batch = reader.get_batch(i)
-            if where.expression is not None:
-                batch = batch.filter(where.expression)
-            if batch.num_rows:
-                yield batch
+    options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=False)
+    # The pool's threads belong to this read: joined when it ends, is closed or collected.
+    with pa.ipc.open_file(pa.memory_map(str(file)), options=options) as reader, \
+            ThreadPoolExecutor(2, thread_name_prefix="relayrl-read-ahead") as pool:
+        count = reader.num_record_batches
+        stored = max(1, file.stat().st_size // max(count, 1))
+        depth = max(1, min(_MAX_READ_AHEAD, _READ_AHEAD_BYTES // stored))
+        pending = deque(pool.submit(reader.get_batch, i) for i in range(min(depth, count)))
+        following = len(pending)
+        try:
+            while pending:
+                batch = pending.popleft().result()
+                if following < count:
+                    pending.append(pool.submit(reader.get_batch, following))
+                    following += 1
+                if where.expression is not None:
+                    batch = batch.filter(where.expression)
+                if batch.num_rows:
+                    yield batch
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def _logical_file(file: Path, columns: Sequence[str], where: Where
