@@ -50,3 +50,15 @@ def test_example_train_export_collect(tmp_path):
     ds = relayrl_gym.load(run)
     assert len(ds) >= 4000 and set(ds.table["model_version"].to_pylist()) == {0}
     assert relayrl_gym.ModelModule.load_from_path(tmp_path / "pi").version == 0
+
+
+def test_example_offline_behaviour_cloning(tmp_path):
+    out = subprocess.run([sys.executable, str(REPO / "examples" / "offline_bc.py"),
+                          "--steps", "10000", "--epochs", "3", "--eval-steps", "4000",
+                          "--sink", str(tmp_path / "runs"), "--policy-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    random = float(re.search(r"return with random actions: +([\d.]+)", out.stdout).group(1))
+    clone = float(re.search(r"return of the clone .*: ([\d.]+)", out.stdout).group(1))
+    assert clone > 5 * random  # cloned from the recorded demonstrations alone
+    assert relayrl_gym.ModelModule.load_from_path(tmp_path / "bc").version == 0
