@@ -33,6 +33,7 @@ def _readme_blocks():
 @pytest.mark.parametrize("index", range(len(_readme_blocks())))
 def test_readme_python_blocks(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
     code = _readme_blocks()[index]
     exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
 

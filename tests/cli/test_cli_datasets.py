@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -49,3 +50,28 @@ def test_export_parquet_and_its_errors(two_runs, tmp_path):
     wrong = _cli("export", "relayrl_runs", "--to", "csv:out", cwd=two_runs)
     assert wrong.returncode == 2
     assert "--to must be minari:<dataset_id> or parquet:<folder>, got 'csv:out'" in wrong.stderr
+
+
+def test_export_minari_then_load_it_back(two_runs, tmp_path):
+    env = {**os.environ, "MINARI_DATASETS_PATH": str(tmp_path / "minari")}
+    out = _cli("export", "relayrl_runs", "--to", "minari:relayrl/cartpole-random-v0",
+               cwd=two_runs, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "Minari dataset(s) relayrl/cartpole-random-v0 written" in out.stdout
+    again = _cli("export", "relayrl_runs", "--to", "minari:relayrl/cartpole-random-v0",
+                 cwd=two_runs, env=env)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "relayrl/cartpole-random-v0" in again.stderr
+    shown = _cli("inspect", "minari:relayrl/cartpole-random-v0", cwd=two_runs, env=env)
+    assert shown.returncode == 0, shown.stderr
+    finished = relayrl_gym.load(two_runs / "relayrl_runs").summary().episodes
+    assert f"episodes {finished} (+0 unfinished)" in shown.stdout
+
+
+def test_plot_writes_the_image(two_runs, tmp_path):
+    out = _cli("plot", "relayrl_runs", "-o", str(tmp_path / "r.png"), "--by", "run",
+               cwd=two_runs)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = _cli("plot", "relayrl_runs", "-o", str(tmp_path / "r.xyz"), cwd=two_runs)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr

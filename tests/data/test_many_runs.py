@@ -55,9 +55,9 @@ def test_a_folder_of_runs_is_their_union_once(three_runs, tmp_path):
     assert len(relayrl_gym.load(str(root / "**" / "CartPole-v1-*"))) == len(ds)
     # A copy of a run beside the original would be read twice: refused, naming both places.
     shutil.copytree(paths[0], tmp_path / "copy")
-    with pytest.raises(DatasetError, match="is at both .* load one of them"):
+    with pytest.raises(DatasetError, match=r"is at both .* load one of them"):
         relayrl_gym.load([paths[0], tmp_path / "copy"])
-    with pytest.raises(DatasetError, match="this dataset holds 3 runs; ds.run_ids"):
+    with pytest.raises(DatasetError, match=r"this dataset holds 3 runs; ds\.run_ids"):
         ds.metadata  # noqa: B018
     assert set(ds.runs_metadata) == set(ds.run_ids)
 
