@@ -6,7 +6,8 @@ Targets (DESIGN.md):
 - `Dataset.sample(256)` >= 0.5x the rate of sampling 256 rows from an in-memory numpy replay
   buffer of the same rows (the one-time decode of `sample`'s first call is reported apart);
 - `Dataset.export_minari` faster than recording the same episodes with Minari's own
-  `DataCollector` (stepping CartPole with the recorded actions, then `create_dataset`).
+  `DataCollector` (as many CartPole steps with the recorded actions, then `create_dataset`;
+  both in Minari's arrow storage).
 
 Run: python benchmarks/datasets.py [--rows 1000000] [--rounds 5] [--episodes 2000]
 """
@@ -47,11 +48,13 @@ def raw_scan(run: Path) -> float:
     rows = 0
     scan = pads.dataset(sorted(str(p) for p in run.glob("part-*.arrow")), format="ipc")
     for batch in scan.to_batches(columns=COLUMNS, batch_size=4096):
-        obs = batch.column("obs").values.to_numpy().reshape(-1, 4)
-        batch.column("next_obs").values.to_numpy().reshape(-1, 4)
+        # flatten(), not .values: a batch the scanner sliced to 4096 rows keeps its parent's
+        # child array, offset; .values would hand back (and count) the parent's rows.
+        batch.column("obs").flatten().to_numpy().reshape(-1, 4)
+        batch.column("next_obs").flatten().to_numpy().reshape(-1, 4)
         for c in ("action", "reward", "terminated", "truncated"):
             batch.column(c).to_numpy(zero_copy_only=False)
-        rows += len(obs)
+        rows += batch.num_rows
     return rows / (time.perf_counter() - start)
 
 
@@ -88,13 +91,16 @@ def export_minari(run: Path, episodes: int) -> tuple[float, float, int]:
     subset.export_minari("bench/ours-v0")
     ours = time.perf_counter() - start
 
+    # The anchor records as many CartPole steps with the recorded actions, episode after
+    # episode (a replayed action sequence need not end its episode where the recording did).
+    actions = np.concatenate([e.actions for e in kept])
     start = time.perf_counter()
-    env = minari.DataCollector(gym.make("CartPole-v1"), record_infos=False)
-    for episode in kept:
-        env.reset(seed=0)
-        env.unwrapped.state = episode.observations[0].astype(np.float64)  # the recorded start
-        for action in episode.actions:
-            env.step(int(action))
+    env = minari.DataCollector(gym.make("CartPole-v1"), record_infos=False, data_format="arrow")
+    env.reset(seed=0)
+    for action in actions:
+        _, _, terminated, truncated, _ = env.step(int(action))
+        if terminated or truncated:
+            env.reset()
     env.create_dataset("bench/collector-v0", algorithm_name="random")
     env.close()
     theirs = time.perf_counter() - start

@@ -9,10 +9,12 @@ import numpy as np
 import pyarrow as pa
 
 from relayrl_gym.errors import DatasetError
+from relayrl_gym.schema.arrow_arrays import arrow_to_numpy
 from relayrl_gym.schema.batches import concat, map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
 
-__all__ = ["COLUMNS", "TRAINING_COLUMNS", "check_columns", "decode", "length", "take"]
+__all__ = ["COLUMNS", "TRAINING_COLUMNS", "check_columns", "decode", "join", "length", "take",
+           "writable"]
 
 #: Every column of a transition row, in the order of the data schema.
 COLUMNS = ("run_id", "actor_id", "agent_id", "env_index", "episode_id", "step", "obs", "action",
@@ -45,15 +47,16 @@ def _plain(column: pa.Array | pa.ChunkedArray) -> Any:
         return {kind.field(i).name: _plain(column.field(i)) for i in range(kind.num_fields)}
     if pa.types.is_null(kind):
         return np.full(len(column), None, object)
-    array = column.to_numpy(zero_copy_only=False)
-    # A view of Arrow's buffers is read-only; the caller gets arrays it may write into.
-    return array if array.flags.writeable else array.copy()
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind):
+        return arrow_to_numpy(column)
+    return column.to_numpy(zero_copy_only=False)
 
 
 def decode(batch: pa.RecordBatch | pa.Table, schema: TransitionSchema) -> dict[str, Any]:
     """Each column of ``batch`` as numpy: observations and actions with their spaces' shapes
     and dtypes (dicts / tuples for Dict / Tuple spaces), strings and masks as object arrays,
-    policy outputs as a dict of arrays."""
+    policy outputs as a dict of arrays. Arrays may be read-only views of Arrow's buffers
+    (`writable` makes them the caller's)."""
     out: dict[str, Any] = {}
     for name in batch.column_names:
         column = batch.column(name)
@@ -64,6 +67,13 @@ def decode(batch: pa.RecordBatch | pa.Table, schema: TransitionSchema) -> dict[s
         else:
             out[name] = _plain(column)
     return out
+
+
+def writable(columns: dict[str, Any]) -> dict[str, Any]:
+    """``columns`` with every read-only array copied: arrays the caller may write into."""
+    def own(leaf: Any) -> Any:
+        return leaf if not isinstance(leaf, np.ndarray) or leaf.flags.writeable else leaf.copy()
+    return {name: map_leaves(own, value) for name, value in columns.items()}
 
 
 def length(columns: dict[str, Any]) -> int:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from relayrl_gym.data.columns import check_columns, decode, join, length, take
+from relayrl_gym.data.columns import check_columns, decode, join, length, take, writable
 from relayrl_gym.data.discover import Spec, find_runs
 from relayrl_gym.data.episodes import EPISODE_COLUMNS, STAT_COLUMNS, episodes_of, summarize
 from relayrl_gym.data.parquet import export_parquet
@@ -231,7 +231,7 @@ class Dataset:
     def transitions(self) -> Transitions:
         """Every row in memory as numpy: obs, action, reward, next_obs, terminated, truncated."""
         rows = decode(self.to_table(list(Transitions._fields)), self.schema)
-        return Transitions(**rows)
+        return Transitions(**writable(rows))
 
     def episodes(self) -> Iterator[Episode]:
         """Episodes, each with its observations (T+1), actions (T), rewards and flags, run by
@@ -353,12 +353,12 @@ def _rebatch(parts: Iterable[dict[str, Any]], size: int, drop_last: bool
             yield join(pending)
             pending, have, start = [], 0, need
         while n - start >= size:
-            yield take(part, slice(start, start + size))
+            yield writable(take(part, slice(start, start + size)))
             start += size
         if start < n:
             pending, have = [take(part, slice(start, n))], n - start
     if pending and not drop_last:
-        yield join(pending)
+        yield writable(join(pending))
 
 
 def _shuffled(parts: Iterable[dict[str, Any]], size: int, rng: np.random.Generator,

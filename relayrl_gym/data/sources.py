@@ -118,16 +118,24 @@ class RunSource(Protocol):
 
 
 def _logical(batch: pa.RecordBatch, columns: Sequence[str], where: Where, *,
-             filtered: bool) -> pa.RecordBatch:
+             filtered: bool, once: bool | None = None) -> pa.RecordBatch:
     """A stored batch as readers see it: next_obs back, infos as text, rows kept, columns
-    asked for (``filtered``: the rows were already chosen when the batch was read)."""
-    if "next_obs" in batch.schema.names and is_once(batch.schema):
+    asked for (``filtered``: the rows were already chosen when the batch was read; ``once``:
+    whether next_obs must be restored, when the caller knows).
+
+    Costs a few microseconds a batch when there is nothing to change (the schema, whose
+    metadata holds the run description, is only looked at when needed)."""
+    if once is None:
+        once = "next_obs" in columns and is_once(batch.schema)
+    if once:
         batch = restore(batch, logical_schema(batch.schema))
     if not filtered and where.expression is not None:
         batch = batch.filter(where.expression)
     if "info" in columns:
         batch = with_text_info(batch, text_info_schema(batch.schema))
-    return batch.select(list(columns))
+    if batch.num_columns != len(columns) or batch.column_names != list(columns):
+        batch = batch.select(list(columns))
+    return batch
 
 
 class ArrowRun:
@@ -256,26 +264,37 @@ class ArrowRun:
         return units + [open_part(file, final) for file, final in self._open]
 
 
-#: About how many bytes of a part (as stored) are read ahead of the caller.
-_READ_AHEAD_BYTES = 16 * 1024 * 1024
-_MAX_READ_AHEAD = 4
+#: Parts whose record batches are smaller than this (as stored) are decompressed a few
+#: batches ahead on two threads: many small batches, where the caller's per-batch work and the
+#: decompression overlap best. Larger batches are read one at a time, their buffers
+#: decompressed in parallel by Arrow, so memory holds one batch.
+_READ_AHEAD_BELOW = 1024 * 1024
+_READ_AHEAD = 4
 
 
 def _read_file(file: Path, read: Sequence[str], where: Where) -> Iterator[pa.RecordBatch]:
     """The columns ``read`` of a whole part, a batch at a time from its memory map (only the
-    fields asked for are read and decompressed; the next few batches are decompressed on
-    other threads meanwhile), rows chosen by ``where``."""
+    fields asked for are read and decompressed), rows chosen by ``where``."""
     with pa.ipc.open_file(pa.memory_map(str(file))) as probe:
         names = probe.schema.names
+        count = probe.num_record_batches
     fields = sorted({names.index(n) for n in read} | {names.index(n) for n in where.columns})
-    options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=False)
-    # The pool's threads belong to this read: joined when it ends, is closed or collected.
-    with pa.ipc.open_file(pa.memory_map(str(file)), options=options) as reader, \
-            ThreadPoolExecutor(2, thread_name_prefix="relayrl-read-ahead") as pool:
-        count = reader.num_record_batches
-        stored = max(1, file.stat().st_size // max(count, 1))
-        depth = max(1, min(_MAX_READ_AHEAD, _READ_AHEAD_BYTES // stored))
-        pending = deque(pool.submit(reader.get_batch, i) for i in range(min(depth, count)))
+    ahead = file.stat().st_size // max(count, 1) < _READ_AHEAD_BELOW
+    options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=not ahead)
+    with pa.ipc.open_file(pa.memory_map(str(file)), options=options) as reader:
+        batches = _ahead(reader, count) if ahead else (reader.get_batch(i) for i in range(count))
+        for batch in batches:
+            if where.expression is not None:
+                batch = batch.filter(where.expression)
+            if batch.num_rows:
+                yield batch
+
+
+def _ahead(reader: pa.ipc.RecordBatchFileReader, count: int) -> Iterator[pa.RecordBatch]:
+    """The reader's batches in order, the next `_READ_AHEAD` decompressed meanwhile on a pool
+    whose threads belong to this read (joined when it ends, is closed or collected)."""
+    with ThreadPoolExecutor(2, thread_name_prefix="relayrl-read-ahead") as pool:
+        pending = deque(pool.submit(reader.get_batch, i) for i in range(min(_READ_AHEAD, count)))
         following = len(pending)
         try:
             while pending:
@@ -283,10 +302,7 @@ def _read_file(file: Path, read: Sequence[str], where: Where) -> Iterator[pa.Rec
                 if following < count:
                     pending.append(pool.submit(reader.get_batch, following))
                     following += 1
-                if where.expression is not None:
-                    batch = batch.filter(where.expression)
-                if batch.num_rows:
-                    yield batch
+                yield batch
         finally:
             for future in pending:
                 future.cancel()
@@ -299,12 +315,12 @@ def _logical_file(file: Path, columns: Sequence[str], where: Where
         restoring = "next_obs" in columns and is_once(probe.schema)
     if not restoring:
         for batch in _read_file(file, columns, where):
-            yield _logical(batch, columns, where, filtered=True)
+            yield _logical(batch, columns, where, filtered=True, once=False)
         return
     # Rows are chosen after next_obs is restored: a dropped row may hold a kept row's next
     # observation.
     for batch in _read_file(file, sorted(set(columns) | set(_RESTORE_COLUMNS)), Where()):
-        yield _logical(batch, columns, where, filtered=False)
+        yield _logical(batch, columns, where, filtered=False, once=True)
 
 
 def _stream_schema(path: Path) -> list[pa.Schema]:

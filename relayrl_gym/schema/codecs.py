@@ -142,7 +142,11 @@ class LeafCodec:
         array = one_array(array, self.arrow_type)
         if not self.shape:
             return np.asarray(arrow_to_numpy(array), dtype=self.dtype)
-        flat = arrow_to_numpy(array.flatten())
+        if array.null_count:
+            flat = arrow_to_numpy(array.flatten())
+        else:  # the child values of these rows, without a compute call
+            flat = arrow_to_numpy(array.values.slice(array.offset * self.size,
+                                                     len(array) * self.size))
         return np.asarray(flat, dtype=self.dtype).reshape(len(array), *self.shape)
 
 
