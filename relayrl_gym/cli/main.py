@@ -176,7 +176,7 @@ def _export(args: argparse.Namespace) -> None:
         print(f"relayrl-gym export: {len(ds)} transitions of {len(ds.run_ids)} run(s) written "
               f"to {folder}")
     else:
-        ids = ds.export_minari(target)
+        ids = ds.export_minari(target, progress=not args.no_progress)
         print(f"relayrl-gym export: Minari dataset(s) {', '.join(ids)} written; read with "
               "minari.load_dataset(id)")
 

@@ -20,6 +20,7 @@ import gymnasium as gym
 import numpy as np
 import pyarrow as pa
 from gymnasium.envs.registration import EnvSpec
+from tqdm import tqdm
 
 from relayrl_gym.data.sources import Where
 from relayrl_gym.errors import DatasetError, missing_extra
@@ -51,8 +52,8 @@ _CHUNK = 256
 def export_minari(ds: Dataset, dataset_id: str, *, author: str | Iterable[str] | None = None,
                   author_email: str | Iterable[str] | None = None,
                   description: str | None = None, algorithm_name: str | None = None,
-                  code_permalink: str | None = None, include_unfinished: bool = False
-                  ) -> list[str]:
+                  code_permalink: str | None = None, include_unfinished: bool = False,
+                  progress: bool = False) -> list[str]:
     """Writes the dataset's episodes as local Minari datasets (under ``MINARI_DATASETS_PATH``,
     default ``~/.minari/datasets``), streamed: memory holds a few hundred episodes.
 
@@ -73,6 +74,7 @@ def export_minari(ds: Dataset, dataset_id: str, *, author: str | Iterable[str] |
             metadata of the same names (left out when None).
         include_unfinished: also export the episodes cut off by a reset or by the end of
             recording; they end with both flags False, as recorded (default: left out).
+        progress: show a progress bar (episodes written).
 
     Returns:
         The ids created, one per agent in the order of their names.
@@ -110,9 +112,11 @@ def export_minari(ds: Dataset, dataset_id: str, *, author: str | Iterable[str] |
         storages = {a: _create(i, ds, spec, {**meta, "dataset_id": i}, created)
                     for a, i in ids.items()}
         pending: dict[str, list[tuple[str, Episode]]] = {a: [] for a in ids}
+        bar = tqdm(unit="episodes", desc="export", disable=not progress)
         for run_id in ds.run_ids:
             for episode in ds.filter(runs=[run_id]).episodes():
                 if include_unfinished or episode.terminations[-1] or episode.truncations[-1]:
+                    bar.update()
                     mine = pending[episode.agent_id]
                     mine.append((run_id, episode))
                     if len(mine) >= _CHUNK:
@@ -121,6 +125,7 @@ def export_minari(ds: Dataset, dataset_id: str, *, author: str | Iterable[str] |
         for agent, mine in pending.items():
             if mine:
                 _write(storages[agent], mine)
+        bar.close()
         for storage in storages.values():
             del storage.get_size  # measured once, now (see _create)
             storage.update_metadata({"dataset_size": storage.get_size()})
