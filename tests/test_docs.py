@@ -38,12 +38,17 @@ def test_readme_python_blocks(index, tmp_path, monkeypatch):
     exec(compile(code, f"README.md block {index}", "exec"), {"__name__": "__readme__"})
 
 
-def test_example_train_export_collect(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "examples" / "train_export_collect.py"),
-                          "--episodes", "150", "--actors", "2", "--collect-steps", "4000",
-                          "--sink", str(tmp_path / "runs"), "--policy-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
+def _example(name, *args, cwd):
+    out = subprocess.run([sys.executable, str(REPO / "examples" / name), *args],
+                         capture_output=True, text=True, timeout=300, cwd=cwd)
     assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_example_train_export_collect(tmp_path):
+    out = _example("train_export_collect.py", "--episodes", "150", "--actors", "2",
+                   "--collect-steps", "4000", "--sink", str(tmp_path / "runs"),
+                   "--policy-dir", str(tmp_path), cwd=tmp_path)
     before = float(re.search(r"return before training.*: ([\d.]+)", out.stdout).group(1))
     after = float(re.search(r"return after training.*: +([\d.]+)", out.stdout).group(1))
     assert after > 2 * before  # 150 REINFORCE episodes already beat random actions
@@ -54,11 +59,9 @@ def test_example_train_export_collect(tmp_path):
 
 
 def test_example_offline_behaviour_cloning(tmp_path):
-    out = subprocess.run([sys.executable, str(REPO / "examples" / "offline_bc.py"),
-                          "--steps", "10000", "--epochs", "3", "--eval-steps", "4000",
-                          "--sink", str(tmp_path / "runs"), "--policy-dir", str(tmp_path)],
-                         capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
+    out = _example("offline_bc.py", "--steps", "10000", "--epochs", "3", "--eval-steps",
+                   "4000", "--sink", str(tmp_path / "runs"), "--policy-dir", str(tmp_path),
+                   cwd=tmp_path)
     random = float(re.search(r"return with random actions: +([\d.]+)", out.stdout).group(1))
     clone = float(re.search(r"return of the clone .*: ([\d.]+)", out.stdout).group(1))
     assert clone > 5 * random  # cloned from the recorded demonstrations alone

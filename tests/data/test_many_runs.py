@@ -15,22 +15,16 @@ import pytest
 import torch
 from gymnasium import spaces
 from testing_env import SPACES, TestingEnv
-from tests_helpers import make_testing_env
+from tests_helpers import assert_same_nested, make_testing_env, record_random
 
 import relayrl_gym
 from relayrl_gym.errors import DatasetError
+from relayrl_gym.schema.batches import map_leaves
 
 KEY = ["run_id", "actor_id", "episode_id", "step"]
 
 
-def _record(sink, env="CartPole-v1", steps=60, seed=0, actors=2, **options):
-    envs = relayrl_gym.wrap(env, actors=actors, sink=sink, **options)
-    envs.action_space.seed(seed)
-    envs.reset(seed=seed)
-    for _ in range(steps):
-        envs.step(envs.action_space.sample())
-    envs.close()
-    return envs
+_record = record_random
 
 
 def _keys(table):
@@ -149,19 +143,9 @@ def test_sample_draws_recorded_rows_of_every_space(name, sink_dir):
     drawn = ds.sample(64, seed=0, columns=[*KEY, "obs", "action", "next_obs", "reward"])
     rows = [where[k] for k in zip(*(drawn[c].tolist() for c in KEY))]
 
-    def check(got, want):
-        if isinstance(want, dict):
-            for k in want:
-                check(got[k], want[k])
-        elif isinstance(want, tuple):
-            for g, w in zip(got, want):
-                check(g, w)
-        else:
-            assert got.dtype == want.dtype and got.shape == (64, *want.shape[1:])
-            np.testing.assert_array_equal(got, want[rows])
-
     for column in ("obs", "action", "next_obs", "reward"):
-        check(drawn[column], getattr(full, column))
+        want = map_leaves(lambda leaf: leaf[rows], getattr(full, column))
+        assert_same_nested(drawn[column], want, dtypes=True)
     again = ds.sample(64, seed=0, columns=[*KEY, "obs", "action", "next_obs", "reward"])
     np.testing.assert_array_equal(again["reward"], drawn["reward"])
     assert space.contains(_first(drawn["obs"]))

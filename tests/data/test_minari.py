@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 from testing_env import SPACES
-from tests_helpers import make_testing_env
+from tests_helpers import assert_same_nested, make_testing_env
 
 import relayrl_gym
 from relayrl_gym.errors import DatasetError, MissingDependencyError
@@ -46,30 +46,14 @@ def _finished(ds):
     return [e for e in ds.episodes() if e.terminations[-1] or e.truncations[-1]]
 
 
-def _same(a, b):
-    """Exactly equal, leaf by leaf, dtypes included (dicts and tuples walked)."""
-    if isinstance(a, dict):
-        assert list(a) == list(b)
-        for key in a:
-            _same(a[key], b[key])
-    elif isinstance(a, tuple):
-        assert isinstance(b, tuple) and len(a) == len(b)
-        for x, y in zip(a, b):
-            _same(x, y)
-    else:
-        a, b = np.asarray(a), np.asarray(b)
-        assert a.dtype == b.dtype and a.shape == b.shape
-        np.testing.assert_array_equal(a, b)
-
-
 def _same_episodes(ours, theirs):
     assert len(ours) == len(theirs)
     for mine, other in zip(ours, theirs):
-        _same(mine.observations, other.observations)
-        _same(mine.actions, other.actions)
-        _same(mine.rewards, np.asarray(other.rewards, np.float64))
-        _same(mine.terminations, other.terminations)
-        _same(mine.truncations, other.truncations)
+        assert_same_nested(mine.observations, other.observations, dtypes=True)
+        assert_same_nested(mine.actions, other.actions, dtypes=True)
+        assert_same_nested(mine.rewards, np.asarray(other.rewards, np.float64), dtypes=True)
+        assert_same_nested(mine.terminations, other.terminations, dtypes=True)
+        assert_same_nested(mine.truncations, other.truncations, dtypes=True)
 
 
 def test_cartpole_round_trip(sink_dir, monkeypatch):
@@ -213,8 +197,8 @@ def test_load_a_dataset_minari_wrote(tmp_path):
     assert len(back) == 8
     episodes = list(back.episodes())
     for buffer, episode in zip(buffers, episodes):
-        _same(buffer.observations, episode.observations)
-        _same(buffer.actions, episode.actions)
+        assert_same_nested(buffer.observations, episode.observations, dtypes=True)
+        assert_same_nested(buffer.actions, episode.actions, dtypes=True)
     assert [e.terminations[-1] for e in episodes] == [True, True]
 
 

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from gymnasium import spaces
 from testing_env import TestingEnv
+from tests_helpers import record_random
 
 import relayrl_gym
 from relayrl_gym.errors import DatasetError
@@ -17,13 +18,7 @@ KEY = ["run_id", "actor_id", "episode_id", "step"]
 
 
 def _record(sink, env="CartPole-v1", steps=80, seed=0):
-    envs = relayrl_gym.wrap(env, actors=2, sink=sink)
-    envs.action_space.seed(seed)
-    envs.reset(seed=seed)
-    for _ in range(steps):
-        envs.step(envs.action_space.sample())
-    envs.close()
-    return envs
+    return record_random(sink, env=env, steps=steps, seed=seed)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from testing_env import SPACES, TestingEnv
+from tests_helpers import record_random
 
 import relayrl_gym
 from relayrl_gym.cli.main import main as cli
@@ -20,13 +21,7 @@ pytest.importorskip("sqlalchemy")
 
 
 def _record(sinks, env="CartPole-v1", actors=3, steps=200, seed=0, **kwargs):
-    envs = relayrl_gym.wrap(env, actors=actors, sink=sinks, router_scale=0, **kwargs)
-    envs.action_space.seed(seed)
-    envs.reset(seed=seed)
-    for _ in range(steps):
-        envs.step(envs.action_space.sample())
-    envs.close()
-    return envs
+    return record_random(sinks, env, actors, steps, seed, router_scale=0, **kwargs)
 
 
 def _engine(url):
