@@ -10,6 +10,7 @@ collect_ignore = [path for module, path in (
     ("stable_baselines3", "relayrl_gym/wrappers/sb3.py"),
     ("minari", "relayrl_gym/data/minari_io.py"),
     ("matplotlib", "relayrl_gym/data/plots.py"),
+    ("tensorboard", "relayrl_gym/data/scalars.py"),
 ) if importlib.util.find_spec(module) is None]
 
 # conftest.py files hold fixtures, not doctests; collected as doctest modules they clash by

@@ -53,6 +53,7 @@ def collect(
     sink: Any = DEFAULT_SINK_ROOT,
     seed: int | None = None,
     progress: bool = False,
+    tensorboard: str | os.PathLike[str] | None = None,
     **wrap_kwargs: Any,
 ) -> CollectSummary:
     """Runs ``actors`` env copies until ``steps`` transitions or ``episodes`` episodes are done.
@@ -69,6 +70,8 @@ def collect(
         sink: where transitions go (see `relayrl_gym.wrap`).
         seed: seeds the envs (actor i gets ``seed + i``) and the random policy.
         progress: show a progress bar.
+        tensorboard: a folder to write episode returns, lengths and steps/s to as
+            TensorBoard scalars while collecting (extra ``tensorboard``).
         **wrap_kwargs: passed to `relayrl_gym.wrap`.
 
     >>> import relayrl_gym
@@ -86,6 +89,11 @@ def collect(
     if policy is not None and (isinstance(policy, str | os.PathLike) or
                                (hasattr(policy, "step") and hasattr(policy, "version"))):
         module, policy = policy, None
+    board = None
+    if tensorboard is not None:
+        from relayrl_gym.data.scalars import TensorBoardScalars
+
+        board = TensorBoardScalars(tensorboard)
     envs = wrap(env, actors, sink=sink, policy=module, **wrap_kwargs)
     returns: list[float] = []
     done_steps = 0
@@ -98,6 +106,7 @@ def collect(
             envs.action_space.seed(seed)
         next_step = envs.autoreset_mode is AutoresetMode.NEXT_STEP
         running = np.zeros(envs.num_envs)
+        lengths = np.zeros(envs.num_envs, dtype=np.int64)
         just_reset = np.zeros(envs.num_envs, dtype=bool)  # NEXT_STEP pseudo-steps to skip
         while (steps is None or done_steps < steps) and (episodes is None or
                                                           len(returns) < episodes):
@@ -110,15 +119,24 @@ def collect(
             counted = int(real.sum())
             done_steps += counted
             running[real] += rewards[real]
+            lengths[real] += 1
             finished = (terminated | truncated) & real
             for i in np.flatnonzero(finished):
                 returns.append(float(running[i]))
-                running[i] = 0.0
+                if board is not None:
+                    version = envs.agent.get_model_version()[i] if module is not None else -1
+                    board.episode(float(running[i]), int(lengths[i]), done_steps,
+                                  model_version=int(version))
+                running[i], lengths[i] = 0.0, 0
+            if board is not None:
+                board.steps(done_steps)
             just_reset = finished if next_step else just_reset
             bar.update(counted if steps else int(finished.sum()))
     finally:
         bar.close()
         envs.close()
+        if board is not None:
+            board.close()
     seconds = time.perf_counter() - start
     arr = np.asarray(returns)
     return CollectSummary(

@@ -12,7 +12,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "relayrl_gym"
 #: Dependencies an install may lack (extras, platform or Python-version modules).
 OPTIONAL = {"zmq", "sqlalchemy", "psycopg", "stable_baselines3", "pettingzoo", "torch",
             "onnxruntime", "onnx", "onnxscript", "pandas", "tomllib", "tomli", "fcntl", "ray",
-            "nats", "minari", "cloudpickle", "matplotlib"}
+            "nats", "minari", "cloudpickle", "matplotlib",
+            "tensorboard"}
 
 
 def _module_file(name: str) -> Path | None:

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--router-scale", default="auto",
                          help="'auto', 0 (inline) or threads stepping at once")
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    collect.add_argument("--tensorboard", default=None, metavar="DIR",
+                         help="write episode returns, lengths and steps/s as TensorBoard "
+                         "scalars to DIR (extra tensorboard)")
 
     inspect = commands.add_parser("inspect", help="print the summary of a recorded run")
     inspect.add_argument("path", help="a run directory (relayrl_runs/<run_id>) or a database "
@@ -93,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
                            help=f"{meaning} (default {default})")
     serve.add_argument("--stats-every", type=float, default=30.0,
                        help="seconds between counter lines on stdout (0 = none)")
+    serve.add_argument("--tensorboard", default=None, metavar="DIR",
+                       help="write the returns and lengths of the episodes received, and "
+                       "rows/s, as TensorBoard scalars to DIR (extra tensorboard)")
 
     resend = commands.add_parser("resend", help="send a spill to its sink: a ZMQ sink's "
                                  "close-time spill to the collector (which keeps each batch "
@@ -128,6 +134,7 @@ def _serve(args: argparse.Namespace) -> None:
                                       args.max_open_runs, args.max_senders)) as server:
         if args.publish:
             server.publish_model(args.publish)
+        watcher = _watch(server, args.tensorboard) if args.tensorboard else None
         print(f"relayrl-gym serve: listening on {server.endpoint}, models on "
               f"{server.models_endpoint or '-'}, writing {args.sink}", flush=True)
         every = args.stats_every if args.stats_every > 0 else None
@@ -136,7 +143,31 @@ def _serve(args: argparse.Namespace) -> None:
             print(" ".join(f"{k}={stats[k]}" for k in (
                 "senders", "received", "rows", "duplicates", "rejected", "refused_auth",
                 "refused_limits", "runs_evicted")), flush=True)
+    if watcher is not None:
+        watcher.join(timeout=10)  # its stream ends with the server
     print("relayrl-gym serve: stopped", flush=True)
+
+
+def _watch(server: TrainingServer, logdir: str) -> threading.Thread:
+    """A thread writing the episodes the server receives as TensorBoard scalars."""
+    from relayrl_gym.data.scalars import EpisodeStream, TensorBoardScalars
+
+    board, stream = TensorBoardScalars(logdir), EpisodeStream()
+    batches = server.trajectories()
+
+    def run() -> None:
+        rows = 0
+        try:
+            for batch in batches:
+                rows += batch.num_rows
+                board.finished(stream.feed(batch.select(list(EpisodeStream.COLUMNS))), rows)
+                board.steps(rows)
+        finally:
+            board.close()
+
+    thread = threading.Thread(target=run, name="relayrl-tensorboard", daemon=True)
+    thread.start()
+    return thread
 
 
 def _keygen(args: argparse.Namespace) -> None:
@@ -203,7 +234,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = collect(args.env_id, actors=args.actors, steps=args.steps,
                               episodes=args.episodes, sink=sinks if len(sinks) > 1 else sinks[0],
                               seed=args.seed, progress=not args.no_progress, policy=args.policy,
-                              router_scale=_router_scale(args.router_scale))
+                              router_scale=_router_scale(args.router_scale),
+                              tensorboard=args.tensorboard)
             print(summary)
         elif args.command == "serve":
             _serve(args)
