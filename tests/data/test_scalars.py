@@ -63,7 +63,7 @@ def test_episode_stream_of_a_game_names_its_agents(sink_dir):
     rng = np.random.default_rng(0)
     for game in range(6):
         env.reset(seed=game)
-        for agent in env.agent_iter():
+        for _agent in env.agent_iter():
             obs, _, terminated, truncated, _ = env.last()
             env.step(None if terminated or truncated else
                      int(rng.choice(np.flatnonzero(obs["action_mask"]))))
@@ -89,7 +89,7 @@ def test_serve_writes_the_episodes_it_receives(tmp_path):
         envs = record_random(f"zmq+{endpoint}", steps=400)  # close(): every row acknowledged
     finally:
         serve.send_signal(signal.SIGTERM)
-        out, err = serve.communicate(timeout=30)
+        _, err = serve.communicate(timeout=30)
     assert serve.returncode == 0, err
     ds = relayrl_gym.load(tmp_path / "collected" / envs.run_id)
     returns = [v for _, v in _scalars(tmp_path / "tb")["episode/return"]]
