@@ -254,9 +254,11 @@ def large_run(tmp_path_factory):
 
 def test_iterating_a_dataset_five_times_the_budget_keeps_memory_bounded(large_run):
     budget = 64 * 1024 * 1024
-    # A fixed mmap threshold: glibc then returns every large block it frees, instead of
-    # keeping a heap whose high-water mark wanders; what is measured is what is held.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+    # Arrow on the system allocator and glibc with a fixed mmap threshold: every large block
+    # freed goes back to the system, instead of allocators keeping pools whose high-water
+    # marks wander; what is measured is what is held.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+           "ARROW_DEFAULT_MEMORY_POOL": "system"}
     out = subprocess.run([sys.executable, "-c", textwrap.dedent(_BOUNDED), str(large_run)],
                          capture_output=True, text=True, timeout=300, check=True,
                          env=env).stdout
