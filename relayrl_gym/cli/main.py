@@ -14,7 +14,8 @@ from pathlib import Path
 
 import gymnasium as gym
 
-from relayrl_gym.data.dataset import load
+from relayrl_gym.data.dataset import Dataset, load
+from relayrl_gym.data.discover import find_runs
 from relayrl_gym.errors import ConfigError, RelayRLError
 from relayrl_gym.recording.spill_resend import resend_sink_spill
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
@@ -187,13 +188,11 @@ def _resend(args: argparse.Namespace) -> None:
 
 
 def _inspect(path: str) -> None:
-    ds = load(path)
-    if len(ds.run_ids) == 1:
-        print(ds.summary())
-        return
-    print(f"{len(ds.run_ids)} runs in {path}")
-    for run in ds.run_ids:
-        print(ds.filter(runs=[run]).summary())
+    runs = find_runs(path, same_spaces=False)  # a folder may hold runs of several envs
+    if len(runs) > 1:
+        print(f"{len(runs)} runs in {path}")
+    for run in runs:
+        print(Dataset([run], source=path).summary())
 
 
 def _export(args: argparse.Namespace) -> None:

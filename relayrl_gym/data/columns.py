@@ -70,9 +70,10 @@ def decode(batch: pa.RecordBatch | pa.Table, schema: TransitionSchema) -> dict[s
 
 
 def writable(columns: dict[str, Any]) -> dict[str, Any]:
-    """``columns`` with every read-only array copied: arrays the caller may write into."""
+    """``columns`` with every array that is a view copied: arrays that are the caller's, to
+    write into, shared with nothing (not Arrow's buffers, not a cached run's)."""
     def own(leaf: Any) -> Any:
-        return leaf if not isinstance(leaf, np.ndarray) or leaf.flags.writeable else leaf.copy()
+        return leaf if not isinstance(leaf, np.ndarray) or leaf.base is None else leaf.copy()
     return {name: map_leaves(own, value) for name, value in columns.items()}
 
 

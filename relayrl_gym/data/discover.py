@@ -23,12 +23,14 @@ Spec = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
 _GLOB_CHARS = frozenset("*?[")
 
 
-def find_runs(spec: Spec) -> list[RunSource]:
-    """The runs ``spec`` names, each once, all with the same observation and action spaces.
+def find_runs(spec: Spec, *, same_spaces: bool = True) -> list[RunSource]:
+    """The runs ``spec`` names, each once; with ``same_spaces``, all with the same observation
+    and action spaces.
 
     Raises:
-        DatasetError: nothing recorded there, one run found twice at two places, or runs with
-            different spaces (the message lists the groups and how to load one).
+        DatasetError: nothing recorded there, one run found twice at two places, or (with
+            ``same_spaces``) runs with different spaces (the message lists the groups and how
+            to load one).
     """
     found = _find(spec)
     if not found:
@@ -38,12 +40,18 @@ def find_runs(spec: Spec) -> list[RunSource]:
         seen = runs.get(run.run_id)
         if seen is None:
             runs[run.run_id] = run
-        elif seen.location != run.location:
+        elif _place(seen) != _place(run):
             raise DatasetError(f"run {run.run_id!r} is at both {seen.location!r} and "
                                f"{run.location!r} (a copy?); load one of them so that no "
                                "transition is read twice")
-    _check_spaces(list(runs.values()))
+    if same_spaces:
+        _check_spaces(list(runs.values()))
     return list(runs.values())
+
+
+def _place(run: RunSource) -> str:
+    """Where a run is, one spelling per place (a folder's absolute, resolved path)."""
+    return str(run.path.resolve()) if isinstance(run, ArrowRun) else run.location
 
 
 def _find(spec: Spec) -> list[RunSource]:
@@ -58,10 +66,10 @@ def _find(spec: Spec) -> list[RunSource]:
     if isinstance(spec, str) and spec.startswith("arrow://"):
         spec = spec[len("arrow://"):]
     if isinstance(spec, str) and _GLOB_CHARS & set(spec) and not Path(spec).exists():
-        matches = sorted(glob.glob(spec, recursive=True))
-        if not matches:
+        folders = _matched_runs(sorted(glob.glob(spec, recursive=True)))
+        if not folders:
             raise DatasetError(f"no recorded run matches {spec!r}")
-        return [run for match in matches for run in _find(match)]
+        return [run for folder in folders for run in _find(folder)]
     path = Path(spec)  # type: ignore[arg-type]
     if not path.exists():
         raise DatasetError(f"no recorded run at {str(path)!r}; pass a run directory such as "
@@ -74,6 +82,19 @@ def _find(spec: Spec) -> list[RunSource]:
                                f"{RUN_FILE}) and no folder under it holds a run")
         return [ArrowRun(run) for run in runs]
     return [ArrowRun(path)]
+
+
+def _matched_runs(matches: list[str]) -> list[str]:
+    """The folders a glob's matches name: folders as they are, a file inside a run (its
+    ``_run.json``, a part) as that run; other files (a plot beside the runs) left out."""
+    folders: dict[str, None] = {}
+    for match in matches:
+        path = Path(match)
+        if path.is_dir():
+            folders[match] = None
+        elif (path.parent / RUN_FILE).is_file():
+            folders[str(path.parent)] = None
+    return list(folders)
 
 
 def _run_dirs(root: Path) -> list[Path]:

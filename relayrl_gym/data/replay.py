@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.batches import map_leaves
 
 __all__ = ["Replay"]
@@ -58,6 +59,10 @@ class Replay:
                     columns = {name: map_leaves(
                         lambda leaf: _allocate(folder, next(counter), leaf, rows), value)
                         for name, value in batch.items()}
+                if start + _rows_of(batch) > rows:
+                    raise DatasetError(f"the dataset gave more than the {rows} rows it counted "
+                                       "while its columns were decoded (its files changed); "
+                                       "load it again")
                 start += _put(columns, batch, start)
             if columns is None:
                 columns = {}
@@ -86,6 +91,12 @@ class Replay:
         self.folder, self.rows = state["folder"], state["rows"]
         self.columns = {name: map_leaves(_reopen, value)
                         for name, value in state["columns"].items()}
+
+
+def _rows_of(batch: dict[str, Any]) -> int:
+    found: list[int] = []
+    map_leaves(lambda leaf: found.append(len(leaf)), next(iter(batch.values())))
+    return found[0]
 
 
 def _put(columns: dict[str, Any], batch: dict[str, Any], start: int) -> int:

@@ -28,6 +28,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -70,11 +71,13 @@ class Where:
            model_versions: Iterable[int] | None = None) -> Where:
         """The rows whose columns hold one of the values given (None: any value)."""
         where = cls()
-        for column, values in (("agent_id", agents), ("actor_id", actors),
-                               ("env_index", env_indices), ("episode_id", episodes),
-                               ("model_version", model_versions)):
+        for name, column, values in (("agents", "agent_id", agents),
+                                     ("actors", "actor_id", actors),
+                                     ("env_indices", "env_index", env_indices),
+                                     ("episodes", "episode_id", episodes),
+                                     ("model_versions", "model_version", model_versions)):
             if values is not None:
-                where = where.and_(cls(_member(column, values), frozenset([column])))
+                where = where.and_(cls(_member(name, column, values), frozenset([column])))
         return where
 
     def and_(self, other: Where) -> Where:
@@ -86,14 +89,24 @@ class Where:
         return Where(self.expression & other.expression, self.columns | other.columns)
 
 
-def _member(column: str, values: Iterable[Any]) -> pc.Expression:
+def _member(name: str, column: str, values: Any) -> pc.Expression:
+    """``column`` is one of ``values`` (a range of integers: two comparisons)."""
     field = pc.field(column)
-    if isinstance(values, range) and values.step == 1:  # a version range: two comparisons
+    if isinstance(values, range) and values.step == 1:
         return (field >= values.start) & (field < values.stop)
-    if isinstance(values, str):
+    text = column in ("agent_id", "actor_id")
+    if isinstance(values, str | int | np.integer):
         values = [values]
-    return field.isin(pa.array(list(values), pa.string() if column.endswith("_id")
-                               and column != "episode_id" else pa.int64()))
+    try:
+        values = list(values)
+    except TypeError:
+        raise DatasetError(f"`{name}` takes a list of values, got {values!r}") from None
+    for value in values:
+        if text and not isinstance(value, str):
+            raise DatasetError(f"`{name}` takes {name[:-1]} names (str), got {value!r}")
+        if not text and (isinstance(value, bool) or not isinstance(value, int | np.integer)):
+            raise DatasetError(f"`{name}` takes integers, got {value!r}")
+    return field.isin(pa.array(values, pa.string() if text else pa.int64()))
 
 
 class RunSource(Protocol):
@@ -160,8 +173,10 @@ class ArrowRun:
             raise DatasetError(f"{str(path)!r} is not a relayrl-gym run directory (no "
                                f"{RUN_FILE}); pass the directory of one run, e.g. "
                                "relayrl_runs/<run_id>, or a folder of runs")
-        self._files: list[Path] = []  # whole parts, read through pyarrow.dataset
-        self._open: list[tuple[Path, Path]] = []  # (in-progress name, final name)
+        self._files: list[Path] = []  # whole parts, read from their memory maps
+        # Parts being written: (in-progress name, final name, bytes when opened). A dataset is
+        # the run as it was when opened: a part read later is read up to that size.
+        self._open: list[tuple[Path, Path, int]] = []
         self._torn: list[pa.RecordBatch] = []  # whole batches of parts a crash cut short
         schemas: list[pa.Schema] = []
         for name, file in self._listing():
@@ -178,7 +193,12 @@ class ArrowRun:
                     self._torn.extend(batches)
                     schemas.extend(b.schema for b in batches[:1])
             else:
-                self._open.append((file, path / name))
+                try:
+                    size = file.stat().st_size
+                except FileNotFoundError:  # completed since it was listed
+                    self._files.append(path / name)
+                    continue
+                self._open.append((file, path / name, size))
                 schemas.extend(_stream_schema(file))
         self._stored = schemas[0] if schemas else None
 
@@ -248,20 +268,19 @@ class ArrowRun:
             for batch in self._torn:
                 yield _logical(batch, columns, where, filtered=False)
 
-        def open_part(file: Path, final: Path) -> Callable[[], Iterator[pa.RecordBatch]]:
+        def open_part(file: Path, final: Path, size: int
+                      ) -> Callable[[], Iterator[pa.RecordBatch]]:
             def read() -> Iterator[pa.RecordBatch]:
                 try:
-                    batches = iter_in_progress(file)
-                    for batch in batches:
-                        yield _logical(batch, columns, where, filtered=False)
+                    batches = iter_in_progress(file, size)
                 except FileNotFoundError:  # completed and renamed since it was listed
-                    with pa.ipc.open_file(pa.memory_map(str(final))) as reader:
-                        for i in range(reader.num_record_batches):
-                            yield _logical(reader.get_batch(i), columns, where, filtered=False)
+                    batches = iter_in_progress(final, size)
+                for batch in batches:
+                    yield _logical(batch, columns, where, filtered=False)
             return read
 
         units = [torn] if self._torn else []
-        return units + [open_part(file, final) for file, final in self._open]
+        return units + [open_part(file, final, size) for file, final, size in self._open]
 
 
 #: Parts whose record batches are smaller than this (as stored) are decompressed a few
@@ -319,7 +338,8 @@ def _logical_file(file: Path, columns: Sequence[str], where: Where
         return
     # Rows are chosen after next_obs is restored: a dropped row may hold a kept row's next
     # observation.
-    for batch in _read_file(file, sorted(set(columns) | set(_RESTORE_COLUMNS)), Where()):
+    read = set(columns) | set(_RESTORE_COLUMNS) | where.columns
+    for batch in _read_file(file, sorted(read), Where()):
         yield _logical(batch, columns, where, filtered=False, once=True)
 
 

@@ -15,15 +15,16 @@ __all__ = ["TorchTransitions"]
 
 
 def _tensor(value: Any) -> Any:
-    array = np.array(value)  # a copy: the caller may write into it, the files stay as they are
-    if array.dtype == object:
+    """Numbers and booleans as a tensor of their own (a copy: the caller may write into it,
+    the files stay as they are); anything else (strings, Python objects) as it is."""
+    if not isinstance(value, np.ndarray | np.generic) or value.dtype.kind not in "biufc":
         return value
-    return torch.from_numpy(array)
+    return torch.from_numpy(np.array(value))
 
 
 class TorchTransitions(TorchDataset[dict[str, Any]]):
-    """Item ``i``: row ``i`` as a dict of tensors (object values, such as strings, as they
-    are); picklable for `DataLoader` workers, which map the same files."""
+    """Item ``i``: row ``i`` as a dict of tensors (strings and other objects as they are);
+    picklable for `DataLoader` workers, which map the same files."""
 
     def __init__(self, replay: Replay) -> None:
         """Wraps decoded columns; use `Dataset.to_torch`."""

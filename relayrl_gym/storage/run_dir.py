@@ -78,9 +78,18 @@ def read_in_progress(path: Path) -> list[pa.RecordBatch]:
     return list(iter_in_progress(path))
 
 
-def iter_in_progress(path: Path) -> Iterator[pa.RecordBatch]:
-    """`read_in_progress` one batch at a time (memory-mapped: a batch is read when reached)."""
+def iter_in_progress(path: Path, limit: int | None = None) -> Iterator[pa.RecordBatch]:
+    """`read_in_progress` one batch at a time (memory-mapped: a batch is read when reached);
+    ``limit``: only the batches whole within the file's first ``limit`` bytes (what it held
+    when its size was taken; a completed part starts with the same bytes). The file is opened
+    now: a missing one raises `FileNotFoundError` here, not at the first batch."""
     data = pa.memory_map(str(path)).read_buffer()
+    if limit is not None and limit < data.size:
+        data = data.slice(0, limit)
+    return _whole_batches(data, path)
+
+
+def _whole_batches(data: pa.Buffer, path: Path) -> Iterator[pa.RecordBatch]:
     if data.size < len(_FILE_MAGIC) or data[: len(_FILE_MAGIC)].to_pybytes() != _FILE_MAGIC:
         return
     whole = 0

@@ -75,3 +75,13 @@ def test_plot_writes_the_image(two_runs, tmp_path):
     assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = _cli("plot", "relayrl_runs", "-o", str(tmp_path / "r.xyz"), cwd=two_runs)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_inspect_a_folder_of_different_envs(tmp_path):
+    from tests_helpers import make_testing_env, record_random
+
+    cartpole = record_random(tmp_path / "relayrl_runs")
+    other = record_random(tmp_path / "relayrl_runs", env=make_testing_env(), steps=5)
+    shown = _cli("inspect", "relayrl_runs", cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert f"run {cartpole.run_id}" in shown.stdout and f"run {other.run_id}" in shown.stdout

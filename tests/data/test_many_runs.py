@@ -8,6 +8,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import numpy as np
 import pyarrow.compute as pc
@@ -269,3 +271,86 @@ def test_iterating_a_dataset_five_times_the_budget_keeps_memory_bounded(large_ru
           f"{later / 2**20:.1f} MiB of it after the first third")
     assert growth < budget, f"private memory grew by {growth / 2**20:.1f} MiB"
     assert later < 16 * 1024 * 1024  # flat: what the first third needed is reused after it
+
+
+def test_filters_on_any_column_of_observations_stored_once(sink_dir):
+    image = spaces.Box(0, 255, (48, 32, 3), np.uint8)  # 4.6 KB: stored once
+    envs = _record(sink_dir, env=lambda: TestingEnv(image, length=5), steps=23, actors=3)
+    ds = relayrl_gym.load(envs.run_path)
+    full = ds.transitions()
+    table = ds.to_table(["actor_id", "model_version"])
+    actor = table.column("actor_id")[0].as_py()
+    mine = np.array(table.column("actor_id").to_pylist()) == actor
+    one = ds.filter(actors=[actor])
+    got = np.concatenate([b["next_obs"] for b in one.iter_batches(7)])
+    np.testing.assert_array_equal(got, full.next_obs[mine])
+    assert len(ds.filter(model_versions=[-1]).transitions().next_obs) == len(ds)
+    assert ds.filter(actors=[actor]).sample(5, seed=0)["next_obs"].shape == (5, 48, 32, 3)
+
+
+def test_a_run_being_recorded_is_read_as_it_was_when_opened(tmp_path):
+    envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=tmp_path, flush_interval=0.001,
+                            batch_rows=8)
+    envs.reset(seed=0)
+    stop = threading.Event()
+
+    def record():
+        while not stop.is_set():
+            envs.step(envs.action_space.sample())
+
+    thread = threading.Thread(target=record)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        for _ in range(3):
+            ds = relayrl_gym.load(envs.run_path)
+            rows = len(ds)
+            time.sleep(0.05)  # the part being written grows meanwhile
+            assert ds.sample(4, seed=0)["obs"].shape == (4, 4)
+            assert len(ds) == rows == sum(len(b["reward"]) for b in ds.iter_batches(64))
+    finally:
+        stop.set()
+        thread.join()
+        envs.close()
+
+
+def test_to_torch_hands_strings_over_as_they_are(sink_dir):
+    envs = _record(sink_dir, steps=10)
+    data = relayrl_gym.load(envs.run_path).to_torch(columns=["reward", "run_id", "actor_id"])
+    item = data[0]
+    assert item["run_id"] == envs.run_id and isinstance(item["actor_id"], str)
+    assert item["reward"].dtype == torch.float64
+
+
+def test_batches_of_a_database_run_are_the_callers(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    envs = _record(url, steps=10)
+    ds = relayrl_gym.load(f"{url}?run={envs.run_id}")
+    first = next(ds.iter_batches(100))
+    first["reward"] -= 100.0
+    first["obs"][:] = 0.0
+    again = next(ds.iter_batches(100))
+    assert (again["reward"] == 1.0).all() and (again["obs"] != 0.0).any()
+
+
+def test_globs_and_spellings_name_runs_once(three_runs, monkeypatch):
+    root, _ = three_runs
+    (root / "returns.png").write_bytes(b"not a run")
+    assert sorted(relayrl_gym.load(str(root / "**")).run_ids) == sorted(
+        relayrl_gym.load(root).run_ids)
+    assert len(relayrl_gym.load(str(root / "*")).run_ids) == 3
+    monkeypatch.chdir(root.parent)
+    both = relayrl_gym.load(["runs", str(root.resolve())])
+    assert len(both.run_ids) == 3
+
+
+def test_filter_values_of_the_wrong_type_are_named(three_runs):
+    ds = relayrl_gym.load(three_runs[0])
+    assert len(ds.filter(episodes=0)) == len(ds.filter(episodes=[0]))
+    assert len(ds.filter(agents="")) == len(ds)
+    with pytest.raises(DatasetError, match=r"`agents` takes agent names \(str\), got 1"):
+        ds.filter(agents=[1])
+    with pytest.raises(DatasetError, match=r"`model_versions` takes integers, got '1'"):
+        ds.filter(model_versions=["1"])
+    with pytest.raises(DatasetError, match=r"`env_indices` takes integers, got 0.5"):
+        ds.filter(env_indices=[0.5])
