@@ -5,6 +5,7 @@ from __future__ import annotations
 import datasets
 import duckdb
 import numpy as np
+import polars
 import pyarrow.parquet as pq
 import pytest
 from gymnasium import spaces
@@ -46,6 +47,11 @@ def test_export_reads_back_the_same_rows_everywhere(two_runs, tmp_path):
     np.testing.assert_array_equal(np.array([r[4] for r in rows], np.float32),
                                   np.stack(want.column("obs").to_numpy(zero_copy_only=False)))
     assert [r[5] for r in rows] == want.column("reward").to_pylist()
+
+    frame = polars.read_parquet(out / "data" / "*.parquet").sort(KEY)
+    assert frame.height == len(ds) and str(frame.schema["obs"]) == "Array(Float32, shape=(4,))"
+    np.testing.assert_array_equal(frame["obs"].to_numpy(),
+                                  np.stack(want.column("obs").to_numpy(zero_copy_only=False)))
 
     hub = datasets.load_dataset("parquet", data_dir=str(out / "data"), split="train",
                                 cache_dir=str(tmp_path / "hf"))
