@@ -131,10 +131,12 @@ class RunSource(Protocol):
 
 
 def _logical(batch: pa.RecordBatch, columns: Sequence[str], where: Where, *,
-             filtered: bool, once: bool | None = None) -> pa.RecordBatch:
+             filtered: bool, once: bool | None = None, text_info: bool = True
+             ) -> pa.RecordBatch:
     """A stored batch as readers see it: next_obs back, infos as text, rows kept, columns
     asked for (``filtered``: the rows were already chosen when the batch was read; ``once``:
-    whether next_obs must be restored, when the caller knows).
+    whether next_obs must be restored, when the caller knows; ``text_info``: infos as JSON
+    text, else as stored).
 
     Costs a few microseconds a batch when there is nothing to change (the schema, whose
     metadata holds the run description, is only looked at when needed)."""
@@ -144,7 +146,7 @@ def _logical(batch: pa.RecordBatch, columns: Sequence[str], where: Where, *,
         batch = restore(batch, logical_schema(batch.schema))
     if not filtered and where.expression is not None:
         batch = batch.filter(where.expression)
-    if "info" in columns:
+    if text_info and "info" in columns:
         batch = with_text_info(batch, text_info_schema(batch.schema))
     if batch.num_columns != len(columns) or batch.column_names != list(columns):
         batch = batch.select(list(columns))
@@ -162,43 +164,48 @@ class ArrowRun:
     (2, True)
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, text_info: bool = True) -> None:
         """Lists the run's parts and reads their schemas; no data is read.
+
+        Args:
+            path: the run directory.
+            text_info: give each row's info as JSON text (False: as stored, to send the
+                batches on as they were kept).
 
         Raises:
             DatasetError: ``path`` is not a run directory.
         """
         self.path = path
+        self._text_info = text_info
         if not (path / RUN_FILE).is_file():
             raise DatasetError(f"{str(path)!r} is not a relayrl-gym run directory (no "
                                f"{RUN_FILE}); pass the directory of one run, e.g. "
                                "relayrl_runs/<run_id>, or a folder of runs")
-        self._files: list[Path] = []  # whole parts, read from their memory maps
-        # Parts being written: (in-progress name, final name, bytes when opened). A dataset is
-        # the run as it was when opened: a part read later is read up to that size.
-        self._open: list[tuple[Path, Path, int]] = []
-        self._torn: list[pa.RecordBatch] = []  # whole batches of parts a crash cut short
+        # Every part in name order (the order written): a whole file read from its memory
+        # map, the whole batches of one a crash cut short, or one being written (read up to
+        # its size when the run was opened: a dataset is the run as it was then).
+        self._parts: list[_Part] = []
         schemas: list[pa.Schema] = []
         for name, file in self._listing():
             if file.name == name:
                 try:
                     with pa.ipc.open_file(pa.memory_map(str(file))) as reader:
                         schemas.append(reader.schema)
-                    self._files.append(file)
+                    self._parts.append(_Part(file))
                 except (pa.ArrowInvalid, OSError) as err:
                     batches = read_in_progress(file)
                     warnings.warn(f"{str(file)!r} is not a complete Arrow file ({err}); read "
                                   f"the {len(batches)} whole record batches in it and skipped "
                                   "the rest", RuntimeWarning, stacklevel=4)
-                    self._torn.extend(batches)
+                    self._parts.append(_Part(file, torn=batches))
                     schemas.extend(b.schema for b in batches[:1])
             else:
                 try:
                     size = file.stat().st_size
                 except FileNotFoundError:  # completed since it was listed
-                    self._files.append(path / name)
+                    self._parts.append(_Part(path / name))
                     continue
-                self._open.append((file, path / name, size))
+                self._parts.append(_Part(file, final=path / name, size=size))
                 schemas.extend(_stream_schema(file))
         self._stored = schemas[0] if schemas else None
 
@@ -232,9 +239,10 @@ class ArrowRun:
 
     @cached_property
     def arrow(self) -> pa.Schema:
-        """The run's rows as readers see them (next_obs whole, info as text)."""
+        """The run's rows as readers see them (next_obs whole, info as text unless asked)."""
         stored = self.stored
-        return text_info_schema(logical_schema(stored) if is_once(stored) else stored)
+        logical = logical_schema(stored) if is_once(stored) else stored
+        return text_info_schema(logical) if self._text_info else logical
 
     @property
     def run_id(self) -> str:
@@ -243,44 +251,52 @@ class ArrowRun:
     def count(self, where: Where) -> int:
         """Rows ``where`` keeps; with no filter, from the files' batch headers alone."""
         total = 0
-        for file in self._files:
-            if where.expression is None:
-                with pa.ipc.open_file(pa.memory_map(str(file))) as reader:
+        for part in self._parts:
+            if part.whole and where.expression is None:
+                with pa.ipc.open_file(pa.memory_map(str(part.path))) as reader:
                     total += reader.count_rows()
             else:
-                total += sum(b.num_rows for b in _read_file(file, sorted(where.columns), where))
-        for unit in self._loose_units(sorted(where.columns) or ["step"], where):
-            total += sum(batch.num_rows for batch in unit())
+                unit = self._unit(part, sorted(where.columns) or ["step"], where)
+                total += sum(batch.num_rows for batch in unit())
         return total
 
     def units(self, columns: Sequence[str], where: Where
               ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
         """The run's rows as independent pieces (one per part file), in the order written."""
-        units: list[Callable[[], Iterator[pa.RecordBatch]]] = []
-        for file in self._files:
-            units.append(functools.partial(_logical_file, file, columns, where))
-        units.extend(self._loose_units(columns, where))
-        return units
+        return [self._unit(part, columns, where) for part in self._parts]
 
-    def _loose_units(self, columns: Sequence[str], where: Where
-                     ) -> list[Callable[[], Iterator[pa.RecordBatch]]]:
-        def torn() -> Iterator[pa.RecordBatch]:
-            for batch in self._torn:
-                yield _logical(batch, columns, where, filtered=False)
+    def _unit(self, part: _Part, columns: Sequence[str], where: Where
+              ) -> Callable[[], Iterator[pa.RecordBatch]]:
+        text_info = self._text_info
+        if part.whole:
+            return functools.partial(_logical_file, part.path, columns, where, text_info)
 
-        def open_part(file: Path, final: Path, size: int
-                      ) -> Callable[[], Iterator[pa.RecordBatch]]:
-            def read() -> Iterator[pa.RecordBatch]:
+        def read() -> Iterator[pa.RecordBatch]:
+            if part.torn is not None:
+                batches: Iterator[pa.RecordBatch] = iter(part.torn)
+            else:
                 try:
-                    batches = iter_in_progress(file, size)
+                    batches = iter_in_progress(part.path, part.size)
                 except FileNotFoundError:  # completed and renamed since it was listed
-                    batches = iter_in_progress(final, size)
-                for batch in batches:
-                    yield _logical(batch, columns, where, filtered=False)
-            return read
+                    batches = iter_in_progress(part.final or part.path, part.size)
+            for batch in batches:
+                yield _logical(batch, columns, where, filtered=False, text_info=text_info)
+        return read
 
-        units = [torn] if self._torn else []
-        return units + [open_part(file, final, size) for file, final, size in self._open]
+
+@dataclass(frozen=True)
+class _Part:
+    """One part file of a run: whole, torn (its whole batches, read when the run was opened)
+    or being written (``final``: its name once complete; ``size``: bytes when opened)."""
+
+    path: Path
+    torn: list[pa.RecordBatch] | None = None
+    final: Path | None = None
+    size: int | None = None
+
+    @property
+    def whole(self) -> bool:
+        return self.torn is None and self.final is None
 
 
 #: Parts whose record batches are smaller than this (as stored) are decompressed a few
@@ -327,20 +343,21 @@ def _ahead(reader: pa.ipc.RecordBatchFileReader, count: int) -> Iterator[pa.Reco
                 future.cancel()
 
 
-def _logical_file(file: Path, columns: Sequence[str], where: Where
+def _logical_file(file: Path, columns: Sequence[str], where: Where, text_info: bool
                   ) -> Iterator[pa.RecordBatch]:
     """A whole part's rows as readers see them (`_logical`)."""
     with pa.ipc.open_file(pa.memory_map(str(file))) as probe:
         restoring = "next_obs" in columns and is_once(probe.schema)
     if not restoring:
         for batch in _read_file(file, columns, where):
-            yield _logical(batch, columns, where, filtered=True, once=False)
+            yield _logical(batch, columns, where, filtered=True, once=False,
+                           text_info=text_info)
         return
     # Rows are chosen after next_obs is restored: a dropped row may hold a kept row's next
     # observation.
     read = set(columns) | set(_RESTORE_COLUMNS) | where.columns
     for batch in _read_file(file, sorted(read), Where()):
-        yield _logical(batch, columns, where, filtered=False, once=True)
+        yield _logical(batch, columns, where, filtered=False, once=True, text_info=text_info)
 
 
 def _stream_schema(path: Path) -> list[pa.Schema]:

@@ -39,3 +39,24 @@ def test_a_torn_part_gives_its_whole_batches(sink_dir):
     # Exactly the first rows, as written: whole batches, nothing half-read.
     assert torn.table.drop(["timestamp"]).equals(
         whole.slice(0, len(torn)).drop(["timestamp"]))
+
+
+def test_a_torn_part_keeps_its_place_among_whole_ones(sink_dir):
+    from relayrl_gym.sinks.arrow import ArrowSink
+
+    envs = relayrl_gym.wrap("CartPole-v1", actors=2, batch_rows=16,
+                            sink=ArrowSink(sink_dir, max_file_bytes=4_000))
+    envs.reset(seed=0)
+    for _ in range(200):
+        envs.step(envs.action_space.sample())
+    envs.close()
+    run = envs.run_path
+    parts = sorted(run.glob("part-*.arrow"))
+    assert len(parts) >= 3
+    whole = relayrl_gym.load(run).table
+    first = parts[0]
+    first.write_bytes(first.read_bytes()[:-8])  # its footer's end is gone: torn, batches whole
+    with pytest.warns(RuntimeWarning, match="not a complete Arrow file"):
+        torn = relayrl_gym.load(run)
+    # The torn part's batches come first, where they were written, then the whole parts.
+    assert torn.table.drop(["timestamp"]).equals(whole.drop(["timestamp"]))
