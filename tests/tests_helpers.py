@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -45,3 +47,16 @@ def assert_same_nested(a: Any, b: Any, *, dtypes: bool = False) -> None:
             a, b = np.asarray(a), np.asarray(b)
             assert a.dtype == b.dtype and a.shape == b.shape, (a.dtype, a.shape, b.dtype, b.shape)
         np.testing.assert_array_equal(a, b)
+
+
+def start_serve(cwd: Any, *args: str) -> tuple[subprocess.Popen, str, str]:
+    """``relayrl-gym serve --bind tcp://127.0.0.1:* ARGS`` in a process of its own, once it
+    listens: (the process, its data endpoint, the line it printed)."""
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "relayrl_gym.cli.main", "serve", "--bind", "tcp://127.0.0.1:*",
+         *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = serve.stdout.readline()
+    if "listening on tcp://127.0.0.1:" not in line:
+        serve.kill()
+        raise AssertionError(f"serve did not start: {serve.communicate()[1]}")
+    return serve, line.split("listening on ")[1].split(",")[0], line

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from tests_helpers import start_serve
 
 pytest.importorskip("zmq")
 
@@ -24,14 +25,9 @@ def test_keygen_then_serve_with_curve_keys(tmp_path):
     assert {p.name for p in (tmp_path / "keys" / "authorized").iterdir()} == {"a1.key",
                                                                               "a2.key"}
     assert "serve --curve-keys" in out.stdout
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "relayrl_gym.cli.main", "serve", "--bind", "tcp://127.0.0.1:*",
-         "--sink", "collected", "--curve-keys", "keys", "--stats-every", "0.2"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serve, endpoint, _ = start_serve(tmp_path, "--sink", "collected", "--curve-keys", "keys",
+                                     "--stats-every", "0.2")
     try:
-        line = serve.stdout.readline()
-        assert "listening on tcp://127.0.0.1:" in line, serve.stderr.read()
-        endpoint = line.split("listening on ")[1].split(",")[0]
         url = f"zmq+{endpoint}?curve={tmp_path / 'keys' / 'clients' / 'a2'}"
         envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=[tmp_path / "copy", url])
         envs.reset(seed=0)
@@ -69,15 +65,11 @@ def test_serve_publishes_a_model_to_actors(tmp_path):
         net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
         relayrl_gym.ModelModule.from_torch(net, env.observation_space, env.action_space,
                                            path=tmp_path / name, format="onnx")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "relayrl_gym.cli.main", "serve", "--bind", "tcp://127.0.0.1:*",
-         "--sink", "collected", "--models", "tcp://0.0.0.0:*", "--publish", "published",
-         "--stats-every", "0"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True)
+    serve, endpoint, line = start_serve(tmp_path, "--sink", "collected", "--models",
+                                        "tcp://0.0.0.0:*", "--publish", "published",
+                                        "--stats-every", "0")
     try:
-        line = serve.stdout.readline()
-        assert "models on tcp://0.0.0.0:" in line, serve.stderr.read()
-        endpoint = line.split("listening on ")[1].split(",")[0]
+        assert "models on tcp://0.0.0.0:" in line
         envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=f"zmq+{endpoint}",
                                 policy=tmp_path / "start")
         envs.reset(seed=0)

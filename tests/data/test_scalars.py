@@ -4,15 +4,13 @@ with TensorBoard's own event reader."""
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
 import pytest
 from pettingzoo.classic import tictactoe_v3
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tests_helpers import record_random
+from tests_helpers import record_random, start_serve
 
 import relayrl_gym
 from relayrl_gym.data.scalars import EpisodeStream
@@ -78,14 +76,9 @@ def test_episode_stream_of_a_game_names_its_agents(sink_dir):
 
 def test_serve_writes_the_episodes_it_receives(tmp_path):
     pytest.importorskip("zmq")
-    serve = subprocess.Popen(
-        [sys.executable, "-m", "relayrl_gym.cli.main", "serve", "--bind", "tcp://127.0.0.1:*",
-         "--sink", "collected", "--stats-every", "0.2", "--tensorboard", "tb"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serve, endpoint, _ = start_serve(tmp_path, "--sink", "collected", "--stats-every", "0.2",
+                                     "--tensorboard", "tb")
     try:
-        line = serve.stdout.readline()
-        assert "listening on tcp://127.0.0.1:" in line, serve.stderr.read()
-        endpoint = line.split("listening on ")[1].split(",")[0]
         envs = record_random(f"zmq+{endpoint}", steps=400)  # close(): every row acknowledged
     finally:
         serve.send_signal(signal.SIGTERM)
