@@ -89,12 +89,16 @@ def collect(
     if policy is not None and (isinstance(policy, str | os.PathLike) or
                                (hasattr(policy, "step") and hasattr(policy, "version"))):
         module, policy = policy, None
+    envs = wrap(env, actors, sink=sink, policy=module, **wrap_kwargs)
     board = None
     if tensorboard is not None:
-        from relayrl_gym.data.scalars import TensorBoardScalars
+        try:
+            from relayrl_gym.data.scalars import TensorBoardScalars
 
-        board = TensorBoardScalars(tensorboard)
-    envs = wrap(env, actors, sink=sink, policy=module, **wrap_kwargs)
+            board = TensorBoardScalars(tensorboard)
+        except BaseException:
+            envs.close()
+            raise
     returns: list[float] = []
     done_steps = 0
     bar = tqdm(total=steps or episodes, unit="step" if steps else "episode", disable=not progress,

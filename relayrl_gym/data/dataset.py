@@ -3,11 +3,12 @@ batches, sampled, as torch datasets, pyarrow, numpy, episodes, pandas and summar
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +27,20 @@ if TYPE_CHECKING:
     from gymnasium import spaces
 
 __all__ = ["Dataset", "load"]
+
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def _closing(iterator: Iterator[T]) -> Iterator[Iterator[T]]:
+    """``iterator``, closed when the block ends, an exception included: a read stopped part
+    way joins its read-ahead threads then, not when a traceback lets go of it."""
+    try:
+        yield iterator
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
 
 
 def _rows(batch: Any, n: int) -> list[Any]:
@@ -162,13 +177,18 @@ class Dataset:
 
     def _batches(self, columns: Sequence[str], order: np.random.Generator | None = None
                  ) -> Iterator[tuple[RunSource, pa.RecordBatch]]:
-        units = [(run, unit) for run in self._runs for unit in run.units(columns, self._where)]
+        """Every run's rows kept, in `arrow_schema` (a run whose policy outputs or infos have
+        other types is cast), without empty batches; ``order``: part files shuffled."""
+        target = _select(self.arrow_schema, columns)
+        units = [(run, unit, _select(run.arrow, columns) != target)
+                 for run in self._runs for unit in run.units(columns, self._where)]
         if order is not None:
             units = [units[i] for i in order.permutation(len(units))]
-        for run, unit in units:
-            for batch in unit():
-                if batch.num_rows:
-                    yield run, batch
+        for run, unit, cast in units:
+            with _closing(unit()) as batches:  # read-ahead ends with the read
+                for batch in batches:
+                    if batch.num_rows:
+                        yield run, _cast(batch, target) if cast else batch
 
     def iter_batches(self, batch_size: int = 4096, columns: Sequence[str] | None = None, *,
                      shuffle: bool = False, seed: int | np.random.Generator | None = None,
@@ -192,12 +212,14 @@ class Dataset:
         names = check_columns(columns)
         rng = (seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
                ) if shuffle else None
-        parts = (decode(batch, run.schema) for run, batch in self._batches(names, rng))
-        if rng is None:
-            yield from _rebatch(parts, batch_size, drop_last)
-        else:
-            size = shuffle_buffer if shuffle_buffer is not None else max(16 * batch_size, 65536)
-            yield from _shuffled(parts, batch_size, rng, max(size, batch_size), drop_last)
+        with _closing(self._batches(names, rng)) as batches:
+            parts = (decode(batch, self.schema) for _, batch in batches)
+            if rng is None:
+                yield from _rebatch(parts, batch_size, drop_last)
+            else:
+                size = (shuffle_buffer if shuffle_buffer is not None
+                        else max(16 * batch_size, 65536))
+                yield from _shuffled(parts, batch_size, rng, max(size, batch_size), drop_last)
 
     @cached_property
     def arrow_schema(self) -> pa.Schema:
@@ -213,15 +235,15 @@ class Dataset:
         """The rows as Arrow record batches of `arrow_schema` (default: every column), run by
         run in the order written, streamed."""
         names = list(self.arrow_schema.names) if columns is None else check_columns(columns)
-        schema = _select(self.arrow_schema, names)
-        for _, batch in self._batches(names):
-            yield batch if batch.schema == schema else _cast(batch, schema)
+        with _closing(self._batches(names)) as batches:
+            for _, batch in batches:
+                yield batch
 
     def to_table(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Every row kept, in memory, as one `pyarrow.Table` (default: every column)."""
         names = list(self.arrow_schema.names) if columns is None else check_columns(columns)
-        return pa.Table.from_batches(list(self.record_batches(names)),
-                                     schema=_select(self.arrow_schema, names))
+        with _closing(self.record_batches(names)) as batches:
+            return pa.Table.from_batches(list(batches), schema=_select(self.arrow_schema, names))
 
     @cached_property
     def table(self) -> pa.Table:
@@ -238,15 +260,17 @@ class Dataset:
         run in the order they end (unfinished ones, cut off by a reset or by the end of
         recording, last); memory holds the episodes in progress, not the run."""
         for run in self._runs:
-            batches = (b for unit in run.units(EPISODE_COLUMNS, self._where) for b in unit())
-            yield from episodes_of(batches, run.schema)
+            one = Dataset([run], self._where, source=self.source)
+            with _closing(one._batches(EPISODE_COLUMNS)) as batches:
+                yield from episodes_of((batch for _, batch in batches), run.schema)
 
     def summary(self) -> Summary:
         """Steps, finished and unfinished episodes, return statistics overall and per actor;
         no observation is read."""
-        batches = (batch for _, batch in self._batches(STAT_COLUMNS))
         run_id = self._runs[0].run_id if len(self._runs) == 1 else f"{len(self._runs)} runs"
-        return summarize(batches, run_id, self._runs[0].schema.metadata.get("env_id"))
+        with _closing(self._batches(STAT_COLUMNS)) as batches:
+            return summarize((batch for _, batch in batches), run_id,
+                             self._runs[0].schema.metadata.get("env_id"))
 
     def to_pandas(self) -> pd.DataFrame:
         """A DataFrame of every row; obs/next_obs/action cells hold arrays of the space's shape."""
@@ -270,7 +294,8 @@ class Dataset:
         replay = self._replays.get(names)
         if replay is None:
             rows = len(self)
-            replay = Replay.build(self.iter_batches(65536, names), rows, self._cache_dir)
+            with _closing(self.iter_batches(65536, names)) as batches:
+                replay = Replay.build(batches, rows, self._cache_dir)
             self._replays[names] = replay
         return replay
 

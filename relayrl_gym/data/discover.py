@@ -85,12 +85,13 @@ def _find(spec: Spec) -> list[RunSource]:
 
 
 def _matched_runs(matches: list[str]) -> list[str]:
-    """The folders a glob's matches name: folders as they are, a file inside a run (its
-    ``_run.json``, a part) as that run; other files (a plot beside the runs) left out."""
+    """The folders a glob's matches name: runs and folders holding runs as they are, a file
+    inside a run (its ``_run.json``, a part) as that run; other files and folders (a plot, a
+    TensorBoard folder beside the runs) left out."""
     folders: dict[str, None] = {}
     for match in matches:
         path = Path(match)
-        if path.is_dir():
+        if (path / RUN_FILE).is_file() or (path.is_dir() and _run_dirs(path)):
             folders[match] = None
         elif (path.parent / RUN_FILE).is_file():
             folders[str(path.parent)] = None

@@ -31,6 +31,8 @@ def episodes_of(batches: Iterable[pa.RecordBatch], schema: TransitionSchema
     the unfinished ones (cut off by a reset or by the end of recording) last, by episode id."""
     pending: dict[int, list[dict[str, Any]]] = {}
     for batch in batches:
+        if not batch.num_rows:
+            continue
         rows = decode(batch, schema)
         ids = rows["episode_id"]
         order = np.argsort(ids, kind="stable")

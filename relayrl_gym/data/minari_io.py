@@ -201,9 +201,10 @@ def _create(dataset_id: str, ds: Dataset, spec: EnvSpec | None, meta: dict[str, 
             created: list[Path]) -> Any:
     """An empty Minari storage for ``dataset_id``; its folder is added to ``created``."""
     namespace = _parse(dataset_id, "`dataset_id`")[0]
+    path = get_dataset_path(dataset_id)
     if namespace is not None and namespace not in list_local_namespaces():
         create_namespace(namespace)
-    path = get_dataset_path(dataset_id)
+        created.append(path.parent)  # made here: removed with the dataset if the export fails
     try:
         path.mkdir(parents=True)
     except FileExistsError as err:
@@ -239,7 +240,8 @@ class MinariRun:
     without the last and the first, its actions, rewards and flags, ``episode_id`` its Minari
     id, ``run_id`` ``"minari:<id>"``. Minari keeps no actors, times, masks or policy outputs:
     ``actor_id`` and ``agent_id`` are empty, ``env_index`` 0, ``model_version`` -1,
-    ``timestamp`` the epoch, ``mask``, ``data`` and ``info`` null.
+    ``timestamp`` episode id * 2**32 + step nanoseconds after the epoch (Minari keeps no
+    times; this keeps time order the episodes' order), ``mask``, ``data`` and ``info`` null.
 
     >>> import pytest, tempfile, relayrl_gym
     >>> envs = relayrl_gym.wrap("CartPole-v1", sink=tempfile.mkdtemp())
@@ -328,8 +330,12 @@ class MinariRun:
             "terminated": pa.array(np.asarray(episode.terminations, np.bool_)),
             "truncated": pa.array(np.asarray(episode.truncations, np.bool_)),
         }
+        # Minari keeps no times: episode id * 2**32 + step nanoseconds after the epoch keeps
+        # time order the episodes' order (what plots and end steps go by).
+        computed["timestamp"] = pa.array(np.arange(n, dtype=np.int64) + (int(episode.id) << 32),
+                                         pa.timestamp("ns", tz="UTC"))
         constant = {"run_id": self.run_id, "actor_id": "", "agent_id": "", "env_index": 0,
-                    "episode_id": int(episode.id), "model_version": -1, "timestamp": 0}
+                    "episode_id": int(episode.id), "model_version": -1}
         arrays = [computed[f.name] if f.name in computed
                   else pa.repeat(pa.scalar(constant[f.name], f.type), n)
                   if f.name in constant else pa.nulls(n, f.type) for f in self.arrow]

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 __all__ = ["export_parquet"]
 
 _ROW_GROUP_BYTES = 64 * 1024 * 1024
+_CODECS = frozenset({"none", "snappy", "gzip", "brotli", "lz4", "zstd"})
 
 
 def export_parquet(ds: Dataset, folder: str | os.PathLike[str], *,
@@ -49,9 +50,14 @@ def export_parquet(ds: Dataset, folder: str | os.PathLike[str], *,
         progress: show a progress bar (rows written).
 
     Raises:
-        DatasetError: ``folder`` exists and is not empty (nothing is overwritten), or the
-            dataset holds no rows.
+        DatasetError: ``folder`` exists and is not empty (nothing is overwritten), the
+            dataset holds no rows, or ``file_bytes`` / ``compression`` are not valid.
     """
+    if not isinstance(file_bytes, int) or file_bytes < 1:
+        raise DatasetError(f"`file_bytes` must be an int >= 1, got {file_bytes!r}")
+    if not isinstance(compression, str) or compression.lower() not in _CODECS:
+        raise DatasetError(f"`compression` must be one of {', '.join(sorted(_CODECS))}, got "
+                           f"{compression!r}")
     root = Path(folder)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
         raise DatasetError(f"{str(root)!r} already exists and is not an empty folder; export "
@@ -60,7 +66,8 @@ def export_parquet(ds: Dataset, folder: str | os.PathLike[str], *,
     if rows == 0:
         raise DatasetError("the dataset holds no rows to export (check its filters)")
     schema = ds.arrow_schema
-    created = not root.exists()
+    # The first folder this call makes (root or one of its parents): removed if it fails.
+    made = next((p for p in reversed([root, *root.parents]) if not p.exists()), None)
     data = root / "data"
     data.mkdir(parents=True)
     try:
@@ -76,8 +83,8 @@ def export_parquet(ds: Dataset, folder: str | os.PathLike[str], *,
         _write(data, schema, stream, per_file, per_group, files, compression)
         _card(root, ds, schema, rows, files, name or root.resolve().name)
     except BaseException:
-        if created:
-            shutil.rmtree(root, ignore_errors=True)
+        if made is not None:
+            shutil.rmtree(made, ignore_errors=True)
         else:
             shutil.rmtree(data, ignore_errors=True)
             (root / "README.md").unlink(missing_ok=True)

@@ -160,8 +160,8 @@ def plot(ds: Dataset, path: str | os.PathLike[str] | None = None, *,
     if by not in GROUPS:
         raise DatasetError(f"`by` must be one of 'model_version', 'agent', 'run' or None, "
                            f"got {by!r}")
-    if window < 1:
-        raise DatasetError(f"`window` must be >= 1, got {window}")
+    if isinstance(window, bool) or not isinstance(window, int | np.integer) or window < 1:
+        raise DatasetError(f"`window` must be an int >= 1, got {window!r}")
     formats = FigureCanvasAgg.get_supported_filetypes()
     if path is not None and Path(path).suffix[1:].lower() not in formats:
         raise DatasetError(f"`path` must end in a format matplotlib writes "

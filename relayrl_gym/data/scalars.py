@@ -4,7 +4,9 @@ write with ``--tensorboard DIR``, the way CleanRL and SB3 runs are watched live.
 Tags: ``episode/return`` and ``episode/length`` at the environment step where the episode
 ended (``episode/return/<agent>`` for PettingZoo agents), ``episode/model_version`` when a
 policy acted, and ``throughput/steps_per_second``. `EpisodeStream` finds finished episodes in
-record batches as a collector receives them (any interleaving of actors and batches).
+record batches as a collector commits them: actors interleaved in any way, each actor's
+batches in the order written. A batch that never reaches it (a learner queue that was full:
+the server's ``learner_dropped``) leaves its episodes out or short.
 """
 
 from __future__ import annotations
@@ -43,9 +45,11 @@ class FinishedEpisode:
 
 
 class EpisodeStream:
-    """Finished episodes from record batches of transitions, fed in the order received.
+    """Finished episodes from record batches of transitions, each actor's in the order
+    written.
 
-    Memory holds one partial sum per episode in progress.
+    Memory holds one partial sum per episode in progress, at most ``max_open`` of them (an
+    episode whose last batch never came is let go of, oldest first).
 
     >>> import pyarrow as pa
     >>> stream = EpisodeStream()
@@ -58,9 +62,15 @@ class EpisodeStream:
 
     COLUMNS = (*_KEYS, "reward", "terminated", "truncated", "model_version")
 
-    def __init__(self) -> None:
-        """Starts with no episode in progress."""
+    def __init__(self, max_open: int = 65536) -> None:
+        """Starts with no episode in progress; ``max_open``: episodes in progress kept."""
         self._open: dict[tuple[str, str, str, int], tuple[float, int]] = {}
+        self._max_open = max_open
+
+    @property
+    def in_progress(self) -> int:
+        """Episodes seen whose last row has not come yet."""
+        return len(self._open)
 
     def feed(self, batch: pa.RecordBatch) -> list[FinishedEpisode]:
         """The episodes whose last row is in ``batch``."""
@@ -82,7 +92,9 @@ class EpisodeStream:
                 finished.append(FinishedEpisode(*key, total, length,
                                                 int(groups["model_version_last"][i])))
             else:
-                self._open[key] = (total, length)
+                self._open[key] = (total, length)  # re-inserted: the oldest stay first
+        while len(self._open) > self._max_open:
+            del self._open[next(iter(self._open))]
         return finished
 
 

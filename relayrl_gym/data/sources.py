@@ -92,9 +92,9 @@ class Where:
 def _member(name: str, column: str, values: Any) -> pc.Expression:
     """``column`` is one of ``values`` (a range of integers: two comparisons)."""
     field = pc.field(column)
-    if isinstance(values, range) and values.step == 1:
-        return (field >= values.start) & (field < values.stop)
     text = column in ("agent_id", "actor_id")
+    if not text and isinstance(values, range) and values.step == 1:
+        return (field >= values.start) & (field < values.stop)
     if isinstance(values, str | int | np.integer):
         values = [values]
     try:

@@ -16,15 +16,21 @@ __all__ = ["TorchTransitions"]
 
 def _tensor(value: Any) -> Any:
     """Numbers and booleans as a tensor of their own (a copy: the caller may write into it,
-    the files stay as they are); anything else (strings, Python objects) as it is."""
-    if not isinstance(value, np.ndarray | np.generic) or value.dtype.kind not in "biufc":
+    the files stay as they are), times as int64 nanoseconds since the epoch; anything else
+    (strings, Python objects) as it is."""
+    if not isinstance(value, np.ndarray | np.generic):
+        return value
+    if value.dtype.kind == "M":
+        return torch.tensor(value.astype("datetime64[ns]").astype(np.int64))
+    if value.dtype.kind not in "biufc":
         return value
     return torch.from_numpy(np.array(value))
 
 
 class TorchTransitions(TorchDataset[dict[str, Any]]):
-    """Item ``i``: row ``i`` as a dict of tensors (strings and other objects as they are);
-    picklable for `DataLoader` workers, which map the same files."""
+    """Item ``i``: row ``i`` as a dict of tensors (``timestamp`` as int64 nanoseconds since
+    the epoch; strings and other objects as they are); picklable for `DataLoader` workers,
+    which map the same files."""
 
     def __init__(self, replay: Replay) -> None:
         """Wraps decoded columns; use `Dataset.to_torch`."""

@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 
+import gymnasium as gym
 import numpy as np
 import pyarrow.compute as pc
 import pytest
@@ -182,6 +183,8 @@ def test_to_torch_feeds_a_dataloader_with_workers(three_runs):
     assert batches[0]["action"].dtype == torch.int64
     assert batches[0]["terminated"].dtype == torch.bool
     item = data[0]
+    assert relayrl_gym.load(three_runs[0]).to_torch(["timestamp"])[0]["timestamp"].dtype == \
+        torch.int64  # nanoseconds since the epoch, which collate can stack
     item["obs"][0] = 99.0  # a copy: the next read is unchanged
     assert data[0]["obs"][0] != 99.0
     with pytest.raises(IndexError, match="out of range"):
@@ -354,3 +357,61 @@ def test_filter_values_of_the_wrong_type_are_named(three_runs):
         ds.filter(model_versions=["1"])
     with pytest.raises(DatasetError, match=r"`env_indices` takes integers, got 0.5"):
         ds.filter(env_indices=[0.5])
+
+
+def test_runs_with_other_policy_outputs_read_together(tmp_path):
+    env = gym.make("CartPole-v1")
+
+    class TwoHeads(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pi, self.v = torch.nn.Linear(4, 2), torch.nn.Linear(4, 1)
+
+        def forward(self, x):
+            return self.pi(x), self.v(x)[:, 0]
+
+    torch.manual_seed(0)
+    one = relayrl_gym.ModelModule.from_torch(torch.nn.Linear(4, 2), env.observation_space,
+                                             env.action_space, path=tmp_path / "one",
+                                             format="onnx", action_head="sample")
+    two = relayrl_gym.ModelModule.from_torch(TwoHeads(), env.observation_space,
+                                             env.action_space, path=tmp_path / "two",
+                                             format="onnx", action_head="sample",
+                                             extra_outputs=("value",))
+    runs = [relayrl_gym.collect("CartPole-v1", policy=p, actors=2, steps=40, seed=0,
+                                sink=tmp_path / "runs").run_path for p in (one, two)]
+    runs.append(relayrl_gym.collect("CartPole-v1", actors=2, steps=40, seed=0,
+                                    sink=tmp_path / "runs").run_path)
+    for order in (runs, runs[::-1], [runs[2], runs[0]]):
+        ds = relayrl_gym.load(order)
+        rows = sum(len(b["reward"]) for b in ds.iter_batches(4096, ["data", "reward"]))
+        assert rows == len(ds)
+        data = next(ds.iter_batches(len(ds), ["data"]))["data"]
+        table = ds.to_table(["data"]).column("data").combine_chunks()
+        assert sorted(data) == sorted(f.name for f in table.type)
+        for name in data:
+            np.testing.assert_array_equal(data[name], table.field(name).to_numpy(
+                zero_copy_only=False))
+        assert ds.sample(3, seed=0, columns=["data"])["data"].keys() == data.keys()
+
+
+def test_episodes_of_filters_that_empty_a_batch(sink_dir):
+    image = spaces.Box(0, 255, (48, 32, 3), np.uint8)  # stored once: filtered after reading
+    envs = _record(sink_dir, env=lambda: TestingEnv(image, length=5), steps=23, actors=3,
+                   batch_rows=8)
+    ds = relayrl_gym.load(envs.run_path)
+    last = int(ds.to_table(["episode_id"]).column("episode_id").to_numpy().max())
+    (episode,) = ds.filter(episodes=[last]).episodes()
+    assert episode.episode_id == last
+
+
+def test_a_glob_passes_over_folders_without_runs(three_runs):
+    root, _ = three_runs
+    (root / "tb").mkdir()  # collect --tensorboard runs/tb beside the runs
+    assert len(relayrl_gym.load(str(root / "*")).run_ids) == 3
+
+
+def test_ranges_name_integers_only(three_runs):
+    ds = relayrl_gym.load(three_runs[0])
+    with pytest.raises(DatasetError, match=r"`actors` takes actor names \(str\), got 0"):
+        ds.filter(actors=range(2))

@@ -263,6 +263,20 @@ def test_a_failed_write_leaves_nothing(sink_dir, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         ds.export_minari("relayrl/failed-v0")
     assert not get_dataset_path("relayrl/failed-v0").exists()
+    with pytest.raises(OSError, match="disk full"):
+        ds.export_minari("brandnew/failed-v0")  # the namespace it made goes too
+    assert not get_dataset_path("brandnew/failed-v0").parent.exists()
+
+
+def test_a_minari_dataset_plots_by_its_episodes(sink_dir):
+    from relayrl_gym.data.plots import episode_table
+
+    ds = _record("CartPole-v1", sink_dir, 120)
+    ds.export_minari("relayrl/plotted-v0")
+    back = relayrl_gym.load("minari:relayrl/plotted-v0")
+    ends = episode_table(back).column("end_step").to_pylist()
+    assert ends == sorted(ends) and len(set(ends)) == len(ends) == back.summary().episodes
+    assert ends[-1] == len(back)
 
 
 def test_without_minari(sink_dir, monkeypatch):

@@ -88,3 +88,19 @@ def test_nothing_is_overwritten(two_runs, tmp_path):
     with pytest.raises(DatasetError, match="no rows to export"):
         two_runs.filter(model_versions=[4]).export_parquet(tmp_path / "empty")
     assert not (tmp_path / "empty").exists()
+
+
+def test_bad_options_and_a_failed_export_leave_nothing(two_runs, tmp_path, monkeypatch):
+    with pytest.raises(DatasetError, match=r"`compression` must be one of .*zstd, got 'bogus'"):
+        two_runs.export_parquet(tmp_path / "a", compression="bogus")
+    with pytest.raises(DatasetError, match=r"`file_bytes` must be an int >= 1, got 0"):
+        two_runs.export_parquet(tmp_path / "a", file_bytes=0)
+    assert not (tmp_path / "a").exists()
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_batch", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        two_runs.export_parquet(tmp_path / "new" / "nested" / "pq")
+    assert not (tmp_path / "new").exists()  # the folders it made are gone

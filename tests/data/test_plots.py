@@ -178,8 +178,10 @@ def test_errors(cartpole, sink_dir, tmp_path):
     with pytest.raises(DatasetError, match=r"`by` must be one of 'model_version', 'agent', "
                                            r"'run' or None, got 'actor'"):
         plot(ds, by="actor")
-    with pytest.raises(DatasetError, match=r"`window` must be >= 1, got 0"):
+    with pytest.raises(DatasetError, match=r"`window` must be an int >= 1, got 0"):
         plot(ds, window=0)
+    with pytest.raises(DatasetError, match=r"`window` must be an int >= 1, got 2.5"):
+        plot(ds, window=2.5)
     with pytest.raises(DatasetError, match=r"`path` must end in a format matplotlib writes "
                                            r"\(.*\.png.*\), got '.*r\.txt'"):
         plot(ds, tmp_path / "r.txt")

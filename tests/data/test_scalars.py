@@ -87,3 +87,21 @@ def test_serve_writes_the_episodes_it_receives(tmp_path):
     ds = relayrl_gym.load(tmp_path / "collected" / envs.run_id)
     returns = [v for _, v in _scalars(tmp_path / "tb")["episode/return"]]
     assert Counter(returns) == Counter(e.total_reward for e in _finished(ds))
+
+
+def test_collect_that_fails_leaves_no_event_file(tmp_path):
+    with pytest.raises(relayrl_gym.errors.ConfigError):
+        relayrl_gym.collect("CartPole-v1", actors=0, steps=10, tensorboard=tmp_path / "tb")
+    assert not (tmp_path / "tb").exists()
+
+
+def test_episodes_whose_end_never_comes_are_let_go(sink_dir):
+    envs = record_random(sink_dir, steps=200)
+    ds = relayrl_gym.load(envs.run_path)
+    stream = EpisodeStream(max_open=2)
+    table = ds.to_table(list(EpisodeStream.COLUMNS))
+    not_done = table.filter(~(table.column("terminated").to_numpy()
+                              | table.column("truncated").to_numpy()))
+    for batch in not_done.to_batches(max_chunksize=1):  # no episode ever ends
+        assert stream.feed(batch) == []
+    assert stream.in_progress == 2  # bounded, whatever is fed
