@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from relayrl_gym.errors import missing_extra
@@ -32,6 +33,11 @@ def new_context() -> Any:
     return context
 
 
+#: How long the last release waits for pyzmq's gc thread to drop the references of messages
+#: libzmq has already freed.
+_REFS_DRAIN_S = 1.0
+
+
 def release_gc_thread() -> None:
     """Releases a context of `new_context` (after terminating it); the last one stops pyzmq's
     garbage-collector thread once no zero-copy send is outstanding.
@@ -47,5 +53,11 @@ def release_gc_thread() -> None:
 
     with _contexts_lock:
         _contexts = max(0, _contexts - 1)
-        if _contexts == 0 and gc.is_alive() and not gc.refs:
-            gc.stop()
+        if _contexts == 0 and gc.is_alive():
+            # Every context is terminated, so libzmq has let go of every zero-copy message;
+            # the gc thread drops their references as its notices arrive: wait for that.
+            deadline = time.monotonic() + _REFS_DRAIN_S
+            while gc.refs and time.monotonic() < deadline:
+                time.sleep(0.001)
+            if not gc.refs:
+                gc.stop()
