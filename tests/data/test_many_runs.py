@@ -13,6 +13,7 @@ import time
 
 import gymnasium as gym
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import torch
@@ -21,6 +22,10 @@ from testing_env import SPACES, TestingEnv
 from tests_helpers import assert_same_nested, make_testing_env, record_random
 
 import relayrl_gym
+from relayrl_gym.data.dataset import Dataset
+from relayrl_gym.data.episodes import EPISODE_COLUMNS, episodes_of
+from relayrl_gym.data.replay import Replay
+from relayrl_gym.data.sources import ArrowRun, Where
 from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.batches import map_leaves
 
@@ -415,3 +420,49 @@ def test_ranges_name_integers_only(three_runs):
     ds = relayrl_gym.load(three_runs[0])
     with pytest.raises(DatasetError, match=r"`actors` takes actor names \(str\), got 0"):
         ds.filter(actors=range(2))
+
+
+def test_rows_are_chosen_after_next_obs_is_restored(sink_dir):
+    # A filter that drops a kept row's successor (a policy swapped mid-episode does, with
+    # model_versions): the successor still gives the kept row its next observation.
+    image = spaces.Box(0, 255, (48, 32, 3), np.uint8)
+    envs = _record(sink_dir, env=lambda: TestingEnv(image, length=5), steps=23, actors=3)
+    ds = relayrl_gym.load(envs.run_path)
+    full, steps = ds.transitions(), ds.to_table(["step"]).column("step").to_numpy()
+    early = Dataset([ArrowRun(envs.run_path)], Where(pc.field("step") < 2, frozenset({"step"})))
+    np.testing.assert_array_equal(early.transitions().next_obs, full.next_obs[steps < 2])
+
+
+def test_sample_reaches_every_row(sink_dir):
+    ds = relayrl_gym.load(_record(sink_dir, env=make_testing_env(length=4), steps=5).run_path)
+    drawn, table = ds.sample(500, seed=0, columns=KEY), ds.to_table(KEY)
+    assert set(zip(*(drawn[c].tolist() for c in KEY))) == set(
+        zip(*(table.column(c).to_pylist() for c in KEY)))
+
+
+def test_replay_of_several_batches_keeps_their_order():
+    replay = Replay.build(iter([{"x": np.arange(3.0)}, {"x": np.arange(3.0, 5.0)}]), rows=5)
+    assert replay.take(np.arange(5))["x"].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+
+
+def test_episodes_of_interleaved_rows_in_small_batches(sink_dir):
+    # Senders of a collector interleave: rows of an episode in several batches, out of order.
+    ds = relayrl_gym.load(_record(sink_dir, steps=60, actors=3).run_path)
+    want = {e.episode_id: e for e in ds.episodes()}
+    table, rng = ds.to_table(list(EPISODE_COLUMNS)), np.random.default_rng(0)
+    batches = [b.take(pa.array(rng.permutation(b.num_rows)))
+               for b in table.to_batches(max_chunksize=5)]
+    got = list(episodes_of(batches, ds.schema))
+    assert sorted(e.episode_id for e in got) == sorted(want)
+    for e in got:
+        np.testing.assert_array_equal(e.observations, want[e.episode_id].observations)
+        np.testing.assert_array_equal(e.rewards, want[e.episode_id].rewards)
+
+
+def test_shuffle_starts_from_different_files(tmp_path):
+    for seed in range(3):
+        _record(tmp_path / "runs" / str(seed), seed=seed)
+    ds = relayrl_gym.load(tmp_path / "runs")
+    firsts = {next(ds.iter_batches(1, columns=["run_id"], shuffle=True, seed=s,
+                                   shuffle_buffer=1))["run_id"][0] for s in range(10)}
+    assert len(firsts) > 1
