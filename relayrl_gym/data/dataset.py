@@ -21,6 +21,7 @@ from relayrl_gym.data.records import Episode, Summary, Transitions
 from relayrl_gym.data.replay import Replay
 from relayrl_gym.data.sources import RunSource, Where
 from relayrl_gym.errors import DatasetError, missing_extra
+from relayrl_gym.schema.transitions import TransitionSchema
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -125,7 +126,7 @@ class Dataset:
         return self._runs[0]
 
     @property
-    def schema(self) -> Any:
+    def schema(self) -> TransitionSchema:
         """The runs' `TransitionSchema` (spaces and their column codecs)."""
         return self._runs[0].schema
 
@@ -152,11 +153,13 @@ class Dataset:
                episodes: Iterable[int] | None = None,
                model_versions: Iterable[int] | None = None) -> Dataset:
         """The rows whose run, agent, actor, env copy, episode id and model version are among
-        those given (None: any). Episode ids are unique within a run: with several runs,
-        combine ``episodes`` with ``runs``.
+        those given (None: any; one value or a list; a ``range`` of versions or indices).
+        Episode ids are unique within a run: with several runs, combine ``episodes`` with
+        ``runs``.
 
         Raises:
-            DatasetError: a run id that is not in the dataset.
+            DatasetError: a run id that is not in the dataset, or a value of the wrong type
+                (names are strings, the rest integers).
         """
         chosen = self._runs
         if runs is not None:
