@@ -187,26 +187,27 @@ class ArrowRun:
         self._parts: list[_Part] = []
         schemas: list[pa.Schema] = []
         for name, file in self._listing():
-            if file.name == name:
-                try:
-                    with pa.ipc.open_file(pa.memory_map(str(file))) as reader:
-                        schemas.append(reader.schema)
-                    self._parts.append(_Part(file))
-                except (pa.ArrowInvalid, OSError) as err:
-                    batches = read_in_progress(file)
-                    warnings.warn(f"{str(file)!r} is not a complete Arrow file ({err}); read "
-                                  f"the {len(batches)} whole record batches in it and skipped "
-                                  "the rest", RuntimeWarning, stacklevel=4)
-                    self._parts.append(_Part(file, torn=batches))
-                    schemas.extend(b.schema for b in batches[:1])
-            else:
+            if file.name != name:  # being written
                 try:
                     size = file.stat().st_size
-                except FileNotFoundError:  # completed since it was listed
-                    self._parts.append(_Part(path / name))
+                except FileNotFoundError:  # completed since it was listed: a whole part
+                    file = path / name
+                else:
+                    self._parts.append(_Part(file, final=path / name, size=size))
+                    schemas.extend(_stream_schema(file))
                     continue
-                self._parts.append(_Part(file, final=path / name, size=size))
-                schemas.extend(_stream_schema(file))
+            try:
+                part = _Part.whole_file(file)
+            except (pa.ArrowInvalid, OSError) as err:
+                batches = read_in_progress(file)
+                warnings.warn(f"{str(file)!r} is not a complete Arrow file ({err}); read "
+                              f"the {len(batches)} whole record batches in it and skipped "
+                              "the rest", RuntimeWarning, stacklevel=4)
+                self._parts.append(_Part(file, torn=batches))
+                schemas.extend(b.schema for b in batches[:1])
+            else:
+                self._parts.append(part)
+                schemas.append(part.schema)
         self._stored = schemas[0] if schemas else None
 
     def _listing(self) -> list[tuple[str, Path]]:
@@ -269,7 +270,7 @@ class ArrowRun:
               ) -> Callable[[], Iterator[pa.RecordBatch]]:
         text_info = self._text_info
         if part.whole:
-            return functools.partial(_logical_file, part.path, columns, where, text_info)
+            return functools.partial(_logical_file, part, columns, where, text_info)
 
         def read() -> Iterator[pa.RecordBatch]:
             if part.torn is not None:
@@ -286,13 +287,23 @@ class ArrowRun:
 
 @dataclass(frozen=True)
 class _Part:
-    """One part file of a run: whole, torn (its whole batches, read when the run was opened)
-    or being written (``final``: its name once complete; ``size``: bytes when opened)."""
+    """One part file of a run: whole (its schema and number of batches, from its footer),
+    torn (its whole batches, read when the run was opened) or being written (``final``: its
+    name once complete; ``size``: bytes when opened)."""
 
     path: Path
     torn: list[pa.RecordBatch] | None = None
     final: Path | None = None
     size: int | None = None
+    schema: pa.Schema | None = None
+    batches: int = 0
+
+    @classmethod
+    def whole_file(cls, path: Path) -> _Part:
+        """A complete part, its footer read (`pa.ArrowInvalid` or `OSError` if torn)."""
+        with pa.ipc.open_file(pa.memory_map(str(path))) as reader:
+            return cls(path, size=path.stat().st_size, schema=reader.schema,
+                       batches=reader.num_record_batches)
 
     @property
     def whole(self) -> bool:
@@ -307,16 +318,15 @@ _READ_AHEAD_BELOW = 1024 * 1024
 _READ_AHEAD = 4
 
 
-def _read_file(file: Path, read: Sequence[str], where: Where) -> Iterator[pa.RecordBatch]:
+def _read_file(part: _Part, read: Sequence[str], where: Where) -> Iterator[pa.RecordBatch]:
     """The columns ``read`` of a whole part, a batch at a time from its memory map (only the
     fields asked for are read and decompressed), rows chosen by ``where``."""
-    with pa.ipc.open_file(pa.memory_map(str(file))) as probe:
-        names = probe.schema.names
-        count = probe.num_record_batches
+    assert part.schema is not None and part.size is not None  # a whole part's
+    names, count = part.schema.names, part.batches
     fields = sorted({names.index(n) for n in read} | {names.index(n) for n in where.columns})
-    ahead = file.stat().st_size // max(count, 1) < _READ_AHEAD_BELOW
+    ahead = part.size // max(count, 1) < _READ_AHEAD_BELOW
     options = pa.ipc.IpcReadOptions(included_fields=fields, use_threads=not ahead)
-    with pa.ipc.open_file(pa.memory_map(str(file)), options=options) as reader:
+    with pa.ipc.open_file(pa.memory_map(str(part.path)), options=options) as reader:
         batches = _ahead(reader, count) if ahead else (reader.get_batch(i) for i in range(count))
         for batch in batches:
             if where.expression is not None:
@@ -343,20 +353,18 @@ def _ahead(reader: pa.ipc.RecordBatchFileReader, count: int) -> Iterator[pa.Reco
                 future.cancel()
 
 
-def _logical_file(file: Path, columns: Sequence[str], where: Where, text_info: bool
+def _logical_file(part: _Part, columns: Sequence[str], where: Where, text_info: bool
                   ) -> Iterator[pa.RecordBatch]:
     """A whole part's rows as readers see them (`_logical`)."""
-    with pa.ipc.open_file(pa.memory_map(str(file))) as probe:
-        restoring = "next_obs" in columns and is_once(probe.schema)
-    if not restoring:
-        for batch in _read_file(file, columns, where):
+    if "next_obs" not in columns or not is_once(part.schema):
+        for batch in _read_file(part, columns, where):
             yield _logical(batch, columns, where, filtered=True, once=False,
                            text_info=text_info)
         return
     # Rows are chosen after next_obs is restored: a dropped row may hold a kept row's next
     # observation.
     read = set(columns) | set(_RESTORE_COLUMNS) | where.columns
-    for batch in _read_file(file, sorted(read), Where()):
+    for batch in _read_file(part, sorted(read), Where()):
         yield _logical(batch, columns, where, filtered=False, once=True, text_info=text_info)
 
 
@@ -396,8 +404,7 @@ class SqlRun:
 
     @cached_property
     def _table(self) -> pa.Table:
-        table, _, _ = read_sql_run(self.location)
-        return table
+        return read_sql_run(self._url, self._run_id, self.arrow_stored)
 
     def count(self, where: Where) -> int:
         if where.expression is None:

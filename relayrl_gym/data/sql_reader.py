@@ -61,33 +61,17 @@ def sql_run_schema(url: str, run_id: str) -> pa.Schema:
     return pa.ipc.read_schema(pa.py_buffer(run[0]))
 
 
-def read_sql_run(url: str) -> tuple[pa.Table, TransitionSchema, str]:
-    """All rows of one run, in the order they were recorded: ``(table, schema, run_id)``.
-
-    ``url`` is a database URL with ``?run=<run_id>``; without it the database must hold
-    exactly one run.
-    """
+def read_sql_run(url: str, run_id: str, arrow_schema: pa.Schema) -> pa.Table:
+    """All rows of run ``run_id`` (recorded with ``arrow_schema``, see `sql_run_schema`) in
+    the order they were recorded, infos as JSON text; ``url``: the database."""
     from sqlalchemy import select
     from sqlalchemy.exc import SQLAlchemyError
 
-    from relayrl_gym.sinks.sql_tables import runs, transitions
+    from relayrl_gym.sinks.sql_tables import transitions
 
-    db_url, run_id = split_run_query(url)
-    if run_id is None:
-        found_runs = list_sql_runs(db_url)
-        if len(found_runs) != 1:
-            raise DatasetError(
-                f"the database holds {len(found_runs)} runs; choose one with ?run=<run_id>"
-                + (f", e.g. relayrl_gym.load('...?run={found_runs[-1]}')" if found_runs else ""))
-        run_id = found_runs[0]
-    engine = engine_from_url(db_url)
+    engine = engine_from_url(url)
     try:
         with engine.connect() as conn:
-            run = conn.execute(select(runs.c.arrow_schema).where(runs.c.run_id == run_id)).first()
-            if run is None:
-                raise DatasetError(f"no run {run_id!r} in the database; relayrl-gym inspect "
-                                   "<url> lists the runs it holds")
-            arrow_schema = pa.ipc.read_schema(pa.py_buffer(run[0]))
             columns = [transitions.c[f.name] for f in arrow_schema]
             result = conn.execute(select(*columns).where(transitions.c.run_id == run_id)
                                   .order_by(transitions.c.row_index))
@@ -97,10 +81,10 @@ def read_sql_run(url: str) -> tuple[pa.Table, TransitionSchema, str]:
     finally:
         engine.dispose()
     schema = TransitionSchema.from_arrow(arrow_schema)
-    arrow_schema = text_info_schema(arrow_schema)  # the database holds each info's JSON text
-    values = list(zip(*rows)) if rows else [() for _ in arrow_schema]
-    arrays = [_column(field, list(col), schema) for field, col in zip(arrow_schema, values)]
-    return pa.Table.from_arrays(arrays, schema=arrow_schema), schema, run_id
+    readable = text_info_schema(arrow_schema)  # the database holds each info's JSON text
+    values = list(zip(*rows)) if rows else [() for _ in readable]
+    arrays = [_column(field, list(col), schema) for field, col in zip(readable, values)]
+    return pa.Table.from_arrays(arrays, schema=readable)
 
 
 def _column(field: pa.Field, values: list[Any], schema: TransitionSchema) -> pa.Array:
