@@ -15,14 +15,14 @@ from relayrl_gym.data.records import ActorSummary, Episode, Summary
 from relayrl_gym.schema.batches import concat, map_leaves
 from relayrl_gym.schema.transitions import TransitionSchema
 
-__all__ = ["EPISODE_COLUMNS", "STAT_COLUMNS", "episodes_of", "summarize"]
+__all__ = ["EPISODE_COLUMNS", "STAT_COLUMNS", "episode_rows", "episodes_of", "summarize"]
 
 #: What an `Episode` is made of.
 EPISODE_COLUMNS = ("episode_id", "step", "actor_id", "agent_id", "env_index", "obs", "action",
                    "reward", "next_obs", "terminated", "truncated", "model_version")
-#: What the statistics read: no observation is decoded.
-STAT_COLUMNS = ("run_id", "episode_id", "actor_id", "agent_id", "reward", "terminated",
-                "truncated")
+#: What episode statistics read: no observation is decoded.
+STAT_COLUMNS = ("run_id", "episode_id", "actor_id", "agent_id", "step", "reward", "terminated",
+                "truncated", "model_version", "timestamp")
 
 
 def episodes_of(batches: Iterable[pa.RecordBatch], schema: TransitionSchema
@@ -72,40 +72,53 @@ def _episode(parts: list[dict[str, Any]]) -> Episode:
 
 _KEYS = ["run_id", "episode_id", "actor_id", "agent_id"]
 _PARTIALS = 64  # partial aggregates folded together this often
+_ROWS = pa.schema([("run_id", pa.string()), ("episode_id", pa.int64()),
+                   ("actor_id", pa.string()), ("agent_id", pa.string()),
+                   ("reward", pa.float64()), ("length", pa.int64()), ("step", pa.int64()),
+                   ("timestamp", pa.timestamp("ns", tz="UTC")), ("model_version", pa.int64()),
+                   ("done", pa.bool_())])
 
 
-def _named(table: pa.Table, length: str) -> pa.Table:
-    """An aggregate's columns under their plain names (whatever order pyarrow gives them)."""
-    return pa.table({**{k: table.column(k) for k in _KEYS}, "reward": table.column("reward_sum"),
-                     "length": table.column(length), "done": table.column("done_any")})
+def _fold(table: pa.Table) -> pa.Table:
+    """One row per episode of ``table``, whose rows are transitions or earlier folds in the
+    order written: the same columns come out, so partial results fold into one."""
+    # "last" follows input order without threads: each actor's rows are written in step order.
+    out = table.group_by(_KEYS, use_threads=False).aggregate([
+        ("reward", "sum"), ("length", "sum"), ("step", "max"), ("timestamp", "max"),
+        ("model_version", "last"), ("done", "last")])
+    return pa.table({**{k: out.column(k) for k in _KEYS}, "reward": out.column("reward_sum"),
+                     "length": out.column("length_sum"), "step": out.column("step_max"),
+                     "timestamp": out.column("timestamp_max"),
+                     "model_version": out.column("model_version_last"),
+                     "done": out.column("done_last")}, schema=_ROWS)
 
 
-def _fold(partials: list[pa.Table]) -> pa.Table:
-    table = pa.concat_tables(partials).group_by(_KEYS, use_threads=False).aggregate(
-        [("reward", "sum"), ("length", "sum"), ("done", "any")])
-    return _named(table, "length_sum")
-
-
-def _per_episode(batches: Iterable[pa.RecordBatch]) -> pa.Table:
-    """One row per episode: run, episode, actor, agent, return, length, finished."""
+def episode_rows(batches: Iterable[pa.RecordBatch]) -> pa.Table:
+    """One row per episode of batches of `STAT_COLUMNS` in the order written (each actor's
+    rows in step order, as readers and a collector give them): its run, id, actor and agent,
+    its return (``reward``) and ``length``, and of its last row so far the ``step``,
+    ``timestamp``, ``model_version`` and ``done`` (the episode ended). Streamed: memory holds
+    one row per episode."""
     partials: list[pa.Table] = []
     for batch in batches:
+        if not batch.num_rows:
+            continue
         done = pc.or_(batch.column("terminated"), batch.column("truncated"))
-        table = pa.table({**{k: batch.column(k) for k in _KEYS},
-                          "reward": batch.column("reward"), "done": done})
-        partials.append(_named(table.group_by(_KEYS, use_threads=False).aggregate(
-            [("reward", "sum"), ("reward", "count"), ("done", "any")]), "reward_count"))
+        partials.append(_fold(pa.table({
+            **{k: batch.column(k) for k in [*_KEYS, "reward", "step", "timestamp",
+                                            "model_version"]},
+            "length": pa.array(np.ones(batch.num_rows, np.int64)), "done": done})))
         if len(partials) >= _PARTIALS:
-            partials = [_fold(partials)]
+            partials = [_fold(pa.concat_tables(partials))]
     if not partials:
-        return pa.table({k: pa.array([], pa.string()) for k in _KEYS})
-    return _fold(partials)
+        return _ROWS.empty_table()
+    return partials[0] if len(partials) == 1 else _fold(pa.concat_tables(partials))
 
 
 def summarize(batches: Iterable[pa.RecordBatch], run_id: str, env_id: str | None) -> Summary:
     """Steps, finished and unfinished episodes, return statistics overall and per actor, from
     batches of `STAT_COLUMNS`."""
-    table = _per_episode(batches)
+    table = episode_rows(batches)
     if table.num_rows == 0:
         nan = float("nan")
         return Summary(run_id, env_id, steps=0, episodes=0, unfinished_episodes=0,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from relayrl_gym.data.episodes import STAT_COLUMNS, episode_rows
 from relayrl_gym.errors import DatasetError, missing_extra
 
 try:  # the Agg canvas and plain Figures: no pyplot state, headless, usable from any thread
@@ -33,32 +34,15 @@ GROUPS: dict[str | None, str | None] = {"model_version": "model_version", "agent
                                         "run": "run_id", None: None}
 
 _KEYS = ["run_id", "agent_id", "episode_id"]
-_READ = [*_KEYS, "step", "reward", "terminated", "truncated", "model_version", "timestamp"]
-_BATCH = 65536
-_PARTIALS = 64  # partial aggregates folded together this often
 _SCHEMA = pa.schema([("run_id", pa.string()), ("agent_id", pa.string()),
                      ("episode_id", pa.int64()), ("return", pa.float64()),
                      ("length", pa.int64()), ("model_version", pa.int64()),
                      ("end_step", pa.int64())])
 
 
-def _per_episode(table: pa.Table) -> pa.Table:
-    """One row per episode of ``table``, whose rows are transitions or earlier results of this
-    function: the same columns come out, so partial results fold into one."""
-    ordered = table.sort_by([(k, "ascending") for k in [*_KEYS, "step"]])
-    # "last" follows input order only without threads: the row of the highest step.
-    out = ordered.group_by(_KEYS, use_threads=False).aggregate([
-        ("reward", "sum"), ("length", "sum"), ("step", "max"), ("timestamp", "max"),
-        ("model_version", "last"), ("done", "last")])
-    return pa.table({**{k: out.column(k) for k in _KEYS}, "reward": out.column("reward_sum"),
-                     "length": out.column("length_sum"), "step": out.column("step_max"),
-                     "timestamp": out.column("timestamp_max"),
-                     "model_version": out.column("model_version_last"),
-                     "done": out.column("done_last")})
-
-
-def _nanoseconds(stamps: np.ndarray) -> np.ndarray:
-    return stamps.astype("datetime64[ns]").view(np.int64)
+def _nanoseconds(stamps: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Times as int64 nanoseconds since the epoch."""
+    return np.asarray(stamps.cast(pa.int64()).to_numpy())
 
 
 def episode_table(ds: Dataset) -> pa.Table:
@@ -85,25 +69,16 @@ def episode_table(ds: Dataset) -> pa.Table:
     >>> table.num_rows == ds.summary().episodes, table["end_step"][-1].as_py() <= len(ds)
     (True, True)
     """
-    partials: list[pa.Table] = []
-    for batch in ds.iter_batches(_BATCH, columns=_READ):
-        partials.append(_per_episode(pa.table({
-            **{k: batch[k] for k in [*_KEYS, "step", "reward", "model_version"]},
-            "length": np.ones(len(batch["reward"]), np.int64),
-            "timestamp": _nanoseconds(batch["timestamp"]),
-            "done": batch["terminated"] | batch["truncated"]})))
-        if len(partials) >= _PARTIALS:
-            partials = [_per_episode(pa.concat_tables(partials))]
-    if not partials:
-        return _SCHEMA.empty_table()
-    episodes = _per_episode(pa.concat_tables(partials))
+    episodes = episode_rows(ds.record_batches(list(STAT_COLUMNS)))
     episodes = episodes.filter(episodes.column("done"))
-    ends = episodes.column("timestamp").to_numpy()
+    if not episodes.num_rows:
+        return _SCHEMA.empty_table()
+    ends = _nanoseconds(episodes.column("timestamp"))
     edges = np.sort(ends)
     # Rows counted between consecutive episode ends; the running sum is the rows at each end.
     counts = np.zeros(len(edges) + 1, np.int64)
-    for batch in ds.iter_batches(_BATCH, columns=["timestamp"]):
-        slot = np.searchsorted(edges, _nanoseconds(batch["timestamp"]), side="left")
+    for batch in ds.record_batches(["timestamp"]):
+        slot = np.searchsorted(edges, _nanoseconds(batch.column("timestamp")), side="left")
         counts += np.bincount(slot, minlength=len(edges) + 1)
     end_step = np.cumsum(counts)[np.searchsorted(edges, ends, side="left")]
     table = pa.table({"run_id": episodes.column("run_id"), "agent_id": episodes.column("agent_id"),

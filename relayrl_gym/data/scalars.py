@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
+from relayrl_gym.data.episodes import STAT_COLUMNS, episode_rows
 from relayrl_gym.errors import missing_extra
 
 try:
@@ -27,8 +27,6 @@ except ImportError as err:  # torch or tensorboard missing
     raise missing_extra("tensorboard", "tensorboard") from err
 
 __all__ = ["EpisodeStream", "FinishedEpisode", "TensorBoardScalars"]
-
-_KEYS = ["run_id", "actor_id", "agent_id", "episode_id"]
 
 
 @dataclass(frozen=True)
@@ -53,14 +51,18 @@ class EpisodeStream:
 
     >>> import pyarrow as pa
     >>> stream = EpisodeStream()
-    >>> rows = lambda r, done: pa.record_batch({"run_id": ["a"] * 2, "actor_id": ["x"] * 2,
-    ...     "agent_id": [""] * 2, "episode_id": [0, 0], "reward": r, "terminated": [False, done],
-    ...     "truncated": [False, False], "model_version": [3, 3]})
-    >>> stream.feed(rows([1.0, 1.0], False)), stream.feed(rows([1.0, 2.0], True))[0].length
-    ([], 4)
+    >>> stamps = pa.array([0, 0], pa.timestamp("ns", tz="UTC"))
+    >>> rows = lambda steps, r, done: pa.record_batch({"run_id": ["a"] * 2,
+    ...     "episode_id": [0, 0], "actor_id": ["x"] * 2, "agent_id": [""] * 2, "step": steps,
+    ...     "reward": r, "terminated": [False, done], "truncated": [False, False],
+    ...     "model_version": [3, 3], "timestamp": stamps})
+    >>> stream.feed(rows([0, 1], [1.0, 1.0], False))
+    []
+    >>> stream.feed(rows([2, 3], [1.0, 2.0], True))[0].length
+    4
     """
 
-    COLUMNS = (*_KEYS, "reward", "terminated", "truncated", "model_version")
+    COLUMNS = STAT_COLUMNS
 
     def __init__(self, max_open: int = 65536) -> None:
         """Starts with no episode in progress; ``max_open``: episodes in progress kept."""
@@ -74,23 +76,17 @@ class EpisodeStream:
 
     def feed(self, batch: pa.RecordBatch) -> list[FinishedEpisode]:
         """The episodes whose last row is in ``batch``."""
-        done = pc.or_(batch.column("terminated"), batch.column("truncated"))
-        table = pa.table({**{k: batch.column(k) for k in _KEYS},
-                          "reward": batch.column("reward"), "done": done,
-                          "model_version": batch.column("model_version")})
-        groups = table.group_by(_KEYS, use_threads=False).aggregate(
-            [("reward", "sum"), ("reward", "count"), ("done", "any"),
-             ("model_version", "last")]).to_pydict()
+        groups = episode_rows([batch]).to_pydict()
         finished = []
         for i in range(len(groups["episode_id"])):
             key = (groups["run_id"][i], groups["actor_id"][i], groups["agent_id"][i],
                    int(groups["episode_id"][i]))
             total, length = self._open.pop(key, (0.0, 0))
-            total += float(groups["reward_sum"][i])
-            length += int(groups["reward_count"][i])
-            if groups["done_any"][i]:
+            total += float(groups["reward"][i])
+            length += int(groups["length"][i])
+            if groups["done"][i]:
                 finished.append(FinishedEpisode(*key, total, length,
-                                                int(groups["model_version_last"][i])))
+                                                int(groups["model_version"][i])))
             else:
                 self._open[key] = (total, length)  # re-inserted: the oldest stay first
         while len(self._open) > self._max_open:
