@@ -11,6 +11,8 @@ Sequence, Graph, OneOf values, masks, infos) are kept in memory as object arrays
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import shutil
 import tempfile
@@ -21,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from relayrl_gym.data.columns import length
 from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.batches import map_leaves
 
@@ -53,23 +56,27 @@ class Replay:
         try:
             columns: dict[str, Any] | None = None
             start = 0
-            counter = iter(range(1 << 30))
+            counter = itertools.count()
             for batch in batches:
                 if columns is None:
                     columns = {name: map_leaves(
                         lambda leaf: _allocate(folder, next(counter), leaf, rows), value)
                         for name, value in batch.items()}
-                if start + _rows_of(batch) > rows:
+                stop = start + length(batch)
+                if stop > rows:
                     raise DatasetError(f"the dataset gave more than the {rows} rows it counted "
                                        "while its columns were decoded (its files changed); "
                                        "load it again")
-                start += _put(columns, batch, start)
+                rows_here = slice(start, stop)
+                for name, value in batch.items():
+                    map_leaves(functools.partial(_write_rows, rows_here), columns[name], value)
+                start = stop
             if columns is None:
                 columns = {}
             for leaf in _leaves(columns):
                 if isinstance(leaf, np.memmap):
                     leaf.flush()
-            return cls(folder, columns, min(start, rows), owner=True)
+            return cls(folder, columns, start, owner=True)
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -93,24 +100,8 @@ class Replay:
                         for name, value in state["columns"].items()}
 
 
-def _rows_of(batch: dict[str, Any]) -> int:
-    found: list[int] = []
-    map_leaves(lambda leaf: found.append(len(leaf)), next(iter(batch.values())))
-    return found[0]
-
-
-def _put(columns: dict[str, Any], batch: dict[str, Any], start: int) -> int:
-    """Writes ``batch`` into ``columns`` from row ``start``; returns its rows."""
-    rows = 0
-
-    def put(target: Any, leaf: Any) -> None:
-        nonlocal rows
-        target[start:start + len(leaf)] = leaf
-        rows = len(leaf)
-
-    for name, value in batch.items():
-        map_leaves(put, columns[name], value)
-    return rows
+def _write_rows(rows: slice, target: np.ndarray, leaf: np.ndarray) -> None:
+    target[rows] = leaf
 
 
 def _allocate(folder: Path, number: int, leaf: np.ndarray, rows: int) -> np.ndarray:

@@ -229,9 +229,16 @@ def test_episodes_of_many_runs(three_runs):
     assert sum(len(e) for e in episodes) == len(ds)
     finished = [e for e in episodes if e.terminations[-1] or e.truncations[-1]]
     assert len(finished) == ds.summary().episodes
+    # Each episode's observations are its rows' obs, then the last row's next_obs.
+    table = ds.to_table(["actor_id", "episode_id", "step"])
+    t = ds.transitions()
+    row = {k: i for i, k in enumerate(zip(*(table.column(c).to_pylist()
+                                            for c in ("actor_id", "episode_id", "step"))))}
     for e in episodes:
-        assert len(e.observations) == len(e) + 1
-        np.testing.assert_array_equal(e.observations[1:-1], e.observations[1:-1])
+        rows = [row[(e.actor_id, e.episode_id, step)] for step in range(len(e))]
+        np.testing.assert_array_equal(e.observations[:-1], t.obs[rows])
+        np.testing.assert_array_equal(e.observations[-1], t.next_obs[rows[-1]])
+        np.testing.assert_array_equal(e.rewards, t.reward[rows])
 
 
 _BOUNDED = """
