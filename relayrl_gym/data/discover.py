@@ -66,10 +66,10 @@ def _find(spec: Spec) -> list[RunSource]:
     if isinstance(spec, str) and spec.startswith("arrow://"):
         spec = spec[len("arrow://"):]
     if isinstance(spec, str) and _GLOB_CHARS & set(spec) and not Path(spec).exists():
-        folders = _matched_runs(sorted(glob.glob(spec, recursive=True)))
-        if not folders:
+        runs = _matched_runs(sorted(glob.glob(spec, recursive=True)))
+        if not runs:
             raise DatasetError(f"no recorded run matches {spec!r}")
-        return [run for folder in folders for run in _find(folder)]
+        return [ArrowRun(run) for run in runs]
     path = Path(spec)  # type: ignore[arg-type]
     if not path.exists():
         raise DatasetError(f"no recorded run at {str(path)!r}; pass a run directory such as "
@@ -84,18 +84,18 @@ def _find(spec: Spec) -> list[RunSource]:
     return [ArrowRun(path)]
 
 
-def _matched_runs(matches: list[str]) -> list[str]:
-    """The folders a glob's matches name: runs and folders holding runs as they are, a file
-    inside a run (its ``_run.json``, a part) as that run; other files and folders (a plot, a
-    TensorBoard folder beside the runs) left out."""
-    folders: dict[str, None] = {}
+def _matched_runs(matches: list[str]) -> list[Path]:
+    """The run directories a glob's matches name, each once: a run, the runs under a folder,
+    the run a file belongs to (its ``_run.json``, a part); other files and folders (a plot, a
+    TensorBoard folder beside the runs) name none."""
+    runs: dict[Path, None] = {}
     for match in matches:
         path = Path(match)
-        if (path / RUN_FILE).is_file() or (path.is_dir() and _run_dirs(path)):
-            folders[match] = None
+        if path.is_dir():
+            runs.update(dict.fromkeys(_run_dirs(path)))
         elif (path.parent / RUN_FILE).is_file():
-            folders[str(path.parent)] = None
-    return list(folders)
+            runs[path.parent] = None
+    return list(runs)
 
 
 def _run_dirs(root: Path) -> list[Path]:
