@@ -44,16 +44,6 @@ def _closing(iterator: Iterator[T]) -> Iterator[Iterator[T]]:
             close()
 
 
-def _rows(batch: Any, n: int) -> list[Any]:
-    if isinstance(batch, dict):
-        cols = {k: _rows(v, n) for k, v in batch.items()}
-        return [{k: cols[k][i] for k in cols} for i in range(n)]
-    if isinstance(batch, tuple):
-        cols_t = [_rows(v, n) for v in batch]
-        return [tuple(c[i] for c in cols_t) for i in range(n)]
-    return list(batch)
-
-
 class Dataset:
     """The recorded transitions of one or many runs with the same spaces, read lazily.
 
@@ -284,10 +274,10 @@ class Dataset:
         table = self.table
         decoded = decode(table.select(["obs", "action", "next_obs"]), self.schema)
         frame = table.drop_columns(["obs", "action", "next_obs"]).to_pandas()
-        n = len(frame)
         position = list(table.column_names)
         for name in ("obs", "action", "next_obs"):
-            frame.insert(position.index(name), name, _rows(decoded[name], n))
+            codec = self.schema.action if name == "action" else self.schema.obs
+            frame.insert(position.index(name), name, codec.rows(decoded[name]))
         return frame
 
     # -- random access -----------------------------------------------------------------------
