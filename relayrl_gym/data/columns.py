@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from gymnasium import spaces
 
 from relayrl_gym.errors import DatasetError
 from relayrl_gym.schema.arrow_arrays import arrow_to_numpy
@@ -16,10 +17,8 @@ from relayrl_gym.schema.transitions import TransitionSchema
 __all__ = ["COLUMNS", "TRAINING_COLUMNS", "check_columns", "decode", "join", "length", "take",
            "writable"]
 
-#: Every column of a transition row, in the order of the data schema.
-COLUMNS = ("run_id", "actor_id", "agent_id", "env_index", "episode_id", "step", "obs", "action",
-           "reward", "next_obs", "terminated", "truncated", "model_version", "timestamp", "mask",
-           "data", "info")
+#: Every column of a transition row, in the order of the data schema (whatever the spaces).
+COLUMNS = tuple(TransitionSchema.build(spaces.Discrete(1), spaces.Discrete(1)).arrow.names)
 #: What a training loop reads by default.
 TRAINING_COLUMNS = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
 
