@@ -287,8 +287,8 @@ def test_ctrl_c_at_any_moment_of_a_step_leaves_every_thread_usable(scale):
     try:
         for _ in range(300):
             armed[0] = True
-            signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.00002, 0.0015))
-            try:
+            try:  # the timer set inside: it may fire as soon as setitimer returns
+                signal.setitimer(signal.ITIMER_REAL, rng.uniform(0.00002, 0.0015))
                 for _ in range(3):
                     router.run(lambda actor, x: time.sleep(0.0005) or x, list(range(8)))
                 armed[0] = False
