@@ -84,7 +84,7 @@ def test_run_store_cuts_unacknowledged_batches_after_a_crash(tmp_path):
     store.commit({"s": 2})
     store.write(batch(3))  # written, never committed: then the process dies
     store._parts.flush()  # in the file, as if the process died right after writing
-    del store
+    store._lock.release()  # the process dies: the kernel lets go of its lock on the run
     again = ArrowRunStore(tmp_path, "run", schema)
     assert again.last_seq("s") == 2 and again.rows == 6
     again.write(batch(3))
@@ -96,6 +96,7 @@ def test_run_store_cuts_unacknowledged_batches_after_a_crash(tmp_path):
     with pytest.raises(relayrl_gym.errors.SinkError, match="another schema"):
         ArrowRunStore(tmp_path, "run", pa.schema([("y", pa.int8())]))
     (tmp_path / "local-run").mkdir()  # e.g. an actor's own Arrow sink in the same directory
+    (tmp_path / "local-run" / "run.json").write_text("{}")  # (an empty directory is taken)
     with pytest.raises(relayrl_gym.errors.SinkError, match="not written by a collector"):
         ArrowRunStore(tmp_path, "local-run", schema)
 

@@ -13,11 +13,16 @@ then are the batches acknowledged. Two kinds:
   ``STATE_DIR/<run_id>.json``. A batch written just before a crash, before the state, may be
   written twice after the restart, and a run resumed by a restarted collector continues as
   ``<run_id>+r<N>`` (a SQL run cannot be reopened): exactly once within one collector process.
+
+Either kind holds a lock on its run (a file under ``.locks/`` of the sink directory or of the
+state directory) while it is open: collectors sharing a directory never write one run at once
+(`RunBusyError`), and a run left by a collector that died is taken over where it committed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 from pathlib import Path
@@ -34,8 +39,39 @@ from relayrl_gym.storage.run_dir import (
     write_run_file,
 )
 
-__all__ = ["ArrowRunStore", "SinkRunStore"]
+__all__ = ["ArrowRunStore", "RunBusyError", "SinkRunStore"]
 _SCHEMA_FILE = "_schema.arrow"
+#: In a database sink's state directory: one lock file a run, held by the collector writing it.
+LOCK_DIR = ".locks"
+
+
+class RunBusyError(SinkError):
+    """Another collector (another process, or another consumer in this one) writes the run."""
+
+
+class _RunLock:
+    """An exclusive lock on a run (``flock`` on its directory, or on a lock file), so that two
+    collectors sharing a sink directory never write one run at once; the kernel lets go of it
+    when the process dies."""
+
+    def __init__(self, path: Path, run_id: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = (os.open(path, os.O_RDONLY) if path.is_dir() else
+                    os.open(path, os.O_RDWR | os.O_CREAT, 0o644))
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as err:
+            os.close(self._fd)
+            self._fd = -1
+            raise RunBusyError(f"run {run_id!r} is being written by another collector "
+                               f"(it holds {str(path)!r})") from err
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the only descriptor releases the lock
+            self._fd = -1
+
+    __del__ = release  # a store dropped without close lets go of its run too
 
 
 class _CommittedState:
@@ -97,6 +133,19 @@ class ArrowRunStore(_CommittedState):
         self.run_id = run_id
         self.schema = schema
         self.run_path = Path(root) / run_id
+        try:
+            self.run_path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise SinkError(f"cannot create run {run_id!r} in {str(root)!r}: {err}") from err
+        self._lock = _RunLock(self.run_path, run_id)
+        try:
+            self._open(schema, max_file_bytes, compression, fsync)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, schema: pa.Schema, max_file_bytes: int, compression: str | None,
+              fsync: bool) -> None:
         self.max_file_bytes = int(max_file_bytes)
         self.fsync = fsync
         self.compression = compression
@@ -111,7 +160,8 @@ class ArrowRunStore(_CommittedState):
                 self._state: dict[str, Any] = json.loads(state_path.read_text())
                 self._reopen()
             else:  # a run directory without collector state is someone else's: keep off
-                self.run_path.mkdir(parents=True, exist_ok=False)
+                if any(self.run_path.iterdir()):
+                    raise FileExistsError(self.run_path)
                 write_run_file(self.run_path, schema)
                 (self.run_path / _SCHEMA_FILE).write_bytes(schema.serialize().to_pybytes())
                 self._state = {"senders": {}, "part": 0, "batches": 0, "rows": 0}
@@ -121,8 +171,9 @@ class ArrowRunStore(_CommittedState):
                             "(no _collector.json); give the collector its own sink directory"
                             ) from err
         except (OSError, ValueError, KeyError, TypeError) as err:  # KeyError: damaged state
-            raise SinkError(f"cannot open run {run_id!r} in {str(root)!r}: "
-                            f"{type(err).__name__}: {err}") from err
+            raise SinkError(f"cannot open run {self.run_id!r} in "
+                            f"{str(self.run_path.parent)!r}: {type(err).__name__}: {err}"
+                            ) from err
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Appends a batch (not acknowledged before `commit`)."""
@@ -146,10 +197,14 @@ class ArrowRunStore(_CommittedState):
         `commit` left it in an unknown state; reopening the run cuts it back to its committed
         batches (as after a crash)."""
         self._parts.abandon()
+        self._lock.release()
 
     def close(self) -> None:
         """Completes the file being written; idempotent."""
-        self._complete()
+        try:
+            self._complete()
+        finally:
+            self._lock.release()
 
     def _complete(self) -> None:
         """Finishes the current file (every batch in it is committed) and moves on."""
@@ -199,8 +254,15 @@ class SinkRunStore(_CommittedState):
         self.run_id = run_id
         self.schema = schema
         self._state_path = Path(state_dir) / f"{run_id}.json"
+        self._lock = _RunLock(Path(state_dir) / LOCK_DIR / f"{run_id}.lock", run_id)
         try:
-            Path(state_dir).mkdir(parents=True, exist_ok=True)
+            self._open(sink, state_dir, schema)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open(self, sink: Any, state_dir: str | os.PathLike[str], schema: pa.Schema) -> None:
+        try:
             self._state: dict[str, Any] = (json.loads(self._state_path.read_text())
                            if self._state_path.exists() else
                            {"senders": {}, "rows": 0, "restarts": -1})
@@ -210,7 +272,7 @@ class SinkRunStore(_CommittedState):
         self._state["restarts"] += 1
         restarts = self._state["restarts"]
         self.sink: Sink = open_sink(sink)
-        self.sink.start(run_id if not restarts else f"{run_id}+r{restarts}", schema)
+        self.sink.start(self.run_id if not restarts else f"{self.run_id}+r{restarts}", schema)
         self.run_path = self.sink.run_path
         self._pending_rows = 0
         write_json_atomic(self._state_path, self._state)
@@ -230,10 +292,14 @@ class SinkRunStore(_CommittedState):
 
     def close(self) -> None:
         """Closes the sink (a SQL run is marked closed)."""
-        self.sink.close()
+        try:
+            self.sink.close()
+        finally:
+            self._lock.release()
 
     def abandon(self) -> None:
         """Closes the sink after a failed `write` or `commit` (reopened, the run continues
         as ``<run_id>+r<N>``)."""
         with contextlib.suppress(Exception):
             self.sink.close()
+        self._lock.release()
