@@ -16,7 +16,7 @@ from relayrl_gym.runtime.builder import AgentBuilder
 from relayrl_gym.runtime.client import RelayRLAgent
 from relayrl_gym.sinks.arrow import ArrowSink
 from relayrl_gym.sinks.base import Sink
-from relayrl_gym.transport.collector.server import TrainingServer
+from relayrl_gym.transport.server import TrainingServer
 from relayrl_gym.wrap import wrap
 from relayrl_gym.wrappers.vector import RelayRLVectorEnv
 

@@ -18,11 +18,11 @@ from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.data.discover import find_runs
 from relayrl_gym.errors import ConfigError, RelayRLError
 from relayrl_gym.recording.spill_resend import resend_sink_spill
-from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, redact_url, url_scheme
 from relayrl_gym.transport.collector.receiver import Limits
-from relayrl_gym.transport.collector.server import TrainingServer
 from relayrl_gym.transport.keys import generate_keys
 from relayrl_gym.transport.sender.spill import SPILL_INDEX, resend
+from relayrl_gym.transport.server import TrainingServer
 
 __all__ = ["main"]
 
@@ -51,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
                          "scalars to DIR (extra tensorboard)")
 
     inspect = commands.add_parser("inspect", help="print the summary of a recorded run")
-    inspect.add_argument("path", help="a run directory (relayrl_runs/<run_id>) or a database "
-                         "URL (sqlite:///runs.db, postgresql://...; ?run=<run_id> picks one)")
+    inspect.add_argument("path", help="a run directory (relayrl_runs/<run_id>), a database "
+                         "URL (sqlite:///runs.db, postgresql://...; ?run=<run_id> picks one), "
+                         "or a NATS stream (nats://HOST:PORT/STREAM: its messages, consumers "
+                         "and their lag)")
 
     export = commands.add_parser("export", help="write recorded runs as a Minari dataset or as "
                                  "Parquet files (Hugging Face Hub layout)")
@@ -75,7 +77,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="episodes in the rolling mean (default 20)")
 
     serve = commands.add_parser("serve", help="collect trajectories streamed by remote actors "
-                                "(sink=zmq+tcp://HOST:PORT) and publish models to them")
+                                "(sink=zmq+tcp://HOST:PORT, or a NATS stream with --source) "
+                                "and publish models to them")
+    serve.add_argument("--source", default=None, metavar="NATS_URL",
+                       help="consume a NATS JetStream stream (nats://HOST:PORT/STREAM) instead "
+                       "of binding a ZMQ socket; --bind, --models and --curve-keys are unused")
+    serve.add_argument("--durable", default="relayrl",
+                       help="with --source: the consumer's name; servers of one name share the "
+                       "batches (give them one --sink), each other name gets all of them "
+                       "(default relayrl)")
     serve.add_argument("--bind", default="tcp://0.0.0.0:7776",
                        help="data endpoint (default tcp://0.0.0.0:7776; port * = any free)")
     serve.add_argument("--sink", default=DEFAULT_SINK_ROOT,
@@ -129,15 +139,21 @@ def _serve(args: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     with TrainingServer(bind=args.bind, sink=args.sink, models=args.models,
-                        curve_keys=args.curve_keys,
+                        curve_keys=args.curve_keys, source=args.source,
+                        durable=args.durable if args.source else None,
                         compression=None if args.compression == "none" else args.compression,
                         limits=Limits(args.max_runs_per_peer, args.max_senders_per_peer,
                                       args.max_open_runs, args.max_senders)) as server:
         if args.publish:
             server.publish_model(args.publish)
         watcher = _watch(server, args.tensorboard) if args.tensorboard else None
-        print(f"relayrl-gym serve: listening on {server.endpoint}, models on "
-              f"{server.models_endpoint or '-'}, writing {args.sink}", flush=True)
+        if args.source:
+            print(f"relayrl-gym serve: consuming {server.endpoint} as {args.durable!r}, "
+                  f"models in its model bucket, writing {redact_url(args.sink)}", flush=True)
+        else:
+            print(f"relayrl-gym serve: listening on {server.endpoint}, models on "
+                  f"{server.models_endpoint or '-'}, writing {redact_url(args.sink)}",
+                  flush=True)
         every = args.stats_every if args.stats_every > 0 else None
         while not stop.wait(every):
             stats = server.stats
@@ -188,6 +204,11 @@ def _resend(args: argparse.Namespace) -> None:
 
 
 def _inspect(path: str) -> None:
+    if url_scheme(path) == "nats":
+        from relayrl_gym.transport.nats.inspect import describe_stream
+
+        print(describe_stream(path))
+        return
     runs = find_runs(path, same_spaces=False)  # a folder may hold runs of several envs
     if len(runs) > 1:
         print(f"{len(runs)} runs in {path}")

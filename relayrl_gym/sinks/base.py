@@ -80,6 +80,7 @@ _FACTORIES: dict[str, Callable[[str], Sink] | str] = {
     "arrow": "relayrl_gym.sinks.arrow:ArrowSink.from_url",
     **{scheme: "relayrl_gym.sinks.sql:SQLSink.from_url" for scheme in SQL_SCHEMES},
     "zmq": "relayrl_gym.transport.sender.sink:ZMQSink.from_url",
+    "nats": "relayrl_gym.transport.nats.sink:NatsSink.from_url",
 }
 
 

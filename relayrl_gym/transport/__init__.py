@@ -11,8 +11,8 @@ a sink could not deliver by its close is spilled locally and sent later with `re
 from __future__ import annotations
 
 from relayrl_gym.transport.collector.receiver import Limits
-from relayrl_gym.transport.collector.server import TrainingServer
 from relayrl_gym.transport.sender.sink import ZMQSink
 from relayrl_gym.transport.sender.spill import resend, uncollected
+from relayrl_gym.transport.server import TrainingServer
 
 __all__ = ["Limits", "TrainingServer", "ZMQSink", "resend", "uncollected"]

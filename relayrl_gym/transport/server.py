@@ -1,4 +1,5 @@
-"""`TrainingServer`: the learner's end of the ZMQ transport (collector + model publisher)."""
+"""`TrainingServer`: the learner's end of the transport: a ZMQ collector and model publisher, or a
+NATS JetStream consumer and model bucket."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pyarrow as pa
 
 from relayrl_gym.errors import ConfigError, StateError, TransportError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
-from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, url_scheme
+from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, redact_url, url_scheme
 from relayrl_gym.transport._zmq import new_context, release_gc_thread, require_zmq
 from relayrl_gym.transport.collector.publisher import DEFAULT_PEER_TIMEOUT, ModelPublisher
 from relayrl_gym.transport.collector.receiver import (
@@ -53,6 +54,7 @@ class TrainingServer:
 
     def __init__(self, bind: str = "tcp://*:7776", sink: Any = DEFAULT_SINK_ROOT,
                  models: str | None = None, curve_keys: str | os.PathLike[str] | None = None, *,
+                 source: str | None = None, durable: str | None = None,
                  state_dir: str | os.PathLike[str] | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  learner_queue: int = 1024, compression: str | None = "lz4",
@@ -87,8 +89,17 @@ class TrainingServer:
                 forgotten (default 30; actors say hello every second).
             limits: runs and senders one peer (a CURVE key, else a connection) and all peers
                 may hold open (default `Limits()`: 16 and 64 per peer, 128 and 4096 in all).
+            source: ``nats://HOST:PORT/STREAM``: consume that JetStream stream instead of
+                binding a ZMQ socket (``bind``, ``models``, ``curve_keys`` and ``limits`` are
+                then unused: models go to the stream's model bucket, access is NATS's).
+            durable: the NATS consumer's name (default ``relayrl``): servers of one name share
+                the stream's batches, each other name gets all of them.
         """
-        require_zmq()  # a clear error before anything is opened
+        self._nats = source is not None
+        if not self._nats:
+            require_zmq()  # a clear error before anything is opened
+        elif durable is None:
+            durable = "relayrl"
         if isinstance(sink, Sink):
             raise ConfigError("TrainingServer needs a sink spec it can open per run (a "
                               "directory or a database URL), not a Sink object")
@@ -110,9 +121,16 @@ class TrainingServer:
         self._arrived = threading.Condition()
         self._listening = False
         self._closed = False
-        self._ctx = new_context()
         self._auth: Any = None
         self.publisher: Any = None
+        #: The `Collector` (ZMQ) or `NatsCollector` (``source=``).
+        self.collector: Any = None
+        self._source = source
+        if source is not None:
+            self._ctx = None
+            self._start_nats(source, str(durable), run_idle_timeout)
+            return
+        self._ctx = new_context()
         keys = None
         try:
             if curve_keys is not None:
@@ -136,19 +154,44 @@ class TrainingServer:
             raise
         self._exit_key = close_at_exit(self, TrainingServer.close)
 
+    def _start_nats(self, source: str, durable: str, run_idle_timeout: float | None) -> None:
+        from relayrl_gym.transport.nats.consumer import NatsCollector
+        from relayrl_gym.transport.nats.models import NatsModelPublisher
+        from relayrl_gym.transport.nats.options import parse_nats_url
+
+        target = parse_nats_url(source, known=("durable",))
+        durable = target.option("durable", durable)
+        try:
+            self.collector = NatsCollector(target, self._open_store, durable=durable,
+                                                on_batches=self._arrive,
+                                                run_idle_timeout=run_idle_timeout)
+            self.publisher = NatsModelPublisher(target, link=self.collector.link)
+        except BaseException:
+            self._shutdown()
+            raise
+        self._exit_key = close_at_exit(self, TrainingServer.close)
+
     # -- public ------------------------------------------------------------------------------
     @property
     def endpoint(self) -> str:
-        """The data endpoint actually bound (give actors ``zmq+tcp://HOST:PORT``)."""
-        return self.collector.endpoint
+        """The data endpoint actually bound (give actors ``zmq+tcp://HOST:PORT``), or the
+        NATS stream consumed (servers and stream)."""
+        if self._nats:
+            return f"nats://{self.collector.target.display.split('://', 1)[-1]}"
+        return str(self.collector.endpoint)
 
     @property
     def models_endpoint(self) -> str | None:
+        if self._nats:
+            return None
         return self.publisher.endpoint if self.publisher is not None else None
 
     @property
     def sink_url(self) -> str:
-        """A sink URL for an actor on this host: ``zmq+tcp://127.0.0.1:PORT``."""
+        """A sink URL for an actor on this host: ``zmq+tcp://127.0.0.1:PORT``, or the
+        ``nats://`` source as given (credentials included)."""
+        if self._source is not None:
+            return self._source.split("?", 1)[0] if "durable=" in self._source else self._source
         return "zmq+tcp://" + self.endpoint[len("tcp://"):].replace("0.0.0.0", "127.0.0.1")
 
     @property
@@ -158,12 +201,13 @@ class TrainingServer:
         ``open_runs``, ``senders``, ``per_sender``, and ``model_version`` / ``actors`` (model
         channel peers and the version each runs) / ``actors_dropped`` (forgotten after
         ``peer_timeout``)."""
-        out = self.collector.stats.snapshot()
+        out = (self.collector.snapshot() if self._nats else
+               self.collector.stats.snapshot())
         out["open_runs"] = len(self.collector.open_runs)
         out["model_version"] = self.publisher.version if self.publisher else None
-        out["actors"] = self.publisher.peers if self.publisher else {}
-        out["actors_dropped"] = self.publisher.dropped if self.publisher else 0
-        out["model_rejected"] = self.publisher.rejected if self.publisher else 0
+        out["actors"] = getattr(self.publisher, "peers", {})
+        out["actors_dropped"] = getattr(self.publisher, "dropped", 0)
+        out["model_rejected"] = getattr(self.publisher, "rejected", 0)
         return out
 
     def trajectories(self, timeout: float | None = None) -> Iterator[pa.RecordBatch]:
@@ -219,17 +263,18 @@ class TrainingServer:
         self.close()
 
     def __repr__(self) -> str:
-        return f"TrainingServer(endpoint={self.endpoint!r}, sink={self._sink_spec!r})"
+        return f"TrainingServer(endpoint={self.endpoint!r}, sink={redact_url(self._sink_spec)!r})"
 
     # -- internals ---------------------------------------------------------------------------
     def _shutdown(self, timeout: float = 5.0) -> None:
-        for part in (getattr(self, "collector", None), self.publisher):
+        for part in (self.publisher, getattr(self, "collector", None)):
             if part is not None:
                 part.close(timeout)
         if self._auth is not None:
             self._auth.stop()
-        self._ctx.term()
-        release_gc_thread()
+        if self._ctx is not None:
+            self._ctx.term()
+            release_gc_thread()
 
     def _open_store(self, run_id: str, schema: pa.Schema) -> Any:
         spec = self._sink_spec
@@ -237,8 +282,9 @@ class TrainingServer:
             root = spec[len("arrow://"):] if spec.startswith("arrow://") else spec
             return ArrowRunStore(root, run_id, schema, compression=self._compression,
                                  fsync=self._fsync)
-        if url_scheme(spec) == "zmq":
-            raise TransportError("a collector cannot forward to another ZMQ sink")
+        if url_scheme(spec) in ("zmq", "nats"):
+            raise TransportError(f"a collector writes to a directory or a database, not to "
+                                 f"another {url_scheme(spec).upper()} sink")
         return SinkRunStore(spec, self._state_dir, run_id, schema)
 
     def _arrive(self, batches: list[tuple[str, pa.RecordBatch]]) -> None:
