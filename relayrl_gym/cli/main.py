@@ -83,9 +83,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="consume a NATS JetStream stream (nats://HOST:PORT/STREAM) instead "
                        "of binding a ZMQ socket; --bind, --models and --curve-keys are unused")
     serve.add_argument("--durable", default="relayrl",
-                       help="with --source: the consumer's name; servers of one name share the "
-                       "batches (give them one --sink), each other name gets all of them "
+                       help="with --source: the consumer's name; each name gets every batch "
                        "(default relayrl)")
+    serve.add_argument("--partition", default=None, metavar="I/N",
+                       help="with --source: this server's share of the batches of its durable "
+                       "name, I of N servers (N a power of two up to 32): run `serve "
+                       "--partition 0/2` and `serve --partition 1/2` to share a stream")
     serve.add_argument("--bind", default="tcp://0.0.0.0:7776",
                        help="data endpoint (default tcp://0.0.0.0:7776; port * = any free)")
     serve.add_argument("--sink", default=DEFAULT_SINK_ROOT,
@@ -138,8 +141,11 @@ def _serve(args: argparse.Namespace) -> None:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
+    source = args.source
+    if source and args.partition:
+        source += ("&" if "?" in source else "?") + f"partition={args.partition}"
     with TrainingServer(bind=args.bind, sink=args.sink, models=args.models,
-                        curve_keys=args.curve_keys, source=args.source,
+                        curve_keys=args.curve_keys, source=source,
                         durable=args.durable if args.source else None,
                         compression=None if args.compression == "none" else args.compression,
                         limits=Limits(args.max_runs_per_peer, args.max_senders_per_peer,
@@ -148,7 +154,8 @@ def _serve(args: argparse.Namespace) -> None:
             server.publish_model(args.publish)
         watcher = _watch(server, args.tensorboard) if args.tensorboard else None
         if args.source:
-            print(f"relayrl-gym serve: consuming {server.endpoint} as {args.durable!r}, "
+            print(f"relayrl-gym serve: consuming {server.endpoint} as "
+                  f"{server.collector.durable!r}, "
                   f"models in its model bucket, writing {redact_url(args.sink)}", flush=True)
         else:
             print(f"relayrl-gym serve: listening on {server.endpoint}, models on "

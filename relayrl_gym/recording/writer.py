@@ -375,11 +375,14 @@ class BackgroundWriter:
                 self._pace.finished_partial(time.monotonic() - started - queued_cost)
 
     def _retry_until(self, deadline: float) -> None:
+        start = time.monotonic()
         for delivery in self.deliveries:
-            while (not delivery.retry(force=True, budget=deadline - time.monotonic())
-                   and time.monotonic() < deadline):
+            # A sink may ask for longer (a replicated stream electing a new leader).
+            until = max(deadline, start + float(getattr(delivery.sink, "close_retry", 0.0)))
+            while (not delivery.retry(force=True, budget=until - time.monotonic())
+                   and time.monotonic() < until):
                 if not delivery.due:  # it failed: wait a little before the next try
-                    time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+                    time.sleep(min(0.5, max(0.0, until - time.monotonic())))
 
     def _write(self, recorder: Recorder, buf: StepBlock) -> None:
         try:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import pyarrow as pa
 
@@ -92,8 +93,10 @@ class TrainingServer:
             source: ``nats://HOST:PORT/STREAM``: consume that JetStream stream instead of
                 binding a ZMQ socket (``bind``, ``models``, ``curve_keys`` and ``limits`` are
                 then unused: models go to the stream's model bucket, access is NATS's).
-            durable: the NATS consumer's name (default ``relayrl``): servers of one name share
-                the stream's batches, each other name gets all of them.
+            durable: the NATS consumer's name (default ``relayrl``; also ``?durable=`` in
+                ``source``): each name gets every batch. Servers of one name share the
+                batches with ``?partition=I/N`` in ``source`` (N a power of two up to 32;
+                server I takes runs of partition I modulo N).
         """
         self._nats = source is not None
         if not self._nats:
@@ -159,12 +162,18 @@ class TrainingServer:
         from relayrl_gym.transport.nats.models import NatsModelPublisher
         from relayrl_gym.transport.nats.options import parse_nats_url
 
-        target = parse_nats_url(source, known=("durable",))
+        target = parse_nats_url(source)
         durable = target.option("durable", durable)
+        share = target.option("partition", "0/1")
+        index, _, count = share.partition("/")
+        if not (index.isdigit() and count.isdigit()):
+            raise ConfigError(f"`partition` in the NATS URL must be I/N (this server's share "
+                              f"of N, e.g. 0/2 and 1/2), got {share!r}")
         try:
             self.collector = NatsCollector(target, self._open_store, durable=durable,
-                                                on_batches=self._arrive,
-                                                run_idle_timeout=run_idle_timeout)
+                                           on_batches=self._arrive,
+                                           run_idle_timeout=run_idle_timeout,
+                                           partition=(int(index), int(count)))
             self.publisher = NatsModelPublisher(target, link=self.collector.link)
         except BaseException:
             self._shutdown()
@@ -190,8 +199,11 @@ class TrainingServer:
     def sink_url(self) -> str:
         """A sink URL for an actor on this host: ``zmq+tcp://127.0.0.1:PORT``, or the
         ``nats://`` source as given (credentials included)."""
-        if self._source is not None:
-            return self._source.split("?", 1)[0] if "durable=" in self._source else self._source
+        if self._source is not None:  # the options of a consumer are not a sink's
+            base, _, query = self._source.partition("?")
+            kept = [(k, v) for k, v in parse_qsl(query, keep_blank_values=True)
+                    if k not in ("durable", "partition")]
+            return f"{base}?{urlencode(kept)}" if kept else base
         return "zmq+tcp://" + self.endpoint[len("tcp://"):].replace("0.0.0.0", "127.0.0.1")
 
     @property

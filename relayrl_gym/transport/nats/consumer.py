@@ -19,12 +19,15 @@ from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.transport.collector.run_store import RunBusyError
 from relayrl_gym.transport.collector.stats import CollectorStats
 from relayrl_gym.transport.nats.link import NatsLink
-from relayrl_gym.transport.nats.options import NatsTarget, subject_token
+from relayrl_gym.transport.nats.options import NatsTarget
 from relayrl_gym.transport.nats.streams import (
     HEADER_RUN,
     HEADER_SENDER,
     HEADER_SEQ,
+    check_partition,
+    data_subject,
     ensure_stream,
+    partition_filter,
     schema_subject,
 )
 from relayrl_gym.transport.payloads import check_record_batch_message
@@ -53,7 +56,7 @@ class _Round:
         self.rows: dict[tuple[str, str], list[int]] = {}
         self.acks: dict[str, list[Any]] = {}
         self.batches: list[tuple[str, pa.RecordBatch]] = []
-        self.now: list[Any] = []  # acknowledged whatever the commits do
+        self.now: list[Any] = []  # acknowledged whatever the commits do (refused, repeats)
         self.naks: list[tuple[Any, float]] = []
 
 
@@ -69,10 +72,18 @@ class NatsCollector:
     sequence numbers) and only then acknowledges: a collector killed at any point loses
     nothing and, reopening its run directories, keeps nothing twice.
 
-    Several collectors of one ``durable`` name share the stream. A run is written by one of
-    them at a time (its run store is locked); a message of a run another member writes is
-    handed back for that member. With one sink directory (or database state directory) that
-    all members see, the union of what they wrote holds every batch once.
+    ``partition=(i, n)`` shares the stream among ``n`` collectors of one ``durable`` name
+    (``n`` a power of two up to 32): this one takes the runs whose partition (see
+    `relayrl_gym.transport.nats.streams`) is ``i`` modulo ``n``, through a durable consumer of
+    its own, ``<durable>-<i>of<n>``. The members' runs never overlap, so the union of what they
+    wrote holds every batch once, each member keeping its own crash-safe state; a member that
+    stops leaves its share waiting in the stream until it (or a collector with the same
+    ``partition``) comes back. Run stores are also locked while open: two collectors given
+    the same share and one sink directory never write one run at once (the second hands the
+    run's batches back).
+
+    A run's schema is read from its schema subject (the last message there) when its first
+    batch comes, so a collector may join a stream at any time.
 
     >>> from relayrl_gym.transport.nats.options import parse_nats_url
     >>> NatsCollector.__name__
@@ -83,7 +94,7 @@ class NatsCollector:
                  durable: str = DEFAULT_DURABLE,
                  on_batches: Callable[[list[tuple[str, pa.RecordBatch]]], None] | None = None,
                  run_idle_timeout: float | None = 600.0, gap_timeout: float = 300.0,
-                 max_open_runs: int = 128) -> None:
+                 max_open_runs: int = 128, partition: tuple[int, int] = (0, 1)) -> None:
         """Connects (in the background) and starts consuming.
 
         Args:
@@ -95,12 +106,16 @@ class NatsCollector:
                 completed and its lock let go (None: never).
             gap_timeout: seconds a missing batch is waited for before the run goes on.
             max_open_runs: runs held open at once (the least recently written is closed).
+            partition: ``(i, n)``: this collector's share of the stream (see above).
         """
         if run_idle_timeout is not None and not run_idle_timeout > 0:
             raise ConfigError(f"`run_idle_timeout` must be > 0 seconds or None, got "
                               f"{run_idle_timeout!r}")
+        check_partition(*partition)
         self.target = target
-        self.durable = durable
+        self.partition = partition
+        #: The JetStream consumer's name: ``durable``, or ``<durable>-<i>of<n>`` for a share.
+        self.durable = durable if partition[1] == 1 else f"{durable}-{partition[0]}of{partition[1]}"
         self.run_idle_timeout = run_idle_timeout
         self.gap_timeout = float(gap_timeout)
         self.max_open_runs = int(max_open_runs)
@@ -115,7 +130,6 @@ class NatsCollector:
         self._on_batches = on_batches
         self._stores: OrderedDict[str, Any] = OrderedDict()  # least recently written first
         self._heard: dict[str, float] = {}
-        self._schemas: dict[str, pa.Schema] = {}
         self._waiting_since: dict[tuple[str, str, int], float] = {}
         self._prefix = ""
         self._js: Any = None
@@ -158,7 +172,8 @@ class NatsCollector:
                                     deliver_policy=DeliverPolicy.ALL, ack_wait=_ACK_WAIT,
                                     max_ack_pending=_MAX_ACK_PENDING,
                                     description="relayrl-gym serve")
-            self._sub = await js.pull_subscribe(f"{self._prefix}.>", durable=self.durable,
+            config.filter_subject = partition_filter(self._prefix, *self.partition)
+            self._sub = await js.pull_subscribe(config.filter_subject, durable=self.durable,
                                                 stream=self.target.stream, config=config)
         self._js = js
 
@@ -179,14 +194,16 @@ class NatsCollector:
                 await msg.nak(delay=delay)
 
     async def _schema_of(self, run_id: str) -> bytes | None:
+        """The first schema message of the run: its sender published it before any batch
+        (a later one can only repeat it, or come from someone else)."""
         from nats.js.errors import NotFoundError
 
         try:
-            msg = await self._js.get_last_msg(self.target.stream,
-                                              schema_subject(self._prefix, run_id))
+            msg = await self._js.get_msg(self.target.stream, seq=1, next=True,
+                                         subject=schema_subject(self._prefix, run_id))
         except NotFoundError:
             return None
-        return bytes(msg.data)
+        return bytes(msg.data or b"")
 
     # -- the collector thread ------------------------------------------------------------------
     def _run(self) -> None:
@@ -219,20 +236,13 @@ class NatsCollector:
         try:
             if msg.metadata.num_delivered > 1:
                 self.redelivered += 1
-            kind, _, token = msg.subject[len(self._prefix) + 1:].partition(".")
             headers = msg.headers or {}
             run_id = _name(headers, HEADER_RUN)
             sender = _name(headers, HEADER_SENDER)
-            if token != subject_token(run_id):  # a run's rows come on its own subject only
-                raise ProtocolViolation(f"a message of run {run_id!r} came on subject "
-                                        f"{msg.subject!r}")
-            if kind == "schema":
-                self._learn_schema(run_id, bytes(msg.data))
-                work.now.append(msg)
-            elif kind == "data":
-                self._batch(msg, run_id, sender, headers, work)
-            else:
-                raise ProtocolViolation(f"unknown subject {msg.subject!r}")
+            if msg.subject != data_subject(self._prefix, run_id):  # a run's rows come on its
+                raise ProtocolViolation(f"a batch of run {run_id!r} came on subject "  # own
+                                        f"{msg.subject!r}")  # subject only
+            self._batch(msg, run_id, sender, headers, work)
         except ProtocolViolation as err:
             self.stats.count(sender, rejected=1)
             log.warning("rejected a message on %s from sender %s: %s", msg.subject, sender, err)
@@ -242,18 +252,13 @@ class NatsCollector:
             log.exception("handling a message on %s failed", msg.subject)
             work.naks.append((msg, _GAP_DELAYS[-1]))
 
-    def _learn_schema(self, run_id: str, data: bytes) -> pa.Schema:
+    def _read_schema(self, run_id: str, data: bytes) -> pa.Schema:
         try:
             schema = pa.ipc.read_schema(pa.py_buffer(data))
             TransitionSchema.from_arrow(schema)  # a recorded run's schema, metadata included
         except Exception as err:
             raise ProtocolViolation(f"the schema of run {run_id!r} is not a recorded run's: "
                                     f"{str(err)[:200]}") from err
-        known = self._schemas.get(run_id)
-        if known is not None and not known.equals(schema, check_metadata=False):
-            raise ProtocolViolation(f"run {run_id!r} already has another schema; a sender "
-                                    "must not reuse a run id")
-        self._schemas[run_id] = schema
         return schema
 
     def _store(self, run_id: str) -> Any:
@@ -261,13 +266,11 @@ class NatsCollector:
         if store is not None:
             self._stores.move_to_end(run_id)
             return store
-        schema = self._schemas.get(run_id)
-        if schema is None:  # joined after the schema went by: it is the subject's last
-            data = self.link.call(self._schema_of(run_id), timeout=10.0)
-            if data is None:
-                raise ProtocolViolation(f"run {run_id!r} has no schema in the stream; its "
-                                        "batches cannot be read")
-            schema = self._learn_schema(run_id, data)
+        data = self.link.call(self._schema_of(run_id), timeout=10.0)
+        if data is None:
+            raise ProtocolViolation(f"run {run_id!r} has no schema in the stream; its "
+                                    "batches cannot be read")
+        schema = self._read_schema(run_id, data)
         while len(self._stores) >= self.max_open_runs:
             self._close_run(next(iter(self._stores)), "room for another run")
         try:

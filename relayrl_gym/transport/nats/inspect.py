@@ -21,7 +21,7 @@ def stream_report(url: str, timeout: float = 10.0) -> dict[str, Any]:
     Raises:
         TransportError: the server cannot be reached or has no such stream.
     """
-    target = parse_nats_url(url, known=("durable",))
+    target = parse_nats_url(url)
     require_nats()
     try:
         return asyncio.run(asyncio.wait_for(_report(target), timeout))

@@ -60,6 +60,8 @@ class NatsLink:
         self.nc: Any = None
         self.connected = threading.Event()
         self.problem = "not connected yet"
+        self._refused = False
+        self._preparing: asyncio.Task[None] | None = None
         self._on_connect = on_connect
         self._closing = False
         self.loop = asyncio.new_event_loop()
@@ -152,6 +154,13 @@ class NatsLink:
             self.problem = f"disconnected from {self.target.display}; reconnecting"
 
     async def _reconnected(self) -> None:
+        # nats-py awaits this callback before it reads from the new connection again: what
+        # the connection needs first (requests that wait for answers) runs as a task of its own.
+        if self._preparing is not None:
+            self._preparing.cancel()
+        self._preparing = asyncio.get_running_loop().create_task(self._prepare())
+
+    async def _prepare(self) -> None:
         # What a connection needs before use (the stream, a schema published) is retried
         # while the connection stays up: a stream's leader may be moving just then.
         delay = _RETRY_FIRST
@@ -167,6 +176,7 @@ class NatsLink:
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
             self.problem = ""
+            self._refused = False
             self.connected.set()
             return
 
@@ -175,6 +185,9 @@ class NatsLink:
         if "authorization" in text.lower() or type(err).__name__ == "AuthorizationError":
             text = (f"the server refused the credentials ({text}): give user/password, a "
                     "token, creds or nkey in the URL or its config= file")
+        elif self._refused:  # the connection it drops next says less than the refusal
+            return
+        self._refused = "refused the credentials" in text
         if text != self.problem:
             log.warning("NATS at %s: %s", self.target.display, text)
         self.problem = text

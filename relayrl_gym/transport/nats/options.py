@@ -19,10 +19,16 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from relayrl_gym.errors import ConfigError
 
-__all__ = ["CREDENTIAL_KEYS", "NatsTarget", "parse_nats_url", "subject_token"]
+__all__ = ["CREDENTIAL_KEYS", "OPTIONS", "NatsTarget", "parse_nats_url", "subject_token"]
 
 #: What may name credentials, in the URL's query or in a ``config=`` file.
 CREDENTIAL_KEYS = ("user", "password", "token", "creds", "nkey", "tls_ca", "tls_cert", "tls_key")
+#: The other options of a NATS URL; one URL serves every part (a part ignores the others'):
+#: the stream a sink or consumer creates when missing (``replicas``, ``max_age``,
+#: ``max_bytes``), the sink (``spill``, ``close_timeout``, ``models=off``), the consumer
+#: (``durable``, ``partition``).
+OPTIONS = ("replicas", "max_age", "max_bytes", "spill", "close_timeout", "models", "durable",
+           "partition")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DURABLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UNSAFE_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
@@ -112,13 +118,11 @@ class NatsTarget:
         return out
 
 
-def parse_nats_url(url: str, *, known: tuple[str, ...] = ()) -> NatsTarget:
+def parse_nats_url(url: str) -> NatsTarget:
     """Parses ``nats://[CREDENTIALS@]HOST[:PORT][,HOST[:PORT]...]/STREAM?OPTIONS``.
 
     Args:
         url: the URL (``tls://`` also accepted, for TLS with the system's CAs).
-        known: the options (besides credentials, ``config`` and ``replicas``) the caller
-            takes; any other is refused with the list.
 
     Raises:
         ConfigError: what is wrong with the URL, and how to write it.
@@ -158,7 +162,7 @@ def parse_nats_url(url: str, *, known: tuple[str, ...] = ()) -> NatsTarget:
             credentials["token"] = unquote(user)
     if "config" in query:
         credentials = {**_read_config(query.pop("config"), shown), **credentials}
-    allowed = {"replicas", *known}
+    allowed = set(OPTIONS)
     unknown = sorted(set(query) - allowed)
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} in the NATS URL {shown!r}; known: "

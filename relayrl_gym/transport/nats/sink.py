@@ -39,7 +39,10 @@ DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024
 #: Room kept in a message for its headers under the server's ``max_payload``.
 _HEADER_ROOM = 4096
 _TICK = 0.05  # seconds between looks at what is due, when nothing wakes the publisher
-_URL_OPTIONS = ("spill", "close_timeout", "max_age", "max_bytes", "models")
+_ACK_TIMEOUT = 10.0  # seconds a publish waits for JetStream's acknowledgement
+#: The longest wait before an unacknowledged batch is published again: a stream's new leader
+#: (elected within seconds) gets it soon; a resend costs little (the stream keeps it once).
+_RESEND_MAX = 4.0
 
 
 class NatsSink(Sink):
@@ -85,10 +88,10 @@ class NatsSink(Sink):
             window_bytes: bytes published and unacknowledged before `write` refuses more.
             close_timeout: seconds ``close`` waits for acknowledgements.
             resend_after: seconds before an unacknowledged batch is published again
-                (doubling up to 30 s).
+                (doubling up to 4 s).
         """
         self.target = (target if isinstance(target, NatsTarget)
-                       else parse_nats_url(target, known=_URL_OPTIONS))
+                       else parse_nats_url(target))
         self.target.number("max_age", 0)  # a bad value is refused now, not at connection
         self.target.number("max_bytes", 0)
         #: ``models=off``: no model source follows this sink's stream.
@@ -97,7 +100,7 @@ class NatsSink(Sink):
         self.close_timeout = float(close_timeout)
         self.sender_id = uuid.uuid4().hex[:16]
         self.run_id: str | None = None
-        self.outbox = Outbox(window_bytes, resend_after=resend_after)
+        self.outbox = Outbox(window_bytes, resend_after=resend_after, resend_max=_RESEND_MAX)
         #: Batches JetStream said it had already (published again: stored once).
         self.duplicates = 0
         self.link: NatsLink | None = None
@@ -114,7 +117,7 @@ class NatsSink(Sink):
     @classmethod
     def from_url(cls, url: str) -> NatsSink:
         """``nats://HOST:PORT/STREAM[?spill=DIR&close_timeout=S&replicas=N&...]``."""
-        target = parse_nats_url(url, known=_URL_OPTIONS)
+        target = parse_nats_url(url)
         kwargs: dict[str, Any] = {"close_timeout": target.number("close_timeout", 10.0)}
         if target.option("spill"):
             kwargs["spill_dir"] = target.option("spill")
@@ -174,7 +177,9 @@ class NatsSink(Sink):
         self._closed = True
         if self.link is None:
             return
-        if len(self.outbox) and self.connected:
+        if len(self.outbox):  # everything due now; a reconnection may come meanwhile
+            self.outbox.resend_from(self.outbox.first_seq)
+            self._kick()
             self.wait_acknowledged(self.close_timeout)
         link = self.link
         if link.loop.is_running():
@@ -209,7 +214,17 @@ class NatsSink(Sink):
             with contextlib.suppress(RuntimeError):  # the loop is closing
                 link.loop.call_soon_threadsafe(wake.set)
 
+    @property
+    def close_retry(self) -> float:
+        """Seconds the writer keeps retrying this sink at close (``close_timeout``): a stream
+        electing a new leader, or a server restarting, takes seconds."""
+        return self.close_timeout
+
     async def _on_connect(self, nc: Any) -> None:
+        if self._js is not None:  # reconnected: the stream and the schema are there already
+            self.outbox.resend_from(self.outbox.first_seq)  # what waits goes now
+            self._wake_now()
+            return
         js = nc.jetstream()
         self._prefix = await ensure_stream(js, self.target)
         self._max_part = max(nc.max_payload - _HEADER_ROOM, 1024)
@@ -240,6 +255,7 @@ class NatsSink(Sink):
         again after their backoff), oldest first."""
         assert self._wake is not None and self.run_id is not None
         subject = data_subject(self._prefix, self.run_id)
+        loop = asyncio.get_running_loop()
         while True:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), _TICK)
@@ -260,6 +276,9 @@ class NatsSink(Sink):
                               self.target.display, err)
                     break
                 future.add_done_callback(lambda f, seq=item.seq: self._acknowledged(seq, f))
+                # An acknowledgement that never comes (no stream leader just then) must not
+                # hold its place among nats-py's pending publishes forever.
+                loop.call_later(_ACK_TIMEOUT, future.cancel)
 
     def _acknowledged(self, seq: int, future: asyncio.Future[Any]) -> None:
         if future.cancelled() or future.exception() is not None:

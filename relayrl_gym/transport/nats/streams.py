@@ -5,8 +5,11 @@ creates). Each run has two subjects of its own:
 
 - ``PREFIX.schema.<run>``: the run's Arrow schema (spaces, env, config in its metadata), one
   message per sender, published before its first batch;
-- ``PREFIX.data.<run>``: the run's batches, each one Arrow IPC record-batch message (no
-  pickle), with headers naming its run, sender and sequence number.
+- ``PREFIX.data.B0.B1.B2.B3.B4.<run>``: the run's batches, each one Arrow IPC record-batch
+  message (no pickle), with headers naming its run, sender and sequence number. ``B0``..``B4``
+  are the low bits (``0``/``1``) of the run id's CRC-32: its partition, so that ``n`` consumers
+  (``n`` a power of two up to 32) share a stream with one subject filter each, member ``i``
+  taking the runs whose partition is ``i`` modulo ``n`` (`partition_filter`).
 
 ``<run>`` is the run id made a subject token (`subject_token`). Every message carries the
 ``Nats-Msg-Id`` ``<run>/<sender>/<seq>`` (``.../schema`` for the schema), so the stream keeps a
@@ -17,13 +20,26 @@ numbers keep it once after that window too.
 from __future__ import annotations
 
 import logging
+import zlib
 from typing import Any
 
 from relayrl_gym.errors import ConfigError, TransportError
 from relayrl_gym.transport.nats.options import NatsTarget, subject_token
 
-__all__ = ["DEFAULT_MAX_AGE", "HEADER_ROWS", "HEADER_RUN", "HEADER_SENDER", "HEADER_SEQ",
-           "MSG_ID", "data_subject", "ensure_stream", "schema_subject"]
+__all__ = [
+    "DEFAULT_MAX_AGE",
+    "HEADER_ROWS",
+    "HEADER_RUN",
+    "HEADER_SENDER",
+    "HEADER_SEQ",
+    "MSG_ID",
+    "PARTITION_BITS",
+    "check_partition",
+    "data_subject",
+    "ensure_stream",
+    "partition_filter",
+    "schema_subject",
+]
 
 log = logging.getLogger(__name__)
 
@@ -36,15 +52,48 @@ HEADER_ROWS = "Relayrl-Rows"
 DEFAULT_MAX_AGE = 7 * 24 * 3600.0
 #: Seconds within which the stream drops a message whose ``Nats-Msg-Id`` it has seen.
 DUPLICATE_WINDOW = 120.0
+#: Partition bits in a data subject: consumers of one durable name share a stream 2**k ways,
+#: k <= 5.
+PARTITION_BITS = 5
+
+
+def partition_bits(run_id: str) -> str:
+    """The partition tokens of ``run_id``'s data subject.
+
+    >>> partition_bits("CartPole-v1-x")
+    '0.1.0.1.1'
+    """
+    crc = zlib.crc32(run_id.encode())
+    return ".".join(str((crc >> bit) & 1) for bit in range(PARTITION_BITS))
 
 
 def data_subject(prefix: str, run_id: str) -> str:
     """The subject of ``run_id``'s batches.
 
     >>> data_subject("relayrl", "CartPole-v1-x")
-    'relayrl.data.CartPole-v1-x'
+    'relayrl.data.0.1.0.1.1.CartPole-v1-x'
     """
-    return f"{prefix}.data.{subject_token(run_id)}"
+    return f"{prefix}.data.{partition_bits(run_id)}.{subject_token(run_id)}"
+
+
+def check_partition(index: int, count: int) -> None:
+    """Refuses a partition ``index`` of ``count`` consumers that the subjects cannot express."""
+    if count < 1 or count > 1 << PARTITION_BITS or count & (count - 1):
+        raise ConfigError(f"the number of consumers sharing a stream must be a power of two "
+                          f"from 1 to {1 << PARTITION_BITS}, got {count}")
+    if not 0 <= index < count:
+        raise ConfigError(f"partition {index} of {count}: the index must be 0 to {count - 1}")
+
+
+def partition_filter(prefix: str, index: int, count: int) -> str:
+    """The subject filter of consumer ``index`` of ``count`` sharing ``prefix``'s batches.
+
+    >>> partition_filter("relayrl", 0, 1), partition_filter("relayrl", 3, 4)
+    ('relayrl.data.>', 'relayrl.data.1.1.>')
+    """
+    check_partition(index, count)
+    bits = [str((index >> bit) & 1) for bit in range(count.bit_length() - 1)]
+    return ".".join([prefix, "data", *bits, ">"])
 
 
 def schema_subject(prefix: str, run_id: str) -> str:

@@ -16,11 +16,11 @@ ACTOR = TESTS / "transport" / "zmq_actor.py"  # records to any sink URL, beside 
 
 
 def record(url: str, local: Path, *, steps: int = 300, seed: int = 0, actors: int = 2,
-           pause_at: int | None = None, pause=None) -> str:
+           pause_at: int | None = None, pause=None, run_id: str | None = None) -> str:
     """Records CartPole to ``url`` and to the Arrow directory ``local`` (small batches: many
     messages); calls ``pause()`` at step ``pause_at``; returns the run id."""
     envs = relayrl_gym.wrap("CartPole-v1", actors=actors, sink=[local, url],
-                            flush_interval=0.02, batch_rows=16, router_scale=0)
+                            flush_interval=0.02, batch_rows=16, router_scale=0, run_id=run_id)
     rng = np.random.default_rng(seed)
     envs.reset(seed=seed)
     for step in range(steps):

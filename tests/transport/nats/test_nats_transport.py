@@ -24,6 +24,7 @@ from relayrl_gym.transport import TrainingServer
 from relayrl_gym.transport.nats.inspect import stream_report
 from relayrl_gym.transport.nats.options import parse_nats_url
 from relayrl_gym.transport.nats.sink import NatsSink
+from relayrl_gym.transport.nats.streams import data_subject, partition_bits
 
 
 def _publish(url: str, subject: str, data: bytes, headers: dict[str, str]) -> None:
@@ -142,7 +143,7 @@ def test_nats_restarted_mid_run_costs_no_row(nats_server, tmp_path, caplog):
 
 def test_a_replicated_stream_loses_no_row_when_its_leader_is_killed(nats_cluster, tmp_path):
     servers = ",".join(u[len("nats://"):] for u in nats_cluster.urls)
-    url = f"nats://{servers}/runs?replicas=3"
+    url = f"nats://{servers}/runs?replicas=3&close_timeout=30"
     killed = []
 
     def kill_leader() -> None:
@@ -159,14 +160,18 @@ def test_a_replicated_stream_loses_no_row_when_its_leader_is_killed(nats_cluster
     assert stream_report(url)["stream"]["replicas"] == 3
 
 
-def test_two_consumers_of_one_durable_share_runs_and_write_each_batch_once(nats_server,
-                                                                          tmp_path):
+def test_servers_sharing_a_durable_name_split_the_runs_and_keep_each_batch_once(nats_server,
+                                                                                tmp_path):
     url = f"{nats_server.url}/runs"
     local = tmp_path / "local"
-    with TrainingServer(source=url, sink=tmp_path / "collected") as a, \
-            TrainingServer(source=url, sink=tmp_path / "collected") as b:
+    run_ids = [f"share-{i}" for i in range(6)]
+    halves = {int(partition_bits(r)[0]) for r in run_ids}
+    assert halves == {0, 1}  # both servers have runs to write
+    with TrainingServer(source=f"{url}?partition=0/2", sink=tmp_path / "a") as a, \
+            TrainingServer(source=f"{url}?partition=1/2", sink=tmp_path / "b") as b:
         threads = [threading.Thread(target=record, args=(url, local),
-                                    kwargs={"steps": 200, "seed": s}) for s in range(3)]
+                                    kwargs={"steps": 150, "seed": i, "run_id": r})
+                   for i, r in enumerate(run_ids)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -174,12 +179,20 @@ def test_two_consumers_of_one_durable_share_runs_and_write_each_batch_once(nats_
         total = loaded_rows(local)
         wait_until(lambda: a.stats["rows"] + b.stats["rows"] >= total, timeout=60,
                    what="every row collected")
-        time.sleep(0.5)
+        time.sleep(0.3)
         assert a.stats["rows"] + b.stats["rows"] == total
-    got, expected = relayrl_gym.load(tmp_path / "collected"), relayrl_gym.load(local)
-    assert sorted(got.run_ids) == sorted(expected.run_ids)
-    for run_id in expected.run_ids:
-        assert_same_rows(rows(tmp_path / "collected" / run_id), rows(local / run_id))
+        assert a.collector.durable == "relayrl-0of2" and b.collector.durable == "relayrl-1of2"
+    for run_id in run_ids:
+        mine, other = ("a", "b") if partition_bits(run_id)[0] == "0" else ("b", "a")
+        assert not (tmp_path / other / run_id).exists()
+        assert_same_rows(rows(tmp_path / mine / run_id), rows(local / run_id))
+
+
+def test_a_share_must_be_one_of_a_power_of_two(nats_server, tmp_path):
+    for share, message in (("1/3", "power of two"), ("2/2", "must be 0 to 1"),
+                           ("x", "must be I/N")):
+        with pytest.raises(ConfigError, match=message):
+            TrainingServer(source=f"{nats_server.url}/runs?partition={share}", sink=tmp_path)
 
 
 def test_credentials_are_required_checked_and_never_shown(tmp_path, caplog):
@@ -209,20 +222,25 @@ def test_hostile_messages_are_refused_counted_and_cost_no_row(nats_server, tmp_p
         run_id = record(url, tmp_path / "local", steps=100)
         expected = rows(tmp_path / "local" / run_id)
         assert server.wait_for_rows(expected.num_rows)
-        token = run_id  # CartPole run ids are subject tokens already
+        subject = data_subject("runs", run_id)
         forged = {"Relayrl-Run": "someone-else", "Relayrl-Sender": "x", "Relayrl-Seq": "0"}
-        _publish(nats_server.url, f"runs.data.{token}", b"junk", forged)  # another run's name
-        _publish(nats_server.url, f"runs.data.{token}", b"junk",
+        _publish(nats_server.url, subject, b"junk", forged)  # another run's name
+        _publish(nats_server.url, subject, b"junk",
                  {"Relayrl-Run": run_id, "Relayrl-Sender": "x", "Relayrl-Seq": "0"})
-        _publish(nats_server.url, f"runs.data.{token}", b"junk",
+        _publish(nats_server.url, subject, b"junk",
                  {"Relayrl-Run": run_id, "Relayrl-Sender": "x", "Relayrl-Seq": "-1"})
-        _publish(nats_server.url, f"runs.schema.{token}", b"not a schema",
+        _publish(nats_server.url, subject, b"junk", {"Relayrl-Run": run_id})
+        # A schema published after the sender's: never taken for the run's.
+        _publish(nats_server.url, f"runs.schema.{run_id}", b"not a schema",
                  {"Relayrl-Run": run_id, "Relayrl-Sender": "y"})
         wait_until(lambda: server.stats["rejected"] == 4, what="four rejections")
         more = record(url, tmp_path / "local", steps=50, seed=2)  # still serving
         assert server.wait_for_rows(expected.num_rows + loaded_rows(tmp_path / "local" / more))
     assert_same_rows(rows(tmp_path / "collected" / run_id), expected)
     assert relayrl_gym.load(tmp_path / "collected").run_ids == sorted([run_id, more])
+    with TrainingServer(source=url, sink=tmp_path / "late", durable="late") as late:
+        assert late.wait_for_rows(expected.num_rows + loaded_rows(tmp_path / "local" / more))
+    assert_same_rows(rows(tmp_path / "late" / run_id), expected)  # the sender's schema
 
 
 def test_inspect_prints_the_stream_its_runs_and_consumers(nats_server, tmp_path):
