@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 from relayrl_gym.errors import ConfigError, StateError, run_all
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
+from relayrl_gym.models.nats_source import NatsModelSource
 from relayrl_gym.models.zmq_source import ZMQModelSource
+from relayrl_gym.transport.nats.sink import NatsSink
 from relayrl_gym.transport.sender.sink import ZMQSink
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ class AgentCore:
         self.run_id: str | None = None
         self.run_path: Path | None = None
         #: Where new models come from (`follow_models`); closed first by `shutdown`.
-        self.model_sources: list[ZMQModelSource] = []
+        self.model_sources: list[Any] = []
         self._lock = threading.RLock()
         self._running = self._started = False
         self._exit_key: int | None = None
@@ -96,14 +98,19 @@ class AgentCore:
         raise NotImplementedError
 
     def follow_models(self) -> None:
-        """Follows the model publisher of each ZMQ sink's collector (unless ``models=off``):
-        each newer model published there is swapped in through `update_model`. Models travel
-        on their own path (`ZMQModelSource`), not through the sinks."""
+        """Follows the model publisher of each ZMQ sink's collector, and the model bucket of
+        each NATS sink's stream (unless the sink says ``models=off``): each newer model
+        published there is swapped in through `update_model`. Models travel on their own
+        path (`ZMQModelSource`, `NatsModelSource`), not through the sinks."""
         for sink in [sink for run in self.runs for sink in run.writer.sinks]:
+            source: Any = None
             if isinstance(sink, ZMQSink):
                 source = ZMQModelSource.following(sink, self.update_model)
-                if source is not None:
-                    self.model_sources.append(source)
+            elif isinstance(sink, NatsSink) and not sink.models_off:
+                source = NatsModelSource(sink.target, self.update_model,
+                                         name=f"relayrl-nats-models-{sink.sender_id}")
+            if source is not None:
+                self.model_sources.append(source)
 
     def get_actor_ids(self) -> list[uuid.UUID]:
         """The actor ids, in slot (env index) order."""
