@@ -21,8 +21,9 @@ from relayrl_gym.recording.spill_resend import resend_sink_spill
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, redact_url, url_scheme
 from relayrl_gym.transport.collector.receiver import Limits
 from relayrl_gym.transport.keys import generate_keys
-from relayrl_gym.transport.sender.spill import SPILL_INDEX, resend
+from relayrl_gym.transport.sender.spill import SPILL_INDEX
 from relayrl_gym.transport.server import TrainingServer
+from relayrl_gym.transport.spill import resend
 
 __all__ = ["main"]
 

@@ -33,9 +33,9 @@ def resend_sink_spill(path: str | Path, to: str, *, remove: bool = True) -> Spil
     the sink ``to`` (a URL or directory, as ``wrap(sink=...)`` takes) as run ``<run_id>``, then
     removes the spill (``remove=False`` keeps it).
 
-    A collector (``zmq+tcp://``) takes them into the run itself, from a sender of their own; a
-    database or Arrow sink, which holds the run's rows up to the outage already, gets them as
-    a run of their own, ``<run_id>-spill``.
+    A collector (``zmq+tcp://``) or a NATS stream takes them into the run itself, from a sender of
+    their own; a database or Arrow sink, which holds the run's rows up to the outage already, gets
+    them as a run of their own, ``<run_id>-spill``.
 
     Raises:
         DatasetError: ``path`` is not a spilled run.
@@ -47,7 +47,8 @@ def resend_sink_spill(path: str | Path, to: str, *, remove: bool = True) -> Spil
                            "directory the sink's error named, SPILL_DIR/<sink>/<run_id>")
     table, schema = read_run_dir(path, text_info=False)  # the batches as they were kept
     sink = open_sink(to)
-    run_id = path.name if url_scheme(str(to)) == "zmq" else f"{path.name}-spill"
+    # A collector or stream consumer takes them into the run itself, from a sender of their own.
+    run_id = path.name if url_scheme(str(to)) in ("zmq", "nats") else f"{path.name}-spill"
     try:
         sink.start(run_id, schema.arrow)
         for batch in table.to_batches():

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from relayrl_gym.transport.collector.receiver import Limits
 from relayrl_gym.transport.sender.sink import ZMQSink
-from relayrl_gym.transport.sender.spill import resend, uncollected
 from relayrl_gym.transport.server import TrainingServer
+from relayrl_gym.transport.spill import resend, uncollected
 
 __all__ = ["Limits", "TrainingServer", "ZMQSink", "resend", "uncollected"]

@@ -186,7 +186,7 @@ class TrainingServer:
         """The data endpoint actually bound (give actors ``zmq+tcp://HOST:PORT``), or the
         NATS stream consumed (servers and stream)."""
         if self._nats:
-            return f"nats://{self.collector.target.display.split('://', 1)[-1]}"
+            return str(self.collector.target.address)
         return str(self.collector.endpoint)
 
     @property

@@ -51,8 +51,8 @@ class NatsTarget:
     >>> target = parse_nats_url("nats://me:pw@127.0.0.1:4222/relayrl?replicas=3")
     >>> target.servers, target.stream, target.replicas, target.display
     (('nats://127.0.0.1:4222',), 'relayrl', 3, 'nats://127.0.0.1:4222/relayrl')
-    >>> "pw" in repr(target)
-    False
+    >>> "pw" in repr(target), parse_nats_url("nats://a,b:4223/s?replicas=3").address
+    (False, 'nats://a:4222,b:4223/s')
     """
 
     servers: tuple[str, ...]
@@ -72,7 +72,14 @@ class NatsTarget:
     @property
     def display(self) -> str:
         """The target for logs and messages: servers and stream, no credentials."""
-        return f"{','.join(self.servers)}/{self.stream}"
+        return self.address
+
+    @property
+    def address(self) -> str:
+        """A URL of the stream without credentials or options (``nats://H:P,H:P/STREAM``)."""
+        scheme = self.servers[0].split("://", 1)[0]
+        hosts = ",".join(server.split("://", 1)[1] for server in self.servers)
+        return f"{scheme}://{hosts}/{self.stream}"
 
     def __repr__(self) -> str:
         return f"NatsTarget({self.display!r})"

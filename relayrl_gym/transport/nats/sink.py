@@ -7,6 +7,7 @@ import contextlib
 import logging
 import shlex
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -101,8 +102,8 @@ class NatsSink(Sink):
         self.sender_id = uuid.uuid4().hex[:16]
         self.run_id: str | None = None
         self.outbox = Outbox(window_bytes, resend_after=resend_after, resend_max=_RESEND_MAX)
-        #: Batches JetStream said it had already (published again: stored once).
-        self.duplicates = 0
+        #: The batches JetStream said it had already (published again: stored once).
+        self.duplicate_seqs: set[int] = set()
         self.link: NatsLink | None = None
         self._schema: pa.Schema | None = None
         self._schema_bytes = b""
@@ -169,9 +170,20 @@ class NatsSink(Sink):
         with self.outbox.changed:
             return self.outbox.changed.wait_for(lambda: len(self.outbox) == 0, timeout)
 
-    def close(self) -> None:
+    def resume(self, sender_id: str, batches: Iterable[tuple[int, pa.RecordBatch]]) -> None:
+        """Before `start`: continues sender ``sender_id`` with ``batches``, consecutive
+        ``(seq, batch)`` pairs published under their own sequence numbers (a spill's resend:
+        the stream and its consumers keep each batch once)."""
+        if self.link is not None:
+            raise SinkError("NatsSink.resume() must come before start()")
+        self.sender_id = sender_id
+        for seq, batch in batches:
+            self.outbox.put(batch.serialize().to_pybytes(), batch.num_rows, seq=seq)
+
+    def close(self, *, spill: bool = True) -> None:
         """Waits up to ``close_timeout`` for the last acknowledgements and stops; what is
-        still unacknowledged is spilled (see the class) and a `SinkError` says where."""
+        still unacknowledged is spilled (see the class) and a `SinkError` says where, or with
+        ``spill=False`` left in `outbox` (a spill's resend, which keeps the spill it reads)."""
         if self._closed:
             return
         self._closed = True
@@ -186,7 +198,7 @@ class NatsSink(Sink):
             with contextlib.suppress(Exception):
                 link.call(self._stop_pump(), timeout=2.0)
         link.close()
-        if len(self.outbox):
+        if spill and len(self.outbox):
             self._spill_pending()
 
     # -- internals -------------------------------------------------------------------------
@@ -284,7 +296,7 @@ class NatsSink(Sink):
         if future.cancelled() or future.exception() is not None:
             return  # published again when due
         if getattr(future.result(), "duplicate", False):
-            self.duplicates += 1
+            self.duplicate_seqs.add(seq)
         # The window is cumulative: a batch leaves it once every earlier one has too.
         self._confirmed.add(seq)
         first = self.outbox.first_seq
@@ -300,7 +312,7 @@ class NatsSink(Sink):
         assert self._schema is not None and self.run_id is not None
         pending = self.outbox.pending()
         rows = sum(item.rows for item in pending)
-        where = f"nats://{self.target.display.split('://', 1)[-1]}"
+        where = self.target.address
         try:
             path = write_spill(self.spill_dir, self.run_id, self.sender_id, where,
                                self._schema, pending)

@@ -47,8 +47,8 @@ from relayrl_gym.transport.sender.spill_files import (
 if TYPE_CHECKING:
     from relayrl_gym.transport.sender.outbox import Pending
 
-__all__ = ["SPILL_INDEX", "ResendResult", "SpillIndex", "read_spill", "resend", "spill_pending",
-           "uncollected", "write_spill"]
+__all__ = ["SPILL_INDEX", "ResendResult", "SpillIndex", "read_spill", "remove_spill", "resend",
+           "resending", "spill_pending", "spilled_batches", "uncollected", "write_spill"]
 
 def read_spill(path: str | os.PathLike[str]) -> SpillIndex:
     """The index of a spilled run directory (``SPILL_DIR/<run_id>``)."""
@@ -73,7 +73,7 @@ def read_spill(path: str | os.PathLike[str]) -> SpillIndex:
                            f"sink's error named, SPILL_DIR/<run_id>{hint}") from err
 
 
-def _spilled_batches(path: Path) -> tuple[SpillIndex, pa.Schema, list[pa.RecordBatch]]:
+def spilled_batches(path: Path) -> tuple[SpillIndex, pa.Schema, list[pa.RecordBatch]]:
     """A spill's index, schema and batches: one record batch per ``seq``, as it was sent."""
     index = read_spill(path)
     seqs = index.seqs
@@ -133,7 +133,7 @@ def uncollected(spill: str | os.PathLike[str], collector_state: Any) -> pa.Table
         The rows of the spilled batches whose ``seq`` is past the last one the collector
         committed for this sender; the others are in the collector's dataset already.
     """
-    index, schema, batches = _spilled_batches(Path(spill))
+    index, schema, batches = spilled_batches(Path(spill))
     last = _collected_last_seq(collector_state, index.sender_id)
     readable = text_info_schema(schema)  # rows as `relayrl_gym.load` gives them
     return pa.Table.from_batches([with_text_info(b, readable)
@@ -200,12 +200,12 @@ def resend(spill: str | os.PathLike[str], address: str | None = None, *,
             math.isfinite(timeout) and timeout > 0):
         raise ConfigError(f"`timeout` must be a number of seconds > 0, got {timeout!r}")
     path = Path(spill)
-    with _resending(path):
+    with resending(path):
         return _resend(path, address, timeout, curve_keys, remove)
 
 
 @contextlib.contextmanager
-def _resending(path: Path) -> Iterator[None]:
+def resending(path: Path) -> Iterator[None]:
     """Holds an exclusive lock on the spill's index while it is resent: two resends of one
     spill at once would take the sender's place from each other at the collector. A spill
     the other one removed meanwhile fails where the resend reads it, with `read_spill`'s error."""
@@ -230,7 +230,7 @@ def _resending(path: Path) -> Iterator[None]:
 
 def _resend(path: Path, address: str | None, timeout: float, curve_keys: str | Path | None,
             remove: bool) -> ResendResult:
-    index, schema, batches = _spilled_batches(path)
+    index, schema, batches = spilled_batches(path)
     total_rows = sum(index.rows)
     sink = ZMQSink(address or index.endpoint, models="off", curve_keys=curve_keys,
                    close_timeout=timeout)
@@ -247,7 +247,7 @@ def _resend(path: Path, address: str | None, timeout: float, curve_keys: str | P
     had_batches, had_rows = sink.outbox.known_batches, sink.outbox.known_rows
     return ResendResult(index.run_id, index.sender_id, sink.endpoint,
                         len(index.seqs) - had_batches, total_rows - had_rows, had_batches,
-                        had_rows, path, remove and _remove_spill(path))
+                        had_rows, path, remove and remove_spill(path))
 
 
 def _remember_token(path: Path, token: str) -> None:
@@ -274,7 +274,7 @@ def _unacknowledged(sink: Any, path: Path, left: list[Pending], batches: int,
                     f") within {waited:.1f} s{rejected}. {kept}")
 
 
-def _remove_spill(path: Path) -> bool:
+def remove_spill(path: Path) -> bool:
     """Removes a delivered spill: its index first (what is left is no spill any more), then
     the files the sink wrote. Other files stay, with a warning."""
     try:

@@ -271,3 +271,25 @@ def test_credentials_stay_out_of_the_target_repr():
     target = parse_nats_url("nats://tok3n@h1,h2:4223/runs")
     assert target.servers == ("nats://h1:4222", "nats://h2:4223")
     assert target.credentials == {"token": "tok3n"} and "tok3n" not in repr(target)
+
+
+def test_rows_spilled_while_nats_is_down_are_resent_once(nats_server, tmp_path):
+    url = f"{nats_server.url}/runs?close_timeout=1"
+    with pytest.raises(SinkError, match="relayrl-gym resend") as caught:
+        record(url, tmp_path / "local", steps=300, pause_at=100, pause=nats_server.kill)
+    nats_server.restart()
+    spills = sorted(p.parent for p in tmp_path.rglob("_run.json") if "_spill" in p.parts)
+    assert spills, caught.value
+    for spill in spills:
+        out = subprocess.run([sys.executable, "-m", "relayrl_gym.cli.main", "resend",
+                              str(spill), "--to", url], capture_output=True, text=True,
+                             timeout=120, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert not spill.exists()
+    (run_id,) = relayrl_gym.load(tmp_path / "local").run_ids
+    expected = rows(tmp_path / "local" / run_id)
+    with TrainingServer(source=url, sink=tmp_path / "collected") as server:
+        assert server.wait_for_rows(expected.num_rows, timeout=60)
+        time.sleep(0.3)
+        assert server.stats["rows"] == expected.num_rows
+    assert_same_rows(rows(tmp_path / "collected" / run_id), expected)
