@@ -165,9 +165,10 @@ def _serve(args: argparse.Namespace) -> None:
         every = args.stats_every if args.stats_every > 0 else None
         while not stop.wait(every):
             stats = server.stats
-            print(" ".join(f"{k}={stats[k]}" for k in (
-                "senders", "received", "rows", "duplicates", "rejected", "refused_auth",
-                "refused_limits", "runs_evicted")), flush=True)
+            keys = ("senders", "received", "rows", "duplicates", "rejected", *(
+                ("gaps", "redelivered", "elsewhere") if args.source else
+                ("refused_auth", "refused_limits", "runs_evicted")))
+            print(" ".join(f"{k}={stats[k]}" for k in keys), flush=True)
     if watcher is not None:
         watcher.join(timeout=10)  # its stream ends with the server
     print("relayrl-gym serve: stopped", flush=True)

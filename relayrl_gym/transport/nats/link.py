@@ -185,9 +185,12 @@ class NatsLink:
         if "authorization" in text.lower() or type(err).__name__ == "AuthorizationError":
             text = (f"the server refused the credentials ({text}): give user/password, a "
                     "token, creds or nkey in the URL or its config= file")
-        elif self._refused:  # the connection it drops next says less than the refusal
+        elif "permissions violation" in text.lower():
+            text = (f"the NATS user lacks a permission ({text}): it needs to publish to and "
+                    "subscribe to the stream's subjects, $JS.API.> and _INBOX.>")
+        elif self._refused:  # the timeouts that follow a refusal say less than it
             return
-        self._refused = "refused the credentials" in text
+        self._refused = "refused the credentials" in text or "lacks a permission" in text
         if text != self.problem:
             log.warning("NATS at %s: %s", self.target.display, text)
         self.problem = text

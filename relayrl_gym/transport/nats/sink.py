@@ -151,8 +151,8 @@ class NatsSink(Sink):
     def write(self, batch: pa.RecordBatch) -> None:
         self._check()
         if not self.connected:
-            raise SinkError(f"NATS at {self.target.display} is not reachable "
-                            f"({self._problem()}); batches wait locally and are retried")
+            raise SinkError(f"NATS at {self.target.display} cannot take batches now "
+                            f"({self._problem()}); they wait locally and are retried")
         with self.outbox.changed:  # a short wait for room smooths a busy server
             if not self.outbox.changed.wait_for(lambda: not self.outbox.full, timeout=0.25):
                 raise SinkError(

@@ -293,3 +293,31 @@ def test_rows_spilled_while_nats_is_down_are_resent_once(nats_server, tmp_path):
         time.sleep(0.3)
         assert server.stats["rows"] == expected.num_rows
     assert_same_rows(rows(tmp_path / "collected" / run_id), expected)
+
+
+_PERMISSIONS = """accounts { APP { jetstream: enabled, users: [
+  {user: actor, password: pw}
+  {user: nobody, password: pw,
+   permissions: {publish: {deny: [">"]}, subscribe: {allow: ["_INBOX.>"]}}}
+] } }"""
+
+
+def test_a_client_without_rights_can_neither_publish_nor_read_and_is_told(tmp_path, caplog):
+    from nats_servers import NatsServer
+
+    caplog.set_level(logging.WARNING)
+    with NatsServer(tmp_path, auth=_PERMISSIONS) as server:
+        host = server.url[len("nats://"):]
+        allowed, denied = f"nats://actor:pw@{host}/runs", f"nats://nobody:pw@{host}/runs"
+        run_id = record(allowed, tmp_path / "local", steps=50)
+        with pytest.raises(SinkError, match="lacks a permission"):
+            record(f"{denied}?close_timeout=1", tmp_path / "refused", steps=50)
+        with TrainingServer(source=denied, sink=tmp_path / "stolen") as thief:
+            time.sleep(2)
+            assert thief.stats["rows"] == 0 and "lacks a permission" in \
+                thief.collector.link.problem
+        with TrainingServer(source=allowed, sink=tmp_path / "collected") as served:
+            assert served.wait_for_rows(loaded_rows(tmp_path / "local" / run_id))
+            assert served.stats["rows"] == loaded_rows(tmp_path / "local")  # nothing else
+    assert not (tmp_path / "stolen").exists() or not any((tmp_path / "stolen").iterdir())
+    assert any("lacks a permission" in r.getMessage() for r in caplog.records)
