@@ -33,9 +33,12 @@ spill_dir = ""                 # where rows wait while a sink is down ("" = next
 max_length = 0                 # steps; a longer trajectory is cut (truncated=True); 0 = none
 
 [transport]
-kind = "local"                 # "local": this process writes; "zmq": also stream to a collector
-address = ""                   # zmq: the collector, tcp://HOST:PORT (relayrl-gym serve)
-models = ""                    # zmq: where models come from ("" = what the collector announces)
+kind = "local"                 # "local": this process writes; "zmq": also stream to a collector;
+                               # "nats": also publish to a NATS JetStream stream
+address = ""                   # zmq: the collector, tcp://HOST:PORT (relayrl-gym serve);
+                               # nats: the stream, nats://HOST:PORT/STREAM (options allowed)
+models = ""                    # zmq: where models come from ("" = what the collector announces);
+                               # "off": follow no models (zmq and nats)
 curve_keys = ""                # zmq: a client key folder from `relayrl-gym keygen` ("" = none)
 '''
 
@@ -60,11 +63,17 @@ class TransportConfig:
     curve_keys: str = ""
 
     def sink_urls(self) -> list[str]:
-        """The ZMQ sink URL this transport adds to the sinks (none for "local").
+        """The ZMQ or NATS sink URL this transport adds to the sinks (none for "local").
 
         >>> TransportConfig("zmq", "tcp://learner:7776", curve_keys="keys").sink_urls()
         ['zmq+tcp://learner:7776?curve=keys']
+        >>> TransportConfig("nats", "nats://nats-host:4222/relayrl", models="off").sink_urls()
+        ['nats://nats-host:4222/relayrl?models=off']
         """
+        if self.kind == "nats":
+            off = "models=off" if self.models == "off" else ""
+            joiner = "&" if "?" in self.address else "?"
+            return [self.address + (joiner + off if off else "")]
         if self.kind != "zmq":
             return []
         options = urlencode([(k, v) for k, v in (("models", self.models),
@@ -173,9 +182,12 @@ def load_config(path: str | Path | None) -> AgentConfig:
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; known: {sorted(_SECTIONS)}")
     config = AgentConfig(**{name: _section(path, name, raw.get(name, {})) for name in _SECTIONS})
-    if config.transport.kind not in ("local", "zmq"):
+    if config.transport.kind not in ("local", "zmq", "nats"):
         raise ConfigError(f"{path}: [transport] kind {config.transport.kind!r} is unknown; use "
-                          "\"local\" or \"zmq\"")
+                          "\"local\", \"zmq\" or \"nats\"")
+    if config.transport.kind == "nats" and not config.transport.address.startswith("nats://"):
+        raise ConfigError(f"{path}: [transport] kind \"nats\" needs address = "
+                          "\"nats://HOST:PORT/STREAM\" (the JetStream stream to publish to)")
     if config.transport.kind == "zmq" and not config.transport.address:
         raise ConfigError(f"{path}: [transport] kind \"zmq\" needs address = "
                           "\"tcp://HOST:PORT\" (where `relayrl-gym serve` listens)")

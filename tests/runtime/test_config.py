@@ -37,10 +37,11 @@ def test_settings_are_read(tmp_path):
     ("[sink]\ntargets = [1, 2]\n", r"\[sink\] targets must be a list of strings"),
     ("[trajectory]\nmax_length = -3\n", r"max_length must be a number >= 0"),
     ("[trajectory]\nrecord_info = true\n", r"unknown setting\(s\) \['record_info'\]"),
-    ("[transport]\nkind = 'grpc'\n", r"kind 'grpc' is unknown; use \"local\" or \"zmq\""),
+    ("[transport]\nkind = 'grpc'\n", r"kind 'grpc' is unknown; use \"local\", \"zmq\" or \"nats\""),
     ("[transport]\nkind = 'zmq'\n", r"kind \"zmq\" needs address"),
+    ("[transport]\nkind = 'nats'\naddress = 'tcp://h:1'\n", r"kind \"nats\" needs address"),
 ], ids=["syntax", "section", "setting", "list", "negative", "unused", "transport",
-        "zmq-address"])
+        "zmq-address", "nats-address"])
 def test_malformed_files_are_clear_errors(tmp_path, text, message):
     path = tmp_path / "agent.toml"
     path.write_text(text)
