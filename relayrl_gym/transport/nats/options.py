@@ -2,6 +2,9 @@
 
     nats://[USER:PASSWORD@ | TOKEN@]HOST[:PORT][,HOST[:PORT]...]/STREAM?OPTIONS
 
+(``nats+tls://`` for TLS: the servers' certificates checked against the system's certificate
+authorities, or ``tls_ca=FILE``.)
+
 Credentials may also come from a JSON file (``?config=FILE``, keys ``user``, ``password``,
 ``token``, ``creds``, ``nkey``, ``tls_ca``, ``tls_cert``, ``tls_key``) so that they stay out of
 command lines. They are never logged: `NatsTarget.display` and ``repr`` show the servers and
@@ -77,7 +80,7 @@ class NatsTarget:
     @property
     def address(self) -> str:
         """A URL of the stream without credentials or options (``nats://H:P,H:P/STREAM``)."""
-        scheme = self.servers[0].split("://", 1)[0]
+        scheme = "nats+tls" if self.servers[0].startswith("tls://") else "nats"
         hosts = ",".join(server.split("://", 1)[1] for server in self.servers)
         return f"{scheme}://{hosts}/{self.stream}"
 
@@ -129,7 +132,7 @@ def parse_nats_url(url: str) -> NatsTarget:
     """Parses ``nats://[CREDENTIALS@]HOST[:PORT][,HOST[:PORT]...]/STREAM?OPTIONS``.
 
     Args:
-        url: the URL (``tls://`` also accepted, for TLS with the system's CAs).
+        url: the URL (``nats+tls://`` for TLS).
 
     Raises:
         ConfigError: what is wrong with the URL, and how to write it.
@@ -142,9 +145,10 @@ def parse_nats_url(url: str) -> NatsTarget:
     relayrl_gym.errors.ConfigError: the NATS URL 'nats://a:4222' names no stream: write ...
     """
     parts = urlsplit(url)
-    if parts.scheme not in ("nats", "tls"):
-        raise ConfigError(f"a NATS URL starts with nats:// (or tls://), got "
+    if parts.scheme not in ("nats", "nats+tls"):
+        raise ConfigError(f"a NATS URL starts with nats:// (or nats+tls:// for TLS), got "
                           f"{url.split('://', 1)[0]!r}")
+    server_scheme = "tls" if parts.scheme == "nats+tls" else "nats"
     userinfo, _, hosts = parts.netloc.rpartition("@")
     shown = f"{parts.scheme}://{hosts}{parts.path}"
     stream = parts.path.strip("/")
@@ -158,7 +162,7 @@ def parse_nats_url(url: str) -> NatsTarget:
     for host in hosts.split(","):
         if not host:
             raise ConfigError(f"the NATS URL {shown!r} has an empty server address")
-        servers.append(f"{parts.scheme}://{host if ':' in host else host + ':4222'}")
+        servers.append(f"{server_scheme}://{host if ':' in host else host + ':4222'}")
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     credentials = {k: query.pop(k) for k in CREDENTIAL_KEYS if k in query}
     if userinfo:

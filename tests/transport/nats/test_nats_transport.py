@@ -321,3 +321,22 @@ def test_a_client_without_rights_can_neither_publish_nor_read_and_is_told(tmp_pa
             assert served.stats["rows"] == loaded_rows(tmp_path / "local")  # nothing else
     assert not (tmp_path / "stolen").exists() or not any((tmp_path / "stolen").iterdir())
     assert any("lacks a permission" in r.getMessage() for r in caplog.records)
+
+
+def test_tls_with_the_servers_certificate_authority(tmp_path):
+    from nats_servers import NatsServer
+
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    tls = f'tls {{ cert_file: "{cert}", key_file: "{key}" }}'
+    with NatsServer(tmp_path, auth=tls) as server:
+        host = server.url[len("nats://"):]
+        url = f"nats+tls://{host}/runs?tls_ca={cert}"
+        run_id = record(url, tmp_path / "local", steps=50)
+        with TrainingServer(source=url, sink=tmp_path / "collected") as served:
+            assert served.wait_for_rows(loaded_rows(tmp_path / "local" / run_id))
+        with pytest.raises(SinkError, match="certificate"):  # a client that cannot verify it
+            record(f"nats+tls://{host}/runs?close_timeout=1", tmp_path / "unverified", steps=20)
+    assert_same_rows(rows(tmp_path / "collected" / run_id), rows(tmp_path / "local" / run_id))
