@@ -255,7 +255,7 @@ class TrainingServer:
         while self.collector.stats.snapshot()["rows"] < rows:
             if time.monotonic() > deadline:
                 return False
-            time.sleep(0.02)
+            time.sleep(0.005)
         return True
 
     def close(self, timeout: float = 5.0) -> None:

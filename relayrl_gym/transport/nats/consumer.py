@@ -4,6 +4,7 @@ batch once, acknowledging it only after its run store committed it."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -208,6 +209,7 @@ class NatsCollector:
     # -- the collector thread ------------------------------------------------------------------
     def _run(self) -> None:
         idle_check = 0.0
+        ahead: concurrent.futures.Future[list[Any]] | None = None
         try:
             while not self._stop.is_set():
                 if self.run_idle_timeout is not None and time.monotonic() >= idle_check:
@@ -216,13 +218,16 @@ class NatsCollector:
                 if not self.link.connected.wait(0.1) or self._sub is None:
                     continue
                 try:
-                    messages = self.link.call(self._fetch(), timeout=10.0)
+                    future, ahead = ahead or self.link.submit(self._fetch()), None
+                    messages = future.result(10.0)
                 except Exception as err:  # disconnected meanwhile: the link reconnects
                     log.debug("fetching from %s failed: %s", self.target.display, err)
                     self._stop.wait(0.1)
                     continue
                 if not messages:
                     continue
+                # The next round travels while this one is written.
+                ahead = self.link.submit(self._fetch())
                 work = _Round()
                 for msg in messages:
                     self._handle(msg, work)
@@ -230,6 +235,16 @@ class NatsCollector:
         except Exception as err:  # a bug, not a peer's doing: keep it visible
             self.error = err
             log.exception("the NATS collector thread stopped")
+        finally:
+            self._hand_back(ahead)
+
+    def _hand_back(self, ahead: concurrent.futures.Future[list[Any]] | None) -> None:
+        """Messages fetched and not written go back at once (not after ``ack_wait``)."""
+        if ahead is None:
+            return
+        with contextlib.suppress(Exception):
+            messages = ahead.result(1.0)
+            self.link.call(self._answer([], [(m, 0) for m in messages]), timeout=2.0)
 
     def _handle(self, msg: Any, work: _Round) -> None:
         sender = "?"

@@ -287,12 +287,15 @@ class NatsSink(Sink):
                     log.debug("publishing batch %d to %s failed: %s", item.seq,
                               self.target.display, err)
                     break
-                future.add_done_callback(lambda f, seq=item.seq: self._acknowledged(seq, f))
                 # An acknowledgement that never comes (no stream leader just then) must not
                 # hold its place among nats-py's pending publishes forever.
-                loop.call_later(_ACK_TIMEOUT, future.cancel)
+                timer = loop.call_later(_ACK_TIMEOUT, future.cancel)
+                future.add_done_callback(
+                    lambda f, seq=item.seq, timer=timer: self._acknowledged(seq, f, timer))
 
-    def _acknowledged(self, seq: int, future: asyncio.Future[Any]) -> None:
+    def _acknowledged(self, seq: int, future: asyncio.Future[Any],
+                      timer: asyncio.TimerHandle) -> None:
+        timer.cancel()
         if future.cancelled() or future.exception() is not None:
             return  # published again when due
         if getattr(future.result(), "duplicate", False):
