@@ -27,39 +27,13 @@ import time
 import uuid
 from pathlib import Path
 
-import pyarrow as pa
 import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import interleave, recorded_table
+from _common import env_steps_per_second, interleave, recorded_batches
 
 import relayrl_gym
 from relayrl_gym.transport import ZMQSink
-
-
-def recorded_batches(rows: int, batch_rows: int, workdir: Path
-                     ) -> tuple[pa.Schema, list[pa.RecordBatch]]:
-    table = recorded_table(rows, workdir)
-    # Each batch in its own buffers, as the writer builds them (a slice of a table would make
-    # serializing copy and trim every column).
-    batches = [pa.ipc.read_record_batch(pa.py_buffer(
-        pa.record_batch(b.columns, schema=table.schema).serialize().to_pybytes()), table.schema)
-        for b in table.to_batches(max_chunksize=batch_rows)]
-    return table.schema, batches
-
-
-def env_steps_per_second(sink: object, steps: int) -> float:
-    """Transitions/s of ``wrap(CartPole-v1, actors=4)`` recording to ``sink`` (close included:
-    every row delivered, for the ZMQ sink acknowledged)."""
-    envs = relayrl_gym.wrap("CartPole-v1", actors=4, sink=sink, router_scale=0)
-    envs.reset(seed=0)
-    envs.action_space.seed(0)
-    actions = [envs.action_space.sample() for _ in range(64)]
-    start = time.perf_counter()
-    for i in range(steps):
-        envs.step(actions[i % 64])
-    envs.close()
-    return 4 * steps / (time.perf_counter() - start)
 
 
 def free_port() -> int:
