@@ -8,6 +8,7 @@
 
 from relayrl_gym._version import __version__
 from relayrl_gym.collect import CollectSummary, collect
+from relayrl_gym.collection.fleet import Fleet, FleetSummary
 from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.errors import RelayRLError
 from relayrl_gym.policies.device import DeviceType
@@ -26,6 +27,8 @@ __all__ = [
     "CollectSummary",
     "Dataset",
     "DeviceType",
+    "Fleet",
+    "FleetSummary",
     "ModelModule",
     "RelayRLAgent",
     "RelayRLError",

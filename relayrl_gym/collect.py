@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gymnasium.vector import AutoresetMode
 from tqdm.auto import tqdm
 
+from relayrl_gym.collection.loop import CollectionLoop, split_policy
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
 from relayrl_gym.wrap import wrap
@@ -54,8 +53,10 @@ def collect(
     seed: int | None = None,
     progress: bool = False,
     tensorboard: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    backend: str = "local",
     **wrap_kwargs: Any,
-) -> CollectSummary:
+) -> Any:
     """Runs ``actors`` env copies until ``steps`` transitions or ``episodes`` episodes are done.
 
     Args:
@@ -72,7 +73,14 @@ def collect(
         progress: show a progress bar.
         tensorboard: a folder to write episode returns, lengths and steps/s to as
             TensorBoard scalars while collecting (extra ``tensorboard``).
-        **wrap_kwargs: passed to `relayrl_gym.wrap`.
+        workers: processes collecting at once, each with ``actors`` env copies and a run of
+            its own (``backend="ray"``: Ray actors placed on a Ray cluster; see
+            `relayrl_gym.Fleet`); ``steps`` / ``episodes`` are shared among them. Returns a
+            `FleetSummary` then.
+        backend: ``"local"`` (this process) or ``"ray"``.
+        **wrap_kwargs: passed to `relayrl_gym.wrap` (with ``backend="ray"``, also the
+            `relayrl_gym.Fleet` options: ``num_cpus``, ``num_gpus``, ``resources``,
+            ``strategy``, ``ray_address``, ``ray_init``, ``max_restarts``).
 
     >>> import relayrl_gym
     >>> s = relayrl_gym.collect("CartPole-v1", actors=2, steps=100, sink=None, seed=0)
@@ -85,10 +93,16 @@ def collect(
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ConfigError(f"`{name}` must be an int >= 1, got {value!r}")
 
-    module = None
-    if policy is not None and (isinstance(policy, str | os.PathLike) or
-                               (hasattr(policy, "step") and hasattr(policy, "version"))):
-        module, policy = policy, None
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"`backend` must be 'local' or 'ray', got {backend!r}")
+    if backend == "ray" or workers is not None:
+        from relayrl_gym.collection.fleet import collect_with_fleet
+
+        return collect_with_fleet(env, policy, actors=actors, steps=steps, episodes=episodes,
+                                  sink=sink, seed=seed, progress=progress,
+                                  workers=1 if workers is None else workers,
+                                  **wrap_kwargs)
+    module, function = split_policy(policy)
     envs = wrap(env, actors, sink=sink, policy=module, **wrap_kwargs)
     board = None
     if tensorboard is not None:
@@ -99,51 +113,29 @@ def collect(
         except BaseException:
             envs.close()
             raise
-    returns: list[float] = []
-    done_steps = 0
+    def episode(episode_return: float, length: int, step: int, version: int) -> None:
+        if board is not None:
+            board.episode(episode_return, length, step, model_version=version)
+
+    loop = CollectionLoop(envs, function, seed=seed, uses_module=module is not None,
+                          on_episode=episode if board is not None else None)
     bar = tqdm(total=steps or episodes, unit="step" if steps else "episode", disable=not progress,
                dynamic_ncols=True)
-    start = time.perf_counter()
+
+    def advanced(new_steps: int, new_episodes: int) -> None:
+        if board is not None:
+            board.steps(loop.steps)
+        bar.update(new_steps if steps else new_episodes)
+
     try:
-        obs, _ = envs.reset(seed=seed)
-        if seed is not None:
-            envs.action_space.seed(seed)
-        next_step = envs.autoreset_mode is AutoresetMode.NEXT_STEP
-        running = np.zeros(envs.num_envs)
-        lengths = np.zeros(envs.num_envs, dtype=np.int64)
-        just_reset = np.zeros(envs.num_envs, dtype=bool)  # NEXT_STEP pseudo-steps to skip
-        while (steps is None or done_steps < steps) and (episodes is None or
-                                                          len(returns) < episodes):
-            if module is not None:
-                actions = envs.act(obs)
-            else:
-                actions = envs.action_space.sample() if policy is None else policy(obs)
-            obs, rewards, terminated, truncated, _ = envs.step(actions)
-            real = ~just_reset
-            counted = int(real.sum())
-            done_steps += counted
-            running[real] += rewards[real]
-            lengths[real] += 1
-            finished = (terminated | truncated) & real
-            for i in np.flatnonzero(finished):
-                returns.append(float(running[i]))
-                if board is not None:
-                    version = envs.agent.get_model_version()[i] if module is not None else -1
-                    board.episode(float(running[i]), int(lengths[i]), done_steps,
-                                  model_version=int(version))
-                running[i], lengths[i] = 0.0, 0
-            if board is not None:
-                board.steps(done_steps)
-            just_reset = finished if next_step else just_reset
-            bar.update(counted if steps else int(finished.sum()))
+        loop.run(steps=steps, episodes=episodes, progress=advanced)
     finally:
         bar.close()
         envs.close()
         if board is not None:
             board.close()
-    seconds = time.perf_counter() - start
-    arr = np.asarray(returns)
+    arr = np.asarray(loop.returns)
     return CollectSummary(
-        run_id=envs.run_id, run_path=envs.run_path, steps=done_steps, episodes=len(returns),
+        run_id=envs.run_id, run_path=envs.run_path, steps=loop.steps, episodes=loop.episodes,
         mean_return=float(arr.mean()) if len(arr) else math.nan,
-        std_return=float(arr.std()) if len(arr) else math.nan, seconds=seconds)
+        std_return=float(arr.std()) if len(arr) else math.nan, seconds=loop.seconds)

@@ -21,6 +21,7 @@ from relayrl_gym.recording.spill_resend import resend_sink_spill
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, redact_url, url_scheme
 from relayrl_gym.transport.collector.receiver import Limits
 from relayrl_gym.transport.keys import generate_keys
+from relayrl_gym.transport.nats.inspect import describe_stream
 from relayrl_gym.transport.sender.spill import SPILL_INDEX
 from relayrl_gym.transport.server import TrainingServer
 from relayrl_gym.transport.spill import resend
@@ -214,8 +215,6 @@ def _resend(args: argparse.Namespace) -> None:
 
 def _inspect(path: str) -> None:
     if url_scheme(path) == "nats":
-        from relayrl_gym.transport.nats.inspect import describe_stream
-
         print(describe_stream(path))
         return
     runs = find_runs(path, same_spaces=False)  # a folder may hold runs of several envs

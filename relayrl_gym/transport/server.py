@@ -28,6 +28,9 @@ from relayrl_gym.transport.collector.receiver import (
 )
 from relayrl_gym.transport.collector.run_store import ArrowRunStore, SinkRunStore
 from relayrl_gym.transport.keys import server_keys
+from relayrl_gym.transport.nats.consumer import NatsCollector
+from relayrl_gym.transport.nats.models import NatsModelPublisher
+from relayrl_gym.transport.nats.options import parse_nats_url
 from relayrl_gym.transport.protocol import MIN_MESSAGE_LIMIT
 
 __all__ = ["TrainingServer"]
@@ -158,10 +161,6 @@ class TrainingServer:
         self._exit_key = close_at_exit(self, TrainingServer.close)
 
     def _start_nats(self, source: str, durable: str, run_idle_timeout: float | None) -> None:
-        from relayrl_gym.transport.nats.consumer import NatsCollector
-        from relayrl_gym.transport.nats.models import NatsModelPublisher
-        from relayrl_gym.transport.nats.options import parse_nats_url
-
         target = parse_nats_url(source)
         durable = target.option("durable", durable)
         share = target.option("partition", "0/1")

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from relayrl_gym.transport.nats.options import parse_nats_url
+from relayrl_gym.transport.nats.resend import resend_nats_spill
 from relayrl_gym.transport.sender.spill import ResendResult, read_spill, resending, uncollected
 from relayrl_gym.transport.sender.spill import resend as resend_to_collector
 
@@ -37,8 +38,6 @@ def resend(spill: str | os.PathLike[str], address: str | None = None, *,
     if not where.startswith("nats://"):
         return resend_to_collector(spill, address, timeout=timeout, curve_keys=curve_keys,
                                    remove=remove)
-    from relayrl_gym.transport.nats.resend import resend_nats_spill
-
     parse_nats_url(where)  # a clear error for a bad address before anything is read
     path = Path(spill)
     with resending(path):

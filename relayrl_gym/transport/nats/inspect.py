@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from relayrl_gym.errors import TransportError
@@ -69,8 +70,6 @@ async def _report(target: Any) -> dict[str, Any]:
 
 
 async def _model_version(js: Any, stream: str) -> int:
-    import json
-
     try:
         kv = await js.key_value(f"{stream}_model")
         entry = await kv.get("current")

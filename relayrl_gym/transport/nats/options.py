@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -119,8 +120,6 @@ class NatsTarget:
         if "nkey" in creds:
             out["nkeys_seed"] = creds["nkey"]
         if any(key in creds for key in ("tls_ca", "tls_cert", "tls_key")):
-            import ssl
-
             context = ssl.create_default_context(cafile=creds.get("tls_ca"))
             if "tls_cert" in creds:
                 context.load_cert_chain(creds["tls_cert"], creds.get("tls_key"))
