@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from relayrl_gym.collection.fleet import collect_with_fleet
 from relayrl_gym.collection.loop import CollectionLoop, split_policy
 from relayrl_gym.errors import ConfigError
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT
@@ -96,8 +97,10 @@ def collect(
     if backend not in ("local", "ray"):
         raise ConfigError(f"`backend` must be 'local' or 'ray', got {backend!r}")
     if backend == "ray" or workers is not None:
-        from relayrl_gym.collection.fleet import collect_with_fleet
-
+        if tensorboard is not None:
+            raise ConfigError("`tensorboard` is for collect in this process; a fleet's "
+                              "episodes reach TensorBoard through `relayrl-gym serve "
+                              "--tensorboard DIR` on its sink")
         return collect_with_fleet(env, policy, actors=actors, steps=steps, episodes=episodes,
                                   sink=sink, seed=seed, progress=progress,
                                   workers=1 if workers is None else workers,

@@ -48,6 +48,12 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--router-scale", default="auto",
                          help="'auto', 0 (inline) or threads stepping at once")
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    collect.add_argument("--workers", type=int, default=None, metavar="N",
+                         help="worker processes on Ray, each with --actors env copies and a run "
+                         "of its own (extra ray); --steps/--episodes are shared among them")
+    collect.add_argument("--ray", default=None, metavar="ADDRESS",
+                         help="with --workers: the Ray cluster to join ('auto': the running "
+                         "one; default: start a local one)")
     collect.add_argument("--tensorboard", default=None, metavar="DIR",
                          help="write episode returns, lengths and steps/s as TensorBoard "
                          "scalars to DIR (extra tensorboard)")
@@ -259,11 +265,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             from relayrl_gym.collect import collect
 
             sinks = args.sink or [DEFAULT_SINK_ROOT]
+            fleet = {} if args.workers is None else {
+                "workers": args.workers, "backend": "ray", "ray_address": args.ray}
+            if args.workers is None and args.ray is not None:
+                raise ConfigError("--ray needs --workers N (the worker processes to place)")
             summary = collect(args.env_id, actors=args.actors, steps=args.steps,
                               episodes=args.episodes, sink=sinks if len(sinks) > 1 else sinks[0],
                               seed=args.seed, progress=not args.no_progress, policy=args.policy,
                               router_scale=_router_scale(args.router_scale),
-                              tensorboard=args.tensorboard)
+                              tensorboard=args.tensorboard, **fleet)
             print(summary)
         elif args.command == "serve":
             _serve(args)

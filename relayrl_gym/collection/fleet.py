@@ -188,6 +188,8 @@ class Fleet:
         self._ray: Any = None
         self._base = new_run_id(env if isinstance(env, str) else None)
         self._handles: dict[int, Any] = {}
+        #: Where each worker's current run is: ``run_id``, ``pid``, ``host``, Ray ``node``.
+        self.placements: dict[int, dict[str, Any]] = {}
         self._runs: dict[int, str] = {}
         self._starts: dict[int, int] = {}
         self._last: dict[int, dict[str, Any]] = {}
@@ -341,7 +343,7 @@ class Fleet:
         run_id = f"{self._base}-w{index}" + (f"r{self._starts[index]}"
                                               if self._starts[index] else "")
         try:
-            self._ray.get(self._handles[index].open.remote(run_id))
+            self.placements[index] = self._ray.get(self._handles[index].open.remote(run_id))
         except self._ray.exceptions.RayTaskError as err:  # the env or policy failed there
             self._abort()
             raise err.as_instanceof_cause() from None
@@ -356,10 +358,15 @@ class Fleet:
 
     def _poll(self) -> None:
         """Asks every worker for its counters (a dead one keeps its last answer)."""
-        refs = {i: h.stats.remote() for i, h in self._handles.items()}
-        for index, ref in refs.items():
+        refs = {h.stats.remote(): i for i, h in self._handles.items()}
+        ready, _ = self._ray.wait(list(refs), num_returns=len(refs), timeout=2.0)
+        for ref in ready:
+            index = refs[ref]
             with contextlib.suppress(Exception):
-                self._last[index] = self._ray.get(ref, timeout=10)
+                stats = self._ray.get(ref)
+                # A restarted worker answers before it is opened again: not its run's counters.
+                if stats.get("run_id") == self._runs.get(index):
+                    self._last[index] = stats
 
     def _done(self, key: str) -> int:
         """``key`` summed over the runs that ended (closed or crashed)."""

@@ -72,7 +72,8 @@ class FleetWorker:
                                     uses_module=module is not None)
         self._stop.clear()
         self._started = time.perf_counter()
-        return {"run_id": run_id, "pid": os.getpid(), "node": socket.gethostname(),
+        return {"run_id": run_id, "pid": os.getpid(), "host": socket.gethostname(),
+                "node": _node_id(),
                 "run_path": str(self._envs.run_path) if self._envs.run_path else None}
 
     def run(self, steps: int | None = None, episodes: int | None = None) -> dict[str, Any]:
@@ -121,3 +122,13 @@ class FleetWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+
+def _node_id() -> str:
+    """The Ray node this worker runs on ("" outside Ray)."""
+    try:
+        import ray
+
+        return str(ray.get_runtime_context().get_node_id())
+    except Exception:
+        return ""
