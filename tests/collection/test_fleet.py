@@ -126,3 +126,21 @@ def test_the_command_line_collects_with_workers(ray_local, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "2 workers, 2 runs" in out.stdout
     assert len(relayrl_gym.load(tmp_path / "runs")) >= 400
+
+
+def test_the_fleet_learner_example_learns(ray_local, tmp_path):
+    import re
+    import subprocess
+    from pathlib import Path
+
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    example = Path(__file__).resolve().parents[2] / "examples" / "ray_fleet_learner.py"
+    out = subprocess.run([sys.executable, str(example), "--short", "--ray-address", "auto"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    versions = re.findall(r"version +(\d+): mean return", out.stdout)
+    assert [int(v) for v in versions] == list(range(1, 26))
+    first, last = map(float, re.search(r"rose from ([\d.]+) .* to ([\d.]+)", out.stdout).groups())
+    assert last > first
+    assert "2 workers, 2 runs" in out.stdout and "restarts" not in out.stdout
