@@ -21,6 +21,15 @@ from relayrl_gym.sinks.arrow import ArrowSink
 KEYS = ["actor_id", "episode_id", "step"]
 
 
+def _recording(root, runs: int) -> bool:
+    """Whether ``runs`` runs under ``root`` have rows on disk."""
+    try:
+        dataset = relayrl_gym.load(root)
+    except relayrl_gym.errors.RelayRLError:
+        return False
+    return len(dataset.run_ids) >= runs and len(dataset) > 0
+
+
 def _assert_each_transition_once(run_dir) -> int:
     table = relayrl_gym.load(run_dir).table
     counts = table.group_by(KEYS).aggregate([("step", "count")])
@@ -144,3 +153,28 @@ def test_the_fleet_learner_example_learns(ray_local, tmp_path):
     first, last = map(float, re.search(r"rose from ([\d.]+) .* to ([\d.]+)", out.stdout).groups())
     assert last > first
     assert "2 workers, 2 runs" in out.stdout and "restarts" not in out.stdout
+
+
+def test_ctrl_c_stops_every_worker_flushed_and_prints_the_summary(ray_local, tmp_path):
+    import re
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "relayrl_gym.cli.main", "collect",
+                             "CartPole-v1", "--actors", "2", "--steps", "100000000",
+                             "--workers", "2", "--sink", str(tmp_path / "runs"),
+                             "--no-progress", "--ray", "auto"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _recording(tmp_path / "runs", runs=2):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    steps = int(re.search(r"2 workers, 2 runs: (\d+) steps", out).group(1))
+    assert steps > 0 and len(relayrl_gym.load(tmp_path / "runs")) == steps  # all flushed
