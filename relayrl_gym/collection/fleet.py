@@ -22,7 +22,7 @@ __all__ = ["Crash", "Fleet", "FleetSummary", "collect_with_fleet", "require_ray"
 
 _POLL = 0.5  # seconds between looks at the workers (progress, crashes)
 _FLEET_OPTIONS = ("num_cpus", "num_gpus", "resources", "strategy", "ray_address", "ray_init",
-                  "max_restarts", "shared_filesystem")
+                  "max_restarts", "shared_filesystem", "start_timeout")
 
 
 def require_ray() -> Any:
@@ -140,7 +140,7 @@ class Fleet:
                  resources: dict[str, float] | None = None, strategy: Any = "SPREAD",
                  ray_address: str | None = None, ray_init: dict[str, Any] | None = None,
                  max_restarts: int = 3, shared_filesystem: bool = False,
-                 **wrap_kwargs: Any) -> None:
+                 start_timeout: float = 120.0, **wrap_kwargs: Any) -> None:
         """Describes the fleet; nothing starts before `start` or `run`.
 
         Args:
@@ -162,6 +162,7 @@ class Fleet:
             ray_init: more keyword arguments for ``ray.init``.
             max_restarts: times Ray restarts a worker whose process died.
             shared_filesystem: a directory sink is on a filesystem every node shares.
+            start_timeout: seconds a worker may take to be placed and build its envs.
             **wrap_kwargs: passed to each worker's `relayrl_gym.wrap`.
         """
         if backend != "ray":
@@ -178,6 +179,7 @@ class Fleet:
         self.policy = policy
         self.max_restarts = max_restarts
         self.shared_filesystem = shared_filesystem
+        self.start_timeout = float(start_timeout)
         self.wrap_kwargs = wrap_kwargs
         self.flush_interval = float(wrap_kwargs.get("flush_interval", 1.0))
         self._options = {"num_cpus": num_cpus, "num_gpus": num_gpus,
@@ -343,10 +345,20 @@ class Fleet:
         run_id = f"{self._base}-w{index}" + (f"r{self._starts[index]}"
                                               if self._starts[index] else "")
         try:
-            self.placements[index] = self._ray.get(self._handles[index].open.remote(run_id))
+            self.placements[index] = self._ray.get(self._handles[index].open.remote(run_id),
+                                                   timeout=self.start_timeout)
         except self._ray.exceptions.RayTaskError as err:  # the env or policy failed there
             self._abort()
             raise err.as_instanceof_cause() from None
+        except self._ray.exceptions.GetTimeoutError:
+            self._abort()
+            needs = {k: v for k, v in self._options.items()
+                     if k in ("num_cpus", "num_gpus", "resources") and v}
+            raise StateError(
+                f"worker {index} did not start within {self.start_timeout:g} s: the Ray "
+                f"cluster has no room for another worker asking {needs} (it has "
+                f"{self._ray.cluster_resources()}). Lower num_cpus or workers, add "
+                "nodes, or give start_timeout= more time") from None
         self._runs[index] = run_id
 
     def _abort(self) -> None:

@@ -178,3 +178,10 @@ def test_ctrl_c_stops_every_worker_flushed_and_prints_the_summary(ray_local, tmp
     assert proc.returncode == 0, err
     steps = int(re.search(r"2 workers, 2 runs: (\d+) steps", out).group(1))
     assert steps > 0 and len(relayrl_gym.load(tmp_path / "runs")) == steps  # all flushed
+
+
+def test_a_worker_the_cluster_has_no_room_for_is_a_clear_error(ray_local, tmp_path):
+    fleet = relayrl_gym.Fleet("CartPole-v1", workers=1, actors=1, sink=None, num_cpus=64,
+                              start_timeout=3)
+    with pytest.raises(relayrl_gym.errors.StateError, match="no room for another worker"):
+        fleet.start()
