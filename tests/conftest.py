@@ -45,3 +45,15 @@ def cartpole_policy(tmp_path_factory):
         return module
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance for the fleet tests (4 CPU slots on this machine), shut down at
+    the end."""
+    ray = pytest.importorskip("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
+                 configure_logging=False)
+    yield ray
+    ray.shutdown()
