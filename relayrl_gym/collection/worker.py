@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from relayrl_gym.collection.loop import CollectionLoop, split_policy
-from relayrl_gym.policies.module import ModelModule
+from relayrl_gym.transport.models import as_model_module
 from relayrl_gym.wrap import wrap
 
 __all__ = ["FleetWorker", "model_files", "write_model_files"]
@@ -21,8 +21,7 @@ __all__ = ["FleetWorker", "model_files", "write_model_files"]
 
 def model_files(module: Any) -> dict[str, bytes]:
     """A ModelModule (or a path to one) as its saved files, to ship to worker processes."""
-    if not hasattr(module, "save"):
-        module = ModelModule.load_from_path(module)
+    module = as_model_module(module, "a fleet")
     with tempfile.TemporaryDirectory(prefix="relayrl-fleet-model-") as tmp:
         folder = Path(module.save(Path(tmp) / "model"))
         return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}

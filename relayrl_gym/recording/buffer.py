@@ -89,13 +89,14 @@ class StepBlock:
     building Arrow arrays happens on the writer thread.
     """
 
-    __slots__ = ("arrow", "batches", "build_seconds", "n", "offered", "seq", "stamps")
+    __slots__ = ("arrow", "batches", "build_seconds", "first", "n", "offered", "seq", "stamps")
 
     def __init__(self) -> None:
         self.seq = next(_BLOCK_SEQ)  # creation order = row order, across recorders
         self.batches: list[tuple[Any, ...]] = []  # TransitionBatch columns, as plain tuples
         self.stamps: list[Any] = []  # each batch's timestamp (ns), or its rows' (an array)
         self.n = 0
+        self.first = 0  # time.time_ns() of the first row: a block is handed over by age too
         #: The block's rows as one Arrow batch, once built (then ``batches`` is let go of).
         self.arrow: pa.RecordBatch | None = None
         #: Seconds the recording thread took to build ``arrow``: part of the rows' way to the

@@ -85,6 +85,9 @@ class Recorder:
             self.capacity = max(self.capacity, min(STEPS_OF_EVERY_SLOT * len(actor_ids),
                                                    MAX_BATCH_BYTES // row_bytes))
         self._writer = writer
+        #: Nanoseconds a block may gather rows before it is handed over, full or not.
+        self._max_age = (int(writer.flush_interval * 0.5e9) if writer is not None
+                         else 1 << 62)
         #: The schema of the batches built in the ``once`` layout (None: the run's own).
         self._once_schema = stored_schema(schema.arrow) if obs_once else None
         #: Whether full buffers are built on the writer thread: for large rows, where the
@@ -124,12 +127,17 @@ class Recorder:
         sink, PostgreSQL included, stores exactly); default: now, for every row.
         """
         k = len(batch.env_index)
-        stamp = time.time_ns() // 1000 * 1000 if stamps is None else stamps
+        now = time.time_ns()
+        stamp = now // 1000 * 1000 if stamps is None else stamps
         with self._lock:
             block = self._block
-            if block.n + k > self.capacity and block.n:
+            # Full, or old: the writer's time-based flush may find this lock taken whenever it
+            # looks, so the rows also leave by age, within half the flush interval.
+            if block.n and (block.n + k > self.capacity or now - block.first > self._max_age):
                 self._hand_over_locked()
                 block = self._block
+            if not block.n:
+                block.first = now
             block.batches.append(tuple(batch))  # StepBlock.append inlined (the hot path)
             block.stamps.append(stamp)
             block.n += k

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from relayrl_gym.errors import ConfigError
+from relayrl_gym.policies.module import ModelModule
 from relayrl_gym.transport.protocol import Header, Kind, ProtocolViolation, encode
 
-__all__ = ["DEFAULT_MAX_MODEL_BYTES", "ModelFeed", "pack_model", "unpack_model"]
+__all__ = ["DEFAULT_MAX_MODEL_BYTES", "ModelFeed", "as_model_module", "pack_model", "unpack_model"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +25,19 @@ DEFAULT_MAX_MODEL_BYTES = 512 * 1024 * 1024
 
 _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,120}")  # used with fullmatch
 _HELLO_EVERY = 1.0
+
+
+def as_model_module(module: Any, what: str = "publish_model") -> Any:
+    """``module`` if it is a ModelModule, else the ModelModule at that path.
+
+    Raises:
+        ConfigError: it is neither.
+    """
+    if hasattr(module, "save"):
+        return module
+    if not isinstance(module, str | bytes) and not hasattr(module, "__fspath__"):
+        raise ConfigError(f"{what} takes a ModelModule or a path to one, got {module!r}")
+    return ModelModule.load_from_path(module)
 
 
 def pack_model(module: Any, version: int) -> list[bytes]:

@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from relayrl_gym.transport.protocol import ProtocolViolation
 
-__all__ = ["check_record_batch_message", "checked_payload", "payload_crc"]
+__all__ = ["check_record_batch_message", "checked_payload", "payload_crc", "read_checked_batch"]
 
 _RECORD_BATCH = 3  # MessageHeader union tag of RecordBatch (Arrow's Message.fbs)
 
@@ -75,6 +75,23 @@ def check_record_batch_message(buffer: pa.Buffer, what: str) -> None:
     if compressed:
         raise ProtocolViolation(f"{what} has an IPC-compressed body; senders send bodies "
                                 "uncompressed (their size is bounded by the message limit)")
+
+
+def read_checked_batch(buffer: pa.Buffer, schema: pa.Schema, what: str) -> pa.RecordBatch:
+    """A peer's record-batch message read with ``schema`` once it is checked in full (an
+    uncompressed record batch whose offsets and lengths hold: a peer's are never trusted).
+
+    Raises:
+        ProtocolViolation: it is not a valid record batch of ``schema``.
+    """
+    check_record_batch_message(buffer, what)
+    try:
+        batch = pa.ipc.read_record_batch(buffer, schema)
+        batch.validate(full=True)
+    except Exception as err:
+        raise ProtocolViolation(f"{what} is not a valid record batch of the run's schema: "
+                                f"{str(err)[:200]}") from err
+    return batch
 
 
 def _u32(data: bytes, pos: int) -> int:

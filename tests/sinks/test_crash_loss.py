@@ -116,3 +116,48 @@ def test_sigkill_with_a_slow_or_failing_sink_loses_at_most_one_flush_interval(
         window, _, _ = _kill_and_count(run, "sql" if "sql" in kind else kind, url, offset)
         windows.append(window)
     assert max(windows) <= INTERVAL + 0.05, windows
+
+
+def test_a_fast_env_killed_keeps_rows_older_than_the_flush_interval(tmp_path):
+    """Blocks leave the stepping thread by age too: with a 0.1 s interval and a CartPole
+    stepping as fast as it can (its 8192-row blocks fill in ~0.3 s, and the writer's
+    time-based flush may find the recorder busy each time it looks), a SIGKILL loses only
+    the last interval's rows."""
+    child = textwrap.dedent("""
+        import sys, time
+        import numpy as np
+        import relayrl_gym
+        envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=sys.argv[1], run_id="fast",
+                                flush_interval=0.1, router_scale=0)
+        recorder = envs.agent.recorder
+        log = np.lib.format.open_memmap(sys.argv[2], mode="w+", dtype=np.int64,
+                                        shape=(4_000_000, 2))
+        envs.reset(seed=0)
+        started = time.monotonic()
+        ready = False
+        for i in range(len(log)):
+            log[i] = time.time_ns(), recorder.rows_recorded + 2
+            envs.step(envs.action_space.sample())
+            if not ready and time.monotonic() - started > 1.5:
+                print("ready", flush=True)
+                ready = True
+    """)
+    log_path = tmp_path / "steps.npy"
+    losses = []
+    for offset in (0.13, 0.29, 0.41):  # a few moments of a block's life
+        proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path / str(offset)),
+                                 str(log_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+        try:
+            assert proc.stdout.readline().strip() == "ready"
+            time.sleep(offset)
+            killed_at = time.time_ns()
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.communicate(timeout=30)
+        log = np.load(log_path, mmap_mode="r")
+        log = log[:int(np.count_nonzero(log[:, 0]))]  # the steps taken
+        found = len(relayrl_gym.load(tmp_path / str(offset) / "fast"))
+        # The step that recorded the first row lost began this long before the kill.
+        first_lost = int(np.searchsorted(log[:, 1], found + 1))
+        losses.append((killed_at - int(log[first_lost, 0])) / 1e9)
+    assert max(losses) < 0.1 + 0.1, losses  # the interval, and room for the kill itself

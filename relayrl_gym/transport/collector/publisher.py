@@ -8,9 +8,8 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from relayrl_gym.errors import ConfigError
-from relayrl_gym.policies.module import ModelModule
 from relayrl_gym.transport._zmq import require_zmq
-from relayrl_gym.transport.models import pack_model
+from relayrl_gym.transport.models import as_model_module, pack_model
 from relayrl_gym.transport.protocol import Kind, ProtocolViolation, decode_header
 from relayrl_gym.transport.sockets import bind_socket
 
@@ -84,11 +83,7 @@ class ModelPublisher:
     def publish(self, module: Any) -> int:
         """Makes ``module`` (a ModelModule or a path to one) the current model; returns its
         version. Actors swap to it between steps, typically within a second."""
-        if not hasattr(module, "save"):
-            if not isinstance(module, str | bytes) and not hasattr(module, "__fspath__"):
-                raise ConfigError(f"publish_model takes a ModelModule or a path to one, got "
-                                  f"{module!r}")
-            module = ModelModule.load_from_path(module)
+        module = as_model_module(module)
         with self._lock:
             version = max(int(module.version), self.version + 1)
             self._frames = pack_model(module, version)

@@ -20,7 +20,7 @@ from relayrl_gym.errors import ConfigError, RelayRLError
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.transport._zmq import require_zmq
 from relayrl_gym.transport.collector.stats import CollectorStats
-from relayrl_gym.transport.payloads import check_record_batch_message, checked_payload
+from relayrl_gym.transport.payloads import checked_payload, read_checked_batch
 from relayrl_gym.transport.protocol import (
     Header,
     Kind,
@@ -402,13 +402,7 @@ class Collector:
             return
         what = f"batch {seq} of run {run_id!r}"
         buffer = checked_payload(payload.buffer, header.fields.get("crc"), what)
-        check_record_batch_message(buffer, what)
-        try:
-            batch = pa.ipc.read_record_batch(buffer, store.schema)
-            batch.validate(full=True)
-        except Exception as err:
-            raise ProtocolViolation(f"batch {seq} of run {run_id!r} is not a valid record "
-                                    f"batch of the run's schema: {str(err)[:200]}") from err
+        batch = read_checked_batch(buffer, store.schema, what)
         try:
             store.write(batch)
         except Exception as err:  # not acknowledged: the sender resends it

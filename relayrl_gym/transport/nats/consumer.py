@@ -31,7 +31,7 @@ from relayrl_gym.transport.nats.streams import (
     partition_filter,
     schema_subject,
 )
-from relayrl_gym.transport.payloads import check_record_batch_message
+from relayrl_gym.transport.payloads import read_checked_batch
 from relayrl_gym.transport.protocol import ProtocolViolation
 
 __all__ = ["DEFAULT_DURABLE", "NatsCollector"]
@@ -323,14 +323,7 @@ class NatsCollector:
             work.naks.append((msg, _GAP_DELAYS[min(tries, len(_GAP_DELAYS) - 1)]))
             return
         what = f"batch {seq} of run {run_id!r}"
-        buffer = pa.py_buffer(msg.data)
-        check_record_batch_message(buffer, what)
-        try:
-            batch = pa.ipc.read_record_batch(buffer, store.schema)
-            batch.validate(full=True)
-        except Exception as err:
-            raise ProtocolViolation(f"{what} is not a valid record batch of the run's "
-                                    f"schema: {str(err)[:200]}") from err
+        batch = read_checked_batch(pa.py_buffer(msg.data), store.schema, what)
         try:
             store.write(batch)
         except Exception as err:  # not acknowledged: redelivered, written after repair

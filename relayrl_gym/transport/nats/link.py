@@ -126,15 +126,24 @@ class NatsLink:
                 await self.nc.close()
 
     async def _connect_until_up(self) -> None:
+        if await self._with_backoff(self._connect_once, lambda: not self._closing):
+            await self._reconnected()
+
+    async def _connect_once(self) -> None:
+        self.nc = await self.nats.connect(
+            **self.target.connect_options(), allow_reconnect=True, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, connect_timeout=2, error_cb=self._error,
+            disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
+            closed_cb=self._disconnected, name=self._thread.name)
+
+    async def _with_backoff(self, attempt: Callable[[], Awaitable[None]],
+                            going_on: Callable[[], bool]) -> bool:
+        """Runs ``attempt`` until it succeeds (True) or ``going_on()`` turns false (False),
+        waiting longer after each failure."""
         delay = _RETRY_FIRST
-        while not self._closing:
+        while going_on():
             try:
-                self.nc = await self.nats.connect(
-                    **self.target.connect_options(), allow_reconnect=True,
-                    max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=2,
-                    error_cb=self._error, disconnected_cb=self._disconnected,
-                    reconnected_cb=self._reconnected, closed_cb=self._disconnected,
-                    name=self._thread.name)
+                await attempt()
             except asyncio.CancelledError:
                 raise
             except Exception as err:
@@ -142,8 +151,8 @@ class NatsLink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, _RETRY_MAX)
                 continue
-            await self._reconnected()
-            return
+            return True
+        return False
 
     async def _error(self, err: Exception) -> None:
         self._note(err)
@@ -163,22 +172,17 @@ class NatsLink:
     async def _prepare(self) -> None:
         # What a connection needs before use (the stream, a schema published) is retried
         # while the connection stays up: a stream's leader may be moving just then.
-        delay = _RETRY_FIRST
-        while not self._closing and self.nc is not None and self.nc.is_connected:
-            try:
-                if self._on_connect is not None:
-                    await self._on_connect(self.nc)
-            except asyncio.CancelledError:
-                raise
-            except Exception as err:
-                self._note(err)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, _RETRY_MAX)
-                continue
+        def up() -> bool:
+            return not self._closing and self.nc is not None and self.nc.is_connected
+
+        async def prepare() -> None:
+            if self._on_connect is not None:
+                await self._on_connect(self.nc)
+
+        if await self._with_backoff(prepare, up):
             self.problem = ""
             self._refused = False
             self.connected.set()
-            return
 
     def _note(self, err: BaseException) -> None:
         text = str(err) or type(err).__name__

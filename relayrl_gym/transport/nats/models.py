@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, TypeVar
 
 from relayrl_gym.errors import ConfigError, StateError, TransportError
-from relayrl_gym.policies.module import ModelModule
-from relayrl_gym.transport.models import pack_model
+from relayrl_gym.transport.models import as_model_module, pack_model
 from relayrl_gym.transport.nats.link import NatsLink, require_nats
 from relayrl_gym.transport.nats.options import NatsTarget
 from relayrl_gym.transport.protocol import Header, Kind, ProtocolViolation, decode_header
@@ -234,11 +233,7 @@ class NatsModelPublisher:
         Raises:
             TransportError: NATS could not be reached or refused the upload.
         """
-        if not hasattr(module, "save"):
-            if not isinstance(module, str | bytes) and not hasattr(module, "__fspath__"):
-                raise ConfigError(f"publish takes a ModelModule or a path to one, got "
-                                  f"{module!r}")
-            module = ModelModule.load_from_path(module)
+        module = as_model_module(module, "publish")
         with self._lock:
             if self._closed:
                 raise StateError("the NATS model publisher is closed: make a new one")
