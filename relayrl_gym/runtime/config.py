@@ -185,7 +185,8 @@ def load_config(path: str | Path | None) -> AgentConfig:
     if config.transport.kind not in ("local", "zmq", "nats"):
         raise ConfigError(f"{path}: [transport] kind {config.transport.kind!r} is unknown; use "
                           "\"local\", \"zmq\" or \"nats\"")
-    if config.transport.kind == "nats" and not config.transport.address.startswith("nats://"):
+    if config.transport.kind == "nats" and not config.transport.address.startswith(
+            ("nats://", "nats+tls://")):
         raise ConfigError(f"{path}: [transport] kind \"nats\" needs address = "
                           "\"nats://HOST:PORT/STREAM\" (the JetStream stream to publish to)")
     if config.transport.kind == "zmq" and not config.transport.address:

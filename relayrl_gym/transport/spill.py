@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from relayrl_gym.sinks.base import url_scheme
 from relayrl_gym.transport.nats.options import parse_nats_url
 from relayrl_gym.transport.nats.resend import resend_nats_spill
 from relayrl_gym.transport.sender.spill import ResendResult, read_spill, resending, uncollected
@@ -35,7 +36,7 @@ def resend(spill: str | os.PathLike[str], address: str | None = None, *,
         SinkError: not every batch was acknowledged in time (the spill is kept as it was).
     """
     where = address or read_spill(spill).endpoint
-    if not where.startswith("nats://"):
+    if url_scheme(where) != "nats":  # nats:// and nats+tls://
         return resend_to_collector(spill, address, timeout=timeout, curve_keys=curve_keys,
                                    remove=remove)
     parse_nats_url(where)  # a clear error for a bad address before anything is read

@@ -32,7 +32,7 @@ from relayrl_gym.transport.nats.streams import (
     schema_subject,
 )
 from relayrl_gym.transport.payloads import read_checked_batch
-from relayrl_gym.transport.protocol import ProtocolViolation
+from relayrl_gym.transport.protocol import Header, Kind, ProtocolViolation
 
 __all__ = ["DEFAULT_DURABLE", "NatsCollector"]
 
@@ -42,10 +42,17 @@ log = logging.getLogger(__name__)
 #: of one name shares the stream's messages; each other name gets a full copy.
 DEFAULT_DURABLE = "relayrl"
 _FETCH = 32  # messages a round (a message is at most the server's max_payload, 1 MiB default)
-_ACK_WAIT = 30.0  # seconds before JetStream redelivers a message nobody acknowledged
+_ACK_WAIT = 10.0  # seconds before JetStream redelivers a message nobody acknowledged (a
+# consumer killed mid-round: what it had fetched comes back to the others, or to it restarted)
 _MAX_ACK_PENDING = 4096
 _BUSY_DELAY = 0.2  # a run written by another member of the group: redelivered after this
 _GAP_DELAYS = (0.2, 0.5, 1.0, 2.0, 5.0)  # a batch that came before its predecessor
+_CHECK_EVERY = 20  # empty fetches (0.25 s each) between checks that the consumer exists
+_MAX_TRIES = 10  # deliveries of a message that fails for no known reason before it is dropped
+
+
+class _LocalTrouble(Exception):
+    """This side cannot take a run's batches now (its sink is down, its disk full)."""
 
 
 class _Round:
@@ -135,6 +142,7 @@ class NatsCollector:
         self._prefix = ""
         self._js: Any = None
         self._sub: Any = None
+        self._idle_fetches = 0
         self._stop = threading.Event()
         self.link = NatsLink(target, "relayrl-nats-collector-io", on_connect=self._on_connect)
         self._thread = threading.Thread(target=self._run, name="relayrl-nats-collector",
@@ -164,27 +172,52 @@ class NatsCollector:
 
     # -- on the link's loop ------------------------------------------------------------------
     async def _on_connect(self, nc: Any) -> None:
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-
+        # Every (re)connection: the server may have come back without its store.
         js = nc.jetstream()
         self._prefix = await ensure_stream(js, self.target)
-        if self._sub is None:
-            config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
-                                    deliver_policy=DeliverPolicy.ALL, ack_wait=_ACK_WAIT,
-                                    max_ack_pending=_MAX_ACK_PENDING,
-                                    description="relayrl-gym serve")
-            config.filter_subject = partition_filter(self._prefix, *self.partition)
-            self._sub = await js.pull_subscribe(config.filter_subject, durable=self.durable,
-                                                stream=self.target.stream, config=config)
         self._js = js
+        await self._subscribe()
+
+    async def _subscribe(self) -> None:
+        """Creates the durable consumer when it is missing (first start, a server that lost
+        its store, or the consumer deleted by hand), and the pull subscription to it."""
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError
+
+        if self._sub is not None:
+            try:
+                await self._js.consumer_info(self.target.stream, self.durable)
+                return
+            except NotFoundError:
+                log.warning("the consumer %s of %s is gone; creating it again", self.durable,
+                            self.target.display)
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+                self._sub = None
+        config = ConsumerConfig(durable_name=self.durable, ack_policy=AckPolicy.EXPLICIT,
+                                deliver_policy=DeliverPolicy.ALL, ack_wait=_ACK_WAIT,
+                                max_ack_pending=_MAX_ACK_PENDING,
+                                description="relayrl-gym serve")
+        config.filter_subject = partition_filter(self._prefix, *self.partition)
+        self._sub = await self._js.pull_subscribe(config.filter_subject, durable=self.durable,
+                                                  stream=self.target.stream, config=config)
 
     async def _fetch(self) -> list[Any]:
         import nats.errors
 
         try:
-            return list(await self._sub.fetch(batch=_FETCH, timeout=0.25))
+            messages = list(await self._sub.fetch(batch=_FETCH, timeout=0.25))
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
+            # Nothing for a while: also what a deleted consumer looks like; check now and then.
+            self._idle_fetches += 1
+            if self._idle_fetches % _CHECK_EVERY == 0:
+                await self._subscribe()
             return []
+        except Exception:  # the consumer may be gone: make sure it is there, then go on
+            await self._subscribe()
+            raise
+        self._idle_fetches = 0
+        return messages
 
     async def _answer(self, acks: list[Any], naks: list[tuple[Any, float]]) -> None:
         for msg in acks:
@@ -262,10 +295,16 @@ class NatsCollector:
             self.stats.count(sender, rejected=1)
             log.warning("rejected a message on %s from sender %s: %s", msg.subject, sender, err)
             work.now.append(msg)  # never written: redelivering it would not change that
-        except Exception:
-            self.stats.count(sender, rejected=1)
-            log.exception("handling a message on %s failed", msg.subject)
-            work.naks.append((msg, _GAP_DELAYS[-1]))
+        except Exception:  # a bug, or this side's trouble: tried again, then given up on
+            delivered = msg.metadata.num_delivered
+            if delivered <= 1:
+                log.exception("handling a message on %s failed", msg.subject)
+            if delivered >= _MAX_TRIES:
+                self.stats.count(sender, rejected=1)
+                log.error("gave up on a message on %s after %d tries", msg.subject, delivered)
+                work.now.append(msg)
+            else:
+                work.naks.append((msg, _GAP_DELAYS[-1]))
 
     def _read_schema(self, run_id: str, data: bytes) -> pa.Schema:
         try:
@@ -292,10 +331,11 @@ class NatsCollector:
             store = self._open_store(run_id, schema)
         except RunBusyError:
             raise
-        except Exception as err:
+        except Exception as err:  # this side's trouble (a sink down, a full disk): not the
+            self.stats.sink_errors += 1  # peer's; its batches come back later
             if not isinstance(err, RelayRLError):
                 log.exception("opening run %s failed", run_id)
-            raise ProtocolViolation(f"cannot open run {run_id!r}: {err}") from err
+            raise _LocalTrouble(f"cannot open run {run_id!r}: {err}") from err
         self._stores[run_id] = store
         log.info("run %s started", run_id)
         return store
@@ -308,6 +348,11 @@ class NatsCollector:
         except RunBusyError:
             self.elsewhere += 1
             work.naks.append((msg, _BUSY_DELAY))
+            return
+        except _LocalTrouble as err:
+            if msg.metadata.num_delivered <= 1:
+                log.warning("%s; its batches wait in the stream", err)
+            work.naks.append((msg, _GAP_DELAYS[-1]))
             return
         self._heard[run_id] = time.monotonic()
         key = (run_id, sender)
@@ -420,15 +465,13 @@ class NatsCollector:
 
 
 def _name(headers: dict[str, str], key: str) -> str:
-    value = headers.get(key)
-    if not isinstance(value, str) or not 0 < len(value) <= 200:
-        raise ProtocolViolation(f"header {key!r} must name the run and sender (1-200 "
-                                f"characters), got {value!r}")
-    return value
+    """A run or sender name, safe as a directory name (the ZMQ collector's rule)."""
+    return Header(Kind.BATCH, {key: headers.get(key)}).name(key)
 
 
 def _integer(headers: dict[str, str], key: str) -> int:
     value = headers.get(key, "")
-    if not value.isdigit() or len(value) > 18:
-        raise ProtocolViolation(f"header {key!r} must be a sequence number, got {value!r}")
+    if not (value.isascii() and value.isdigit()) or len(value) > 18:
+        raise ProtocolViolation(f"header {key!r} must be a sequence number, got "
+                                f"{value[:40]!r}")
     return int(value)

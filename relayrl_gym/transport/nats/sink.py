@@ -233,10 +233,6 @@ class NatsSink(Sink):
         return self.close_timeout
 
     async def _on_connect(self, nc: Any) -> None:
-        if self._js is not None:  # reconnected: the stream and the schema are there already
-            self.outbox.resend_from(self.outbox.first_seq)  # what waits goes now
-            self._wake_now()
-            return
         js = nc.jetstream()
         self._prefix = await ensure_stream(js, self.target)
         self._max_part = max(nc.max_payload - _HEADER_ROOM, 1024)
@@ -247,6 +243,10 @@ class NatsSink(Sink):
                                   HEADER_RUN: self.run_id, HEADER_SENDER: self.sender_id},
                          timeout=5.0)
         self._js = js
+        # Connected again (to a server that may have lost its store: the stream and the
+        # schema were made again above, the schema kept once by its message id): what waits
+        # goes now, not after its backoff.
+        self.outbox.resend_from(self.outbox.first_seq)
         if self._pump is None:
             self._wake = asyncio.Event()
             self._pump = asyncio.get_running_loop().create_task(self._publish_due())

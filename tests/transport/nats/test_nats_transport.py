@@ -87,8 +87,9 @@ def test_a_consumer_killed_mid_run_and_restarted_keeps_every_batch_once(nats_ser
         serve = start_serve(url, tmp_path / "collected", cwd=tmp_path)
         assert actor.wait(timeout=120) == 0, actor.stderr.read()
         expected = rows(tmp_path / "local" / run_id)
+        # What the killed one had fetched comes back after the consumer's ack_wait (10 s).
         wait_until(lambda: loaded_rows(tmp_path / "collected") >= expected.num_rows,
-                   what="every row collected")
+                   timeout=60, what="every row collected")
     finally:
         for proc in (actor, serve):
             if proc.poll() is None:
