@@ -53,6 +53,8 @@ class FleetWorker:
         self._policy, self._seed, self._wrap_kwargs = policy, seed, wrap_kwargs
         self._tmp = Path(tempfile.mkdtemp(prefix=f"relayrl-fleet-w{index}-"))
         self._stop = threading.Event()
+        self._idle = threading.Event()  # no `run` going on
+        self._idle.set()
         self._envs: Any = None
         self._loop: CollectionLoop | None = None
         self._started = 0.0
@@ -80,7 +82,11 @@ class FleetWorker:
         `stop`; returns `stats`."""
         if self._loop is None:
             raise RuntimeError("FleetWorker.run() before open()")
-        self._loop.run(steps=steps, episodes=episodes, stop=self._stop)
+        self._idle.clear()
+        try:
+            self._loop.run(steps=steps, episodes=episodes, stop=self._stop)
+        finally:
+            self._idle.set()
         return self.stats()
 
     def stats(self) -> dict[str, Any]:
@@ -114,6 +120,7 @@ class FleetWorker:
     def close(self) -> dict[str, Any]:
         """Stops, flushes every recorded row to the sink and closes; the final `stats`."""
         self._stop.set()
+        self._idle.wait(60)  # the step in flight is counted in what close reports
         final = self.stats()
         if self._envs is not None:
             self._envs.close()
