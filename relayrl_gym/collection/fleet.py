@@ -198,7 +198,6 @@ class Fleet:
         self._finals: list[dict[str, Any]] = []
         self._crashes: list[Crash] = []
         self._lost: list[int] = []
-        self._running: dict[int, Any] = {}  # worker -> its `run` call, while continuous
         self._next = 0
         self._started_at = 0.0
         self._sink: Any = None
@@ -210,7 +209,7 @@ class Fleet:
         """Starts the workers, collecting until `stop`."""
         self._open()
         for index in list(self._handles):
-            self._running[index] = self._handles[index].run.remote()
+            self._handles[index].run.remote()  # until stop: its end is not waited for
         return self
 
     def run(self, steps: int | None = None, episodes: int | None = None,
@@ -285,14 +284,13 @@ class Fleet:
         self._check_running()
         while len(self._handles) < workers:
             index = self._add_worker()
-            self._running[index] = self._handles[index].run.remote()
+            self._handles[index].run.remote()
         while len(self._handles) > workers:
             index = max(self._handles)
             handle = self._handles.pop(index)
             handle.stop.remote()
             self._finals.append(self._ray.get(handle.close.remote(), timeout=60))
             self._last.pop(index, None)
-            self._running.pop(index, None)
             self._ray.kill(handle, no_restart=True)
 
     def update_model(self, module: Any) -> list[int]:

@@ -93,9 +93,7 @@ class NatsCollector:
     A run's schema is read from its schema subject (the last message there) when its first
     batch comes, so a collector may join a stream at any time.
 
-    >>> from relayrl_gym.transport.nats.options import parse_nats_url
-    >>> NatsCollector.__name__
-    'NatsCollector'
+    (Tested against real servers in tests/transport/nats.)
     """
 
     def __init__(self, target: NatsTarget, open_store: Callable[[str, pa.Schema], Any], *,
