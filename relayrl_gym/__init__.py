@@ -11,6 +11,7 @@ from relayrl_gym.collect import CollectSummary, collect
 from relayrl_gym.collection.fleet import Fleet, FleetSummary
 from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.errors import RelayRLError
+from relayrl_gym.models.inference_server import InferenceServer
 from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.module import ModelModule
 from relayrl_gym.runtime.builder import AgentBuilder
@@ -29,6 +30,7 @@ __all__ = [
     "DeviceType",
     "Fleet",
     "FleetSummary",
+    "InferenceServer",
     "ModelModule",
     "RelayRLAgent",
     "RelayRLError",

@@ -1,6 +1,7 @@
 """The ``relayrl-gym`` command: ``collect`` a recorded dataset, ``inspect``, ``export`` (Minari,
 Parquet) and ``plot`` datasets, ``serve`` remote actors (collector and model publisher),
-``resend`` a ZMQ sink's spill, ``keygen`` CurveZMQ keys."""
+``serve-policy`` a model to remote actors, ``resend`` a ZMQ sink's spill, ``keygen`` CurveZMQ
+keys."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import gymnasium as gym
 
+from relayrl_gym.cli.serve_policy import add_parser, serve_policy
 from relayrl_gym.data.dataset import Dataset, load
 from relayrl_gym.data.discover import find_runs
 from relayrl_gym.errors import ConfigError, RelayRLError
@@ -121,6 +123,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tensorboard", default=None, metavar="DIR",
                        help="write the returns and lengths of the episodes received, and "
                        "rows/s, as TensorBoard scalars to DIR (extra tensorboard)")
+
+    add_parser(commands)
 
     resend = commands.add_parser("resend", help="send a spill to its sink: a ZMQ sink's "
                                  "close-time spill to the collector (which keeps each batch "
@@ -277,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(summary)
         elif args.command == "serve":
             _serve(args)
+        elif args.command == "serve-policy":
+            serve_policy(args)
         elif args.command == "keygen":
             _keygen(args)
         elif args.command == "resend":

@@ -10,8 +10,20 @@ from gymnasium import spaces
 
 from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.policies.fitting import VersionCounter, fitting_model, model_data_type
+from relayrl_gym.transport.inference.client import RemotePolicy, is_remote_policy
 
-__all__ = ["PolicyRunner"]
+__all__ = ["PolicyRunner", "act_with"]
+
+
+def act_with(model: Any, version: int, obs: Any, mask: Any = None
+             ) -> tuple[Any, dict[str, Any], int]:
+    """``(actions, data, version)`` from one batched call of ``model``: a served policy
+    (`RemotePolicy`) answers with the version that computed the actions; a local one runs as
+    ``version``."""
+    if getattr(model, "remote", False):
+        return model.step_versioned(obs, mask)
+    actions, data = model.step(obs, mask)
+    return actions, data, version
 
 
 class PolicyRunner:
@@ -22,6 +34,10 @@ class PolicyRunner:
     records (``data_type``, fixed by the first model). A model that does not fit is refused
     and the old one keeps running. Versions come from a `VersionCounter` (shared by runners
     whose rows go to one run): a model object keeps its version, a new one gets a higher one.
+
+    A model may also be an inference server's URL (``zmq+tcp://HOST:PORT``): the runner then
+    holds a `RemotePolicy` it opened, closed by `close`. Rows acted by a served policy carry
+    the version each answer names (`act_with`).
     """
 
     def __init__(self, model: Any, observation_space: spaces.Space | None = None,
@@ -47,8 +63,9 @@ class PolicyRunner:
             ConfigError: the model does not fit.
         """
         self.what, self.owner, self.device = what, owner, device
-        module = fitting_model(model, observation_space, action_space, data_type, what=what,
-                               owner=owner, device=device, replacing=replacing)
+        self._opened: list[RemotePolicy] = []
+        module = self._fitting(model, observation_space, action_space, data_type,
+                               replacing=replacing, device=device)
         #: The spaces every later model must have (the first model's when not given).
         self.observation_space = (observation_space if observation_space is not None
                                   else module.observation_space)
@@ -61,6 +78,36 @@ class PolicyRunner:
         self.model = module
         self.version = self.versions.version_of(module)
 
+    def _fitting(self, model: Any, observation_space: spaces.Space | None,
+                 action_space: spaces.Space | None, data_type: pa.DataType | None, *,
+                 replacing: bool, device: DeviceType) -> Any:
+        opened = None
+        if is_remote_policy(model):
+            model = opened = RemotePolicy(model)
+        try:
+            module = fitting_model(model, observation_space, action_space, data_type,
+                                   what=self.what, owner=self.owner, device=device,
+                                   replacing=replacing)
+        except BaseException:
+            if opened is not None:
+                opened.close()
+            raise
+        if opened is not None:
+            self._opened.append(opened)
+        return module
+
+    @property
+    def remote(self) -> bool:
+        """Whether the current policy is served by an inference server (which follows new
+        models itself: the actors' own model channel is not followed)."""
+        return bool(getattr(self.model, "remote", False))
+
+    def close(self) -> None:
+        """Closes the connections to inference servers this runner opened; idempotent."""
+        opened, self._opened = self._opened, []
+        for policy in opened:
+            policy.close()
+
     def current(self) -> tuple[Any, int]:
         """The model and its version, read together (a swap may run on another thread)."""
         with self._lock:
@@ -69,8 +116,8 @@ class PolicyRunner:
     def checked(self, model: Any, device: DeviceType = DeviceType.DEFAULT) -> Any:
         """``model`` loaded (if a path, on ``device`` or the runner's) once it is known to
         fit in place of the current one; not swapped in."""
-        return fitting_model(model, self.observation_space, self.action_space, self.data_type,
-                             what=self.what, owner=self.owner, replacing=True,
+        return self._fitting(model, self.observation_space, self.action_space, self.data_type,
+                             replacing=True,
                              device=device if device is not DeviceType.DEFAULT else self.device)
 
     def version_of(self, module: Any) -> int:

@@ -4,6 +4,7 @@ actions."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import tempfile
@@ -187,6 +188,59 @@ class ModelModule:
             for name, value in zip(self._extra, outputs[1:]):
                 data[name] = value[:, 0] if value.ndim == 2 and value.shape[1] == 1 else value
         return actions, data
+
+    def step_many(
+        self, obs: Any, sizes: Sequence[int], masks: Sequence[Any] | None = None,
+        rngs: Sequence[np.random.Generator | None] | None = None,
+    ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """Acts for several requests with one model call: ``obs`` holds their rows one after
+        the other (``sizes[i]`` rows for request ``i``); each request's actions are read with
+        its own mask and generator, so the answer to a request is what ``step`` gives for its
+        rows alone (``rng=rngs[i]``; None: the module's own generator).
+
+        >>> import torch
+        >>> from gymnasium import spaces
+        >>> net = torch.nn.Linear(4, 2)
+        >>> module = ModelModule.from_torch(net, spaces.Box(-1, 1, (4,)), spaces.Discrete(2))
+        >>> obs = np.random.default_rng(0).uniform(-1, 1, (5, 4))
+        >>> parts = module.step_many(obs, [2, 3])
+        >>> [a.tolist() for a, _ in parts] == [module.step(obs[:2])[0].tolist(),
+        ...                                    module.step(obs[2:])[0].tolist()]
+        True
+        """
+        x = np.asarray(obs, dtype=self._in_dtype)
+        if x.ndim != self._ndim or x.shape[1:] != self._row_shape:
+            raise self._obs_error(x)
+        if sum(sizes) != len(x):
+            raise ModelError(f"`sizes` add up to {sum(sizes)} rows; obs has {len(x)}")
+        if not x.flags.c_contiguous:
+            x = np.ascontiguousarray(x)
+        outputs = self._run(x)
+        extras = [value[:, 0] if value.ndim == 2 and value.shape[1] == 1 else value
+                  for value in outputs[1:]]
+        given = [m for m in masks if m is not None] if masks is not None else []
+        if not (rngs and any(r is not None for r in rngs)) and len(given) in (0, len(sizes)):
+            # The common case: one head call for the whole batch, then cut it.
+            mask = np.concatenate([np.asarray(m) for m in given]) if given else None
+            actions, data = self._head(outputs[0], mask, self._rng)
+            bounds = np.cumsum([0, *sizes])
+            parts = []
+            for start, end in itertools.pairwise(bounds):
+                part = {k: v[start:end] for k, v in data.items()}
+                part.update((n, v[start:end]) for n, v in zip(self._extra, extras))
+                parts.append((actions[start:end], part))
+            return parts
+        parts, start = [], 0
+        for i, size in enumerate(sizes):
+            end = start + size
+            given_rng = rngs[i] if rngs is not None else None
+            actions, data = self._head(outputs[0][start:end],
+                                       None if masks is None else masks[i],
+                                       self._rng if given_rng is None else given_rng)
+            data.update((n, v[start:end]) for n, v in zip(self._extra, extras))
+            parts.append((actions, data))
+            start = end
+        return parts
 
     def _obs_error(self, x: np.ndarray) -> ModelError:
         wanted = ", ".join(["batch", *map(str, self._row_shape)])

@@ -22,7 +22,7 @@ import numpy as np
 from relayrl_gym._version import __version__
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.errors import ConfigError, StateError
-from relayrl_gym.models.runner import PolicyRunner
+from relayrl_gym.models.runner import PolicyRunner, act_with
 from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.recording.pipeline import open_recording
 from relayrl_gym.runtime.actor import Actor
@@ -149,7 +149,8 @@ class RelayRLAgent(AgentCore):
         self._resize_workers(params.router_scale)
         if params.actor_count:
             self.new_actors(params.actor_count)
-        self.follow_models()
+        if not policy.remote:  # an inference server follows the models itself
+            self.follow_models()
 
     def _resize_workers(self, n: int) -> None:
         old, self._workers = self._workers, (
@@ -170,7 +171,8 @@ class RelayRLAgent(AgentCore):
             self._resize_workers(n)
 
     def _closing_steps(self, timeout: float) -> list[Any]:
-        return [lambda: self._resize_workers(0)] if self._workers is not None else []
+        steps = [lambda: self._resize_workers(0)] if self._workers is not None else []
+        return [*steps, *([self._policy.close] if self._policy is not None else [])]
 
     def _client(self) -> TrajectoryTable:
         self._check_running()
@@ -240,24 +242,31 @@ class RelayRLAgent(AgentCore):
                 if mask.ndim != 2 or len(mask) != len(slots):
                     raise ConfigError(f"`mask` must have one row per id (shape "
                                       f"({len(slots)}, n)), got {mask.shape}")
+            versions = found.versions
             if found.one_model:  # the common case: one model, one call
-                actions, data = found.models[0].step(obs, mask)
+                actions, data, answered = act_with(found.models[0], int(versions[0]), obs, mask)
+                if answered != versions[0]:  # a served policy: its answer names the version
+                    versions = np.full(len(slots), answered, np.int64)
             else:
-                actions, data = self._infer(found.models, obs, mask)
-            table.request(found, slots, obs, actions, found.versions, data,
+                actions, data, versions = self._infer(found.models, versions, obs, mask)
+            table.request(found, slots, obs, actions, versions, data,
                           None if mask is None else mask.astype(np.bool_), rewards)
         return actions.copy()  # the table keeps `actions`: the caller gets its own
 
-    def _infer(self, models: list[Any], obs: np.ndarray, mask: np.ndarray | None
-               ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    def _infer(self, models: list[Any], versions: np.ndarray, obs: np.ndarray,
+               mask: np.ndarray | None) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
         groups: dict[int, list[int]] = {}
         for row, model in enumerate(models):
             groups.setdefault(id(model), []).append(row)
         by_key = {id(m): m for m in models}
+        versions = versions.copy()
 
         def run(key: int) -> tuple[list[int], Any]:
             rows = groups[key]
-            return rows, by_key[key].step(obs[rows], None if mask is None else mask[rows])
+            actions, data, versions[rows] = act_with(
+                by_key[key], int(versions[rows[0]]), obs[rows],
+                None if mask is None else mask[rows])
+            return rows, (actions, data)
 
         if self._workers is not None:
             outcomes = list(self._workers.map(run, groups))
@@ -272,7 +281,7 @@ class RelayRLAgent(AgentCore):
                     data[key] = np.zeros((len(obs), *np.shape(values)[1:]),
                                          np.asarray(values).dtype)
                 data[key][rows] = values
-        return actions, data
+        return actions, data, versions
 
     def flag_last_action(self, ids: Sequence[uuid.UUID] | uuid.UUID,
                          reward: float | Sequence[float] | np.ndarray | None = None, *,

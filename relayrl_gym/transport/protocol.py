@@ -28,6 +28,16 @@ Model channel (subscriber DEALER -> publisher ROUTER):
                                      request; ``have``: the version the actor runs, ``seen``:
                                      the newest it got (a refused model is not sent again)
     ``model`` {version, files}       + one frame per file of the ModelModule directory
+
+Inference channel (client DEALER -> inference server ROUTER; `relayrl_gym.transport.inference`):
+    ``info``  {id[, client]}         what the served model takes and gives
+    ``act``   {id, obs[, mask][, seed]} + the observation rows (+ the mask rows): raw
+                                     C-order array bytes, described by {dtype, shape}
+Server replies:
+    ``described`` {id, metadata, version, max_rows}  the model's metadata.json and version
+    ``actions`` {id, version, actions, data}  + the action rows, then one frame per extra
+                                     output (``data``: [{name, dtype, shape}])
+    ``error`` {id, reason}           the request was refused (counted); the server goes on
 """
 
 from __future__ import annotations
@@ -66,6 +76,11 @@ class Kind(str, enum.Enum):
     REJECT = "reject"
     HELLO = "hello"
     MODEL = "model"
+    INFO = "info"
+    ACT = "act"
+    DESCRIBED = "described"
+    ACTIONS = "actions"
+    ERROR = "error"
 
 
 class ProtocolViolation(TransportError, ValueError):

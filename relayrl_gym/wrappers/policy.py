@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 from gymnasium import spaces
 
-from relayrl_gym.models.runner import PolicyRunner
+from relayrl_gym.models.runner import PolicyRunner, act_with
 
 __all__ = ["PolicyDriver"]
 
@@ -41,7 +41,7 @@ class PolicyDriver:
     def act(self, obs: Any, mask: Any = None) -> np.ndarray:
         """One batched model call for every env copy; remembers the answer for `take`."""
         model, version = self.runner.current()
-        actions, data = model.step(obs, mask)
+        actions, data, version = act_with(model, version, obs, mask)
         versions = np.full(len(actions), version, np.int64)
         # Our own copy: the caller may change the array it gets before stepping it.
         self._last = (actions, actions.copy(), versions, data)
@@ -62,3 +62,12 @@ class PolicyDriver:
     def update(self, model: Any) -> int:
         """Swaps the model between steps; returns the version it runs as."""
         return self.runner.update(model)
+
+    @property
+    def remote(self) -> bool:
+        """Whether an inference server acts (it follows new models itself)."""
+        return self.runner.remote
+
+    def close(self) -> None:
+        """Closes the connection to an inference server this driver opened."""
+        self.runner.close()

@@ -18,7 +18,7 @@ from relayrl_gym._version import __version__
 from relayrl_gym.core.episodes import EpisodeTracker
 from relayrl_gym.core.options import RecordingOptions
 from relayrl_gym.core.transitions import batch_of
-from relayrl_gym.errors import ConfigError, StateError
+from relayrl_gym.errors import ConfigError, StateError, run_all
 from relayrl_gym.lifecycle import CallGate, GatedClose, finalizing, gated
 from relayrl_gym.recording.pipeline import RunRecording, open_recording
 from relayrl_gym.runtime.actor import Actor
@@ -223,7 +223,8 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         if self._policy is not None:
             for actor in self._actors:
                 actor.model, actor.model_version = self._policy.model, self._policy.version
-            self.agent.follow_models()
+            if not self._policy.remote:  # an inference server follows the models itself
+                self.agent.follow_models()
         self._recorder = recording.recorder if recording is not None else None
         self._writer = recording.writer if recording is not None else None
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
@@ -241,8 +242,11 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
 
     # -- construction helpers ------------------------------------------------------------------
     def _close_envs(self) -> None:
-        self._router.run(lambda actor, _: actor.env.close() if actor.env is not None else None,
-                         [None] * len(self._actors), self._actors)
+        policy = getattr(self, "_policy", None)
+        run_all([lambda: self._router.run(
+                     lambda actor, _: actor.env.close() if actor.env is not None else None,
+                     [None] * len(self._actors), self._actors),
+                 *([policy.close] if policy is not None else [])])
 
     def _close_envs_quietly(self) -> None:
         try:

@@ -122,8 +122,6 @@ def wrap_pettingzoo(
 def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api: str | None,
           policies: dict[Any, Any] | None, options: RecordingOptions,
           autoreset_mode: str | AutoresetMode | None, router_scale: int | str) -> Any:
-    from relayrl_gym.wrappers.vector import parse_autoreset_mode
-
     if api is not None and api not in PZ_APIS:
         raise ConfigError(f"`api` for a PettingZoo game must be one of "
                           f"{', '.join(map(repr, PZ_APIS))} or left out, got {api!r}")
@@ -136,8 +134,21 @@ def _wrap(first: Any, make: Callable[[], Any] | None, *, actors: int | None, api
                           f"actor threads: `router_scale` must be 'auto', 0 or an int >= 1, got "
                           f"{router_scale!r}")
     parallel = is_parallel(first)
-    agents = list(first.possible_agents)
     players = AgentPolicies(policies or {}, first)
+    try:
+        return _wrap_game(first, players, make, actors, api, parallel, scale, options,
+                          autoreset_mode, router_scale)
+    except BaseException:
+        players.close()  # its connections to inference servers; a built env closes them
+        raise
+
+
+def _wrap_game(first: Any, players: AgentPolicies, make: Any, actors: int | None,
+               api: str | None, parallel: bool, scale: int, options: RecordingOptions,
+               autoreset_mode: str | AutoresetMode | None, router_scale: int | str) -> Any:
+    from relayrl_gym.wrappers.vector import parse_autoreset_mode
+
+    agents = list(first.possible_agents)
     _check_policy_spaces(first, players)
     left = [agent for agent in agents if agent not in players]
     if not left:

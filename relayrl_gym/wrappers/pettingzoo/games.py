@@ -117,8 +117,10 @@ class GameCopies:
         if self._closed:
             return
         self._closed = True
+        policies = getattr(self, "policies", None)  # the subclasses' (AgentPolicies)
         run_all([self.close_copies, self.router.close,
-                 *([self.recording.close] if self.recording is not None else [])])
+                 *([self.recording.close] if self.recording is not None else []),
+                 *([policies.close] if policies is not None else [])])
 
 
 def _close_env(actor: Actor, _: Any) -> Exception | None:

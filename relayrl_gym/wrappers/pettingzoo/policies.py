@@ -12,7 +12,7 @@ import pyarrow as pa
 from gymnasium import spaces
 
 from relayrl_gym.errors import ConfigError
-from relayrl_gym.models.runner import PolicyRunner
+from relayrl_gym.models.runner import PolicyRunner, act_with
 from relayrl_gym.policies.fitting import VersionCounter
 from relayrl_gym.wrappers.pettingzoo.observations import action_mask, policy_input, policy_space
 
@@ -151,9 +151,16 @@ class AgentPolicies:
                               f"one, or a callable obs -> action; got {type(policy).__name__}")
         version = int(getattr(policy, "version", -1))
         with self._lock:
-            self._runners.pop(agent, None)
+            old = self._runners.pop(agent, None)
             self._callables[agent] = (policy, version)
+        if old is not None:
+            old.close()
         return version
+
+    def close(self) -> None:
+        """Closes the connections to inference servers the policies opened; idempotent."""
+        for runner in list(self._runners.values()):
+            runner.close()
 
     def seed(self, seed: int | None) -> None:
         """Seeds the sampling of every ModelModule policy (a reset with a seed replays)."""
@@ -181,7 +188,7 @@ class AgentPolicies:
             known = [m for m in masks if m is not None]
             mask = (np.stack(known) if len(known) == len(masks) and
                     isinstance(model.action_space, spaces.Discrete) else None)
-            actions, data = model.step(obs, mask)
+            actions, data, version = act_with(model, version, obs, mask)
             for j, i in enumerate(rows):
                 row_data = ({key: np.asarray(value[j]).tolist() for key, value in data.items()}
                             if data else None)
