@@ -45,7 +45,7 @@ from relayrl_gym.transport.inference.wire import (
 from relayrl_gym.transport.keys import client_keys, server_keys
 from relayrl_gym.transport.nats.options import parse_nats_url
 from relayrl_gym.transport.protocol import Kind, ProtocolViolation, decode_header, encode
-from relayrl_gym.transport.sockets import bind_socket
+from relayrl_gym.transport.sockets import bind_socket, failed_handshakes, watch_handshakes
 
 __all__ = ["InferenceServer"]
 
@@ -139,6 +139,7 @@ class InferenceServer:
             queue.SimpleQueue())
         self._ctx = new_context()
         self._auth: Any = None
+        self._monitor: Any = None
         self.source: Any = None
         self._threads: list[threading.Thread] = []
         self._wake = f"inproc://relayrl-inference-{id(self)}"
@@ -154,6 +155,7 @@ class InferenceServer:
             self._sock, self.endpoint = bind_socket(self._ctx, zmq.ROUTER, bind, keys=keys,
                                                     max_message_bytes=max_message_bytes)
             self._max_message_bytes = max_message_bytes
+            self._monitor = watch_handshakes(self._sock) if keys is not None else None
             self._pull = self._ctx.socket(zmq.PULL)
             self._pull.setsockopt(zmq.LINGER, 0)
             self._pull.bind(self._wake)
@@ -232,6 +234,8 @@ class InferenceServer:
         poller = zmq.Poller()
         poller.register(self._sock, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
+        if self._monitor is not None:
+            poller.register(self._monitor, zmq.POLLIN)
         pending: collections.deque[_Pending] = collections.deque()
         waiting: set[tuple[bytes, int]] = set()  # requests pending or in a batch
         heard: dict[bytes, float] = {}
@@ -246,6 +250,11 @@ class InferenceServer:
                     self._answer(waiting)
                 if self._sock in events:
                     self._receive(pending, waiting, heard)
+                if self._monitor is not None and self._monitor in events:
+                    refused = failed_handshakes(self._monitor)
+                    self.stats_counters.refused_auth += len(refused)
+                    for line in refused:
+                        log.warning("a client was refused: %s", line)
                 self._dispatch(pending, heard)
         except Exception:  # a bug, not a client's doing: keep it visible
             log.exception("the inference server's socket thread stopped")
@@ -421,7 +430,9 @@ class InferenceServer:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        for sock in (getattr(self, "_sock", None), getattr(self, "_pull", None)):
+        if self._monitor is not None:
+            self._sock.disable_monitor()
+        for sock in (self._monitor, getattr(self, "_sock", None), getattr(self, "_pull", None)):
             if sock is not None:
                 sock.close(0)
         if self._auth is not None:

@@ -44,6 +44,8 @@ class InferenceStats:
         #: Malformed messages (not the protocol), refused requests (did not fit the model),
         #: resends of a request still in flight, batches the model failed on.
         self.malformed = self.refused = self.duplicates = self.model_errors = 0
+        #: Connections whose CurveZMQ handshake failed (a key not allowed, no CURVE).
+        self.refused_auth = 0
         self._sizes: collections.Counter[int] = collections.Counter()
         self._waits = np.zeros(_SAMPLES)
         self._model = np.zeros(_SAMPLES)
@@ -107,7 +109,8 @@ class InferenceStats:
         call), ``batch_sizes`` (model calls by rows: "1", "2", "3-4", "5-8", ...),
         ``requests_per_s`` and ``rows_per_s`` (the last ~10 s), ``wait_us`` and ``model_us``
         (p50 / p90 / p99 of the time a request waited for its batch, and of the model call),
-        ``malformed``, ``refused``, ``duplicates``, ``model_errors``, and ``clients`` (per
+        ``malformed``, ``refused``, ``refused_auth``, ``duplicates``, ``model_errors``, and
+        ``clients`` (per
         client: requests, rows, errors, seconds since last heard)."""
         with self._lock:
             kept = min(self._kept, _SAMPLES)
@@ -123,7 +126,8 @@ class InferenceStats:
                 "wait_us": _percentiles(self._waits[:kept]),
                 "model_us": _percentiles(self._model[:kept]),
                 "malformed": self.malformed, "refused": self.refused,
-                "duplicates": self.duplicates, "model_errors": self.model_errors,
+                "refused_auth": self.refused_auth, "duplicates": self.duplicates,
+                "model_errors": self.model_errors,
                 "clients": {c.name: {"requests": c.requests, "rows": c.rows,
                                      "errors": c.errors,
                                      "idle_s": round(now - c.last_seen, 1)}
