@@ -4,11 +4,13 @@ counters."""
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import threading
 from typing import Any
 
 from relayrl_gym.models.inference_server import InferenceServer
+from relayrl_gym.policies.onnx_backend import CPU_THREADS_ENV
 
 __all__ = ["add_parser", "serve_policy"]
 
@@ -33,6 +35,9 @@ def add_parser(commands: Any) -> None:
                        "500 microseconds)")
     serve.add_argument("--workers", type=int, default=1, metavar="N",
                        help="model threads (default 1)")
+    serve.add_argument("--threads", type=int, default=None, metavar="N",
+                       help="onnxruntime intra-op threads of the model (default: "
+                       "RELAYRL_GYM_ONNX_THREADS, else 1; 0 = one per core)")
     serve.add_argument("--device", default="default", choices=["default", "cpu", "cuda", "mps"],
                        help="where the model runs (cuda falls back to the CPU with a warning "
                        "where there is none)")
@@ -44,6 +49,8 @@ def add_parser(commands: Any) -> None:
 
 def serve_policy(args: argparse.Namespace) -> None:
     """Runs the server until SIGINT / SIGTERM."""
+    if args.threads is not None:  # read when the model's session is made, here and for updates
+        os.environ[CPU_THREADS_ENV] = str(args.threads)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

@@ -125,6 +125,10 @@ class InferenceServer:
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(f"`{name}` must be an int >= {low}, got {value!r}")
         zmq = require_zmq()
+        self._zmq = zmq
+        # Plain ints: pyzmq's enum flags cost microseconds a call on the hot path.
+        self._noblock, self._events, self._pollin = (
+            int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN))
         device = DeviceType(device) if isinstance(device, str) else device
         self.runner = PolicyRunner(model, what="served model", owner="server", device=device)
         self.max_batch, self.max_wait = max_batch, max_wait_us / 1e6
@@ -161,9 +165,12 @@ class InferenceServer:
             self._pull.bind(self._wake)
             self._threads = [threading.Thread(target=self._serve, daemon=True,
                                               name="relayrl-inference-socket")]
+            # One worker runs the model on the socket thread itself: no hand-off per batch
+            # (requests keep arriving in ZMQ's queues meanwhile). More get threads of their own.
+            self._inline = workers == 1
             self._threads += [threading.Thread(target=self._work, daemon=True,
                                                name=f"relayrl-inference-model-{i}")
-                              for i in range(workers)]
+                              for i in range(workers if workers > 1 else 0)]
             self._idle = workers
             for thread in self._threads:
                 thread.start()
@@ -244,7 +251,9 @@ class InferenceServer:
                 timeout = _IDLE_POLL_MS
                 if pending and self._idle:
                     due = pending[0].arrived + self.max_wait - time.monotonic()
-                    timeout = max(0, min(timeout, int(due * 1000 + 0.999)))
+                    if 0 < due < 0.001:  # ZMQ polls in whole milliseconds
+                        time.sleep(due)
+                    timeout = max(0, min(timeout, int(due * 1000)))
                 events = dict(poller.poll(timeout))
                 if self._pull in events:
                     self._answer(waiting)
@@ -255,7 +264,7 @@ class InferenceServer:
                     self.stats_counters.refused_auth += len(refused)
                     for line in refused:
                         log.warning("a client was refused: %s", line)
-                self._dispatch(pending, heard)
+                self._dispatch(pending, heard, waiting)
         except Exception:  # a bug, not a client's doing: keep it visible
             log.exception("the inference server's socket thread stopped")
         finally:
@@ -264,12 +273,11 @@ class InferenceServer:
 
     def _receive(self, pending: collections.deque[_Pending], waiting: set[tuple[bytes, int]],
                  heard: dict[bytes, float]) -> None:
-        zmq = require_zmq()
+        sock, noblock, events, pollin = self._sock, self._noblock, self._events, self._pollin
         for _ in range(1000):  # then answer and dispatch before reading on
-            try:
-                frames = self._sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            if not sock.getsockopt(events) & pollin:  # cheaper than catching Again
                 return
+            frames = sock.recv_multipart(noblock)
             identity, now = frames[0], time.monotonic()
             heard[identity] = now
             if len(heard) > 4 * 1024:
@@ -342,16 +350,16 @@ class InferenceServer:
         self._send([identity, encode(Kind.ERROR, id=request_id, reason=reason[:1000])])
 
     def _send(self, frames: list[Any]) -> None:
-        zmq = require_zmq()
+        zmq = self._zmq
         try:
-            self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+            self._sock.send_multipart(frames, self._noblock)
         except zmq.Again:  # the client's queue is full (gone, or not reading): its loss
             log.debug("dropped an answer to a client that does not read")
         except zmq.ZMQError as err:  # EHOSTUNREACH with ROUTER_MANDATORY: the client left
             log.debug("could not answer a client: %s", err)
 
-    def _dispatch(self, pending: collections.deque[_Pending], heard: dict[bytes, float]
-                  ) -> None:
+    def _dispatch(self, pending: collections.deque[_Pending], heard: dict[bytes, float],
+                  waiting: set[tuple[bytes, int]]) -> None:
         while pending and self._idle:
             now = time.monotonic()
             rows = sum(len(p.request.obs) for p in pending)
@@ -365,25 +373,29 @@ class InferenceServer:
                 item = pending.popleft()
                 job.append(item)
                 taken += len(item.request.obs)
-            self._idle -= 1
             self.stats_counters.batch(taken)
-            self._jobs.put(job)
+            if self._inline:
+                started = time.monotonic()
+                replies = self._run(job)
+                self._deliver(job, replies, started, time.monotonic(), waiting)
+            else:
+                self._idle -= 1
+                self._jobs.put(job)
 
     def _answer(self, waiting: set[tuple[bytes, int]]) -> None:
-        zmq = require_zmq()
-        while True:
-            try:
-                self._pull.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            job, replies, started, ended = self._done.get()
+        while self._pull.getsockopt(self._events) & self._pollin:
+            self._pull.recv(self._noblock)
             self._idle += 1
-            for item, frames in zip(job, replies):
-                self._send([item.identity, *frames])
-                waiting.discard((item.identity, item.request.id))
-                self.stats_counters.answered(
-                    item.identity, rows=len(item.request.obs), wait=started - item.arrived,
-                    model=ended - started, batch_rows=sum(len(p.request.obs) for p in job))
+            self._deliver(*self._done.get(), waiting)
+
+    def _deliver(self, job: list[_Pending], replies: list[list[Any]], started: float,
+                 ended: float, waiting: set[tuple[bytes, int]]) -> None:
+        for item, frames in zip(job, replies):
+            self._send([item.identity, *frames])
+            waiting.discard((item.identity, item.request.id))
+        self.stats_counters.answered(
+            [(item.identity, len(item.request.obs), started - item.arrived) for item in job],
+            model=ended - started)
 
     # -- the model threads ----------------------------------------------------------------------
     def _work(self) -> None:

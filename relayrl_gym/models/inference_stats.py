@@ -30,7 +30,7 @@ class InferenceStats:
     """Counters of one server, written by its socket thread, read by `snapshot` from any.
 
     >>> stats = InferenceStats()
-    >>> stats.answered(b"c1", rows=3, wait=0.0002, model=0.001, batch_rows=3)
+    >>> stats.answered([(b"c1", 3, 0.0002)], model=0.001)
     >>> snap = stats.snapshot()
     >>> snap["requests"], snap["rows"], snap["batches"], snap["batch_sizes"]
     (1, 3, 0, {})
@@ -85,20 +85,25 @@ class InferenceStats:
             self.batch_rows += rows
             self._sizes[max(0, int(rows - 1)).bit_length()] += 1
 
-    def answered(self, identity: bytes, *, rows: int, wait: float, model: float,
-                 batch_rows: int) -> None:
-        """A request answered: it waited ``wait`` s for its batch, whose model call took
-        ``model`` s."""
-        record = self.client(identity)
-        record.requests += 1
-        record.rows += rows
+    def answered(self, requests: list[tuple[bytes, int, float]], *, model: float) -> None:
+        """The requests of one batch answered: ``(client, rows, seconds waited for the
+        batch)`` each; the batch's model call took ``model`` seconds."""
+        now = time.monotonic()
         with self._lock:
-            self.requests += 1
-            self.rows += rows
-            slot = self._kept % _SAMPLES
-            self._waits[slot], self._model[slot] = wait, model
-            self._kept += 1
-            now = time.monotonic()
+            for identity, rows, wait in requests:
+                record = self._clients.get(identity)
+                if record is None:
+                    record = self._clients[identity] = _Client(identity.hex())
+                    if len(self._clients) > _CLIENTS:
+                        self._clients.popitem(last=False)
+                record.requests += 1
+                record.rows += rows
+                record.last_seen = now
+                self.requests += 1
+                self.rows += rows
+                slot = self._kept % _SAMPLES
+                self._waits[slot], self._model[slot] = wait, model
+                self._kept += 1
             if not self._rate or now - self._rate[-1][0] >= 1.0:
                 self._rate.append((now, self.requests, self.rows))
                 while now - self._rate[0][0] > _RATE_WINDOW:
@@ -114,17 +119,16 @@ class InferenceStats:
         client: requests, rows, errors, seconds since last heard)."""
         with self._lock:
             kept = min(self._kept, _SAMPLES)
+            waits, model = self._waits[:kept].copy(), self._model[:kept].copy()
             now = time.monotonic()
             rate = self._rate[0] if self._rate else (now, self.requests, self.rows)
             span = now - rate[0]
-            return {
+            out = {
                 "requests": self.requests, "rows": self.rows, "batches": self.batches,
                 "mean_batch": round(self.batch_rows / self.batches, 2) if self.batches else 0.0,
                 "batch_sizes": {_bucket(b): n for b, n in sorted(self._sizes.items())},
                 "requests_per_s": round((self.requests - rate[1]) / span, 1) if span else 0.0,
                 "rows_per_s": round((self.rows - rate[2]) / span, 1) if span else 0.0,
-                "wait_us": _percentiles(self._waits[:kept]),
-                "model_us": _percentiles(self._model[:kept]),
                 "malformed": self.malformed, "refused": self.refused,
                 "refused_auth": self.refused_auth, "duplicates": self.duplicates,
                 "model_errors": self.model_errors,
@@ -133,6 +137,9 @@ class InferenceStats:
                                      "idle_s": round(now - c.last_seen, 1)}
                             for c in self._clients.values()},
             }
+        # The percentiles outside the lock: the socket thread does not wait for them.
+        out["wait_us"], out["model_us"] = _percentiles(waits), _percentiles(model)
+        return out
 
 
 def _bucket(bits: int) -> str:

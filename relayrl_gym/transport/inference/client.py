@@ -105,6 +105,7 @@ class RemotePolicy:
         keys = client_keys(keys_dir) if keys_dir else None
         zmq = require_zmq()
         self._zmq = zmq
+        self._noblock = int(zmq.NOBLOCK)  # a plain int: enum flags are slow on the hot path
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._seeds: np.random.Generator | None = None
@@ -209,13 +210,13 @@ class RemotePolicy:
                         self.retries += 1
                     # Again: nothing connected and the queue is full: the next try goes.
                     with contextlib.suppress(zmq.Again):
-                        self._sock.send_multipart(frames, zmq.NOBLOCK, copy=False)
+                        self._sock.send_multipart(frames, self._noblock, copy=False)
                     resend = now + self.retry
                 if now >= deadline:
                     raise TransportError(self._silence())
                 if not self._sock.poll(max(1, int((min(resend, deadline) - now) * 1000))):
                     continue
-                reply = self._sock.recv_multipart(zmq.NOBLOCK)
+                reply = self._sock.recv_multipart(self._noblock)
                 try:
                     header = decode_header(reply[0])
                 except ProtocolViolation as err:

@@ -9,6 +9,7 @@ what was wrong.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,6 +37,8 @@ __all__ = [
 #: The dtypes an array frame may hold (plain numbers and booleans, native byte order).
 DTYPES = frozenset(["bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
                     "uint64", "float16", "float32", "float64"])
+_ITEMSIZE = {name: np.dtype(name).itemsize for name in DTYPES}
+_NAMES = {np.dtype(name): name for name in DTYPES}  # dtype.name is slow to compute
 #: The most rows one request may carry.
 MAX_ROWS = 1 << 16
 _MAX_DIMS = 8
@@ -66,7 +69,7 @@ def array_spec(array: np.ndarray) -> dict[str, Any]:
     >>> array_spec(np.zeros((2, 3), np.float32))
     {'dtype': 'float32', 'shape': [2, 3]}
     """
-    return {"dtype": array.dtype.name, "shape": list(array.shape)}
+    return {"dtype": _NAMES.get(array.dtype) or array.dtype.name, "shape": list(array.shape)}
 
 
 def _frame(array: np.ndarray) -> Any:
@@ -98,7 +101,7 @@ def read_array(spec: Any, frame: bytes | memoryview, what: str) -> np.ndarray:
             not all(type(d) is int and 0 <= d <= MAX_ROWS * 1024 for d in shape)):
         raise ProtocolViolation(f"`{what}` must have a shape of 1 to {_MAX_DIMS} sizes >= 0, "
                                 f"got {str(shape)[:60]!r}")
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * _ITEMSIZE[dtype]
     if expected != len(frame):
         raise ProtocolViolation(f"`{what}` of dtype {dtype} and shape {tuple(shape)} needs "
                                 f"{expected} bytes; its frame has {len(frame)}")
