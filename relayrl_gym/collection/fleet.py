@@ -17,6 +17,7 @@ from relayrl_gym.collection.worker import FleetWorker, model_files
 from relayrl_gym.errors import ConfigError, MissingDependencyError, StateError
 from relayrl_gym.runtime.agent import new_run_id
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink, redact_url, url_scheme
+from relayrl_gym.transport.inference.client import is_remote_policy
 
 __all__ = ["Crash", "Fleet", "FleetSummary", "collect_with_fleet", "require_ray"]
 
@@ -125,7 +126,8 @@ class Fleet:
     had not flushed yet (at most its last flush interval) is lost, and nothing is recorded
     twice; the summary lists each crash.
 
-    With a policy (a ModelModule or a path: shipped to the workers as files), each worker
+    With a policy (a ModelModule or a path: shipped to the workers as files; an inference
+    server's ``zmq+tcp://`` URL: each worker asks it), each worker
     follows the model channel of its sink like any wrapped env (a learner's
     ``publish_model`` reaches every worker); `update_model` swaps a model in on every worker.
 
@@ -319,8 +321,8 @@ class Fleet:
         nodes = len([n for n in ray.nodes() if n.get("Alive")])
         self._sink = shareable_sink(self.sink, nodes, self.shared_filesystem)
         policy = self.policy
-        if policy is not None and (isinstance(policy, str | os.PathLike) or
-                                   hasattr(policy, "save")):
+        if policy is not None and not is_remote_policy(policy) and (
+                isinstance(policy, str | os.PathLike) or hasattr(policy, "save")):
             policy = model_files(policy)  # loaded in each worker from its own copy
         self._policy = policy
         self._remote = ray.remote(**self._options)(FleetWorker)

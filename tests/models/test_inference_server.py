@@ -374,3 +374,14 @@ def test_every_front_end_takes_the_server_url(tmp_path, cartpole_policy, ttt_pol
         rows = relayrl_gym.load(envs.run_path).to_table()
         played = rows.filter(pc.equal(rows["agent_id"], "player_1"))
         assert played.num_rows > 0 and set(played["model_version"].to_pylist()) == {0}
+
+
+def test_a_ray_fleet_acts_through_the_server(tmp_path, cartpole_policy, ray_local):
+    """The URL travels to the workers as it is (a path would be shipped as its files)."""
+    with InferenceServer(cartpole_policy(0, version=2), bind="tcp://127.0.0.1:*") as server:
+        summary = relayrl_gym.collect("CartPole-v1", policy=server.url, actors=2, steps=200,
+                                      workers=2, backend="ray", sink=tmp_path / "runs",
+                                      progress=False)
+        assert len(server.stats["clients"]) == 2  # one connection per worker
+    rows = relayrl_gym.load(tmp_path / "runs").table
+    assert len(rows) == summary.steps and set(rows["model_version"].to_pylist()) == {2}
