@@ -36,6 +36,7 @@ from relayrl_gym.models.runner import PolicyRunner
 from relayrl_gym.models.zmq_source import ZMQModelSource
 from relayrl_gym.policies.device import DeviceType
 from relayrl_gym.transport._zmq import new_context, release_gc_thread, require_zmq
+from relayrl_gym.transport.inference.endpoints import NatsEndpoint, ZmqEndpoint
 from relayrl_gym.transport.inference.wire import (
     MAX_ROWS,
     Request,
@@ -45,7 +46,6 @@ from relayrl_gym.transport.inference.wire import (
 from relayrl_gym.transport.keys import client_keys, server_keys
 from relayrl_gym.transport.nats.options import parse_nats_url
 from relayrl_gym.transport.protocol import Kind, ProtocolViolation, decode_header, encode
-from relayrl_gym.transport.sockets import bind_socket, failed_handshakes, watch_handshakes
 
 __all__ = ["InferenceServer"]
 
@@ -55,10 +55,12 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _ACTIVE_S = 1.0  # a client heard this recently counts among those a batch may wait for
 _IDLE_POLL_MS = 100
+_NATS_START_WAIT = 5.0  # how long a NATS server's construction waits for its subscription
 
 
 class _Pending(NamedTuple):
-    identity: bytes
+    peer: bytes  # the client, for de-duplication and statistics
+    reply_to: Any  # where its answer goes
     request: Request
     arrived: float
 
@@ -126,9 +128,10 @@ class InferenceServer:
                 raise ConfigError(f"`{name}` must be an int >= {low}, got {value!r}")
         zmq = require_zmq()
         self._zmq = zmq
-        # Plain ints: pyzmq's enum flags cost microseconds a call on the hot path.
-        self._noblock, self._events, self._pollin = (
-            int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN))
+        nats = bind.startswith(("nats://", "nats+tls://"))
+        if nats and curve_keys is not None:
+            raise ConfigError("`curve_keys` secures a tcp:// bind; over NATS, access is the NATS "
+                              "server's (credentials in the URL)")
         device = DeviceType(device) if isinstance(device, str) else device
         self.runner = PolicyRunner(model, what="served model", owner="server", device=device)
         self.max_batch, self.max_wait = max_batch, max_wait_us / 1e6
@@ -143,7 +146,7 @@ class InferenceServer:
             queue.SimpleQueue())
         self._ctx = new_context()
         self._auth: Any = None
-        self._monitor: Any = None
+        self._endpoint: Any = None
         self.source: Any = None
         self._threads: list[threading.Thread] = []
         self._wake = f"inproc://relayrl-inference-{id(self)}"
@@ -156,10 +159,12 @@ class InferenceServer:
                 self._auth = ThreadAuthenticator(self._ctx)
                 self._auth.start()
                 self._auth.configure_curve(domain="*", location=str(keys.authorized))
-            self._sock, self.endpoint = bind_socket(self._ctx, zmq.ROUTER, bind, keys=keys,
-                                                    max_message_bytes=max_message_bytes)
+            self._endpoint = (
+                NatsEndpoint(self._ctx, parse_nats_url(bind)) if nats else
+                ZmqEndpoint(self._ctx, bind, keys, max_message_bytes))
+            #: Where clients reach it (the bound ``tcp://`` address, or the NATS subject).
+            self.endpoint = self._endpoint.endpoint
             self._max_message_bytes = max_message_bytes
-            self._monitor = watch_handshakes(self._sock) if keys is not None else None
             self._pull = self._ctx.socket(zmq.PULL)
             self._pull.setsockopt(zmq.LINGER, 0)
             self._pull.bind(self._wake)
@@ -176,6 +181,9 @@ class InferenceServer:
                 thread.start()
             if models is not None:
                 self.source = self._follow(models, models_curve_keys)
+            if nats and not self._endpoint.connected.wait(_NATS_START_WAIT):
+                log.warning("serving %s once NATS is reachable (not yet: %s)", self.endpoint,
+                            self._endpoint.problem)
         except BaseException:
             self._shutdown()
             raise
@@ -192,8 +200,9 @@ class InferenceServer:
     # -- public ------------------------------------------------------------------------------
     @property
     def url(self) -> str:
-        """A ``policy=`` URL for a client on this host: ``zmq+tcp://127.0.0.1:PORT``."""
-        return "zmq+tcp://" + self.endpoint[len("tcp://"):].replace("0.0.0.0", "127.0.0.1")
+        """A ``policy=`` URL for a client: ``zmq+tcp://127.0.0.1:PORT`` (this host), or the
+        NATS URL bound (without its credentials)."""
+        return str(self._endpoint.url)
 
     @property
     def version(self) -> int:
@@ -238,11 +247,13 @@ class InferenceServer:
     # -- the socket thread --------------------------------------------------------------------
     def _serve(self) -> None:
         zmq = require_zmq()
+        endpoint = self._endpoint
         poller = zmq.Poller()
-        poller.register(self._sock, zmq.POLLIN)
+        for sock in endpoint.sockets:
+            poller.register(sock, zmq.POLLIN)
         poller.register(self._pull, zmq.POLLIN)
-        if self._monitor is not None:
-            poller.register(self._monitor, zmq.POLLIN)
+        if endpoint.monitor is not None:
+            poller.register(endpoint.monitor, zmq.POLLIN)
         pending: collections.deque[_Pending] = collections.deque()
         waiting: set[tuple[bytes, int]] = set()  # requests pending or in a batch
         heard: dict[bytes, float] = {}
@@ -257,10 +268,9 @@ class InferenceServer:
                 events = dict(poller.poll(timeout))
                 if self._pull in events:
                     self._answer(waiting)
-                if self._sock in events:
-                    self._receive(pending, waiting, heard)
-                if self._monitor is not None and self._monitor in events:
-                    refused = failed_handshakes(self._monitor)
+                self._receive(pending, waiting, heard)
+                if endpoint.monitor is not None and endpoint.monitor in events:
+                    refused = endpoint.refused()
                     self.stats_counters.refused_auth += len(refused)
                     for line in refused:
                         log.warning("a client was refused: %s", line)
@@ -273,48 +283,47 @@ class InferenceServer:
 
     def _receive(self, pending: collections.deque[_Pending], waiting: set[tuple[bytes, int]],
                  heard: dict[bytes, float]) -> None:
-        sock, noblock, events, pollin = self._sock, self._noblock, self._events, self._pollin
-        for _ in range(1000):  # then answer and dispatch before reading on
-            if not sock.getsockopt(events) & pollin:  # cheaper than catching Again
-                return
-            frames = sock.recv_multipart(noblock)
-            identity, now = frames[0], time.monotonic()
-            heard[identity] = now
+        for peer, reply_to, frames in self._endpoint.receive():
+            now = time.monotonic()
+            heard[peer] = now
             if len(heard) > 4 * 1024:
                 for key in [k for k, t in heard.items() if now - t > _ACTIVE_S]:
                     del heard[key]
             request_id: Any = 0
             try:
-                if len(frames) < 2:
+                if isinstance(frames, ProtocolViolation):
+                    raise frames
+                if not frames:
                     raise ProtocolViolation("a message needs a header frame")
-                if sum(len(f) for f in frames[1:]) > self._max_message_bytes:
+                if sum(len(f) for f in frames) > self._max_message_bytes:
                     raise ProtocolViolation(f"the message is over the server's "
                                             f"{self._max_message_bytes}-byte limit; send "
                                             "fewer rows per request")
-                header = decode_header(frames[1])
+                header = decode_header(frames[0])
                 request_id = header.fields.get("id", 0)
                 if header.kind is Kind.INFO:
-                    self._describe(identity, header.integer("id"), header.fields.get("client"))
+                    self._describe(peer, reply_to, header.integer("id"),
+                                   header.fields.get("client"))
                     continue
                 if header.kind is not Kind.ACT:
                     raise ProtocolViolation(f"the inference server takes info and act "
                                             f"requests, not {header.kind.value!r}")
-                request = decode_request(header, frames[2:])
+                request = decode_request(header, frames[1:])
             except ProtocolViolation as err:
-                self.stats_counters.failed(identity, malformed=True)
-                self._refuse(identity, request_id, str(err))
+                self.stats_counters.failed(peer, malformed=True)
+                self._refuse(reply_to, request_id, str(err))
                 continue
             problem = self._misfit(request)
             if problem is not None:
-                self.stats_counters.failed(identity, malformed=False)
-                self._refuse(identity, request.id, problem)
+                self.stats_counters.failed(peer, malformed=False)
+                self._refuse(reply_to, request.id, problem)
                 continue
-            asked = (identity, request.id)
+            asked = (peer, request.id)
             if asked in waiting:  # sent again before its answer: it is coming
                 self.stats_counters.duplicates += 1
                 continue
             waiting.add(asked)
-            pending.append(_Pending(identity, request, now))
+            pending.append(_Pending(peer, reply_to, request, now))
 
     def _misfit(self, request: Request) -> str | None:
         """Why ``request`` does not fit the served model (None: it does)."""
@@ -337,26 +346,17 @@ class InferenceServer:
                         f"action space {self.runner.action_space} needs {n}")
         return None
 
-    def _describe(self, identity: bytes, request_id: int, name: Any) -> None:
-        self.stats_counters.client(identity, name if isinstance(name, str) else None)
+    def _describe(self, peer: bytes, reply_to: Any, request_id: int, name: Any) -> None:
+        self.stats_counters.client(peer, name if isinstance(name, str) else None)
         model, version = self.runner.current()
-        self._send([identity, encode(Kind.DESCRIBED, id=request_id,
-                                     metadata=model.metadata.to_json(), version=version,
-                                     max_rows=MAX_ROWS)])
+        self._endpoint.send(reply_to, [encode(Kind.DESCRIBED, id=request_id,
+                                              metadata=model.metadata.to_json(),
+                                              version=version, max_rows=MAX_ROWS)])
 
-    def _refuse(self, identity: bytes, request_id: Any, reason: str) -> None:
+    def _refuse(self, reply_to: Any, request_id: Any, reason: str) -> None:
         if isinstance(request_id, bool) or not isinstance(request_id, int):
             request_id = 0
-        self._send([identity, encode(Kind.ERROR, id=request_id, reason=reason[:1000])])
-
-    def _send(self, frames: list[Any]) -> None:
-        zmq = self._zmq
-        try:
-            self._sock.send_multipart(frames, self._noblock)
-        except zmq.Again:  # the client's queue is full (gone, or not reading): its loss
-            log.debug("dropped an answer to a client that does not read")
-        except zmq.ZMQError as err:  # EHOSTUNREACH with ROUTER_MANDATORY: the client left
-            log.debug("could not answer a client: %s", err)
+        self._endpoint.send(reply_to, [encode(Kind.ERROR, id=request_id, reason=reason[:1000])])
 
     def _dispatch(self, pending: collections.deque[_Pending], heard: dict[bytes, float],
                   waiting: set[tuple[bytes, int]]) -> None:
@@ -365,7 +365,7 @@ class InferenceServer:
             rows = sum(len(p.request.obs) for p in pending)
             if rows < self.max_batch and now - pending[0].arrived < self.max_wait:
                 active = sum(1 for t in heard.values() if now - t <= _ACTIVE_S)
-                if len({p.identity for p in pending}) < active:
+                if len({p.peer for p in pending}) < active:
                     return  # more clients may join this batch
             job: list[_Pending] = []
             taken = 0
@@ -383,18 +383,22 @@ class InferenceServer:
                 self._jobs.put(job)
 
     def _answer(self, waiting: set[tuple[bytes, int]]) -> None:
-        while self._pull.getsockopt(self._events) & self._pollin:
-            self._pull.recv(self._noblock)
+        zmq = self._zmq
+        while True:  # one wake-up per batch done
+            try:
+                self._pull.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
             self._idle += 1
             self._deliver(*self._done.get(), waiting)
 
     def _deliver(self, job: list[_Pending], replies: list[list[Any]], started: float,
                  ended: float, waiting: set[tuple[bytes, int]]) -> None:
         for item, frames in zip(job, replies):
-            self._send([item.identity, *frames])
-            waiting.discard((item.identity, item.request.id))
+            self._endpoint.send(item.reply_to, frames)
+            waiting.discard((item.peer, item.request.id))
         self.stats_counters.answered(
-            [(item.identity, len(item.request.obs), started - item.arrived) for item in job],
+            [(item.peer, len(item.request.obs), started - item.arrived) for item in job],
             model=ended - started)
 
     # -- the model threads ----------------------------------------------------------------------
@@ -442,16 +446,14 @@ class InferenceServer:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if self._monitor is not None:
-            self._sock.disable_monitor()
-        for sock in (self._monitor, getattr(self, "_sock", None), getattr(self, "_pull", None)):
-            if sock is not None:
-                sock.close(0)
+        if self._endpoint is not None:
+            self._endpoint.close()
+        if getattr(self, "_pull", None) is not None:
+            self._pull.close(0)
         if self._auth is not None:
             self._auth.stop()
         self._ctx.term()
         release_gc_thread()
-
 
 
 def _step_many(model: Any, obs: np.ndarray, sizes: list[int], masks: list[Any] | None,

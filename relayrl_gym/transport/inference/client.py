@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -15,9 +16,10 @@ import numpy as np
 from relayrl_gym.errors import ConfigError, ModelError, TransportError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
 from relayrl_gym.policies.metadata import ModelMetadata
-from relayrl_gym.transport._zmq import new_context, release_gc_thread, require_zmq
+from relayrl_gym.transport.inference.channels import NatsChannel, ZmqChannel
 from relayrl_gym.transport.inference.wire import decode_actions, encode_request
 from relayrl_gym.transport.keys import client_keys
+from relayrl_gym.transport.nats.options import parse_nats_url
 from relayrl_gym.transport.protocol import (
     Header,
     Kind,
@@ -25,12 +27,7 @@ from relayrl_gym.transport.protocol import (
     decode_header,
     encode,
 )
-from relayrl_gym.transport.sockets import (
-    connect_socket,
-    failed_handshakes,
-    tcp_endpoint,
-    watch_handshakes,
-)
+from relayrl_gym.transport.sockets import tcp_endpoint
 
 __all__ = ["DEFAULT_RETRY", "DEFAULT_TIMEOUT", "RemotePolicy", "is_remote_policy"]
 
@@ -40,12 +37,12 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY = 1.0
 #: Seconds without an answer before a request fails.
 DEFAULT_TIMEOUT = 30.0
-_SCHEMES = ("zmq+tcp://",)
+_SCHEMES = ("zmq+tcp://", "nats://", "nats+tls://")
 
 
 def is_remote_policy(model: Any) -> bool:
-    """Whether ``model`` names an inference server (``zmq+tcp://HOST:PORT``) rather than a
-    model on disk.
+    """Whether ``model`` names an inference server (``zmq+tcp://HOST:PORT``, or the servers
+    of ``nats://HOST:PORT/NAME``) rather than a model on disk.
 
     >>> is_remote_policy("zmq+tcp://127.0.0.1:7780"), is_remote_policy("policies/pi")
     (True, False)
@@ -77,12 +74,14 @@ class RemotePolicy:
 
         Args:
             url: ``zmq+tcp://HOST:PORT``, with optional ``?curve=DIR`` (a client key folder
-                from ``relayrl-gym keygen``), ``timeout=S`` and ``retry=S``.
+                from ``relayrl-gym keygen``), ``timeout=S`` and ``retry=S``; or
+                ``nats://[CREDENTIALS@]HOST:PORT/NAME`` (the queue group of servers bound
+                to that URL; ``timeout`` and ``retry`` too).
             timeout: seconds without an answer before a call fails (default 30; also
                 ``?timeout=``).
             retry: seconds before an unanswered request is sent again (default 1; also
                 ``?retry=``).
-            curve_keys: the client key folder (overrides ``?curve=``).
+            curve_keys: the client key folder (overrides ``?curve=``; ZMQ only).
             name: how the server's statistics name this client (default host:pid).
 
         Raises:
@@ -90,38 +89,40 @@ class RemotePolicy:
                 CurveZMQ handshake failed).
         """
         if not is_remote_policy(url):
-            raise ConfigError(f"an inference server URL is zmq+tcp://HOST:PORT, got {url!r}")
-        base, _, query = url.partition("?")
-        options = dict(parse_qsl(query, keep_blank_values=True))
-        unknown = sorted(set(options) - {"curve", "timeout", "retry"})
-        if unknown:
-            raise ConfigError(f"unknown option(s) {unknown} in {base!r}; known: curve, "
-                              "timeout, retry")
-        self.endpoint = tcp_endpoint(base)
-        self.url = base
-        self.timeout = _seconds(timeout, options.get("timeout"), DEFAULT_TIMEOUT, "timeout")
-        self.retry = _seconds(retry, options.get("retry"), DEFAULT_RETRY, "retry")
-        keys_dir = curve_keys if curve_keys is not None else options.get("curve")
-        keys = client_keys(keys_dir) if keys_dir else None
-        zmq = require_zmq()
-        self._zmq = zmq
-        self._noblock = int(zmq.NOBLOCK)  # a plain int: enum flags are slow on the hot path
+            raise ConfigError(f"an inference server URL is zmq+tcp://HOST:PORT or "
+                              f"nats://HOST:PORT/NAME, got {url!r}")
+        options: dict[str, str]
+        if url.startswith("zmq+tcp://"):
+            base, _, query = url.partition("?")
+            options = dict(parse_qsl(query, keep_blank_values=True))
+            unknown = sorted(set(options) - {"curve", "timeout", "retry"})
+            if unknown:
+                raise ConfigError(f"unknown option(s) {unknown} in {base!r}; known: curve, "
+                                  "timeout, retry")
+            self.url = base
+            keys_dir = curve_keys if curve_keys is not None else options.get("curve")
+            keys = client_keys(keys_dir) if keys_dir else None
+            endpoint = tcp_endpoint(base)
+            self.timeout = _seconds(timeout, options.get("timeout"), DEFAULT_TIMEOUT, "timeout")
+            self.retry = _seconds(retry, options.get("retry"), DEFAULT_RETRY, "retry")
+            self._channel: Any = ZmqChannel(endpoint, keys)
+        else:
+            target = parse_nats_url(url)
+            self.url = target.display
+            self.timeout = _seconds(timeout, target.option("timeout"), DEFAULT_TIMEOUT,
+                                    "timeout")
+            self.retry = _seconds(retry, target.option("retry"), DEFAULT_RETRY, "retry")
+            self._channel = NatsChannel(target)
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._seeds: np.random.Generator | None = None
         self._closed = False
-        self._ctx = new_context()
-        self._sock = connect_socket(self._ctx, zmq.DEALER, self.endpoint, keys=keys)
-        self._monitor = watch_handshakes(self._sock) if keys is not None else None
         self._exit_key = close_at_exit(self, RemotePolicy.close)
         #: Malformed or unknown messages from the server, ignored.
         self.rejected = 0
         #: Requests sent again after ``retry`` seconds without an answer.
         self.retries = 0
         try:
-            import os
-            import socket
-
             header, _ = self._call(lambda rid: [encode(
                 Kind.INFO, id=rid, client=name or f"{socket.gethostname()}:{os.getpid()}")],
                 Kind.DESCRIBED)
@@ -194,7 +195,7 @@ class RemotePolicy:
 
     # -- the exchange -------------------------------------------------------------------------
     def _call(self, frames_for: Any, expected: Kind) -> tuple[Header, list[bytes]]:
-        zmq = self._zmq
+        channel = self._channel
         with self._lock:
             if self._closed:
                 raise TransportError(f"the connection to the inference server at {self.url} "
@@ -208,15 +209,13 @@ class RemotePolicy:
                 if now >= resend:
                     if now > start:
                         self.retries += 1
-                    # Again: nothing connected and the queue is full: the next try goes.
-                    with contextlib.suppress(zmq.Again):
-                        self._sock.send_multipart(frames, self._noblock, copy=False)
+                    channel.send(frames)
                     resend = now + self.retry
                 if now >= deadline:
                     raise TransportError(self._silence())
-                if not self._sock.poll(max(1, int((min(resend, deadline) - now) * 1000))):
+                reply = channel.receive(min(resend, deadline) - now)
+                if reply is None:
                     continue
-                reply = self._sock.recv_multipart(self._noblock)
                 try:
                     header = decode_header(reply[0])
                 except ProtocolViolation as err:
@@ -234,12 +233,12 @@ class RemotePolicy:
                 return header, reply[1:]
 
     def _silence(self) -> str:
-        problems = failed_handshakes(self._monitor) if self._monitor is not None else []
-        if problems:
-            return f"no answer from the inference server at {self.url}: {problems[-1]}"
+        problem = self._channel.silence()
+        if problem and "authentication refused" in problem:
+            return f"no answer from the inference server at {self.url}: {problem}"
         return (f"no answer from the inference server at {self.url} for {self.timeout:g} s; is "
                 f"`relayrl-gym serve-policy` running there (and reachable)? Raise "
-                f"?timeout= to wait longer")
+                f"?timeout= to wait longer" + (f" ({problem})" if problem else ""))
 
     def close(self) -> None:
         """Closes the connection; idempotent."""
@@ -248,12 +247,7 @@ class RemotePolicy:
                 return
             self._closed = True
         forget_at_exit(self._exit_key)
-        if self._monitor is not None:
-            self._sock.disable_monitor()
-            self._monitor.close(0)
-        self._sock.close(0)
-        self._ctx.term()
-        release_gc_thread()
+        self._channel.close()
 
     def __enter__(self) -> RemotePolicy:
         return self

@@ -10,6 +10,7 @@ what was wrong.
 from __future__ import annotations
 
 import math
+import struct
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -31,7 +32,9 @@ __all__ = [
     "decode_request",
     "encode_actions",
     "encode_request",
+    "pack",
     "read_array",
+    "unpack",
 ]
 
 #: The dtypes an array frame may hold (plain numbers and booleans, native byte order).
@@ -106,6 +109,43 @@ def read_array(spec: Any, frame: bytes | memoryview, what: str) -> np.ndarray:
         raise ProtocolViolation(f"`{what}` of dtype {dtype} and shape {tuple(shape)} needs "
                                 f"{expected} bytes; its frame has {len(frame)}")
     return np.frombuffer(frame, dtype=dtype).reshape(shape)
+
+
+_COUNT = struct.Struct("<I")
+_MAX_FRAMES = 16
+
+
+def pack(frames: list[Any]) -> bytes:
+    """Frames as one message, for transports without multipart messages (NATS): their count,
+    each one's length, then their bytes.
+
+    >>> unpack(pack([b"ab", b"", b"c"]))
+    [b'ab', b'', b'c']
+    """
+    views = [memoryview(f).cast("B") if not isinstance(f, bytes) else f for f in frames]
+    head = _COUNT.pack(len(views)) + struct.pack(f"<{len(views)}Q", *map(len, views))
+    return b"".join([head, *views])
+
+
+def unpack(data: bytes | memoryview) -> list[bytes]:
+    """The frames of a `pack` message; raises `ProtocolViolation` when it is not one."""
+    view = memoryview(data).cast("B")
+    if len(view) < _COUNT.size:
+        raise ProtocolViolation("a packed message needs its frame count")
+    (count,) = _COUNT.unpack_from(view)
+    if not 1 <= count <= _MAX_FRAMES or len(view) < _COUNT.size + 8 * count:
+        raise ProtocolViolation(f"a packed message holds 1 to {_MAX_FRAMES} frames, with their "
+                                f"lengths; got a count of {count}")
+    lengths = struct.unpack_from(f"<{count}Q", view, _COUNT.size)
+    start = _COUNT.size + 8 * count
+    if start + sum(lengths) != len(view):
+        raise ProtocolViolation(f"a packed message's frames add up to {sum(lengths)} bytes; it "
+                                f"holds {len(view) - start}")
+    frames = []
+    for length in lengths:
+        frames.append(bytes(view[start:start + length]))
+        start += length
+    return frames
 
 
 def encode_request(request_id: int, obs: np.ndarray, mask: np.ndarray | None = None,

@@ -30,9 +30,9 @@ CREDENTIAL_KEYS = ("user", "password", "token", "creds", "nkey", "tls_ca", "tls_
 #: The other options of a NATS URL; one URL serves every part (a part ignores the others'):
 #: the stream a sink or consumer creates when missing (``replicas``, ``max_age``,
 #: ``max_bytes``), the sink (``spill``, ``close_timeout``, ``models=off``), the consumer
-#: (``durable``, ``partition``).
+#: (``durable``, ``partition``), an inference client (``timeout``, ``retry``).
 OPTIONS = ("replicas", "max_age", "max_bytes", "spill", "close_timeout", "models", "durable",
-           "partition")
+           "partition", "timeout", "retry")
 _STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _DURABLE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _UNSAFE_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
