@@ -96,9 +96,11 @@ def wrap(
         spill_dir: where rows wait, as Arrow files, while a sink is down and more than 64 MiB
             are waiting (default: ``_spill`` in the Arrow sink's directory, else
             ``relayrl_runs/_spill``); they are retried with backoff.
-        policy: a ModelModule (or a path to one) behind ``envs.act(obs)``: one batched model
-            call for every copy; steps taking those actions record its version and outputs.
-        policies: PettingZoo only: ``{agent: ModelModule | path | callable}``, the agents the
+        policy: a ModelModule (or a path to one, or an inference server's URL:
+            ``zmq+tcp://HOST:PORT``, ``nats://HOST:PORT/NAME``) behind ``envs.act(obs)``: one
+            batched model call (or request) for every copy; steps taking those actions record
+            its version and outputs.
+        policies: PettingZoo only: ``{agent: ModelModule | path | URL | callable}``, the agents the
             runtime plays (batched across game copies, hot-swappable with
             ``env.update_policy(agent, model)``); the caller plays the others.
         copy: as `gymnasium.vector.SyncVectorEnv`'s (observations are new arrays either way).

@@ -44,7 +44,8 @@ class AgentBuilder:
         return self
 
     def default_model(self, model: Any) -> AgentBuilder:
-        """The ModelModule (or a path to one) every actor acts with unless given its own."""
+        """The ModelModule (or a path to one, or an inference server's URL) every actor acts
+        with unless given its own."""
         self._model = model
         return self
 
