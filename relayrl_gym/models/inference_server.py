@@ -16,20 +16,20 @@ for a load, and every answer names the version that computed it.
 
 from __future__ import annotations
 
-import collections
 import itertools
 import logging
 import os
 import queue
 import threading
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
 from relayrl_gym.errors import ConfigError, StateError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
+from relayrl_gym.models.inference_backlog import Backlog, Pending
 from relayrl_gym.models.inference_stats import InferenceStats
 from relayrl_gym.models.nats_source import NatsModelSource
 from relayrl_gym.models.runner import PolicyRunner
@@ -53,16 +53,8 @@ log = logging.getLogger(__name__)
 
 #: The largest message a client may send by default (observations of one request).
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-_ACTIVE_S = 1.0  # a client heard this recently counts among those a batch may wait for
 _IDLE_POLL_MS = 100
 _NATS_START_WAIT = 5.0  # how long a NATS server's construction waits for its subscription
-
-
-class _Pending(NamedTuple):
-    peer: bytes  # the client, for de-duplication and statistics
-    reply_to: Any  # where its answer goes
-    request: Request
-    arrived: float
 
 
 class InferenceServer:
@@ -141,8 +133,8 @@ class InferenceServer:
         self._discrete = isinstance(self.runner.action_space, spaces.Discrete)
         self._closed = False
         self._stop = threading.Event()
-        self._jobs: queue.SimpleQueue[list[_Pending] | None] = queue.SimpleQueue()
-        self._done: queue.SimpleQueue[tuple[list[_Pending], list[list[Any]], float, float]] = (
+        self._jobs: queue.SimpleQueue[list[Pending] | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[list[Pending], list[list[Any]], float, float]] = (
             queue.SimpleQueue())
         self._ctx = new_context()
         self._auth: Any = None
@@ -254,41 +246,41 @@ class InferenceServer:
         poller.register(self._pull, zmq.POLLIN)
         if endpoint.monitor is not None:
             poller.register(endpoint.monitor, zmq.POLLIN)
-        pending: collections.deque[_Pending] = collections.deque()
-        waiting: set[tuple[bytes, int]] = set()  # requests pending or in a batch
-        heard: dict[bytes, float] = {}
+        answers = zmq.Poller()  # what is polled while the backlog is full: no new requests
+        answers.register(self._pull, zmq.POLLIN)
+        if endpoint.monitor is not None:
+            answers.register(endpoint.monitor, zmq.POLLIN)
+        backlog = Backlog()
         try:
             while not self._stop.is_set():
                 timeout = _IDLE_POLL_MS
-                if pending and self._idle:
-                    due = pending[0].arrived + self.max_wait - time.monotonic()
+                if backlog.pending and self._idle:
+                    due = backlog.pending[0].arrived + self.max_wait - time.monotonic()
                     if 0 < due < 0.001:  # ZMQ polls in whole milliseconds
                         time.sleep(due)
                     timeout = max(0, min(timeout, int(due * 1000)))
-                events = dict(poller.poll(timeout))
+                full = backlog.full
+                events = dict((answers if full else poller).poll(timeout))
                 if self._pull in events:
-                    self._answer(waiting)
-                self._receive(pending, waiting, heard)
+                    self._answer(backlog)
+                if not full:
+                    self._receive(backlog)
                 if endpoint.monitor is not None and endpoint.monitor in events:
                     refused = endpoint.refused()
                     self.stats_counters.refused_auth += len(refused)
                     for line in refused:
                         log.warning("a client was refused: %s", line)
-                self._dispatch(pending, heard, waiting)
+                self._dispatch(backlog)
         except Exception:  # a bug, not a client's doing: keep it visible
             log.exception("the inference server's socket thread stopped")
         finally:
             for _ in range(len(self._threads) - 1):
                 self._jobs.put(None)
 
-    def _receive(self, pending: collections.deque[_Pending], waiting: set[tuple[bytes, int]],
-                 heard: dict[bytes, float]) -> None:
+    def _receive(self, backlog: Backlog) -> None:
         for peer, reply_to, frames in self._endpoint.receive():
             now = time.monotonic()
-            heard[peer] = now
-            if len(heard) > 4 * 1024:
-                for key in [k for k, t in heard.items() if now - t > _ACTIVE_S]:
-                    del heard[key]
+            backlog.hear(peer, now)
             request_id: Any = 0
             try:
                 if isinstance(frames, ProtocolViolation):
@@ -314,16 +306,19 @@ class InferenceServer:
                 self._refuse(reply_to, request_id, str(err))
                 continue
             problem = self._misfit(request)
-            if problem is not None:
-                self.stats_counters.failed(peer, malformed=False)
-                self._refuse(reply_to, request.id, problem)
-                continue
-            asked = (peer, request.id)
-            if asked in waiting:  # sent again before its answer: it is coming
-                self.stats_counters.duplicates += 1
-                continue
-            waiting.add(asked)
-            pending.append(_Pending(peer, reply_to, request, now))
+            if problem is None:
+                problem = backlog.admit(Pending(peer, reply_to, request, now))
+                if problem is None:
+                    if backlog.full:
+                        return  # the rest waits in the transport's queues
+                    continue
+                if problem == "duplicate":  # sent again before its answer: it is coming
+                    self.stats_counters.duplicates += 1
+                    continue
+            self.stats_counters.failed(peer, malformed=False)
+            self._refuse(reply_to, request.id, problem)
+            if backlog.full:
+                return
 
     def _misfit(self, request: Request) -> str | None:
         """Why ``request`` does not fit the served model (None: it does)."""
@@ -358,31 +353,19 @@ class InferenceServer:
             request_id = 0
         self._endpoint.send(reply_to, [encode(Kind.ERROR, id=request_id, reason=reason[:1000])])
 
-    def _dispatch(self, pending: collections.deque[_Pending], heard: dict[bytes, float],
-                  waiting: set[tuple[bytes, int]]) -> None:
-        while pending and self._idle:
-            now = time.monotonic()
-            rows = sum(len(p.request.obs) for p in pending)
-            if rows < self.max_batch and now - pending[0].arrived < self.max_wait:
-                active = sum(1 for t in heard.values() if now - t <= _ACTIVE_S)
-                if len({p.peer for p in pending}) < active:
-                    return  # more clients may join this batch
-            job: list[_Pending] = []
-            taken = 0
-            while pending and (not job or taken + len(pending[0].request.obs) <= self.max_batch):
-                item = pending.popleft()
-                job.append(item)
-                taken += len(item.request.obs)
-            self.stats_counters.batch(taken)
+    def _dispatch(self, backlog: Backlog) -> None:
+        while self._idle and backlog.ready(time.monotonic(), self.max_batch, self.max_wait):
+            job = backlog.take(self.max_batch)
+            self.stats_counters.batch(sum(len(p.request.obs) for p in job))
             if self._inline:
                 started = time.monotonic()
                 replies = self._run(job)
-                self._deliver(job, replies, started, time.monotonic(), waiting)
+                self._deliver(job, replies, started, time.monotonic(), backlog)
             else:
                 self._idle -= 1
                 self._jobs.put(job)
 
-    def _answer(self, waiting: set[tuple[bytes, int]]) -> None:
+    def _answer(self, backlog: Backlog) -> None:
         zmq = self._zmq
         while True:  # one wake-up per batch done
             try:
@@ -390,16 +373,17 @@ class InferenceServer:
             except zmq.Again:
                 return
             self._idle += 1
-            self._deliver(*self._done.get(), waiting)
+            self._deliver(*self._done.get(), backlog)
 
-    def _deliver(self, job: list[_Pending], replies: list[list[Any]], started: float,
-                 ended: float, waiting: set[tuple[bytes, int]]) -> None:
-        for item, frames in zip(job, replies):
-            self._endpoint.send(item.reply_to, frames)
-            waiting.discard((item.peer, item.request.id))
+    def _deliver(self, job: list[Pending], replies: list[list[Any]], started: float,
+                 ended: float, backlog: Backlog) -> None:
+        # Counted first: a client that has its answer finds it in the statistics.
         self.stats_counters.answered(
             [(item.peer, len(item.request.obs), started - item.arrived) for item in job],
             model=ended - started)
+        for item, frames in zip(job, replies):
+            self._endpoint.send(item.reply_to, frames)
+            backlog.done(item)
 
     # -- the model threads ----------------------------------------------------------------------
     def _work(self) -> None:
@@ -419,7 +403,7 @@ class InferenceServer:
         finally:
             push.close(0)
 
-    def _run(self, job: list[_Pending]) -> list[list[Any]]:
+    def _run(self, job: list[Pending]) -> list[list[Any]]:
         model, version = self.runner.current()
         requests = [item.request for item in job]
         sizes = [len(r.obs) for r in requests]

@@ -385,3 +385,29 @@ def test_a_ray_fleet_acts_through_the_server(tmp_path, cartpole_policy, ray_loca
         assert len(server.stats["clients"]) == 2  # one connection per worker
     rows = relayrl_gym.load(tmp_path / "runs").table
     assert len(rows) == summary.steps and set(rows["model_version"].to_pylist()) == {2}
+
+
+def test_a_client_flooding_requests_is_bounded_and_others_are_served(cartpole_policy):
+    module = cartpole_policy(0)
+    obs = np.ones((2, 4), np.float32)
+    with InferenceServer(module, bind="tcp://127.0.0.1:*") as server, \
+            RemotePolicy(server.url) as other:
+        ctx, sock = _raw_dealer(server.endpoint)
+        try:
+            for request_id in range(1, 301):  # sent at once, without reading an answer
+                sock.send_multipart(encode_request(request_id, obs))
+            answers: dict[int, str] = {}
+            while len(answers) < 300:
+                assert sock.poll(5000), f"only {len(answers)} answers"
+                header = decode_header(sock.recv_multipart()[0])
+                assert header.fields["id"] not in answers  # one answer per request
+                answers[header.fields["id"]] = (header.kind.value,
+                                                header.fields.get("reason", ""))
+            np.testing.assert_array_equal(other.step(obs)[0], module.step(obs)[0])
+        finally:
+            sock.close(0)
+            ctx.term()
+        refused = [reason for kind, reason in answers.values() if kind == "error"]
+        assert all("requests waiting already" in reason for reason in refused)
+        assert sum(kind == "actions" for kind, _ in answers.values()) >= 64
+        assert server.stats["refused"] == len(refused)
