@@ -339,6 +339,10 @@ class InferenceServer:
             if request.mask.shape[1] != n:
                 return (f"the mask has {request.mask.shape[1]} columns; the served model's "
                         f"action space {self.runner.action_space} needs {n}")
+            empty = np.flatnonzero(~request.mask.astype(np.bool_).any(axis=1))
+            if len(empty):
+                return (f"mask rows {empty[:10].tolist()} allow no action; every row needs "
+                        "at least one allowed action")
         return None
 
     def _describe(self, peer: bytes, reply_to: Any, request_id: int, name: Any) -> None:
@@ -399,28 +403,60 @@ class InferenceServer:
                 started = time.monotonic()
                 replies = self._run(job)
                 self._done.put((job, replies, started, time.monotonic()))
-                push.send(b"")
+                try:
+                    push.send(b"")
+                except zmq.ContextTerminated:  # closed meanwhile: nobody to answer
+                    return
         finally:
             push.close(0)
 
     def _run(self, job: list[Pending]) -> list[list[Any]]:
+        """The answers to the requests of one batch, all computed by one model version."""
         model, version = self.runner.current()
         requests = [item.request for item in job]
-        sizes = [len(r.obs) for r in requests]
         try:
-            obs = (requests[0].obs if len(requests) == 1 else
-                   np.concatenate([r.obs for r in requests]))
-            rngs = [None if r.seed is None else np.random.default_rng(r.seed) for r in requests]
-            masks = [r.mask for r in requests]
-            parts = _step_many(model, obs, sizes, masks if any(
-                m is not None for m in masks) else None, rngs)
-        except Exception as err:  # the model's failure is told to each client it concerns
-            self.stats_counters.model_errors += 1
-            log.warning("the served model failed on a batch of %d rows: %s", sum(sizes), err)
-            return [[encode(Kind.ERROR, id=r.id, reason=f"the served model failed: {err}"[:1000])]
-                    for r in requests]
+            if len(requests) == 1 and len(requests[0].obs) > self.max_batch:
+                parts = [self._run_long(model, requests[0])]
+            else:
+                parts = _step_many(model, requests)
+        except Exception as err:
+            if len(requests) == 1:
+                return [self._failed(requests[0], err)]
+            # One request's rows may be what fails (NaN observations): each alone, so that
+            # only its own client gets the error.
+            answers = []
+            for request in requests:
+                try:
+                    ((actions, data),) = _step_many(model, [request])
+                except Exception as own:
+                    answers.append(self._failed(request, own))
+                else:
+                    answers.append(encode_actions(request.id, version, actions, data))
+            return answers
         return [encode_actions(r.id, version, actions, data)
                 for r, (actions, data) in zip(requests, parts)]
+
+    def _run_long(self, model: Any, request: Request) -> tuple[np.ndarray, dict[str, Any]]:
+        """A request of more than ``max_batch`` rows, in model calls of ``max_batch`` rows
+        (the server closing stops between two)."""
+        rng = None if request.seed is None else np.random.default_rng(request.seed)
+        outputs = []
+        for start in range(0, len(request.obs), self.max_batch):
+            if self._stop.is_set():
+                raise StateError("the inference server is closing")
+            end = start + self.max_batch
+            mask = None if request.mask is None else request.mask[start:end]
+            outputs.append(model.step(request.obs[start:end], mask, rng=rng))
+        actions = np.concatenate([a for a, _ in outputs])
+        data = {key: np.concatenate([d[key] for _, d in outputs]) for key in outputs[0][1]}
+        return actions, data
+
+    def _failed(self, request: Request, err: Exception) -> list[Any]:
+        self.stats_counters.model_errors += 1
+        log.warning("the served model failed on a request of %d rows: %s", len(request.obs),
+                    err)
+        return [encode(Kind.ERROR, id=request.id,
+                       reason=f"the served model failed on this request: {err}"[:1000])]
 
     # -- closing ------------------------------------------------------------------------------
     def _shutdown(self, timeout: float = 5.0) -> None:
@@ -432,6 +468,8 @@ class InferenceServer:
             thread.join(max(0.0, deadline - time.monotonic()))
         if self._endpoint is not None:
             self._endpoint.close()
+        if getattr(self, "runner", None) is not None:
+            self.runner.close()  # a RemotePolicy it serves on
         if getattr(self, "_pull", None) is not None:
             self._pull.close(0)
         if self._auth is not None:
@@ -440,15 +478,21 @@ class InferenceServer:
         release_gc_thread()
 
 
-def _step_many(model: Any, obs: np.ndarray, sizes: list[int], masks: list[Any] | None,
-               rngs: list[Any]) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
-    """`ModelModule.step_many`, or for a policy object without it (a `RemotePolicy` served
-    on), one ``step`` on the whole batch cut into the requests' parts."""
+def _step_many(model: Any, requests: list[Request]
+               ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+    """One model call for the rows of ``requests``, each answered as ``step`` answers its rows
+    alone (`ModelModule.step_many`); a policy object without ``step_many`` (a `RemotePolicy`
+    served on) gets one ``step`` on the whole batch, cut into the requests' parts."""
+    sizes = [len(r.obs) for r in requests]
+    obs = requests[0].obs if len(requests) == 1 else np.concatenate([r.obs for r in requests])
+    masks = [r.mask for r in requests]
+    given = any(m is not None for m in masks)
     if hasattr(model, "step_many"):
-        return list(model.step_many(obs, sizes, masks=masks, rngs=rngs))
+        rngs = [None if r.seed is None else np.random.default_rng(r.seed) for r in requests]
+        return list(model.step_many(obs, sizes, masks=masks if given else None, rngs=rngs))
     mask = None
-    if masks is not None:
-        n = next(len(m[0]) for m in masks if m is not None and len(m))
+    if given:
+        n = next(m.shape[1] for m in masks if m is not None)
         mask = np.concatenate([np.ones((size, n), np.bool_) if m is None else m
                                for m, size in zip(masks, sizes)])
     actions, data = model.step(obs, mask)

@@ -59,13 +59,13 @@ class InferenceStats:
         with self._lock:
             found = self._clients.get(identity)
             if found is None:
-                found = self._clients[identity] = _Client(name or identity.hex())
+                found = self._clients[identity] = _Client((name or identity.hex())[:64])
                 if len(self._clients) > _CLIENTS:
                     self._clients.popitem(last=False)
             else:
                 self._clients.move_to_end(identity)
                 if name:
-                    found.name = name
+                    found.name = name[:64]
             found.last_seen = time.monotonic()
             return found
 
@@ -132,10 +132,12 @@ class InferenceStats:
                 "malformed": self.malformed, "refused": self.refused,
                 "refused_auth": self.refused_auth, "duplicates": self.duplicates,
                 "model_errors": self.model_errors,
-                "clients": {c.name: {"requests": c.requests, "rows": c.rows,
-                                     "errors": c.errors,
-                                     "idle_s": round(now - c.last_seen, 1)}
-                            for c in self._clients.values()},
+                # Keyed by the name a client gave and its connection: names are the
+                # clients' to choose, and two may choose one.
+                "clients": {f"{c.name} [{peer.hex()[-8:]}]": {
+                    "requests": c.requests, "rows": c.rows, "errors": c.errors,
+                    "idle_s": round(now - c.last_seen, 1)}
+                    for peer, c in self._clients.items()},
             }
         # The percentiles outside the lock: the socket thread does not wait for them.
         out["wait_us"], out["model_us"] = _percentiles(waits), _percentiles(model)

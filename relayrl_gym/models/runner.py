@@ -36,8 +36,8 @@ class PolicyRunner:
     whose rows go to one run): a model object keeps its version, a new one gets a higher one.
 
     A model may also be an inference server's URL (``zmq+tcp://HOST:PORT``): the runner then
-    holds a `RemotePolicy` it opened, closed by `close`. Rows acted by a served policy carry
-    the version each answer names (`act_with`).
+    holds a `RemotePolicy` it opened (one per URL, however often it is given), closed by
+    `close`. Rows acted by a served policy carry the version each answer names (`act_with`).
     """
 
     def __init__(self, model: Any, observation_space: spaces.Space | None = None,
@@ -83,7 +83,9 @@ class PolicyRunner:
                  replacing: bool, device: DeviceType) -> Any:
         opened = None
         if is_remote_policy(model):
-            model = opened = RemotePolicy(model)
+            known = next((p for p in self._opened if p.url_given == model), None)
+            model = known if known is not None else RemotePolicy(model)
+            opened = None if known is not None else model
         try:
             module = fitting_model(model, observation_space, action_space, data_type,
                                    what=self.what, owner=self.owner, device=device,
@@ -101,6 +103,11 @@ class PolicyRunner:
         """Whether the current policy is served by an inference server (which follows new
         models itself: the actors' own model channel is not followed)."""
         return bool(getattr(self.model, "remote", False))
+
+    def adopt(self, other: PolicyRunner) -> None:
+        """Takes over the connections ``other`` opened (its model now runs here)."""
+        self._opened.extend(other._opened)
+        other._opened = []
 
     def close(self) -> None:
         """Closes the connections to inference servers this runner opened; idempotent."""

@@ -114,6 +114,13 @@ class RelayRLAgent(AgentCore):
                               "path)")
         policy = PolicyRunner(params.default_model, device=params.default_device)
         self._policy = policy
+        try:
+            self._start(params, policy)
+        except BaseException:
+            policy.close()  # a connection to an inference server it opened
+            raise
+
+    def _start(self, params: AgentParams, policy: PolicyRunner) -> None:
         config = params.config
         # Checks the spaces before anything is opened (a failed start leaves nothing behind).
         table = TrajectoryTable(policy.observation_space, policy.action_space, None,

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -411,3 +412,154 @@ def test_a_client_flooding_requests_is_bounded_and_others_are_served(cartpole_po
         assert all("requests waiting already" in reason for reason in refused)
         assert sum(kind == "actions" for kind, _ in answers.values()) >= 64
         assert server.stats["refused"] == len(refused)
+
+
+def _ask_together(endpoint: str, requests: list[list]) -> list[tuple]:
+    """Sends each request from a connection of its own, then reads every answer."""
+    peers = [_raw_dealer(endpoint) for _ in requests]
+    try:
+        for (_, sock), frames in zip(peers, requests):
+            sock.send_multipart(frames)
+        answers = []
+        for _, sock in peers:
+            assert sock.poll(5000), "no answer"
+            answers.append(decode_header(sock.recv_multipart()[0]))
+        return answers
+    finally:
+        for ctx, sock in peers:
+            sock.close(0)
+            ctx.term()
+
+
+def test_one_clients_bad_rows_fail_only_its_own_request(tmp_path, ttt_policy_dir):
+    """A mask allowing nothing is refused on arrival; NaN observations make the model fail on
+    that request alone, not on the others batched with it."""
+    _, module = ttt_policy_dir
+    box = ModelModule.from_torch(torch.nn.Linear(4, 2), CARTPOLE.observation_space,
+                                 CARTPOLE.action_space, path=tmp_path / "box")
+    obs = np.zeros((2, 3, 3, 2), np.int8)
+    with InferenceServer(module, bind="tcp://127.0.0.1:*", max_wait_us=300_000) as server:
+        victim, attacker = _ask_together(server.endpoint, [
+            encode_request(1, obs, mask=np.ones((2, 9), np.bool_)),
+            encode_request(1, obs, mask=np.zeros((2, 9), np.uint8))])
+        assert victim.kind.value == "actions"
+        assert "mask rows [0, 1] allow no action" in attacker.fields["reason"]
+        assert server.stats["refused"] == 1 and server.stats["model_errors"] == 0
+    with InferenceServer(box, bind="tcp://127.0.0.1:*", max_wait_us=300_000) as server:
+        good = np.ones((2, 4), np.float32)
+        victim, attacker = _ask_together(server.endpoint, [
+            encode_request(1, good), encode_request(1, np.full((2, 4), np.nan, np.float32))])
+        assert victim.kind.value == "actions", victim.fields
+        assert attacker.kind.value == "error"
+        assert "failed on this request" in attacker.fields["reason"]
+        stats = server.stats
+        assert stats["batches"] == 1 and stats["model_errors"] == 1
+
+
+def test_a_request_longer_than_max_batch_is_answered_in_parts(cartpole_policy):
+    module = cartpole_policy(0)
+    obs = np.random.default_rng(0).uniform(-2, 2, (70, 4)).astype(np.float32)
+    with InferenceServer(module, bind="tcp://127.0.0.1:*", max_batch=32) as server, \
+            RemotePolicy(server.url) as remote:
+        np.testing.assert_array_equal(remote.step(obs)[0], module.step(obs)[0])
+
+
+def test_close_from_another_thread_stops_a_waiting_call(cartpole_policy):
+    server = InferenceServer(cartpole_policy(0), bind="tcp://127.0.0.1:*")
+    remote = RemotePolicy(server.url, timeout=30)
+    server.close()
+    failure: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            remote.step(np.zeros((1, 4), np.float32))
+        except BaseException as err:
+            failure.append(err)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.3)
+    start = time.monotonic()
+    remote.close()
+    thread.join(5)
+    assert time.monotonic() - start < 1.5 and not thread.is_alive()
+    assert isinstance(failure[0], TransportError) and "was closed" in str(failure[0])
+
+
+def test_interpreter_exit_with_a_call_waiting_on_a_dead_server(tmp_path, cartpole_policy):
+    model_dir = cartpole_policy(0).save(tmp_path / "pi")
+    script = tmp_path / "exit.py"
+    script.write_text(
+        "import threading, time, numpy as np\n"
+        "from relayrl_gym import InferenceServer\n"
+        "from relayrl_gym.transport.inference.client import RemotePolicy\n"
+        f"server = InferenceServer({str(model_dir)!r}, bind='tcp://127.0.0.1:*')\n"
+        "remote = RemotePolicy(server.url, timeout=60)\n"
+        "server.close()\n"
+        "threading.Thread(target=remote.step, args=(np.zeros((1, 4), np.float32),),\n"
+        "                 daemon=True).start()\n"
+        "time.sleep(0.5)\n"
+        "print('leaving', flush=True)\n")
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=_env())
+    assert proc.stdout.readline().strip() == "leaving"
+    start = time.monotonic()
+    proc.wait(30)
+    assert time.monotonic() - start < 2.5
+
+
+def test_connections_opened_for_a_url_are_closed_on_every_path(tmp_path, cartpole_policy):
+    import gc
+
+    def open_remotes() -> int:
+        gc.collect()
+        return sum(1 for o in gc.get_objects()
+                   if isinstance(o, RemotePolicy) and not o._closed)
+
+    with InferenceServer(cartpole_policy(0), bind="tcp://127.0.0.1:*") as server:
+        agent, params = (relayrl_gym.AgentBuilder().actor_count(1).default_model(server.url)
+                         .sink("unknown-scheme://x").build())
+        with pytest.raises(ConfigError):
+            agent.start(params)
+        assert open_remotes() == 0
+        with InferenceServer(server.url, bind="tcp://127.0.0.1:*") as relay, \
+                RemotePolicy(relay.url) as remote:
+            assert remote.step(np.zeros((1, 4), np.float32))[0].shape == (1,)
+        assert open_remotes() == 0
+        agent, params = (relayrl_gym.AgentBuilder().actor_count(1).default_model(server.url)
+                         .sink(None).build())
+        agent.start(params)
+        for _ in range(3):
+            agent.update_model(server.url)  # one connection per URL, however often given
+        assert open_remotes() == 1
+        agent.shutdown()
+        assert open_remotes() == 0
+
+
+def test_a_server_restarted_with_another_model_is_an_error_not_wrong_rows(tmp_path,
+                                                                          cartpole_policy,
+                                                                          value_policy):
+    port = _free_port()
+    first = InferenceServer(cartpole_policy(0), bind=f"tcp://127.0.0.1:{port}")
+    remote = RemotePolicy(f"zmq+tcp://127.0.0.1:{port}?retry=0.2")
+    try:
+        remote.step(np.zeros((1, 4), np.float32))
+        first.close()
+        with InferenceServer(value_policy, bind=f"tcp://127.0.0.1:{port}"), \
+                pytest.raises(TransportError, match="restarted with another model"):
+            remote.step(np.zeros((1, 4), np.float32))
+    finally:
+        remote.close()
+        first.close()
+
+
+def test_clients_that_give_one_name_are_counted_apart(cartpole_policy):
+    with InferenceServer(cartpole_policy(0), bind="tcp://127.0.0.1:*") as server, \
+            RemotePolicy(server.url, name="actor-7") as a, \
+            RemotePolicy(server.url, name="actor-7") as b:
+        for remote, times in ((a, 5), (b, 1)):
+            for _ in range(times):
+                remote.step(np.zeros((2, 4), np.float32))
+        clients = server.stats["clients"]
+    assert sorted(c["requests"] for c in clients.values()) == [1, 5]
+    assert all(name.startswith("actor-7 [") for name in clients)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import queue
+import weakref
 from typing import Any
 
 from relayrl_gym.errors import TransportError
@@ -47,10 +48,12 @@ class ZmqChannel:
         zmq = require_zmq()
         self._again = zmq.Again
         self._noblock = int(zmq.NOBLOCK)  # a plain int: enum flags are slow on the hot path
-        self._ctx = new_context()
-        self._sock = connect_socket(self._ctx, zmq.DEALER, endpoint, keys=keys)
+        ctx = new_context()
+        self._sock = connect_socket(ctx, zmq.DEALER, endpoint, keys=keys)
         self._monitor = watch_handshakes(self._sock) if keys is not None else None
-        self._where = endpoint
+        # Closed in order even when dropped unclosed: a context collected with a socket that
+        # the collector finalized first would wait for it for ever.
+        self._close = weakref.finalize(self, _close_zmq, ctx, self._sock, self._monitor)
 
     def send(self, frames: list[Any]) -> None:
         with contextlib.suppress(self._again):  # nothing connected and the queue is full
@@ -67,12 +70,16 @@ class ZmqChannel:
         return problems[-1] if problems else None
 
     def close(self) -> None:
-        if self._monitor is not None:
-            self._sock.disable_monitor()
-            self._monitor.close(0)
-        self._sock.close(0)
-        self._ctx.term()
-        release_gc_thread()
+        self._close()
+
+
+def _close_zmq(ctx: Any, sock: Any, monitor: Any) -> None:
+    if monitor is not None:
+        sock.disable_monitor()
+        monitor.close(0)
+    sock.close(0)
+    ctx.term()
+    release_gc_thread()
 
 
 class NatsChannel:

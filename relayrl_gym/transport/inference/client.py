@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 DEFAULT_RETRY = 1.0
 #: Seconds without an answer before a request fails.
 DEFAULT_TIMEOUT = 30.0
+_SLICE = 0.1  # how often a waiting call looks whether it was closed
 _SCHEMES = ("zmq+tcp://", "nats://", "nats+tls://")
 
 
@@ -88,6 +89,8 @@ class RemotePolicy:
             TransportError: no answer within ``timeout`` (the message says whether the
                 CurveZMQ handshake failed).
         """
+        #: The URL as given (credentials and options included: never shown).
+        self.url_given = url
         if not is_remote_policy(url):
             raise ConfigError(f"an inference server URL is zmq+tcp://HOST:PORT or "
                               f"nats://HOST:PORT/NAME, got {url!r}")
@@ -116,7 +119,7 @@ class RemotePolicy:
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._seeds: np.random.Generator | None = None
-        self._closed = False
+        self._closed = self._channel_closed = False
         self._exit_key = close_at_exit(self, RemotePolicy.close)
         #: Malformed or unknown messages from the server, ignored.
         self.rejected = 0
@@ -130,6 +133,9 @@ class RemotePolicy:
                                                     source=f"the server at {self.url}")
             self._version = header.integer("version", minimum=-1)
             self.max_rows = header.integer("max_rows", minimum=1)
+            #: The extra outputs every answer carries (what the model's step gives in data).
+            self._outputs = set(self.metadata.extra_outputs) | (
+                {"log_prob"} if self.metadata.action_head == "sample" else set())
         except BaseException:
             self.close()
             raise
@@ -185,13 +191,28 @@ class RemotePolicy:
         except ProtocolViolation as err:
             raise TransportError(f"the inference server at {self.url} sent a malformed "
                                  f"answer: {err}") from err
-        if len(reply.actions) != len(x):
-            raise TransportError(f"the inference server at {self.url} answered "
-                                 f"{len(reply.actions)} actions for {len(x)} observations")
+        problem = self._unexpected(reply.actions, reply.data, len(x))
+        if problem is not None:
+            raise TransportError(f"the inference server at {self.url} answered {problem}; "
+                                 "was it restarted with another model? Reconnect (a new "
+                                 "RemotePolicy, or a new env) to act with the model it serves now")
         self._version = reply.version
         # Copies: the frames are read-only and callers may write into what they get.
         return (reply.actions.copy(), {k: v.copy() for k, v in reply.data.items()},
                 reply.version)
+
+    def _unexpected(self, actions: np.ndarray, data: dict[str, np.ndarray], rows: int
+                    ) -> str | None:
+        """What in an answer does not fit the model the server described (None: it fits)."""
+        space = self.action_space
+        wanted = (rows, *(space.shape or ()))
+        if actions.shape != wanted or actions.dtype != space.dtype:
+            return (f"actions of shape {actions.shape} and dtype {actions.dtype} where the "
+                    f"model it described gives {wanted} and {space.dtype}")
+        if set(data) != self._outputs:
+            return (f"the extra outputs {sorted(data)} where the model it described gives "
+                    f"{sorted(self._outputs)}")
+        return None
 
     # -- the exchange -------------------------------------------------------------------------
     def _call(self, frames_for: Any, expected: Kind) -> tuple[Header, list[bytes]]:
@@ -213,7 +234,11 @@ class RemotePolicy:
                     resend = now + self.retry
                 if now >= deadline:
                     raise TransportError(self._silence())
-                reply = channel.receive(min(resend, deadline) - now)
+                if self._closed:  # close() from another thread (or at exit): stop waiting
+                    self._close_channel()
+                    raise TransportError(f"the connection to the inference server at "
+                                         f"{self.url} was closed while waiting for an answer")
+                reply = channel.receive(min(resend, deadline, now + _SLICE) - now)
                 if reply is None:
                     continue
                 try:
@@ -240,14 +265,24 @@ class RemotePolicy:
                 f"`relayrl-gym serve-policy` running there (and reachable)? Raise "
                 f"?timeout= to wait longer" + (f" ({problem})" if problem else ""))
 
-    def close(self) -> None:
-        """Closes the connection; idempotent."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
+    def close(self, wait: float = _SLICE * 5) -> None:
+        """Closes the connection; idempotent. A call waiting for an answer on another thread
+        stops within a fraction of a second with `TransportError`; ``wait``: how long to let
+        it end first."""
+        if self._closed:
+            return
+        self._closed = True
         forget_at_exit(self._exit_key)
-        self._channel.close()
+        if self._lock.acquire(timeout=wait):  # else the call in flight closes it as it ends
+            try:
+                self._close_channel()
+            finally:
+                self._lock.release()
+
+    def _close_channel(self) -> None:
+        if not self._channel_closed:
+            self._channel_closed = True
+            self._channel.close()
 
     def __enter__(self) -> RemotePolicy:
         return self

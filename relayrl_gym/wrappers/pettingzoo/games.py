@@ -98,10 +98,12 @@ class GameCopies:
                         [None] * len(self.actors))
 
     def close_copies(self) -> None:
-        """Closes every copy where it lives, whatever fails on the way (then raises the first
-        error), after handing the staged rows to the recorders."""
+        """Closes every copy where it lives, and the policies' connections to inference
+        servers, whatever fails on the way (then raises the first error), after handing the
+        staged rows to the recorders."""
+        policies = getattr(self, "policies", None)  # the subclasses' (AgentPolicies)
         run_all([*([self.recording.hand_over] if self.recording is not None else []),
-                 self._close_envs])
+                 self._close_envs, *([policies.close] if policies is not None else [])])
 
     def _close_envs(self) -> None:
         # Every copy at once where it lives, each whatever the others do; then the first error
@@ -117,10 +119,8 @@ class GameCopies:
         if self._closed:
             return
         self._closed = True
-        policies = getattr(self, "policies", None)  # the subclasses' (AgentPolicies)
         run_all([self.close_copies, self.router.close,
-                 *([self.recording.close] if self.recording is not None else []),
-                 *([policies.close] if policies is not None else [])])
+                 *([self.recording.close] if self.recording is not None else [])])
 
 
 def _close_env(actor: Actor, _: Any) -> Exception | None:

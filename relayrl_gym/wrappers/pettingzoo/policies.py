@@ -142,6 +142,7 @@ class AgentPolicies:
             with self._lock:
                 runner = self._runners.get(agent)
                 if runner is not None:  # another update made one meanwhile: swap into it
+                    runner.adopt(new)
                     return runner.swap(new.model)
                 self._runners[agent] = new
                 self._callables.pop(agent, None)
