@@ -418,6 +418,8 @@ def _ask_together(endpoint: str, requests: list[list]) -> list[tuple]:
     """Sends each request from a connection of its own, then reads every answer."""
     peers = [_raw_dealer(endpoint) for _ in requests]
     try:
+        for _, sock in peers:  # each heard first: the batch then waits for all of them
+            _ask(sock, [encode(relayrl_gym.transport.protocol.Kind.INFO, id=0)])
         for (_, sock), frames in zip(peers, requests):
             sock.send_multipart(frames)
         answers = []

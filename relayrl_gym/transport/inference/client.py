@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -117,7 +117,10 @@ class RemotePolicy:
             self.retry = _seconds(retry, target.option("retry"), DEFAULT_RETRY, "retry")
             self._channel = NatsChannel(target)
         self._lock = threading.Lock()
-        self._ids = itertools.count(1)
+        # Request ids nobody can guess: over NATS a client that knows this one's reply subject
+        # could otherwise answer in the server's place, or have its own request taken for
+        # this one's resend, without seeing the requests.
+        self._ids = iter(lambda: secrets.randbits(62), None)
         self._seeds: np.random.Generator | None = None
         self._closed = self._channel_closed = False
         self._exit_key = close_at_exit(self, RemotePolicy.close)
