@@ -45,7 +45,7 @@ few rows (a large model, a GPU: ``--device cuda``).
 
 Run: python benchmarks/inference_server.py [--clients 8] [--envs 8] [--cnn-envs 4]
      [--seconds 5] [--rounds 3] [--device cpu] [--max-batch 256] [--max-wait-us 500]
-     [--server-threads N] [--workloads cartpole-mlp,atari-cnn] [--quick]
+     [--server-threads N] [--workloads cartpole-mlp,atari-cnn] [--latency] [--quick]
 """
 
 from __future__ import annotations
@@ -241,6 +241,77 @@ def run_local(pool: Pool, args: argparse.Namespace, model_dir: Path, env: str, a
     return pool.run(env, actors, str(model_dir), args.seconds, args.warmup)
 
 
+def _echo(port: int) -> None:
+    """A raw ZMQ ROUTER answering every message with itself (the transport's floor)."""
+    import zmq
+
+    sock = zmq.Context().socket(zmq.ROUTER)
+    sock.bind(f"tcp://127.0.0.1:{port}")
+    while True:
+        sock.send_multipart(sock.recv_multipart())
+
+
+def latency(model_dir: Path, rounds: int, calls: int) -> None:
+    """One client, 8 CartPole rows a call: `RemotePolicy.step` to a `serve-policy` process,
+    against a raw DEALER/ROUTER echo of the same request frames to another process, and a
+    local `ModelModule.step`; interleaved rounds, medians of the per-round means."""
+    import socket
+    import subprocess
+
+    import zmq
+
+    from relayrl_gym.transport.inference.client import RemotePolicy
+    from relayrl_gym.transport.inference.wire import encode_request
+
+    def free_port() -> int:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            return int(probe.getsockname()[1])
+
+    server_port, echo_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "relayrl_gym.cli.main", "serve-policy", str(model_dir),
+         "--bind", f"tcp://127.0.0.1:{server_port}", "--stats-every", "0"],
+        stdout=subprocess.PIPE, text=True)
+    server.stdout.readline()
+    echo = mp.get_context("spawn").Process(target=_echo, args=(echo_port,), daemon=True)
+    echo.start()
+    obs = np.random.default_rng(0).normal(size=(8, 4)).astype(np.float32)
+    local = relayrl_gym.ModelModule.load_from_path(model_dir)
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.connect(f"tcp://127.0.0.1:{echo_port}")
+    frames = [bytes(f) for f in encode_request(1, obs)]
+
+    def echo_call() -> None:
+        raw.send_multipart(frames)
+        raw.recv_multipart()
+
+    try:
+        with RemotePolicy(f"zmq+tcp://127.0.0.1:{server_port}") as remote:
+            candidates = {"RemotePolicy.step": lambda: remote.step(obs),
+                          "raw ZMQ echo": echo_call,
+                          "local ModelModule.step": lambda: local.step(obs)}
+            means: dict[str, list[float]] = {name: [] for name in candidates}
+            for _ in range(rounds):
+                for name, call in candidates.items():
+                    for _ in range(200):
+                        call()
+                    start = time.perf_counter()
+                    for _ in range(calls):
+                        call()
+                    means[name].append((time.perf_counter() - start) / calls * 1e6)
+    finally:
+        raw.close(0)
+        ctx.term()
+        server.terminate()
+        server.wait(10)
+        echo.terminate()
+    print("\none client, 8 rows a call (median of per-round means):")
+    for name, values in means.items():
+        print(f"  {name:24s} {statistics.median(values):8.1f} us")
+
+
 def median_of(rounds: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in rounds)
 
@@ -263,6 +334,8 @@ def main() -> None:
                         "as the clients, 1 unless that variable says otherwise)")
     parser.add_argument("--workloads", default="cartpole-mlp,atari-cnn",
                         help="comma-separated: cartpole-mlp, atari-cnn")
+    parser.add_argument("--latency", action="store_true",
+                        help="also time one client's round trip against a raw ZMQ echo")
     parser.add_argument("--quick", action="store_true",
                         help="2 rounds of 1 s, 5 warm-up steps (about 30 s)")
     args = parser.parse_args()
@@ -339,6 +412,9 @@ def main() -> None:
     print()
     for line in lines:
         print(line)
+    if args.latency:
+        export_mlp(work / "latency")
+        latency(work / "latency", args.rounds, 500 if args.quick else 3000)
 
 
 if __name__ == "__main__":
