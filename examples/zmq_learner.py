@@ -6,7 +6,11 @@ torch policy on the complete episodes of the current model version. Each update 
 ModelModule and published; the actors (``wrap(..., policy=...)``) hot-swap it between steps and
 record which version chose each action. The learner prints the mean return per version: it rises.
 
-Run: python examples/zmq_learner.py [--versions 30] [--episodes 16] [--short]
+With ``--inference`` the actors hold no model: the learner also runs a
+`relayrl_gym.InferenceServer` that follows its published models, and the actors act through it
+(``policy="zmq+tcp://..."``, the SEED RL layout); the rows carry the version that answered.
+
+Run: python examples/zmq_learner.py [--versions 30] [--episodes 16] [--inference] [--short]
 (the actors are started by the learner: ``--actor URL`` is their entry point).
 """
 
@@ -47,6 +51,8 @@ class Args:
     """where the collector writes (default: a temporary directory)"""
     seed: int = 0
     """seed of the policy and the actors"""
+    inference: bool = False
+    """actors act through an inference server that follows the published models"""
 
 
 def policy_net() -> torch.nn.Module:
@@ -132,8 +138,14 @@ def learn(args: Args) -> list[float]:
                                     models="tcp://127.0.0.1:*") as server:
         start = export(net, work / "model-0", version=0)
         version = server.publish_model(start)
+        policy = str(work / "model-0")
+        inference = None
+        if args.inference:  # one batched policy for every actor, swapped as models arrive
+            inference = relayrl_gym.InferenceServer(start, bind="tcp://127.0.0.1:*",
+                                                    models=server.models_endpoint)
+            policy = inference.url
         actors = [subprocess.Popen([sys.executable, __file__, "--actor", server.sink_url,
-                                    "--policy", str(work / "model-0"), "--stop-file",
+                                    "--policy", policy, "--stop-file",
                                     str(stop_file), "--seed", str(args.seed + 100 * i),
                                     "--envs-per-actor", str(args.envs_per_actor)])
                   for i in range(args.actors)]
@@ -157,6 +169,11 @@ def learn(args: Args) -> list[float]:
         stop_file.touch()
         for proc in actors:
             proc.wait(timeout=60)
+        if inference is not None:
+            served = inference.stats
+            print(f"inference server: {served['requests']} requests, mean batch "
+                  f"{served['mean_batch']} rows, {served['model_version']} the last version")
+            inference.close()
         stats = server.stats
     print(f"collector: {stats['rows']} transitions from {stats['senders']} actors, "
           f"{stats['duplicates']} duplicates dropped, written to {sink}")
@@ -168,6 +185,9 @@ def learn(args: Args) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for field in dataclasses.fields(Args):
+        if field.type == "bool" or isinstance(field.default, bool):
+            parser.add_argument(f"--{field.name.replace('_', '-')}", action="store_true")
+            continue
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
                             default=field.default)
     parser.add_argument("--short", action="store_true", help="a quick run (for the tests)")

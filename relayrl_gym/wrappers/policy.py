@@ -25,6 +25,8 @@ class PolicyDriver:
         self.runner = PolicyRunner(model, observation_space, action_space, what="policy",
                                    owner="env")
         self._last: tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
+        #: The version of the last answer (a served policy's may change from one to the next).
+        self.answered = self.runner.version
 
     @property
     def model(self) -> Any:
@@ -42,6 +44,7 @@ class PolicyDriver:
         """One batched model call for every env copy; remembers the answer for `take`."""
         model, version = self.runner.current()
         actions, data, version = act_with(model, version, obs, mask)
+        self.answered = version
         versions = np.full(len(actions), version, np.int64)
         # Our own copy: the caller may change the array it gets before stepping it.
         self._last = (actions, actions.copy(), versions, data)
@@ -61,7 +64,8 @@ class PolicyDriver:
 
     def update(self, model: Any) -> int:
         """Swaps the model between steps; returns the version it runs as."""
-        return self.runner.update(model)
+        self.answered = self.runner.update(model)
+        return self.answered
 
     @property
     def remote(self) -> bool:

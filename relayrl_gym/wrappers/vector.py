@@ -512,7 +512,12 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
             if self._prev_obs is None:
                 raise StateError("act() before reset(); call envs.reset(seed=...) first")
             obs = self._prev_obs
-        return self._policy.act(obs, mask)
+        actions = self._policy.act(obs, mask)
+        version = self._policy.answered
+        if version != self._actors[0].model_version:  # a served policy's new version
+            for actor in self._actors:
+                actor.model_version = version
+        return actions
 
     def _update_policy(self, model: Any, ids: Any = None) -> int:
         if self._policy is None:
