@@ -23,7 +23,7 @@ from relayrl_gym.transport.nats.options import NatsTarget, subject_token
 from relayrl_gym.transport.protocol import ProtocolViolation
 from relayrl_gym.transport.sockets import connect_socket, failed_handshakes, watch_handshakes
 
-__all__ = ["QUEUE_GROUP", "NatsChannel", "ZmqChannel", "inference_subject"]
+__all__ = ["QUEUE_GROUP", "NatsChannel", "ZmqChannel", "inference_subject", "read_outcome"]
 
 #: The NATS queue group every inference server of a name joins: each request goes to one.
 QUEUE_GROUP = "relayrl_inference"
@@ -119,7 +119,7 @@ class NatsChannel:
         nc = self._link.nc
         if nc is not None and nc.is_connected:
             task = asyncio.ensure_future(nc.publish(self.subject, data, reply=self._inbox))
-            task.add_done_callback(_quiet)
+            task.add_done_callback(read_outcome)
 
     def receive(self, timeout: float) -> list[bytes] | None:
         try:
@@ -138,8 +138,8 @@ class NatsChannel:
         self._link.close()
 
 
-def _quiet(task: asyncio.Future[Any]) -> None:
-    """Reads a finished publish's exception (a connection lost meanwhile: the client sends
-    the request again), so that asyncio does not log it as never retrieved."""
+def read_outcome(task: asyncio.Future[Any]) -> None:
+    """Reads a finished publish's exception (a connection lost meanwhile: the request is sent
+    again, or the client asks again), so that asyncio does not log it as never retrieved."""
     if not task.cancelled():
         task.exception()

@@ -18,7 +18,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from relayrl_gym.transport._zmq import require_zmq
-from relayrl_gym.transport.inference.channels import QUEUE_GROUP, inference_subject
+from relayrl_gym.transport.inference.channels import (
+    QUEUE_GROUP,
+    inference_subject,
+    read_outcome,
+)
 from relayrl_gym.transport.inference.wire import pack, unpack
 from relayrl_gym.transport.keys import ServerKeys
 from relayrl_gym.transport.nats.link import NatsLink
@@ -163,16 +167,10 @@ class NatsEndpoint:
         nc = self._link.nc
         if nc is not None and nc.is_connected:
             task = asyncio.ensure_future(nc.publish(reply_to, data))
-            task.add_done_callback(_quiet)
+            task.add_done_callback(read_outcome)
 
     def close(self) -> None:
         self._link.close()
         self._push.close(0)
         self._pull.close(0)
 
-
-def _quiet(task: asyncio.Future[Any]) -> None:
-    """Reads a finished publish's exception (the connection went meanwhile: the client asks
-    again), so that asyncio does not log it as never retrieved."""
-    if not task.cancelled():
-        task.exception()
