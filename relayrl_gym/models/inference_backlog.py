@@ -37,7 +37,8 @@ class Backlog:
     client may hold ``per_client`` requests at once (a `RemotePolicy` holds one); all clients
     ``max_requests`` and ``max_bytes`` of observations: when `full`, the server reads no
     more until answers free room (the clients' messages wait in the transport's bounded
-    queues).
+    queues). A client is what the transport says: a ZMQ connection, or over NATS a reply
+    subject, which a client may vary (there only the totals bound it).
 
     >>> import numpy as np
     >>> backlog = Backlog()
@@ -59,7 +60,8 @@ class Backlog:
         self._by_peer: collections.Counter[bytes] = collections.Counter()
         self._pending_peers: collections.Counter[bytes] = collections.Counter()
         self._bytes = 0
-        self._heard: dict[bytes, float] = {}
+        #: When each client was last heard, least recently first (at most `_HEARD`).
+        self._heard: collections.OrderedDict[bytes, float] = collections.OrderedDict()
 
     @property
     def held(self) -> int:
@@ -72,10 +74,11 @@ class Backlog:
 
     def hear(self, peer: bytes, now: float) -> None:
         """``peer`` sent something at ``now``."""
-        self._heard[peer] = now
-        if len(self._heard) > _HEARD:
-            for key in [k for k, t in self._heard.items() if now - t > ACTIVE_S]:
-                del self._heard[key]
+        heard = self._heard
+        heard[peer] = now
+        heard.move_to_end(peer)
+        if len(heard) > _HEARD:
+            heard.popitem(last=False)
 
     def admit(self, item: Pending) -> str | None:
         """Takes ``item`` in: None; ``"duplicate"`` when its first copy is held; else why it
@@ -101,8 +104,14 @@ class Backlog:
             return False
         if self.rows >= max_batch or now - self.pending[0].arrived >= max_wait:
             return True
-        active = sum(1 for t in self._heard.values() if now - t <= ACTIVE_S)
-        return len(self._pending_peers) >= active
+        waiting = len(self._pending_peers)
+        # The most recently heard first: one more active client than waiting ones is enough.
+        for active, heard in enumerate(reversed(self._heard.values()), start=1):
+            if now - heard > ACTIVE_S:
+                break
+            if active > waiting:
+                return False  # someone heard lately is not waiting yet
+        return True
 
     def take(self, max_batch: int) -> list[Pending]:
         """The oldest pending requests of at most ``max_batch`` rows (at least one request)."""

@@ -206,6 +206,9 @@ class InferenceServer:
         """`InferenceStats.snapshot`, with ``model_version``."""
         out = self.stats_counters.snapshot()
         out["model_version"] = self.version
+        # Over NATS: requests dropped while the server was behind, answers not published.
+        out["dropped"] = getattr(self._endpoint, "dropped", 0)
+        out["unsent"] = getattr(self._endpoint, "unsent", 0)
         return out
 
     def update_model(self, model: Any) -> int:
@@ -253,7 +256,7 @@ class InferenceServer:
         backlog = Backlog()
         try:
             while not self._stop.is_set():
-                timeout = _IDLE_POLL_MS
+                timeout = 0 if endpoint.more else _IDLE_POLL_MS
                 if backlog.pending and self._idle:
                     due = backlog.pending[0].arrived + self.max_wait - time.monotonic()
                     if 0 < due < 0.001:  # ZMQ polls in whole milliseconds
@@ -460,20 +463,25 @@ class InferenceServer:
 
     # -- closing ------------------------------------------------------------------------------
     def _shutdown(self, timeout: float = 5.0) -> None:
+        self._stop.set()
         if self.source is not None:
             self.source.close(timeout)
-        self._stop.set()
+        if getattr(self, "runner", None) is not None:
+            self.runner.close()  # a RemotePolicy it serves on: its call in flight stops
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if self._endpoint is not None:
-            self._endpoint.close()
-        if getattr(self, "runner", None) is not None:
-            self.runner.close()  # a RemotePolicy it serves on
-        if getattr(self, "_pull", None) is not None:
-            self._pull.close(0)
         if self._auth is not None:
             self._auth.stop()
+        running = [t.name for t in self._threads if t.is_alive()]
+        if running:  # a model call outlasting the timeout: its sockets stay theirs until it ends
+            log.warning("closing the inference server while %s still run a model call; they "
+                        "end with it", ", ".join(running))
+            return
+        if self._endpoint is not None:
+            self._endpoint.close()
+        if getattr(self, "_pull", None) is not None:
+            self._pull.close(0)
         self._ctx.term()
         release_gc_thread()
 

@@ -15,11 +15,14 @@ pytest.importorskip("nats.js")
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+import gymnasium as gym
+import nats
+import torch
 from nats_servers import NATS_SERVER, NatsServer
 
 import relayrl_gym
 from relayrl_gym import InferenceServer
-from relayrl_gym.errors import ConfigError
+from relayrl_gym.errors import ConfigError, ModelError, TransportError
 from relayrl_gym.transport.inference.channels import inference_subject
 from relayrl_gym.transport.inference.client import RemotePolicy
 from relayrl_gym.transport.inference.wire import pack, unpack
@@ -91,8 +94,6 @@ def test_a_wrapped_env_acts_through_nats_across_a_nats_restart(nats_server, tmp_
 
 def test_malformed_requests_over_nats_are_answered_with_an_error(nats_server,
                                                                  cartpole_policy):
-    import nats
-
     url = f"{nats_server.url}/pi"
     with InferenceServer(cartpole_policy(0), bind=url) as server:
 
@@ -115,3 +116,61 @@ def test_malformed_requests_over_nats_are_answered_with_an_error(nats_server,
         assert server.stats["malformed"] == 2
     with pytest.raises(ConfigError, match="`curve_keys` secures a tcp:// bind"):
         InferenceServer(cartpole_policy(0), bind=url, curve_keys="keys")
+
+
+def test_the_nats_queue_is_bounded_in_bytes_and_drops_are_counted(nats_server):
+    """Requests the socket thread has not read yet are held up to 128 MiB; past it they are
+    dropped (the clients ask again) and counted."""
+    import zmq
+
+    from relayrl_gym.transport.inference.endpoints import NatsEndpoint
+    from relayrl_gym.transport.nats.options import parse_nats_url
+
+    ctx = zmq.Context()
+    endpoint = NatsEndpoint(ctx, parse_nats_url(f"{nats_server.url}/pi"))
+    try:
+        assert endpoint.connected.wait(10)
+
+        async def flood() -> None:
+            nc = await nats.connect(nats_server.url)
+            try:
+                payload = b"x" * (1000 * 1000)
+                for _ in range(200):
+                    await nc.publish(inference_subject("pi"), payload, reply="_INBOX.flood")
+                await nc.flush()
+            finally:
+                await nc.close()
+
+        asyncio.run(flood())
+        deadline = time.monotonic() + 10
+        while endpoint.dropped + len(endpoint._waiting) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(endpoint._waiting) == 134 and endpoint.dropped == 66  # 128 MiB of 1 MB
+        read = list(endpoint.receive())
+        assert len(read) == 134 and not endpoint.more
+    finally:
+        endpoint.close()
+        ctx.term()
+
+
+def test_no_server_subscribed_is_said_and_big_answers_are_refused(tmp_path, cartpole_policy):
+    server = NatsServer(tmp_path, auth="max_payload: 65536").start()
+    try:
+        url = f"{server.url}/pi"
+        with pytest.raises(TransportError, match="no inference server is subscribed"):
+            RemotePolicy(f"{url}?timeout=1.5&retry=0.3")
+        torch.manual_seed(0)
+        sampler = relayrl_gym.ModelModule.from_torch(
+            torch.nn.Linear(1, 3), gym.spaces.Box(-1, 1, (1,)), gym.spaces.Discrete(3),
+            path=tmp_path / "s", action_head="sample")
+        with InferenceServer(sampler, bind=url) as served, \
+                RemotePolicy(f"{url}?timeout=10") as remote:
+            assert remote.step(np.zeros((4, 1), np.float32))[0].shape == (4,)
+            assert remote.retries == 0
+            # 40 kB of observations, 160 kB of actions and log-probabilities back.
+            with pytest.raises(ModelError, match=r"over the NATS server's max_payload"):
+                remote.step(np.zeros((10_000, 1), np.float32))
+            assert served.stats["unsent"] == 1
+    finally:
+        server.stop()
+

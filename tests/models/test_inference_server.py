@@ -565,3 +565,28 @@ def test_clients_that_give_one_name_are_counted_apart(cartpole_policy):
         clients = server.stats["clients"]
     assert sorted(c["requests"] for c in clients.values()) == [1, 5]
     assert all(name.startswith("actor-7 [") for name in clients)
+
+
+def test_closing_a_relay_whose_upstream_is_gone_is_quick(cartpole_policy):
+    """A server serving another server's URL: closing it stops the call waiting upstream."""
+    upstream = InferenceServer(cartpole_policy(0), bind="tcp://127.0.0.1:*")
+    relay = InferenceServer(upstream.url, bind="tcp://127.0.0.1:*")
+    outcome: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            remote.step(np.zeros((1, 4), np.float32))
+        except BaseException as err:
+            outcome.append(err)
+
+    with RemotePolicy(f"{relay.url}?timeout=30") as remote:
+        assert remote.step(np.zeros((1, 4), np.float32))[0].shape == (1,)
+        upstream.close()
+        waiting = threading.Thread(target=call)
+        waiting.start()
+        time.sleep(0.5)  # the relay's socket thread now waits on the upstream
+        start = time.monotonic()
+        relay.close()
+        assert time.monotonic() - start < 2
+        waiting.join(5)
+    assert isinstance(outcome[0], (TransportError, ModelError))

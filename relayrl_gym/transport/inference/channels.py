@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import queue
+import threading
+import time
 import weakref
 from typing import Any
 
@@ -24,6 +27,8 @@ from relayrl_gym.transport.protocol import ProtocolViolation
 from relayrl_gym.transport.sockets import connect_socket, failed_handshakes, watch_handshakes
 
 __all__ = ["QUEUE_GROUP", "NatsChannel", "ZmqChannel", "inference_subject", "read_outcome"]
+
+log = logging.getLogger(__name__)
 
 #: The NATS queue group every inference server of a name joins: each request goes to one.
 QUEUE_GROUP = "relayrl_inference"
@@ -64,6 +69,9 @@ class ZmqChannel:
             return None
         return list(self._sock.recv_multipart(self._noblock))
 
+    def interrupt(self) -> None:
+        """Nothing to stop: sending never waits."""
+
     def silence(self) -> str | None:
         """What the socket's monitor saw go wrong (a handshake refused), if anything."""
         problems = failed_handshakes(self._monitor) if self._monitor is not None else []
@@ -90,6 +98,8 @@ class NatsChannel:
         self.subject = inference_subject(target.stream)
         self._answers: queue.Queue[bytes] = queue.Queue(_ANSWERS)
         self._inbox: str | None = None
+        self._no_server = False
+        self._interrupted = threading.Event()
         self._link = NatsLink(target, name="relayrl-inference-client",
                               on_connect=self._subscribe)
 
@@ -100,13 +110,19 @@ class NatsChannel:
             self._inbox = inbox
 
     async def _answer(self, msg: Any) -> None:
+        if msg.headers and msg.headers.get("Status") == "503":  # NATS: no server subscribed
+            self._no_server = True
+            return
+        self._no_server = False
         with contextlib.suppress(queue.Full):  # a client that does not read loses late answers
             self._answers.put_nowait(msg.data)
 
     def send(self, frames: list[Any]) -> None:
         link = self._link
-        if not link.connected.wait(_CONNECT_WAIT):
-            return  # sent again after the retry interval
+        deadline = time.monotonic() + _CONNECT_WAIT
+        while not link.connected.wait(0.05):
+            if self._interrupted.is_set() or time.monotonic() > deadline:
+                return  # sent again after the retry interval (or the client is closing)
         data = pack(frames)
         limit = link.nc.max_payload
         if len(data) > limit:
@@ -128,13 +144,21 @@ class NatsChannel:
             return None
         try:
             return unpack(data)
-        except ProtocolViolation:
-            return [b"{}"]  # a malformed answer: the client counts it and waits on
+        except ProtocolViolation as err:  # the client counts it and waits on
+            log.warning("ignoring a malformed answer on %s: %s", self.subject, err)
+            return []
 
     def silence(self) -> str | None:
+        if self._no_server:
+            return f"NATS says no inference server is subscribed to {self.subject}"
         return self._link.problem or None
 
+    def interrupt(self) -> None:
+        """Stops a send waiting for the connection (the client is closing)."""
+        self._interrupted.set()
+
     def close(self) -> None:
+        self._interrupted.set()
         self._link.close()
 
 

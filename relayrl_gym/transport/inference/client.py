@@ -231,7 +231,7 @@ class RemotePolicy:
             while True:
                 now = time.monotonic()
                 if now >= resend:
-                    if now > start:
+                    if resend > start:  # not the first send
                         self.retries += 1
                     channel.send(frames)
                     resend = now + self.retry
@@ -243,6 +243,9 @@ class RemotePolicy:
                                          f"{self.url} was closed while waiting for an answer")
                 reply = channel.receive(min(resend, deadline, now + _SLICE) - now)
                 if reply is None:
+                    continue
+                if not reply:  # a message that was not packed frames (logged by the channel)
+                    self.rejected += 1
                     continue
                 try:
                     header = decode_header(reply[0])
@@ -276,6 +279,7 @@ class RemotePolicy:
             return
         self._closed = True
         forget_at_exit(self._exit_key)
+        self._channel.interrupt()
         if self._lock.acquire(timeout=wait):  # else the call in flight closes it as it ends
             try:
                 self._close_channel()

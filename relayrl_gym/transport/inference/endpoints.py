@@ -12,22 +12,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import threading
 from collections.abc import Iterator
 from typing import Any
 
 from relayrl_gym.transport._zmq import require_zmq
-from relayrl_gym.transport.inference.channels import (
-    QUEUE_GROUP,
-    inference_subject,
-    read_outcome,
-)
+from relayrl_gym.transport.inference.channels import QUEUE_GROUP, inference_subject
 from relayrl_gym.transport.inference.wire import pack, unpack
 from relayrl_gym.transport.keys import ServerKeys
 from relayrl_gym.transport.nats.link import NatsLink
 from relayrl_gym.transport.nats.options import NatsTarget
-from relayrl_gym.transport.protocol import ProtocolViolation
+from relayrl_gym.transport.protocol import Kind, ProtocolViolation, encode
 from relayrl_gym.transport.sockets import bind_socket, failed_handshakes, watch_handshakes
 
 __all__ = ["NatsEndpoint", "ZmqEndpoint"]
@@ -36,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _BATCH = 1000  # messages read before the server answers and dispatches again
 _NATS_QUEUE = 4096  # requests a NATS endpoint holds for the socket thread; more are dropped
+_NATS_QUEUE_BYTES = 128 * 1024 * 1024  # and bytes of them
 
 
 class ZmqEndpoint:
@@ -58,6 +56,9 @@ class ZmqEndpoint:
     @property
     def sockets(self) -> list[Any]:
         return [self._sock]
+
+    #: A ROUTER socket stays readable while messages wait: nothing else to look at.
+    more = False
 
     def receive(self) -> Iterator[tuple[bytes, bytes, list[bytes] | ProtocolViolation]]:
         sock, noblock, events, pollin = self._sock, self._noblock, self._events, self._pollin
@@ -96,9 +97,13 @@ class NatsEndpoint:
         #: A ``policy=`` URL for a client (without the credentials this server used).
         self.url = target.address
         self._waiting: collections.deque[tuple[bytes, str, bytes]] = collections.deque()
+        self._waiting_bytes = 0
         self._lock = threading.Lock()
-        #: Requests dropped because the socket thread was that far behind.
+        #: Requests dropped because the socket thread was that far behind (the client asks
+        #: again after its retry interval).
         self.dropped = 0
+        #: Answers that could not be published (over ``max_payload``, connection lost).
+        self.unsent = 0
         wake = f"inproc://relayrl-inference-nats-{id(self)}"
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
@@ -121,10 +126,12 @@ class NatsEndpoint:
         if not msg.reply:
             return  # not a request: nowhere to answer
         with self._lock:
-            if len(self._waiting) >= _NATS_QUEUE:
+            if (len(self._waiting) >= _NATS_QUEUE or
+                    self._waiting_bytes + len(msg.data) > _NATS_QUEUE_BYTES):
                 self.dropped += 1
                 return
             self._waiting.append((msg.reply.encode(), msg.reply, msg.data))
+            self._waiting_bytes += len(msg.data)
         with contextlib.suppress(self._again):  # the socket thread is awake already
             self._push.send(b"", self._noblock)
 
@@ -151,23 +158,47 @@ class NatsEndpoint:
                 if not self._waiting:
                     return
                 peer, reply_to, data = self._waiting.popleft()
+                self._waiting_bytes -= len(data)
             try:
                 yield peer, reply_to, unpack(data)
             except ProtocolViolation as err:  # refused as malformed, and counted
                 yield peer, reply_to, err
+
+    @property
+    def more(self) -> bool:
+        """Whether requests are still queued after a `receive` (read on without waiting)."""
+        return bool(self._waiting)
 
     def refused(self) -> list[str]:
         return []  # NATS refuses credentials itself, before a request reaches a server
 
     def send(self, reply_to: str, frames: list[Any]) -> None:
         data = pack(frames)
-        self._link.loop.call_soon_threadsafe(self._publish, reply_to, data)
+        nc = self._link.nc
+        limit = nc.max_payload if nc is not None and nc.is_connected else None
+        if limit is not None and len(data) > limit:
+            header = json.loads(frames[0])
+            data = pack([encode(Kind.ERROR, id=header.get("id", 0), reason=(
+                f"the answer of {len(data)} bytes is over the NATS server's max_payload "
+                f"({limit} bytes): send fewer rows per request"))])
+            self.unsent += 1
+        try:
+            self._link.loop.call_soon_threadsafe(self._publish, reply_to, data)
+        except RuntimeError:  # the loop is closed: the server is closing
+            self.unsent += 1
 
     def _publish(self, reply_to: str, data: bytes) -> None:
         nc = self._link.nc
         if nc is not None and nc.is_connected:
             task = asyncio.ensure_future(nc.publish(reply_to, data))
-            task.add_done_callback(read_outcome)
+            task.add_done_callback(self._published)
+        else:
+            self.unsent += 1
+
+    def _published(self, task: asyncio.Future[Any]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.unsent += 1
+            log.warning("an answer could not be published: %s", task.exception())
 
     def close(self) -> None:
         self._link.close()

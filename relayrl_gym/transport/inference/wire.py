@@ -112,7 +112,7 @@ def read_array(spec: Any, frame: bytes | memoryview, what: str) -> np.ndarray:
 
 
 _COUNT = struct.Struct("<I")
-_MAX_FRAMES = 16
+_MAX_FRAMES = 1024  # a header, the actions and one frame per extra output
 
 
 def pack(frames: list[Any]) -> bytes:
