@@ -111,12 +111,18 @@ class NatsLink:
         try:
             self.loop.run_forever()
         finally:
-            # Tasks still pending (a publish waiting for its acknowledgement) end with the loop.
-            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            with contextlib.suppress(Exception):
-                self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            # Tasks still pending (a publish waiting for its acknowledgement) end with the loop;
+            # again for tasks their ending starts (nats-py's reconnection starts a flusher): a
+            # task left pending in a closed loop fails when the collector finalizes it.
+            for _ in range(5):
+                pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+                if not pending:
+                    break
+                for task in pending:
+                    task.cancel()
+                with contextlib.suppress(Exception):
+                    self.loop.run_until_complete(
+                        asyncio.gather(*pending, return_exceptions=True))
 
     async def _close_connection(self) -> None:
         if self.nc is not None and not self.nc.is_closed:
