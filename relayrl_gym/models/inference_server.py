@@ -308,20 +308,15 @@ class InferenceServer:
                 self.stats_counters.failed(peer, malformed=True)
                 self._refuse(reply_to, request_id, str(err))
                 continue
-            problem = self._misfit(request)
-            if problem is None:
-                problem = backlog.admit(Pending(peer, reply_to, request, now))
-                if problem is None:
-                    if backlog.full:
-                        return  # the rest waits in the transport's queues
-                    continue
-                if problem == "duplicate":  # sent again before its answer: it is coming
-                    self.stats_counters.duplicates += 1
-                    continue
-            self.stats_counters.failed(peer, malformed=False)
-            self._refuse(reply_to, request.id, problem)
+            problem = self._misfit(request) or backlog.admit(Pending(peer, reply_to, request,
+                                                                     now))
+            if problem == "duplicate":  # sent again before its answer: it is coming
+                self.stats_counters.duplicates += 1
+            elif problem is not None:
+                self.stats_counters.failed(peer, malformed=False)
+                self._refuse(reply_to, request.id, problem)
             if backlog.full:
-                return
+                return  # the rest waits in the transport's queues
 
     def _misfit(self, request: Request) -> str | None:
         """Why ``request`` does not fit the served model (None: it does)."""

@@ -57,17 +57,22 @@ class InferenceStats:
     def client(self, identity: bytes, name: str | None = None) -> _Client:
         """The record of a client (created, or renamed when it says its name)."""
         with self._lock:
-            found = self._clients.get(identity)
-            if found is None:
-                found = self._clients[identity] = _Client((name or identity.hex())[:64])
-                if len(self._clients) > _CLIENTS:
-                    self._clients.popitem(last=False)
-            else:
-                self._clients.move_to_end(identity)
-                if name:
-                    found.name = name[:64]
-            found.last_seen = time.monotonic()
+            found = self._record(identity, time.monotonic())
+            if name:
+                found.name = name[:64]
             return found
+
+    def _record(self, identity: bytes, now: float) -> _Client:
+        """The client's record, the most recently heard now (the lock held)."""
+        found = self._clients.get(identity)
+        if found is None:
+            found = self._clients[identity] = _Client(identity.hex())
+            if len(self._clients) > _CLIENTS:
+                self._clients.popitem(last=False)
+        else:
+            self._clients.move_to_end(identity)
+        found.last_seen = now
+        return found
 
     def failed(self, identity: bytes, *, malformed: bool) -> None:
         """A request refused: ``malformed`` (not the protocol), else not fitting the model."""
@@ -91,14 +96,9 @@ class InferenceStats:
         now = time.monotonic()
         with self._lock:
             for identity, rows, wait in requests:
-                record = self._clients.get(identity)
-                if record is None:
-                    record = self._clients[identity] = _Client(identity.hex())
-                    if len(self._clients) > _CLIENTS:
-                        self._clients.popitem(last=False)
+                record = self._record(identity, now)
                 record.requests += 1
                 record.rows += rows
-                record.last_seen = now
                 self.requests += 1
                 self.rows += rows
                 slot = self._kept % _SAMPLES

@@ -21,6 +21,7 @@ from relayrl_gym.errors import ConfigError, ModelError
 
 __all__ = [
     "HEADS",
+    "HEAD_OUTPUTS",
     "ActionHead",
     "ArgmaxHead",
     "IdentityHead",
@@ -31,6 +32,9 @@ __all__ = [
 
 HEADS = ("identity", "argmax", "sample")
 """The action head names a model's metadata may use."""
+
+HEAD_OUTPUTS = {"identity": (), "argmax": (), "sample": ("log_prob",)}
+"""What each head adds to a step's ``data`` (beside the model's own extra outputs)."""
 
 
 class ActionHead(Protocol):

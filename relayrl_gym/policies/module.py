@@ -28,7 +28,7 @@ from relayrl_gym.policies.sb3_export import export_sb3
 if TYPE_CHECKING:
     from gymnasium import spaces
 
-__all__ = ["ModelModule"]
+__all__ = ["ModelModule", "obs_shape_error"]
 
 
 class ModelModule:
@@ -243,11 +243,7 @@ class ModelModule:
         return parts
 
     def _obs_error(self, x: np.ndarray) -> ModelError:
-        wanted = ", ".join(["batch", *map(str, self._row_shape)])
-        hint = (" (a single observation: add a batch axis, obs[None])"
-                if x.shape == self._row_shape else "")
-        return ModelError(f"obs has shape {x.shape}, expected ({wanted}) for observation space "
-                          f"{self.observation_space}{hint}")
+        return obs_shape_error(x.shape, self._row_shape, self.observation_space)
 
     def seed(self, seed: int | None = None) -> None:
         """Reseeds the generator the ``"sample"`` head draws from when ``step`` gets no ``rng``."""
@@ -368,6 +364,20 @@ class ModelModule:
         return (f"ModelModule({meta.model_type}, version={meta.version}, head={meta.action_head!r}"
                 f", observation_space={meta.observation_space}, action_space="
                 f"{meta.action_space}, device={self.device.value})")
+
+
+def obs_shape_error(shape: tuple[int, ...], row_shape: tuple[int, ...], space: Any,
+                    where: str = "") -> ModelError:
+    """The error for observations of ``shape`` given to a policy taking rows of ``row_shape``
+    (``where``: said after the space, e.g. which server serves the policy).
+
+    >>> print(obs_shape_error((3, 5), (4,), "Box(4,)"))
+    obs has shape (3, 5), expected (batch, 4) for observation space Box(4,)
+    """
+    wanted = ", ".join(["batch", *map(str, row_shape)])
+    hint = " (a single observation: add a batch axis, obs[None])" if shape == row_shape else ""
+    return ModelError(f"obs has shape {shape}, expected ({wanted}) for observation space "
+                      f"{space}{where}{hint}")
 
 
 def _read(path: Path) -> bytes:

@@ -15,7 +15,9 @@ import numpy as np
 
 from relayrl_gym.errors import ConfigError, ModelError, TransportError
 from relayrl_gym.lifecycle import close_at_exit, forget_at_exit
+from relayrl_gym.policies.heads import HEAD_OUTPUTS
 from relayrl_gym.policies.metadata import ModelMetadata
+from relayrl_gym.policies.module import obs_shape_error
 from relayrl_gym.transport.inference.channels import NatsChannel, ZmqChannel
 from relayrl_gym.transport.inference.wire import decode_actions, encode_request
 from relayrl_gym.transport.keys import client_keys
@@ -137,8 +139,8 @@ class RemotePolicy:
             self._version = header.integer("version", minimum=-1)
             self.max_rows = header.integer("max_rows", minimum=1)
             #: The extra outputs every answer carries (what the model's step gives in data).
-            self._outputs = set(self.metadata.extra_outputs) | (
-                {"log_prob"} if self.metadata.action_head == "sample" else set())
+            self._outputs = {*self.metadata.extra_outputs,
+                             *HEAD_OUTPUTS[self.metadata.action_head]}
         except BaseException:
             self.close()
             raise
@@ -181,9 +183,11 @@ class RemotePolicy:
         """`step`, with the version of the model that answered."""
         x = np.asarray(obs, dtype=self._in_dtype)
         if x.ndim != 1 + len(self._row_shape) or x.shape[1:] != self._row_shape:
-            wanted = ", ".join(["batch", *map(str, self._row_shape)])
-            raise ModelError(f"obs has shape {x.shape}, expected ({wanted}) for observation "
-                             f"space {self.observation_space} (served by {self.url})")
+            raise obs_shape_error(x.shape, self._row_shape, self.observation_space,
+                                  f" (served by {self.url})")
+        if len(x) > self.max_rows:
+            raise ModelError(f"{len(x)} observations in one call; the inference server at "
+                             f"{self.url} takes at most {self.max_rows}: call it in parts")
         rows = None if mask is None else np.asarray(mask).astype(np.bool_)
         source = rng if rng is not None else self._seeds
         seed = None if source is None else int(source.integers(2**63))
