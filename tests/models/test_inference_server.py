@@ -461,9 +461,20 @@ def test_one_clients_bad_rows_fail_only_its_own_request(tmp_path, ttt_policy_dir
 def test_a_request_longer_than_max_batch_is_answered_in_parts(cartpole_policy):
     module = cartpole_policy(0)
     obs = np.random.default_rng(0).uniform(-2, 2, (70, 4)).astype(np.float32)
+    expected = module.step(obs)[0]
+    calls: list[int] = []
+    step = module.step
+
+    def counted(rows, mask=None, **kwargs):  # the real model, its calls counted
+        calls.append(len(rows))
+        return step(rows, mask, **kwargs)
+
+    module.step = counted
     with InferenceServer(module, bind="tcp://127.0.0.1:*", max_batch=32) as server, \
             RemotePolicy(server.url) as remote:
-        np.testing.assert_array_equal(remote.step(obs)[0], module.step(obs)[0])
+        calls.clear()  # the server's own check of the model's outputs
+        np.testing.assert_array_equal(remote.step(obs)[0], expected)
+    assert calls == [32, 32, 6]
 
 
 def test_close_from_another_thread_stops_a_waiting_call(cartpole_policy):

@@ -63,16 +63,10 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-def _kill_and_count(tmp_path, kind, url, offset, warm_up=1.5):
-    """Runs the child until it has recorded for ``warm_up`` s, kills it ``offset`` s later;
-    returns (seconds between the kill and the step that recorded the oldest row lost, rows
-    lost, rows found)."""
-    run_id = f"crash-{uuid.uuid4().hex[:12]}"
-    spill = tmp_path / "spill"
-    log_path = tmp_path / "steps.npy"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, kind, url, str(log_path), run_id, str(INTERVAL),
-         str(DELAY), str(warm_up), str(spill)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+def _kill_when_ready(command, offset):
+    """Starts ``command``, SIGKILLs it ``offset`` s after it prints "ready"; the kill's
+    time.time_ns()."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
         assert proc.stdout.readline().strip() == "ready"
         time.sleep(offset)
@@ -81,8 +75,26 @@ def _kill_and_count(tmp_path, kind, url, offset, warm_up=1.5):
     finally:
         proc.kill()
         proc.wait(30)
+    return killed_at
+
+
+def _steps_logged(log_path):
+    """The (time, rows recorded) pairs the child logged before it was killed."""
     log = np.load(log_path, mmap_mode="r")
-    log = np.asarray(log[: np.count_nonzero(log[:, 0])])
+    return np.asarray(log[: np.count_nonzero(log[:, 0])])
+
+
+def _kill_and_count(tmp_path, kind, url, offset, warm_up=1.5):
+    """Runs the child until it has recorded for ``warm_up`` s, kills it ``offset`` s later;
+    returns (seconds between the kill and the step that recorded the oldest row lost, rows
+    lost, rows found)."""
+    run_id = f"crash-{uuid.uuid4().hex[:12]}"
+    spill = tmp_path / "spill"
+    log_path = tmp_path / "steps.npy"
+    killed_at = _kill_when_ready(
+        [sys.executable, "-c", _CHILD, kind, url, str(log_path), run_id, str(INTERVAL),
+         str(DELAY), str(warm_up), str(spill)], offset)
+    log = _steps_logged(log_path)
     if kind == "down":
         found = len(relayrl_gym.load(spill / "sink0-Slow" / run_id))
     elif kind == "sql":
@@ -146,17 +158,9 @@ def test_a_fast_env_killed_keeps_rows_older_than_the_flush_interval(tmp_path):
     log_path = tmp_path / "steps.npy"
     losses = []
     for offset in (0.13, 0.29, 0.41):  # a few moments of a block's life
-        proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path / str(offset)),
-                                 str(log_path)], stdout=subprocess.PIPE, text=True, cwd=REPO)
-        try:
-            assert proc.stdout.readline().strip() == "ready"
-            time.sleep(offset)
-            killed_at = time.time_ns()
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.communicate(timeout=30)
-        log = np.load(log_path, mmap_mode="r")
-        log = log[:int(np.count_nonzero(log[:, 0]))]  # the steps taken
+        killed_at = _kill_when_ready(
+            [sys.executable, "-c", child, str(tmp_path / str(offset)), str(log_path)], offset)
+        log = _steps_logged(log_path)
         found = len(relayrl_gym.load(tmp_path / str(offset) / "fast"))
         # The step that recorded the first row lost began this long before the kill.
         first_lost = int(np.searchsorted(log[:, 1], found + 1))
