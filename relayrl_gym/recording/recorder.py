@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from relayrl_gym.recording.buffer import StepBlock
+from relayrl_gym.recording.slab import ObsSlab, ZeroRows
+from relayrl_gym.schema.codecs import LeafCodec
 from relayrl_gym.storage.obs_layout import stored_schema
 
 if TYPE_CHECKING:
@@ -90,6 +92,10 @@ class Recorder:
                          else 1 << 62)
         #: The schema of the batches built in the ``once`` layout (None: the run's own).
         self._once_schema = stored_schema(schema.arrow) if obs_once else None
+        codec = schema.obs
+        #: Zeroed ``next_obs`` rows of the ``once`` layout, reused block after block.
+        self._zeros = (ZeroRows(codec.shape, codec.dtype, self.capacity)
+                       if obs_once and isinstance(codec, LeafCodec) and codec.shape else None)
         #: Whether full buffers are built on the writer thread: for large rows, where the
         #: build is mostly copies that let the GIL go, and so run beside the stepping thread.
         self.build_on_writer = schema.obs.row_bytes >= WRITER_BUILDS_FROM
@@ -113,6 +119,17 @@ class Recorder:
     def rows_recorded(self) -> int:
         """Transitions recorded so far (rows marked invalid excluded)."""
         return self._rows - self._dropped
+
+    def obs_slab(self) -> ObsSlab | None:
+        """Where one stepping thread copies its observations to, so that a block's
+        observations need no joining copy (None: for observations of composite spaces)."""
+        codec = self.schema.obs
+        if not isinstance(codec, LeafCodec):
+            return None
+        return ObsSlab(codec.shape, codec.dtype, self.capacity, self._rows_left)
+
+    def _rows_left(self) -> int:
+        return self.capacity - self._block.n
 
     def new_episode_id(self) -> int:
         """A run-unique episode id (thread-safe)."""
@@ -203,7 +220,7 @@ class Recorder:
         if block.arrow is not None:
             return block.arrow
         return block.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids,
-                                     once_schema=self._once_schema)
+                                     once_schema=self._once_schema, zeros=self._zeros)
 
     def close(self) -> None:
         """Flushes and detaches from the writer; the writer itself is closed by its owner."""

@@ -8,7 +8,30 @@ from collections.abc import Sequence
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["arrow_to_numpy", "numpy_dtype", "numpy_to_arrow", "strings_to_arrow", "tiled_strings"]
+__all__ = ["arrow_to_numpy", "numpy_dtype", "numpy_to_arrow", "pooled_array", "strings_to_arrow",
+           "tiled_strings"]
+
+#: Arrays this large come from Arrow's memory pool (see `pooled_array`).
+POOLED_FROM_BYTES = 256 * 1024
+
+
+def pooled_array(shape: tuple[int, ...], dtype: np.dtype, zero: bool = False) -> np.ndarray:
+    """An uninitialized (or, with ``zero``, zeroed) writable array; a large one in memory of
+    Arrow's pool, which keeps freed memory for the next request.
+
+    A block's worth of observations is megabytes allocated and freed again and again. From
+    the C library each one is likely fresh pages, whose first touch faults page by page
+    (several times the cost of the copy into them, in a virtual machine); the pool hands the
+    same warm pages back.
+    """
+    dtype = np.dtype(dtype)
+    count = int(np.prod(shape, dtype=np.int64))
+    if count * dtype.itemsize < POOLED_FROM_BYTES:
+        return np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    array = np.frombuffer(pa.allocate_buffer(count * dtype.itemsize), dtype).reshape(shape)
+    if zero:
+        array.fill(0)
+    return array
 
 
 def strings_to_arrow(values: Sequence[str | None]) -> pa.Array:

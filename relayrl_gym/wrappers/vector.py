@@ -227,6 +227,8 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
                 self.agent.follow_models()
         self._recorder = recording.recorder if recording is not None else None
         self._writer = recording.writer if recording is not None else None
+        #: Where the recorded copies of the observations go (see `ObsSlab`).
+        self._slab = self._recorder.obs_slab() if self._recorder is not None else None
         self._next_step = self.autoreset_mode is AutoresetMode.NEXT_STEP
         self._same_step = self.autoreset_mode is AutoresetMode.SAME_STEP
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
@@ -344,7 +346,7 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         self._episodes.start(indices)
         self._any_done = bool(self._autoreset.any())
         self._broken_by = None
-        self._prev_obs = copy_batch(obs) if self._recorder is not None else obs
+        self._prev_obs = self._own_copy(obs) if self._recorder is not None else obs
         return obs, {i: info for i, (_, info) in zip(indices, results)}
 
     def _reset_mask(self, options: dict[str, Any] | None) -> np.ndarray | None:
@@ -426,10 +428,10 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         obs = self._stack(obs_items)
         reset_rows = self._autoreset if self._next_step and self._any_done else None
         if not recording:
-            self._prev_obs = copy_batch(obs) if self._recorder is not None else obs
+            self._prev_obs = self._own_copy(obs) if self._recorder is not None else obs
         else:
             # One copy of obs serves as this step's next_obs and the next step's obs.
-            own_obs = copy_batch(obs)
+            own_obs = self._own_copy(obs)
             # The per-env tuples are immutable: the recorder keeps them instead of array copies.
             self._record(actions, recorded_actions, own_obs, rewards_l, terminated_l, truncated_l,
                          info_l, finals, reset_rows)
@@ -438,6 +440,14 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         if unreset:  # episodes are counted from the first observation the wrapper saw
             self._episodes.start()
         return obs, rewards, terminated, truncated, info_l, finals
+
+    def _own_copy(self, obs: Any) -> Any:
+        """The recorder's own copy of a batch of observations."""
+        slab = self._slab
+        if (slab is not None and type(obs) is np.ndarray and obs.dtype == slab.dtype
+                and obs.shape[1:] == slab.shape):
+            return slab.copy(obs)
+        return copy_batch(obs)
 
     def _record(self, user_actions: Any, actions: Any, own_obs: Any, rewards: tuple[Any, ...],
                 terminated: tuple[Any, ...],

@@ -1,0 +1,139 @@
+"""Observation copies laid out so that a recorded block's observations are already one array."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from relayrl_gym.schema.arrow_arrays import pooled_array
+
+__all__ = ["ObsSlab", "ZeroRows", "joined"]
+
+
+class ObsSlab:
+    """Hands out consecutive rows of one preallocated array to copy observations into.
+
+    The stepping thread must copy each step's observations anyway (the caller may modify the
+    arrays it was given). Copied into consecutive rows of one array, the observations of a
+    recorded block need no second copy to be joined: `joined` sees that its parts are one
+    span and returns a view of it (a block of Atari frames is 4 MiB that is then not copied
+    again, nor allocated, on the stepping thread).
+
+    A new array begins where the recorder's block will next be handed over (``rows_left``
+    tells how many rows the block still takes), so that a block's observations lie in one
+    array; a block handed over early (by age) is joined by a copy, as without a slab, and the
+    next full block lines up again. Rows are never written twice: a view handed out stays
+    valid and unchanged for as long as anyone holds it. One thread uses a slab.
+
+    >>> slab = ObsSlab((2,), np.float32, rows=4, rows_left=lambda: 8)
+    >>> a = slab.copy(np.ones((2, 2))); b = slab.copy(np.zeros((2, 2)))
+    >>> both = joined([a, b]); both.shape, np.shares_memory(both, a)
+    ((4, 2), True)
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, rows: int,
+                 rows_left: Callable[[], int]) -> None:
+        """Args:
+            shape: one observation's shape.
+            dtype: the observations' dtype.
+            rows: rows of one array (a block's worth; a larger copy gets an array of its own).
+            rows_left: rows the recorder's current block still takes before it is handed over.
+        """
+        self.shape, self.dtype, self.rows = tuple(shape), np.dtype(dtype), int(rows)
+        self._rows_left = rows_left
+        self._array = np.empty((0, *self.shape), self.dtype)
+        self._used = 0
+
+    def copy(self, obs: np.ndarray) -> np.ndarray:
+        """A copy of ``obs`` (a batch of observations) in the slab's next rows."""
+        k = len(obs)
+        left = self._rows_left()
+        # This copy is the obs of the block that begins with the record after next (whose
+        # own record fits, and the next does not): it begins a new array, and that block's
+        # observations are one span of it.
+        starts_block = k <= left < 2 * k
+        if starts_block or self._used + k > len(self._array):
+            self._array = pooled_array((max(self.rows, k) + k, *self.shape), self.dtype)
+            self._used = 0
+        rows = self._array[self._used : self._used + k]
+        rows[...] = obs
+        self._used += k
+        return rows
+
+
+def joined(parts: Sequence[Any]) -> np.ndarray | None:
+    """The parts as one array without copying, when they are consecutive rows of one
+    C-contiguous array (as `ObsSlab` hands them out); else None."""
+    first = parts[0]
+    if type(first) is not np.ndarray or first.base is None or not first.flags.c_contiguous:
+        return None
+    base, dtype, row_shape = first.base, first.dtype, first.shape[1:]
+    address = first.__array_interface__["data"][0]
+    rows = 0
+    for part in parts:
+        if (type(part) is not np.ndarray or part.base is not base or part.dtype != dtype
+                or part.shape[1:] != row_shape or not part.flags.c_contiguous
+                or part.__array_interface__["data"][0] != address):
+            return None
+        address += part.nbytes
+        rows += len(part)
+    # Every part lies in ``base``, one after the other: the span between them is base's too.
+    return np.lib.stride_tricks.as_strided(first, (rows, *row_shape), first.strides,
+                                           writeable=False)
+
+
+class ZeroRows:
+    """Zeroed arrays of observation rows for the ``once`` layout's ``next_obs`` column, whose
+    rows are mostly left zero: an array is reused once nothing refers to it any more (its
+    Arrow batch written and let go of), and only the rows written into it are zeroed again,
+    instead of zeroing a block's worth of memory for every block. Thread-safe.
+
+    >>> zeros = ZeroRows((2,), np.uint8, rows=4)
+    >>> a = zeros.take(3); a[1] = 7; zeros.written(a, np.array([False, True, False]))
+    >>> del a
+    >>> zeros.take(4).tolist()
+    [[0, 0], [0, 0], [0, 0], [0, 0]]
+    """
+
+    #: Arrays kept for reuse; more at once in use (a slow sink's queue) are not kept.
+    KEEP = 4
+
+    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, rows: int) -> None:
+        self.shape, self.dtype, self.rows = tuple(shape), np.dtype(dtype), int(rows)
+        #: [array, rows that may be nonzero (None: any)] pairs.
+        self._arrays: list[list[Any]] = []
+        self._free_refs = 0
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> np.ndarray:
+        """``n`` rows of zeros, writable."""
+        if n > self.rows:
+            return pooled_array((n, *self.shape), self.dtype, zero=True)
+        with self._lock:
+            for entry in self._arrays:
+                array = entry[0]
+                if sys.getrefcount(array) == self._free_refs:  # only this list holds it
+                    dirty, entry[1] = entry[1], None
+                    if dirty is None:
+                        array.fill(0)
+                    elif len(dirty):
+                        array[dirty] = 0
+                    return array[:n]
+            if len(self._arrays) >= self.KEEP:
+                return pooled_array((n, *self.shape), self.dtype, zero=True)
+            array = np.zeros((self.rows, *self.shape), self.dtype)
+            self._arrays.append([array, None])
+            self._free_refs = sys.getrefcount(array)  # as counted in the loop above
+            return array[:n]
+
+    def written(self, rows: np.ndarray, nonzero: np.ndarray) -> None:
+        """Says which of the ``rows`` that `take` gave may now be nonzero (a bool mask)."""
+        with self._lock:
+            for entry in self._arrays:
+                if rows.base is entry[0]:
+                    entry[1] = np.flatnonzero(nonzero)
+                    return

@@ -1,0 +1,138 @@
+"""The stepping thread's observation copies (`ObsSlab`) and the once layout's reused zero rows
+(`ZeroRows`): blocks built from them hold exactly the recorded rows, and a batch a sink keeps
+is never written into afterwards."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from gymnasium import spaces
+from tests_helpers import make_testing_env
+
+import relayrl_gym
+from relayrl_gym.recording.buffer import _filtered
+from relayrl_gym.recording.slab import ObsSlab, ZeroRows, joined
+from relayrl_gym.sinks.arrow import ArrowSink
+
+IMAGE = spaces.Box(0, 255, (24, 24, 8), np.uint8)  # 4.5 KiB: the once layout under "auto"
+COMPARED = ["env_index", "episode_id", "step", "obs", "action", "reward", "next_obs",
+            "terminated", "truncated"]
+
+
+class KeepingSink(ArrowSink):
+    """Writes to Arrow files and also keeps every batch it is handed, with a deep copy of it
+    taken then (a replay buffer holding the batches zero-copy does the same)."""
+
+    def __init__(self, root: Path, **kwargs: Any) -> None:
+        super().__init__(root, **kwargs)
+        self.kept: list[tuple[pa.RecordBatch, pa.RecordBatch]] = []
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        copy = pa.RecordBatch.from_arrays(
+            [pa.concat_arrays([column]) for column in batch.columns], schema=batch.schema)
+        self.kept.append((batch, copy))
+        super().write(batch)
+
+
+def _record(sink: Any, steps: int, mode: str = "next_step", pause: float = 0.0,
+            **kwargs: Any) -> Any:
+    envs = relayrl_gym.wrap(make_testing_env(obs_space=IMAGE, length=9), actors=3, sink=sink,
+                            autoreset_mode=mode, **kwargs)
+    envs.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(steps):
+        envs.step(rng.integers(0, 2, 3))
+        if pause:
+            time.sleep(pause)
+    envs.close()
+    return envs
+
+
+def test_batches_a_sink_keeps_are_never_written_into_by_later_blocks(tmp_path: Path) -> None:
+    sink = KeepingSink(tmp_path / "kept")  # "auto": these images are stored once
+    _record(sink, steps=120, batch_rows=12)
+    assert len(sink.kept) >= 25  # blocks enough to reuse every zeroed buffer several times
+    for batch, copy in sink.kept:
+        assert batch.equals(copy)
+    stored = pa.Table.from_batches([b for b, _ in sink.kept])
+    assert stored.column("next_obs").null_count > stored.num_rows / 2  # stored once
+
+
+def test_the_once_rows_equal_the_pairs_rows_across_blocks_and_autoresets(
+        tmp_path: Path) -> None:
+    # Blocks of 12 rows (4 steps of 3 envs), episodes of 9 steps: block ends, episode ends and
+    # NEXT_STEP reset rows (dropped) fall everywhere in a block.
+    once = _record(ArrowSink(tmp_path / "once", obs_layout="once"), 90, batch_rows=12)
+    pairs = _record(ArrowSink(tmp_path / "pairs", obs_layout="pairs"), 90, batch_rows=12)
+    once_rows = relayrl_gym.load(once.run_path).table.select(COMPARED)
+    pairs_rows = relayrl_gym.load(pairs.run_path).table.select(COMPARED)
+    assert once_rows.num_rows == 90 * 3 - 3 * (90 // 10)
+    assert once_rows.equals(pairs_rows)
+
+
+def test_rows_handed_over_by_age_are_the_same_rows(tmp_path: Path) -> None:
+    # Slow steps and a short flush interval: blocks leave part filled, out of line with the
+    # slab's arrays, which then join by a copy; the next full blocks line up again.
+    slow = _record(ArrowSink(tmp_path / "slow", obs_layout="once"), 40, pause=0.01,
+                   batch_rows=30, flush_interval=0.05)
+    fast = _record(ArrowSink(tmp_path / "fast", obs_layout="once"), 40, batch_rows=30)
+    slow_rows = relayrl_gym.load(slow.run_path).table
+    assert slow_rows.select(COMPARED).equals(
+        relayrl_gym.load(fast.run_path).table.select(COMPARED))
+    with pa.ipc.open_file(next(Path(slow.run_path).glob("part-*.arrow"))) as reader:
+        sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
+    assert len(sizes) > 40 * 3 // 30 and min(sizes) < 30  # some blocks left by age
+
+
+def test_joined_parts_are_one_span_only_when_consecutive() -> None:
+    slab = ObsSlab((3,), np.float32, rows=8, rows_left=lambda: 100)
+    a, b, c = (slab.copy(np.full((2, 3), i, np.float64)) for i in range(3))
+    span = joined([a, b, c])
+    assert span is not None and np.shares_memory(span, a) and not span.flags.writeable
+    np.testing.assert_array_equal(span, np.repeat(np.arange(3.0), 2)[:, None] * np.ones(3))
+    assert joined([a, c]) is None and joined([b, a]) is None
+    assert joined([a, a.copy()]) is None
+    # Where the recorder's block will next be handed over, a new array begins.
+    left = [5]
+    slab = ObsSlab((3,), np.float32, rows=8, rows_left=lambda: left[0])
+    first = slab.copy(np.zeros((2, 3)))
+    left[0] = 3  # this copy is the obs of the block after next: a new array
+    second = slab.copy(np.ones((2, 3)))
+    assert not np.shares_memory(first.base, second.base)
+
+
+def test_zero_rows_are_reused_only_when_nothing_holds_them() -> None:
+    zeros = ZeroRows((4,), np.int16, rows=6)
+    held = zeros.take(6)
+    held[2] = 9
+    zeros.written(held, np.arange(6) == 2)
+    other = zeros.take(5)  # `held` is in use: another array
+    assert not np.shares_memory(held, other) and not other.any()
+    assert held[2].tolist() == [9] * 4
+    del held
+    again = zeros.take(6)  # the first array again, its written row zeroed
+    assert not again.any()
+    assert len(zeros._arrays) == 2
+
+
+def test_the_numpy_filter_equals_arrows(tmp_path: Path) -> None:
+    image = pa.list_(pa.uint8(), 6)
+    values = np.arange(5 * 6, dtype=np.uint8)
+    nulls = np.array([False, True, False, False, True])
+    batch = pa.RecordBatch.from_arrays([
+        pa.FixedSizeListArray.from_arrays(pa.array(values), 6),
+        pa.FixedSizeListArray.from_arrays(pa.array(values[::-1].copy()), 6,
+                                          mask=pa.array(nulls)),
+        pa.array([1.5, 2.5, 3.5, 4.5, 5.5]),
+        pa.array(["a", None, "c", "d", "e"]),
+    ], names=["obs", "next_obs", "reward", "info"])
+    assert batch.schema.field("obs").type == image
+    keep = np.array([True, True, False, True, False])
+    assert _filtered(batch, keep).equals(batch.filter(pc.field("reward") > 0)
+                                         .filter(pa.array(keep)))
+    assert _filtered(batch, keep).column("next_obs").null_count == 1
