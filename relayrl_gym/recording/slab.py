@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,10 @@ import numpy as np
 from relayrl_gym.schema.arrow_arrays import pooled_array
 
 __all__ = ["ObsSlab", "ZeroRows", "joined"]
+
+
+#: The arrays `ObsSlab` hands rows out of (as their views name them in ``base``).
+_SLAB_ARRAYS: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
 
 
 class ObsSlab:
@@ -59,6 +64,9 @@ class ObsSlab:
         if starts_block or self._used + k > len(self._array):
             self._array = pooled_array((max(self.rows, k) + k, *self.shape), self.dtype)
             self._used = 0
+            owner = self._array[:0].base  # what the views handed out name as their base
+            if owner is not None:
+                _SLAB_ARRAYS[id(owner)] = owner
         rows = self._array[self._used : self._used + k]
         rows[...] = obs
         self._used += k
@@ -66,23 +74,27 @@ class ObsSlab:
 
 
 def joined(parts: Sequence[Any]) -> np.ndarray | None:
-    """The parts as one array without copying, when they are consecutive rows of one
-    C-contiguous array (as `ObsSlab` hands them out); else None."""
-    first = parts[0]
-    if type(first) is not np.ndarray or first.base is None or not first.flags.c_contiguous:
+    """The parts as one array without copying, when they are consecutive rows handed out by
+    one `ObsSlab` array, in order; else None."""
+    first, last = parts[0], parts[-1]
+    if type(first) is not np.ndarray:
         return None
-    base, dtype, row_shape = first.base, first.dtype, first.shape[1:]
-    address = first.__array_interface__["data"][0]
-    rows = 0
+    base = first.base
+    if base is None or _SLAB_ARRAYS.get(id(base)) is not base:
+        return None
+    rows = nbytes = 0
     for part in parts:
-        if (type(part) is not np.ndarray or part.base is not base or part.dtype != dtype
-                or part.shape[1:] != row_shape or not part.flags.c_contiguous
-                or part.__array_interface__["data"][0] != address):
+        if type(part) is not np.ndarray or part.base is not base:
             return None
-        address += part.nbytes
         rows += len(part)
-    # Every part lies in ``base``, one after the other: the span between them is base's too.
-    return np.lib.stride_tricks.as_strided(first, (rows, *row_shape), first.strides,
+        nbytes += part.nbytes
+    # A slab hands out rows once each, one after the other: parts from one of its arrays
+    # whose span is exactly their total size are consecutive and in order.
+    begin = first.__array_interface__["data"][0]
+    end = last.__array_interface__["data"][0] + last.nbytes
+    if end - begin != nbytes or first.shape[1:] != last.shape[1:] or first.dtype != last.dtype:
+        return None
+    return np.lib.stride_tricks.as_strided(first, (rows, *first.shape[1:]), first.strides,
                                            writeable=False)
 
 

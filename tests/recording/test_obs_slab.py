@@ -121,12 +121,13 @@ def test_zero_rows_are_reused_only_when_nothing_holds_them() -> None:
 
 
 def test_the_numpy_filter_equals_arrows(tmp_path: Path) -> None:
-    image = pa.list_(pa.uint8(), 6)
-    values = np.arange(5 * 6, dtype=np.uint8)
+    width = 1100  # bytes a row: filtered with numpy
+    image = pa.list_(pa.uint8(), width)
+    values = (np.arange(5 * width) % 251).astype(np.uint8)
     nulls = np.array([False, True, False, False, True])
     batch = pa.RecordBatch.from_arrays([
-        pa.FixedSizeListArray.from_arrays(pa.array(values), 6),
-        pa.FixedSizeListArray.from_arrays(pa.array(values[::-1].copy()), 6,
+        pa.FixedSizeListArray.from_arrays(pa.array(values), width),
+        pa.FixedSizeListArray.from_arrays(pa.array(values[::-1].copy()), width,
                                           mask=pa.array(nulls)),
         pa.array([1.5, 2.5, 3.5, 4.5, 5.5]),
         pa.array(["a", None, "c", "d", "e"]),
