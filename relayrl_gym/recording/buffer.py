@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from relayrl_gym.core.transitions import TransitionBatch
 from relayrl_gym.recording.slab import ZeroRows, joined
-from relayrl_gym.schema.arrow_arrays import arrow_to_numpy, pooled_array
+from relayrl_gym.schema.arrow_arrays import pooled_array
 from relayrl_gym.schema.codecs import (
     LeafCodec,
     numpy_dtype,
@@ -25,8 +25,8 @@ from relayrl_gym.storage.obs_layout import next_rows
 
 __all__ = ["StepBlock"]
 
-#: Observation columns of rows this large (bytes) are filtered with numpy (see `_filtered`).
-FILTER_ROWS_FROM = 1024
+#: Blocks of observations this large (bytes a row) are cut around dropped rows (see `_kept`).
+CUT_ROWS_FROM = 1024
 
 _BLOCK_SEQ = itertools.count()
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
@@ -102,8 +102,8 @@ class StepBlock:
         self.stamps: list[Any] = []  # each batch's timestamp (ns), or its rows' (an array)
         self.n = 0
         self.first = 0  # time.time_ns() of the first row: a block is handed over by age too
-        #: The block's rows as one Arrow batch, once built (then ``batches`` is let go of).
-        self.arrow: pa.RecordBatch | None = None
+        #: The block's rows as Arrow batches, once built (then ``batches`` is let go of).
+        self.arrow: list[pa.RecordBatch] | None = None
         #: Seconds the recording thread took to build ``arrow``: part of the rows' way to the
         #: sinks, which the writer's pacing counts with its own work.
         self.build_seconds = 0.0
@@ -119,11 +119,14 @@ class StepBlock:
         self.stamps.append(timestamp_ns)
         self.n += len(batch.env_index)
 
-    def to_record_batch(
+    def to_record_batches(
         self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str],
         once_schema: pa.Schema | None = None, zeros: ZeroRows | None = None,
-    ) -> pa.RecordBatch:
-        """Builds the Arrow batch of every row; ``actor_ids``/``agent_ids`` are by env index.
+    ) -> list[pa.RecordBatch]:
+        """Builds the Arrow batches of the block's rows; ``actor_ids``/``agent_ids`` are by env
+        index. One batch, except where rows marked invalid are dropped from large observations:
+        the batch is then cut around them (zero-copy slices) instead of copying every other row
+        (see `_kept`).
 
         With ``once_schema`` (the run's `stored_schema`) the batch is in the ``once``
         observation layout: a row's ``next_obs`` is null where the block holds it as the obs of
@@ -151,9 +154,11 @@ class StepBlock:
             for start, valid in masked:
                 keep[start : start + len(valid)] = valid
         codec = schema.obs
+        # Large rows: the batch is cut around dropped rows, so a row's next row is in its part.
+        part = None if keep is None or codec.row_bytes < CUT_ROWS_FROM else np.cumsum(~keep)
         if once_schema is not None and isinstance(codec, LeafCodec) and codec.shape:
             values, missing = _next_obs_once(codec, col, starts, obs, env_index, episode_ids,
-                                             steps, keep, zeros)
+                                             steps, keep, zeros, part)
             next_obs_array: pa.Array = pa.FixedSizeListArray.from_arrays(
                 codec.to_arrow(values, n).values, codec.size, mask=numpy_to_arrow(missing))
         else:
@@ -188,45 +193,26 @@ class StepBlock:
         ]
         batch = pa.RecordBatch.from_arrays(
             columns, schema=schema.arrow if once_schema is None else once_schema)
-        if keep is not None:
-            batch = _filtered(batch, keep)
-        return batch
+        return _kept(batch, keep, cut=part is not None)
 
 
-def _filtered(batch: pa.RecordBatch, keep: np.ndarray) -> pa.RecordBatch:
-    """The batch's rows that ``keep`` marks. Large observation columns (fixed-size lists of
-    numbers) are taken as numpy rows into pooled memory: Arrow's filter gathers them value by
-    value, several times slower; the other columns go through one Arrow filter."""
-    large = [i for i, field in enumerate(batch.schema)
-             if pa.types.is_fixed_size_list(field.type) and batch.column(i).offset == 0
-             and (pa.types.is_integer(field.type.value_type)
-                  or pa.types.is_floating(field.type.value_type))
-             and field.type.list_size * field.type.value_type.bit_width >= 8 * FILTER_ROWS_FROM]
-    if not large:
-        return batch.filter(numpy_to_arrow(keep))
-    rest = [i for i in range(batch.num_columns) if i not in large]
-    columns = dict(zip(rest, batch.select(rest).filter(numpy_to_arrow(keep)).columns))
-    picked = np.flatnonzero(keep)
-    for i in large:
-        column = batch.column(i)
-        kind = column.type
-        width = kind.list_size
-        rows = arrow_to_numpy(column.values)[: len(column) * width].reshape(-1, width)
-        kept = pooled_array((len(picked), width), rows.dtype)
-        np.take(rows, picked, axis=0, out=kept, mode="clip")  # "raise" copies twice
-        nulls = None
-        if column.null_count:
-            nulls = numpy_to_arrow(~arrow_to_numpy(column.is_valid())[keep])
-        columns[i] = pa.FixedSizeListArray.from_arrays(
-            numpy_to_arrow(kept.reshape(-1), kind.value_type), width, mask=nulls)
-    return pa.RecordBatch.from_arrays([columns[i] for i in range(batch.num_columns)],
-                                      schema=batch.schema)
+def _kept(batch: pa.RecordBatch, keep: np.ndarray | None, cut: bool) -> list[pa.RecordBatch]:
+    """The batch's rows that ``keep`` marks (None: all): filtered (a copy of every kept row),
+    or, with ``cut``, as slices between the rows dropped (no copy: for large observations,
+    where a block of images is megabytes to copy and a few more batches cost nothing)."""
+    if keep is None:
+        return [batch]
+    if not cut:
+        return [batch.filter(numpy_to_arrow(keep))]
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], keep.view(np.int8), [0]])))
+    return [batch.slice(start, stop - start)
+            for start, stop in zip(edges[::2].tolist(), edges[1::2].tolist())]
 
 
 def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: list[int],
                    obs: np.ndarray, env_index: np.ndarray, episode_ids: np.ndarray,
-                   steps: np.ndarray, keep: np.ndarray | None, zeros: ZeroRows | None = None
-                   ) -> tuple[np.ndarray, np.ndarray]:
+                   steps: np.ndarray, keep: np.ndarray | None, zeros: ZeroRows | None = None,
+                   part: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``next_obs`` rows of the ``once`` layout and the mask of those left null (zero,
     free to compress): the rows whose value the block holds as the obs of the same slot's
     next step in the same episode (a row that is kept).
@@ -237,7 +223,8 @@ def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: li
     are the rows a batch's ``next_from`` names (a game agent's next obs, handed over as the
     obs of its next row). The rows of other batches (the client API, game agents whose next
     row is in a later batch) are copied and compared with their next step's obs, found by
-    slot, episode and step.
+    slot, episode and step. With ``part`` (each row's part of a batch to be cut), a row's
+    next_obs is left null only where its next row is in the same part.
     """
     obs_parts, next_parts, env_parts = col["obs"], col["next_obs"], col["env_index"]
     n = len(obs)
@@ -274,6 +261,8 @@ def _next_obs_once(codec: LeafCodec, col: dict[str, tuple[Any, ...]], starts: li
     same = (episode_ids[to] == episode_ids[candidates]) & (steps[to] == steps[candidates] + 1)
     if keep is not None:
         same &= keep[to]
+    if part is not None:  # the batch is cut there: a row's next row must be in its own part
+        same &= part[to] == part[candidates]
     copied = candidates[~same & shared[candidates]]
     values[copied] = obs[partner[copied]]
     missing = np.zeros(n, np.bool_)

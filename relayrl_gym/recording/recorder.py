@@ -178,7 +178,7 @@ class Recorder:
             if not self.build_on_writer:
                 with contextlib.suppress(Exception):
                     began = time.monotonic()
-                    full.arrow = self.to_record_batch(full)
+                    full.arrow = self.to_record_batches(full)
                     full.batches = []
                     full.build_seconds = time.monotonic() - began
         finally:  # even on Ctrl-C: the block is queued, built or not
@@ -215,11 +215,11 @@ class Recorder:
         if self._writer is not None:
             self._writer.flush()
 
-    def to_record_batch(self, block: StepBlock) -> pa.RecordBatch:
-        """The block's rows as an Arrow batch (built at hand-over, or now)."""
+    def to_record_batches(self, block: StepBlock) -> list[pa.RecordBatch]:
+        """The block's rows as Arrow batches (built at hand-over, or now)."""
         if block.arrow is not None:
             return block.arrow
-        return block.to_record_batch(self.schema, self.run_id, self.actor_ids, self.agent_ids,
+        return block.to_record_batches(self.schema, self.run_id, self.actor_ids, self.agent_ids,
                                      once_schema=self._once_schema, zeros=self._zeros)
 
     def close(self) -> None:

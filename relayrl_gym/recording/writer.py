@@ -386,7 +386,7 @@ class BackgroundWriter:
 
     def _write(self, recorder: Recorder, buf: StepBlock) -> None:
         try:
-            batch = recorder.to_record_batch(buf)
+            batches = recorder.to_record_batches(buf)
             buf.offered = True
         except Exception as err:
             self._conversion_errors += 1
@@ -394,19 +394,20 @@ class BackgroundWriter:
             self._unreported = self._unreported or err
             log.exception("building an Arrow batch of %d recorded rows failed", buf.n)
             return
-        for delivery in self.deliveries:
-            try:  # one sink's trouble never keeps a batch from the others
-                delivery.offer(batch)
-            except Exception:
-                log.exception("handing %d rows to sink %r failed", batch.num_rows,
-                              delivery.sink)
-            # Said once when the backlog stops spilling and once when rows start to drop;
-            # again only after the sink or the spill has recovered.
-            level = (delivery.spill_error is not None) + (delivery.rows_dropped > 0)
-            if level > self._told.get(id(delivery), 0):
-                self.alarm = SinkError(delivery.trouble)
-            self._told[id(delivery)] = level if delivery.spill_error is not None else 0
-        self.rows_written += batch.num_rows
+        for batch in batches:
+            for delivery in self.deliveries:
+                try:  # one sink's trouble never keeps a batch from the others
+                    delivery.offer(batch)
+                except Exception:
+                    log.exception("handing %d rows to sink %r failed", batch.num_rows,
+                                  delivery.sink)
+                # Said once when the backlog stops spilling and once when rows start to drop;
+                # again only after the sink or the spill has recovered.
+                level = (delivery.spill_error is not None) + (delivery.rows_dropped > 0)
+                if level > self._told.get(id(delivery), 0):
+                    self.alarm = SinkError(delivery.trouble)
+                self._told[id(delivery)] = level if delivery.spill_error is not None else 0
+            self.rows_written += batch.num_rows
 
     def take_alarm(self) -> SinkError | None:
         """The storage trouble found since the last call (a sink failing and its backlog

@@ -30,7 +30,7 @@ def test_whole_and_per_row_masks_and_outputs_in_one_block() -> None:
     block.append(_batch(3, masks={0: [True, True, False], 2: np.array([0, 0, 1], np.int8)},
                         outputs={1: {"logp": -2.5}}), np.array([20_000, 21_000, 22_000]))
     block.append(_batch(1), 30_000)
-    out = block.to_record_batch(schema, "r", ["a"], [""])
+    out = block.to_record_batches(schema, "r", ["a"], [""])[0]
     assert out.column("mask").to_pylist() == [
         [True, False, True], [False, True, True], [True, True, False], None,
         [False, False, True], None]
@@ -45,5 +45,5 @@ def test_masks_of_several_widths_stay_per_row() -> None:
                                     metadata={})
     block = StepBlock()
     block.append(_batch(2, masks={0: [True], 1: [False, True]}), 0)
-    out = block.to_record_batch(schema, "r", ["a"], [""])
+    out = block.to_record_batches(schema, "r", ["a"], [""])[0]
     assert out.column("mask").to_pylist() == [[True], [False, True]]

@@ -22,14 +22,14 @@ def _steps_until(envs, raised=KeyboardInterrupt) -> None:
 
 def _builds_on_this_thread(recorder) -> list[bool]:
     """Whether each block the recorder builds is built on the calling (main) thread."""
-    build, here = recorder.to_record_batch, []
+    build, here = recorder.to_record_batches, []
 
     def spied(block):
         if block.arrow is None:
             here.append(threading.current_thread() is threading.main_thread())
         return build(block)
 
-    recorder.to_record_batch = spied
+    recorder.to_record_batches = spied
     return here
 
 
@@ -38,7 +38,7 @@ def test_ctrl_c_while_a_block_is_built_or_written_loses_no_row(tmp_path, monkeyp
                                                                moment) -> None:
     envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
     recorder = envs.agent.recorder
-    build = recorder.to_record_batch
+    build = recorder.to_record_batches
     interrupted = []
 
     def interrupted_once(block):
@@ -51,7 +51,7 @@ def test_ctrl_c_while_a_block_is_built_or_written_loses_no_row(tmp_path, monkeyp
             raise KeyboardInterrupt  # as if Ctrl-C arrived just then
         return build(block)
 
-    monkeypatch.setattr(recorder, "to_record_batch", interrupted_once)
+    monkeypatch.setattr(recorder, "to_record_batches", interrupted_once)
     _steps_until(envs)
     recorded = recorder.rows_recorded
     envs.close()
@@ -63,7 +63,7 @@ def test_a_block_that_fails_to_build_is_built_again_by_the_writer(tmp_path,
                                                                          monkeypatch) -> None:
     envs = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, batch_rows=32)
     recorder = envs.agent.recorder
-    build = recorder.to_record_batch
+    build = recorder.to_record_batches
     calls = []
 
     def flaky(block):  # fails on the recording thread only, the first time
@@ -73,7 +73,7 @@ def test_a_block_that_fails_to_build_is_built_again_by_the_writer(tmp_path,
             raise MemoryError("no memory for the batch just now")
         return build(block)
 
-    monkeypatch.setattr(recorder, "to_record_batch", flaky)
+    monkeypatch.setattr(recorder, "to_record_batches", flaky)
     envs.reset(seed=0)
     for _ in range(40):
         envs.step(np.array([0, 1]))

@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+import pytest
 from gymnasium import spaces
 from tests_helpers import make_testing_env
 
 import relayrl_gym
-from relayrl_gym.recording.buffer import _filtered
 from relayrl_gym.recording.slab import ObsSlab, ZeroRows, joined
 from relayrl_gym.sinks.arrow import ArrowSink
 
@@ -120,20 +119,47 @@ def test_zero_rows_are_reused_only_when_nothing_holds_them() -> None:
     assert len(zeros._arrays) == 2
 
 
-def test_the_numpy_filter_equals_arrows(tmp_path: Path) -> None:
-    width = 1100  # bytes a row: filtered with numpy
-    image = pa.list_(pa.uint8(), width)
-    values = (np.arange(5 * width) % 251).astype(np.uint8)
-    nulls = np.array([False, True, False, False, True])
-    batch = pa.RecordBatch.from_arrays([
-        pa.FixedSizeListArray.from_arrays(pa.array(values), width),
-        pa.FixedSizeListArray.from_arrays(pa.array(values[::-1].copy()), width,
-                                          mask=pa.array(nulls)),
-        pa.array([1.5, 2.5, 3.5, 4.5, 5.5]),
-        pa.array(["a", None, "c", "d", "e"]),
-    ], names=["obs", "next_obs", "reward", "info"])
-    assert batch.schema.field("obs").type == image
-    keep = np.array([True, True, False, True, False])
-    assert _filtered(batch, keep).equals(batch.filter(pc.field("reward") > 0)
-                                         .filter(pa.array(keep)))
-    assert _filtered(batch, keep).column("next_obs").null_count == 1
+def _uneven_episodes(env: Any, action: Any) -> tuple[Any, ...]:
+    """Episodes of 2 to 12 steps drawn by each env copy's own generator: the copies end
+    episodes at different steps, so a reset row falls between other envs' rows."""
+    env.t += 1
+    done = env.t >= 2 and (env.t >= 12 or env.np_random.random() < 0.25)
+    return env._obs(), float(env.t), done, False, {}
+
+
+@pytest.mark.parametrize("layout", ["once", "pairs"])
+def test_blocks_cut_around_reset_steps_hold_the_transitions_the_loop_saw(
+        tmp_path: Path, layout: str) -> None:
+    # NEXT_STEP: the step after an episode's end resets that env (a row not recorded), so the
+    # blocks of these large observations are cut around such rows instead of filtered.
+    envs = relayrl_gym.wrap(make_testing_env(obs_space=IMAGE, step_fn=_uneven_episodes),
+                            actors=3, sink=ArrowSink(tmp_path, obs_layout=layout),
+                            autoreset_mode="next_step", batch_rows=12)
+    obs, _ = envs.reset(seed=1)
+    rng = np.random.default_rng(0)
+    resetting = np.zeros(3, np.bool_)
+    expected = []
+    for _ in range(60):
+        actions = rng.integers(0, 2, 3)
+        following, rewards, terminated, truncated, _ = envs.step(actions)
+        expected += [(i, obs[i].copy(), int(actions[i]), float(rewards[i]), following[i].copy(),
+                      bool(terminated[i]), bool(truncated[i]))
+                     for i in range(3) if not resetting[i]]
+        resetting = terminated | truncated
+        obs = following
+    envs.close()
+    rows = relayrl_gym.load(envs.run_path).table
+    assert rows.num_rows == len(expected) < 60 * 3 - 10
+    with pa.ipc.open_file(next(Path(envs.run_path).glob("part-*.arrow"))) as reader:
+        assert reader.num_record_batches > -(-rows.num_rows // 12)  # some blocks were cut
+    shape = (len(expected), *IMAGE.shape)
+    np.testing.assert_array_equal(rows.column("env_index").to_numpy(), [e[0] for e in expected])
+    np.testing.assert_array_equal(np.stack(rows.column("obs").to_numpy(zero_copy_only=False))
+                                  .reshape(shape), np.stack([e[1] for e in expected]))
+    np.testing.assert_array_equal(rows.column("action").to_numpy(), [e[2] for e in expected])
+    np.testing.assert_array_equal(rows.column("reward").to_numpy(), [e[3] for e in expected])
+    np.testing.assert_array_equal(
+        np.stack(rows.column("next_obs").to_numpy(zero_copy_only=False)).reshape(shape),
+        np.stack([e[4] for e in expected]))
+    assert rows.column("terminated").to_pylist() == [e[5] for e in expected]
+    assert rows.column("truncated").to_pylist() == [e[6] for e in expected]

@@ -212,7 +212,7 @@ def test_mask_column_round_trips(sqlite_url, tmp_path):
                                  np.zeros(2, bool), -1,
                                  masks={1: np.array([True, False, True, True, False])}),
                  1_700_000_000_000_000_000)
-    batch = block.to_record_batch(schema, "masked", ["a", "b"], ["", ""])
+    batch = block.to_record_batches(schema, "masked", ["a", "b"], ["", ""])[0]
     sink = SQLSink(sqlite_url)
     sink.start("masked", schema.arrow)
     sink.write(batch)

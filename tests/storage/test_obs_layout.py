@@ -214,8 +214,8 @@ def test_a_next_obs_differing_only_in_the_sign_of_a_zero_is_kept() -> None:
     for step, (obs, next_obs) in enumerate([(zeros, negative), (zeros.copy(), zeros.copy())]):
         block.append(TransitionBatch(np.array([0], np.int32), np.array([0]), np.array([step]),
                                      obs, np.array([1]), 0.0, next_obs, (False,), (False,)), 0)
-    stored = block.to_record_batch(schema, "r", ["a"], [""],
-                                   once_schema=obs_layout.stored_schema(schema.arrow))
+    [stored] = block.to_record_batches(schema, "r", ["a"], [""],
+                                       once_schema=obs_layout.stored_schema(schema.arrow))
     assert stored.column("next_obs").null_count == 0  # kept: not the next row's obs
     back = obs_layout.restore(stored, schema.arrow)
     first = np.asarray(back.column("next_obs")[0].values)

@@ -347,7 +347,7 @@ class _Frames(ParallelEnv):
 def test_large_game_frames_built_by_the_writer_are_recorded_as_seen(tmp_path):
     env = relayrl_gym.wrap(_Frames(), sink=tmp_path)
     recorder = env.recording.runs[0].recorder
-    build, here, lists = recorder.to_record_batch, [], []
+    build, here, lists = recorder.to_record_batches, [], []
 
     def spied(block):  # where each block is built, and whether its obs came as row lists
         if block.arrow is None:
@@ -355,7 +355,7 @@ def test_large_game_frames_built_by_the_writer_are_recorded_as_seen(tmp_path):
             lists.append(any(type(batch[3]) is list for batch in block.batches))
         return build(block)
 
-    recorder.to_record_batch = spied
+    recorder.to_record_batches = spied
     obs, _ = env.reset(seed=0)
     lived = []
     for t in range(23):
