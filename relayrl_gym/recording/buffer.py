@@ -122,11 +122,12 @@ class StepBlock:
     def to_record_batches(
         self, schema: TransitionSchema, run_id: str, actor_ids: list[str], agent_ids: list[str],
         once_schema: pa.Schema | None = None, zeros: ZeroRows | None = None,
+        cut: bool = False,
     ) -> list[pa.RecordBatch]:
         """Builds the Arrow batches of the block's rows; ``actor_ids``/``agent_ids`` are by env
-        index. One batch, except where rows marked invalid are dropped from large observations:
-        the batch is then cut around them (zero-copy slices) instead of copying every other row
-        (see `_kept`).
+        index. One batch, except with ``cut`` where rows marked invalid are dropped from large
+        observations: the batch is then cut around them (zero-copy slices) instead of copying
+        every other row (see `_kept`).
 
         With ``once_schema`` (the run's `stored_schema`) the batch is in the ``once``
         observation layout: a row's ``next_obs`` is null where the block holds it as the obs of
@@ -155,7 +156,8 @@ class StepBlock:
                 keep[start : start + len(valid)] = valid
         codec = schema.obs
         # Large rows: the batch is cut around dropped rows, so a row's next row is in its part.
-        part = None if keep is None or codec.row_bytes < CUT_ROWS_FROM else np.cumsum(~keep)
+        part = (None if keep is None or not cut or codec.row_bytes < CUT_ROWS_FROM
+                else np.cumsum(~keep))
         if once_schema is not None and isinstance(codec, LeafCodec) and codec.shape:
             values, missing = _next_obs_once(codec, col, starts, obs, env_index, episode_ids,
                                              steps, keep, zeros, part)

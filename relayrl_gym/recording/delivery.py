@@ -232,6 +232,7 @@ class SinkDelivery:
     def _keep(self, batch: pa.RecordBatch) -> None:
         # The spill holds the oldest waiting batches, memory the newest: past the bound, the
         # oldest in memory move to the end of the spill, so order is kept on both sides.
+        batch = _own_buffers(batch)
         self._memory.append(batch)
         self._memory_bytes += batch.nbytes
         self._memory_rows += batch.num_rows
@@ -323,3 +324,13 @@ class SinkDelivery:
         self._spill_files.pop(0)
         self._spill_pos = 0
         return False
+
+
+def _own_buffers(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """``batch``, copied when it is a slice of a larger one (a block cut around dropped rows):
+    a slice keeps the whole block's buffers alive, so the backlog's bound, which counts the
+    rows it holds, would not bound its memory."""
+    if batch.get_total_buffer_size() <= 2 * batch.nbytes + 4096:
+        return batch
+    return pa.RecordBatch.from_arrays([pa.concat_arrays([column]) for column in batch.columns],
+                                      schema=batch.schema)

@@ -93,6 +93,10 @@ class Recorder:
         #: The schema of the batches built in the ``once`` layout (None: the run's own).
         self._once_schema = stored_schema(schema.arrow) if obs_once else None
         codec = schema.obs
+        #: Whether blocks of large observations are cut around dropped rows instead of
+        #: filtered: when every sink is a local Arrow directory, for which a few more batches
+        #: cost nothing (a database transaction or a message each would).
+        self._cut = writer is not None and writer.inline
         #: Zeroed ``next_obs`` rows of the ``once`` layout, reused block after block.
         self._zeros = (ZeroRows(codec.shape, codec.dtype, self.capacity)
                        if obs_once and isinstance(codec, LeafCodec) and codec.shape else None)
@@ -220,7 +224,8 @@ class Recorder:
         if block.arrow is not None:
             return block.arrow
         return block.to_record_batches(self.schema, self.run_id, self.actor_ids, self.agent_ids,
-                                     once_schema=self._once_schema, zeros=self._zeros)
+                                     once_schema=self._once_schema, zeros=self._zeros,
+                                     cut=self._cut)
 
     def close(self) -> None:
         """Flushes and detaches from the writer; the writer itself is closed by its owner."""

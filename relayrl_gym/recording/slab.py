@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 import weakref
@@ -15,8 +16,19 @@ from relayrl_gym.schema.arrow_arrays import pooled_array
 __all__ = ["ObsSlab", "ZeroRows", "joined"]
 
 
-#: The arrays `ObsSlab` hands rows out of (as their views name them in ``base``).
-_SLAB_ARRAYS: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()
+class _Handed:
+    """The views handed out of one slab array, in order (each view's place by its id)."""
+
+    __slots__ = ("__weakref__", "places", "views")
+
+    def __init__(self) -> None:
+        self.views: list[np.ndarray] = []
+        self.places: dict[int, int] = {}
+
+
+#: The views of each recent slab array, by the id of the array the views name as ``base``
+#: (an entry lives as long as its `ObsSlab` keeps it, and its views keep that array alive).
+_HANDED: weakref.WeakValueDictionary[int, _Handed] = weakref.WeakValueDictionary()
 
 
 class ObsSlab:
@@ -30,15 +42,20 @@ class ObsSlab:
 
     A new array begins where the recorder's block will next be handed over (``rows_left``
     tells how many rows the block still takes), so that a block's observations lie in one
-    array; a block handed over early (by age) is joined by a copy, as without a slab, and the
-    next full block lines up again. Rows are never written twice: a view handed out stays
-    valid and unchanged for as long as anyone holds it. One thread uses a slab.
+    array; a block handed over early (by age), or built after the slab has moved on by two
+    arrays, is joined by a copy, as without a slab, and the next full block lines up again.
+    Rows are never written twice: a view handed out stays valid and unchanged for as long as
+    anyone holds it. One thread uses a slab.
 
     >>> slab = ObsSlab((2,), np.float32, rows=4, rows_left=lambda: 8)
     >>> a = slab.copy(np.ones((2, 2))); b = slab.copy(np.zeros((2, 2)))
     >>> both = joined([a, b]); both.shape, np.shares_memory(both, a)
     ((4, 2), True)
     """
+
+    #: Arrays whose views `joined` still recognizes: the current one and the one before it
+    #: (whose block is built when the record after the cut hands it over).
+    RECENT = 2
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, rows: int,
                  rows_left: Callable[[], int]) -> None:
@@ -52,6 +69,7 @@ class ObsSlab:
         self._rows_left = rows_left
         self._array = np.empty((0, *self.shape), self.dtype)
         self._used = 0
+        self._recent: collections.deque[_Handed] = collections.deque(maxlen=self.RECENT)
 
     def copy(self, obs: np.ndarray) -> np.ndarray:
         """A copy of ``obs`` (a batch of observations) in the slab's next rows."""
@@ -64,36 +82,37 @@ class ObsSlab:
         if starts_block or self._used + k > len(self._array):
             self._array = pooled_array((max(self.rows, k) + k, *self.shape), self.dtype)
             self._used = 0
+            handed = _Handed()
             owner = self._array[:0].base  # what the views handed out name as their base
             if owner is not None:
-                _SLAB_ARRAYS[id(owner)] = owner
+                _HANDED[id(owner)] = handed
+            self._recent.append(handed)
         rows = self._array[self._used : self._used + k]
         rows[...] = obs
         self._used += k
+        handed = self._recent[-1]
+        handed.places[id(rows)] = len(handed.views)
+        handed.views.append(rows)
         return rows
 
 
 def joined(parts: Sequence[Any]) -> np.ndarray | None:
-    """The parts as one array without copying, when they are consecutive rows handed out by
-    one `ObsSlab` array, in order; else None."""
-    first, last = parts[0], parts[-1]
-    if type(first) is not np.ndarray:
+    """The parts as one array without copying, when they are views an `ObsSlab` handed out
+    one after the other, in that order; else None."""
+    first = parts[0]
+    if type(first) is not np.ndarray or first.base is None:
         return None
-    base = first.base
-    if base is None or _SLAB_ARRAYS.get(id(base)) is not base:
+    handed = _HANDED.get(id(first.base))
+    place = None if handed is None else handed.places.get(id(first))
+    if handed is None or place is None or place + len(parts) > len(handed.views):
         return None
-    rows = nbytes = 0
-    for part in parts:
-        if type(part) is not np.ndarray or part.base is not base:
+    views = handed.views
+    rows = 0
+    for i, part in enumerate(parts, place):
+        if views[i] is not part:
             return None
         rows += len(part)
-        nbytes += part.nbytes
-    # A slab hands out rows once each, one after the other: parts from one of its arrays
-    # whose span is exactly their total size are consecutive and in order.
-    begin = first.__array_interface__["data"][0]
-    end = last.__array_interface__["data"][0] + last.nbytes
-    if end - begin != nbytes or first.shape[1:] != last.shape[1:] or first.dtype != last.dtype:
-        return None
+    # Consecutive views of one array, handed out row after row: one span of it.
     return np.lib.stride_tricks.as_strided(first, (rows, *first.shape[1:]), first.strides,
                                            writeable=False)
 

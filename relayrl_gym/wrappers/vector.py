@@ -605,7 +605,10 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
 
     def close_extras(self, **kwargs: Any) -> None:
         """Closes the envs on their threads, flushes and closes the sinks, joins every thread."""
-        self.agent.shutdown()
+        try:
+            self.agent.shutdown()
+        finally:
+            self._slab = None  # its array (up to a block of observations) is let go of
 
     def __del__(self) -> None:
         # VectorEnv has no __del__ of its own: an env dropped without close() must not leave

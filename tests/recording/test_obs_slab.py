@@ -95,7 +95,7 @@ def test_joined_parts_are_one_span_only_when_consecutive() -> None:
     assert span is not None and np.shares_memory(span, a) and not span.flags.writeable
     np.testing.assert_array_equal(span, np.repeat(np.arange(3.0), 2)[:, None] * np.ones(3))
     assert joined([a, c]) is None and joined([b, a]) is None
-    assert joined([a, a.copy()]) is None
+    assert joined([a, a.copy()]) is None and joined([a, b, b]) is None
     # Where the recorder's block will next be handed over, a new array begins.
     left = [5]
     slab = ObsSlab((3,), np.float32, rows=8, rows_left=lambda: left[0])

@@ -3,6 +3,7 @@ so, memory stays bounded, and what was dropped is counted."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import time
 
@@ -46,3 +47,46 @@ def test_a_full_disk_is_said_at_the_next_step_and_memory_stays_bounded(tmp_path,
     assert state.rows_waiting * 4 * 8 < 2 * 256 * 1024  # rows held stay near the bound
     with pytest.raises(SinkError, match="could not be written"):
         envs.close()
+
+
+def _held_bytes(batches) -> int:
+    """Bytes of the distinct Arrow buffers the batches keep alive (whole buffers, once each)."""
+    sizes: dict[int, int] = {}
+    for batch in batches:
+        for column in batch.columns:
+            for buffer in column.buffers():
+                if buffer is not None:
+                    sizes[buffer.address] = max(sizes.get(buffer.address, 0), buffer.size)
+    return sum(sizes.values())
+
+
+def test_a_backlog_of_cut_image_blocks_holds_no_more_memory_than_it_counts(tmp_path,
+                                                                          monkeypatch):
+    # Blocks of image rows are cut around NEXT_STEP reset rows into slices that share the
+    # block's buffers. Kept in a backlog that cannot spill, each must hold only its own rows:
+    # a small slice kept while the rest of its block is dropped must not keep the whole block.
+    from gymnasium import spaces
+    from testing_env import TestingEnv
+
+    bound = 8 * 1024 * 1024
+    monkeypatch.setattr(delivery, "MAX_UNSPILLED_BYTES", bound)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    image = spaces.Box(0, 255, (32, 32, 8), np.uint8)  # 8 KiB a row
+    # Episodes of 49 steps plus the reset step, blocks of 50 steps: once lined up by a flush,
+    # each block begins just before a reset step, so its first slice is one step long.
+    envs = relayrl_gym.wrap(lambda: TestingEnv(obs_space=image, length=49), actors=4,
+                            sink=FullDisk(tmp_path / "runs"), autoreset_mode="next_step",
+                            batch_rows=200, flush_interval=5.0, spill_dir=blocked / "spill")
+    envs.reset(seed=0)
+    (state,) = envs.agent.writer.deliveries
+    for step in range(1, 1501):
+        with contextlib.suppress(SinkError):  # said, and stepping goes on
+            envs.step(np.zeros(4, np.int64))
+        if step == 48:
+            envs.agent.writer.flush()
+    dropped, held = state.rows_dropped, _held_bytes(list(state._memory))
+    with pytest.raises(SinkError):
+        envs.close()
+    assert dropped > 0  # the bound was reached
+    assert held < 2 * bound, held
