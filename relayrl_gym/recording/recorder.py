@@ -233,3 +233,4 @@ class Recorder:
             self._writer.flush()
             self._writer.detach(self)
             self._writer = None
+        self._zeros = None  # the reused zero rows (up to a few blocks' worth) are let go of
