@@ -477,20 +477,26 @@ def test_a_request_longer_than_max_batch_is_answered_in_parts(cartpole_policy):
     assert calls == [32, 32, 6]
 
 
-def test_close_from_another_thread_stops_a_waiting_call(cartpole_policy):
-    server = InferenceServer(cartpole_policy(0), bind="tcp://127.0.0.1:*")
-    remote = RemotePolicy(server.url, timeout=30)
-    server.close()
-    failure: list[BaseException] = []
+def _step_in_thread(remote: RemotePolicy) -> tuple[threading.Thread, list[BaseException]]:
+    """A started thread making one call of ``remote``, and the list its error goes to."""
+    raised: list[BaseException] = []
 
     def call() -> None:
         try:
             remote.step(np.zeros((1, 4), np.float32))
         except BaseException as err:
-            failure.append(err)
+            raised.append(err)
 
     thread = threading.Thread(target=call)
     thread.start()
+    return thread, raised
+
+
+def test_close_from_another_thread_stops_a_waiting_call(cartpole_policy):
+    server = InferenceServer(cartpole_policy(0), bind="tcp://127.0.0.1:*")
+    remote = RemotePolicy(server.url, timeout=30)
+    server.close()
+    thread, failure = _step_in_thread(remote)
     time.sleep(0.3)
     start = time.monotonic()
     remote.close()
@@ -582,19 +588,10 @@ def test_closing_a_relay_whose_upstream_is_gone_is_quick(cartpole_policy):
     """A server serving another server's URL: closing it stops the call waiting upstream."""
     upstream = InferenceServer(cartpole_policy(0), bind="tcp://127.0.0.1:*")
     relay = InferenceServer(upstream.url, bind="tcp://127.0.0.1:*")
-    outcome: list[BaseException] = []
-
-    def call() -> None:
-        try:
-            remote.step(np.zeros((1, 4), np.float32))
-        except BaseException as err:
-            outcome.append(err)
-
     with RemotePolicy(f"{relay.url}?timeout=30") as remote:
         assert remote.step(np.zeros((1, 4), np.float32))[0].shape == (1,)
         upstream.close()
-        waiting = threading.Thread(target=call)
-        waiting.start()
+        waiting, outcome = _step_in_thread(remote)
         time.sleep(0.5)  # the relay's socket thread now waits on the upstream
         start = time.monotonic()
         relay.close()

@@ -26,7 +26,7 @@ from relayrl_gym.transport.nats.options import NatsTarget, subject_token
 from relayrl_gym.transport.protocol import ProtocolViolation
 from relayrl_gym.transport.sockets import connect_socket, failed_handshakes, watch_handshakes
 
-__all__ = ["QUEUE_GROUP", "NatsChannel", "ZmqChannel", "inference_subject", "read_outcome"]
+__all__ = ["QUEUE_GROUP", "NatsChannel", "ZmqChannel", "inference_subject"]
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class NatsChannel:
         nc = self._link.nc
         if nc is not None and nc.is_connected:
             task = asyncio.ensure_future(nc.publish(self.subject, data, reply=self._inbox))
-            task.add_done_callback(read_outcome)
+            task.add_done_callback(_read_outcome)
 
     def receive(self, timeout: float) -> list[bytes] | None:
         try:
@@ -162,7 +162,7 @@ class NatsChannel:
         self._link.close()
 
 
-def read_outcome(task: asyncio.Future[Any]) -> None:
+def _read_outcome(task: asyncio.Future[Any]) -> None:
     """Reads a finished publish's exception (a connection lost meanwhile: the request is sent
     again, or the client asks again), so that asyncio does not log it as never retrieved."""
     if not task.cancelled():

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import threading
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from relayrl_gym.transport.inference.wire import pack, unpack
 from relayrl_gym.transport.keys import ServerKeys
 from relayrl_gym.transport.nats.link import NatsLink
 from relayrl_gym.transport.nats.options import NatsTarget
-from relayrl_gym.transport.protocol import Kind, ProtocolViolation, encode
+from relayrl_gym.transport.protocol import Kind, ProtocolViolation, decode_header, encode
 from relayrl_gym.transport.sockets import bind_socket, failed_handshakes, watch_handshakes
 
 __all__ = ["NatsEndpoint", "ZmqEndpoint"]
@@ -177,8 +176,8 @@ class NatsEndpoint:
         nc = self._link.nc
         limit = nc.max_payload if nc is not None and nc.is_connected else None
         if limit is not None and len(data) > limit:
-            header = json.loads(frames[0])
-            data = pack([encode(Kind.ERROR, id=header.get("id", 0), reason=(
+            request_id = decode_header(frames[0]).fields.get("id", 0)
+            data = pack([encode(Kind.ERROR, id=request_id, reason=(
                 f"the answer of {len(data)} bytes is over the NATS server's max_payload "
                 f"({limit} bytes): send fewer rows per request"))])
             self.unsent += 1
