@@ -74,6 +74,23 @@ def test_the_once_rows_equal_the_pairs_rows_across_blocks_and_autoresets(
     assert once_rows.equals(pairs_rows)
 
 
+def test_full_blocks_of_a_vector_env_join_their_observations_without_a_copy(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from relayrl_gym.recording import buffer
+
+    outcomes: list[bool] = []
+
+    def spied(parts: Any) -> Any:
+        span = joined(parts)
+        outcomes.append(span is not None)
+        return span
+
+    monkeypatch.setattr(buffer, "joined", spied)
+    _record(ArrowSink(tmp_path, obs_layout="once"), 80, batch_rows=12, flush_interval=60)
+    # 80 steps of 3 envs: 20 full blocks of 4 steps, each one span of the slab.
+    assert outcomes == [True] * 20, outcomes
+
+
 def test_rows_handed_over_by_age_are_the_same_rows(tmp_path: Path) -> None:
     # Slow steps and a short flush interval: blocks leave part filled, out of line with the
     # slab's arrays, which then join by a copy; the next full blocks line up again.
@@ -151,7 +168,7 @@ def test_blocks_cut_around_reset_steps_hold_the_transitions_the_loop_saw(
     rows = relayrl_gym.load(envs.run_path).table
     assert rows.num_rows == len(expected) < 60 * 3 - 10
     with pa.ipc.open_file(next(Path(envs.run_path).glob("part-*.arrow"))) as reader:
-        assert reader.num_record_batches > -(-rows.num_rows // 12)  # some blocks were cut
+        assert reader.num_record_batches > 60 * 3 // 12  # more batches than blocks: cut
     shape = (len(expected), *IMAGE.shape)
     np.testing.assert_array_equal(rows.column("env_index").to_numpy(), [e[0] for e in expected])
     np.testing.assert_array_equal(np.stack(rows.column("obs").to_numpy(zero_copy_only=False))
