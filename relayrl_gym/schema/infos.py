@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -13,8 +14,8 @@ import pyarrow as pa
 from relayrl_gym.schema.arrow_arrays import numpy_to_arrow, strings_to_arrow, tiled_strings
 from relayrl_gym.schema.transitions import INFO_TYPE
 
-__all__ = ["INFO_TYPE", "RecordedInfo", "info_to_json", "infos_to_arrow", "infos_to_text",
-           "recorded_info", "text_info_schema", "with_text_info"]
+__all__ = ["INFO_TYPE", "RecordedInfo", "info_to_json", "infos_at", "infos_to_arrow",
+           "infos_to_text", "recorded_info", "text_info_schema", "with_text_info"]
 
 
 def _json_default(value: Any) -> Any:
@@ -152,6 +153,64 @@ def infos_to_arrow(values: list[RecordedInfo | None]) -> pa.Array:
     valid = np.fromiter((v is not None for v in values), np.bool_, n)
     return pa.StructArray.from_arrays([floats, ints, strings_to_arrow(texts)],
                                       fields=list(INFO_TYPE), mask=numpy_to_arrow(~valid))
+
+
+_KIND = itemgetter(0)
+_KEYS = itemgetter(1)
+_VALUES = itemgetter(2)
+_NUMBER_DTYPES = {"floats": np.float64, "ints": np.int64}
+
+
+def infos_at(rows: np.ndarray, values: list[RecordedInfo], n: int) -> pa.Array:
+    """The stored ``info`` column of ``n`` rows where row ``rows[i]`` has the recorded info
+    ``values[i]`` and the others none: the column `infos_to_arrow` builds of them.
+
+    The usual block, in which every info is numbers of one kind under the same keys (MuJoCo's
+    rewards and positions at every step), is built from its values in a few C-level passes,
+    with no Python object a row; any other goes through `infos_to_arrow`.
+
+    >>> column = infos_at(np.array([1, 2]), [("floats", ("x",), (0.5,)),
+    ...                                      ("floats", ("x",), (1.5,))], 3)
+    >>> infos_to_text(column).to_pylist()
+    [None, '{"x": 0.5}', '{"x": 1.5}']
+    """
+    fast = _same_numbers(rows, values, n)
+    if fast is not None:
+        return fast
+    column: list[Any] = [None] * n
+    for row, value in zip(rows.tolist(), values):
+        column[row] = value
+    return infos_to_arrow(column)
+
+
+def _same_numbers(rows: np.ndarray, values: list[Any], n: int) -> pa.Array | None:
+    """`infos_at` of infos that are all numbers of one kind under one key tuple (in rows
+    that only increase); None for any other."""
+    if not values or set(map(type, values)) != {tuple}:
+        return None
+    kinds = set(map(_KIND, values))
+    key_sets = set(map(_KEYS, values))
+    if len(kinds) != 1 or len(key_sets) != 1 or (len(rows) > 1 and not (np.diff(rows) > 0).all()):
+        return None
+    kind, keys = kinds.pop(), key_sets.pop()
+    if set(map(type, keys)) - {str}:
+        return None  # keys JSON makes strings: `infos_to_arrow` stores the infos as text
+    try:
+        numbers = np.fromiter(itertools.chain.from_iterable(map(_VALUES, values)),
+                              _NUMBER_DTYPES[kind], len(values) * len(keys))
+    except (OverflowError, ValueError, TypeError):  # e.g. an int past int64: as text, there
+        return None
+    valid = np.zeros(n, np.bool_)
+    valid[rows] = True
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(valid.astype(np.int32) * np.int32(len(keys)), out=offsets[1:])
+    absent = numpy_to_arrow(~valid)
+    children = {name: pa.nulls(n, INFO_TYPE.field(name).type) for name in INFO_TYPE.names}
+    children[kind] = pa.MapArray.from_arrays(
+        numpy_to_arrow(offsets), tiled_strings(keys, len(values)), numpy_to_arrow(numbers),
+        type=INFO_TYPE.field(kind).type, mask=absent)
+    return pa.StructArray.from_arrays(list(children.values()), fields=list(INFO_TYPE),
+                                      mask=absent)
 
 
 def infos_to_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:

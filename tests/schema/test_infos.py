@@ -15,7 +15,9 @@ from gymnasium import spaces
 import relayrl_gym
 from relayrl_gym.schema.infos import (
     INFO_TYPE,
+    _same_numbers,
     info_to_json,
+    infos_at,
     infos_to_arrow,
     infos_to_text,
     recorded_info,
@@ -68,6 +70,35 @@ def test_a_block_of_infos_with_the_same_keys_and_gaps_reads_back_row_by_row() ->
     assert infos_to_text(column).to_pylist() == [
         None if not info else info_to_json(info) for info in infos]
     assert column.field("floats").to_pylist()[5] == [("x", 1.25), ("r", -5.0), ("v", 5.0)]
+
+
+def _same_keys(count: int, kind: type = float) -> list[dict[str, Any]]:
+    return [{"x": kind(i), "y": kind(2 * i)} for i in range(count)]
+
+
+@pytest.mark.parametrize(("infos", "fast"), [
+    (_same_keys(5), True),  # the usual block, every row: built without a Python object a row
+    (_same_keys(4, int), True),
+    ([*_same_keys(2), {}, {}, *_same_keys(2)], True),  # rows without an info between
+    ([*_same_keys(3), {"x": 1.0}], False),  # another key set
+    ([*_same_keys(2), {"x": 1, "y": 2}], False),  # another kind
+    ([*_same_keys(2), {"x": "far", "y": 1.0}], False),  # text
+    ([{"big": 2**70}, {"big": 1}], False),  # past int64: the block as text
+    ([{3: 1.0}, {3: 2.0}], False),  # a key JSON makes a string
+    ([{}, {}], False),
+], ids=["floats", "ints", "gaps", "keys", "kinds", "text", "overflow", "int-key", "none"])
+def test_infos_gathered_by_row_are_the_column_of_the_whole_list(infos: list[dict[str, Any]],
+                                                                fast: bool) -> None:
+    # What a block gathers from its batches equals the column built of every row's info.
+    kept = [recorded_info(info) for info in infos]
+    rows = np.array([i for i, k in enumerate(kept) if k is not None], np.int64)
+    given = [k for k in kept if k is not None]
+    gathered = infos_at(rows, given, len(kept) + 1)
+    assert (_same_numbers(rows, given, len(kept) + 1) is not None) == fast  # the path taken
+    expected = infos_to_arrow([*kept, None])
+    assert gathered.equals(expected)
+    assert infos_to_text(gathered).to_pylist() == [
+        None if not info else info_to_json(info) for info in [*infos, {}]]
 
 
 class KeysAppearEnv(gym.Env):
