@@ -19,14 +19,19 @@ from relayrl_gym.schema.codecs import (
     numpy_to_arrow,
     strings_to_arrow,
 )
-from relayrl_gym.schema.infos import infos_to_arrow
+from relayrl_gym.schema.infos import infos_at
 from relayrl_gym.schema.transitions import INFO_TYPE, MASK_TYPE, TransitionSchema
 from relayrl_gym.storage.obs_layout import next_rows
 
 __all__ = ["StepBlock"]
 
-#: Blocks of observations this large (bytes a row) are cut around dropped rows (see `_kept`).
+#: Blocks of observations this large (bytes a row) are cut around dropped rows (see `_kept`)...
 CUT_ROWS_FROM = 1024
+#: ...and so are blocks that drop fewer rows than this, in slices of this many rows on
+#: average (a MuJoCo block of 8192 rows drops a few: a handful of slices costs less than a
+#: filter's copy of the whole block, while many small batches would cost more than it).
+CUT_FEWER_THAN = 16
+CUT_SLICE_ROWS = 256
 
 _BLOCK_SEQ = itertools.count()
 _TIMESTAMP = pa.timestamp("ns", tz="UTC")
@@ -126,8 +131,8 @@ class StepBlock:
     ) -> list[pa.RecordBatch]:
         """Builds the Arrow batches of the block's rows; ``actor_ids``/``agent_ids`` are by env
         index. One batch, except with ``cut`` where rows marked invalid are dropped from large
-        observations: the batch is then cut around them (zero-copy slices) instead of copying
-        every other row (see `_kept`).
+        observations, or are few: the batch is then cut around them (zero-copy slices) instead
+        of copying every other row (see `_kept`).
 
         With ``once_schema`` (the run's `stored_schema`) the batch is in the ``once``
         observation layout: a row's ``next_obs`` is null where the block holds it as the obs of
@@ -155,9 +160,14 @@ class StepBlock:
             for start, valid in masked:
                 keep[start : start + len(valid)] = valid
         codec = schema.obs
-        # Large rows: the batch is cut around dropped rows, so a row's next row is in its part.
-        part = (None if keep is None or not cut or codec.row_bytes < CUT_ROWS_FROM
-                else np.cumsum(~keep))
+        # Large rows, or few rows dropped: the batch is cut around dropped rows, so a row's
+        # next row is in its part.
+        part = None
+        if keep is not None and cut:
+            dropped = np.cumsum(~keep)
+            if codec.row_bytes >= CUT_ROWS_FROM or dropped[-1] < min(
+                    CUT_FEWER_THAN, n // CUT_SLICE_ROWS):
+                part = dropped
         if once_schema is not None and isinstance(codec, LeafCodec) and codec.shape:
             values, missing = _next_obs_once(codec, col, starts, obs, env_index, episode_ids,
                                              steps, keep, zeros, part)
@@ -191,7 +201,7 @@ class StepBlock:
             numpy_to_arrow(timestamps, _TIMESTAMP),
             _masks(col, starts, n),
             _outputs(col, starts, n, schema.data_type),
-            _infos(_by_row(col["infos"], starts), n),
+            _infos(col["infos"], starts, n),
         ]
         batch = pa.RecordBatch.from_arrays(
             columns, schema=schema.arrow if once_schema is None else once_schema)
@@ -201,7 +211,8 @@ class StepBlock:
 def _kept(batch: pa.RecordBatch, keep: np.ndarray | None, cut: bool) -> list[pa.RecordBatch]:
     """The batch's rows that ``keep`` marks (None: all): filtered (a copy of every kept row),
     or, with ``cut``, as slices between the rows dropped (no copy: for large observations,
-    where a block of images is megabytes to copy and a few more batches cost nothing)."""
+    where a block of images is megabytes to copy and a few more batches cost nothing, and for
+    blocks that drop few rows)."""
     if keep is None:
         return [batch]
     if not cut:
@@ -352,14 +363,17 @@ def _outputs(col: dict[str, tuple[Any, ...]], starts: list[int], n: int,
                                       mask=numpy_to_arrow(~valid))
 
 
-def _infos(values: dict[int, Any], n: int) -> pa.Array:
-    """The stored ``info`` column from block row -> recorded info."""
-    if not values:
+def _infos(parts: tuple[dict[int, Any] | None, ...], starts: list[int], n: int) -> pa.Array:
+    """The stored ``info`` column from each batch's own row -> recorded info dict, gathered in
+    C-level passes (no Python object a row: a MuJoCo block has an info at every row)."""
+    given = [(start, values) for start, values in zip(starts, parts) if values]
+    if not given:
         return pa.nulls(n, INFO_TYPE)
-    column: list[Any] = [None] * n
-    for row, value in values.items():
-        column[row] = value
-    return infos_to_arrow(column)
+    dicts = [values for _, values in given]
+    counts = np.fromiter(map(len, dicts), np.int64, len(dicts))
+    rows = np.fromiter(itertools.chain.from_iterable(dicts), np.int64, int(counts.sum()))
+    rows += np.repeat(np.fromiter((start for start, _ in given), np.int64, len(given)), counts)
+    return infos_at(rows, list(itertools.chain.from_iterable(map(dict.values, dicts))), n)
 
 
 def _sparse(values: dict[int, Any], n: int, arrow_type: pa.DataType) -> pa.Array:

@@ -33,6 +33,8 @@ MIN_BATCH_ROWS = 16
 WRITTEN_HERE_BELOW = 4 * 1024
 #: Observations of at least this many bytes: full buffers are built on the writer thread.
 WRITER_BUILDS_FROM = 64 * 1024
+#: Observations of at least this many bytes are copied into an `ObsSlab` when stepping.
+SLAB_ROWS_FROM = 1024
 #: In the once layout, a buffer holds at least this many steps of every slot...
 STEPS_OF_EVERY_SLOT = 4
 #: ...unless that passes this size.
@@ -126,9 +128,10 @@ class Recorder:
 
     def obs_slab(self) -> ObsSlab | None:
         """Where one stepping thread copies its observations to, so that a block's
-        observations need no joining copy (None: for observations of composite spaces)."""
+        observations need no joining copy (None: for observations of composite spaces, and
+        for small ones, whose plain copy and join cost less than the slab's bookkeeping)."""
         codec = self.schema.obs
-        if not isinstance(codec, LeafCodec):
+        if not isinstance(codec, LeafCodec) or codec.row_bytes < SLAB_ROWS_FROM:
             return None
         return ObsSlab(codec.shape, codec.dtype, self.capacity, self._rows_left)
 

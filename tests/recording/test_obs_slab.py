@@ -136,27 +136,42 @@ def test_zero_rows_are_reused_only_when_nothing_holds_them() -> None:
     assert len(zeros._arrays) == 2
 
 
-def _uneven_episodes(env: Any, action: Any) -> tuple[Any, ...]:
+SMALL = spaces.Box(-1, 1, (5,), np.float64)  # 40 bytes: cut only where few rows drop
+
+
+def _uneven_episodes(env: Any, action: Any, shortest: int = 2, longest: int = 12,
+                     chance: float = 0.25) -> tuple[Any, ...]:
     """Episodes of 2 to 12 steps drawn by each env copy's own generator: the copies end
     episodes at different steps, so a reset row falls between other envs' rows."""
     env.t += 1
-    done = env.t >= 2 and (env.t >= 12 or env.np_random.random() < 0.25)
+    done = env.t >= shortest and (env.t >= longest or env.np_random.random() < chance)
     return env._obs(), float(env.t), done, False, {}
 
 
-@pytest.mark.parametrize("layout", ["once", "pairs"])
+def _long_uneven_episodes(env: Any, action: Any) -> tuple[Any, ...]:
+    return _uneven_episodes(env, action, shortest=150, longest=400, chance=0.01)
+
+
+@pytest.mark.parametrize(("space", "step_fn", "steps", "batch_rows", "layout"), [
+    (IMAGE, _uneven_episodes, 60, 12, "once"),
+    (IMAGE, _uneven_episodes, 60, 12, "pairs"),
+    # Small rows: long episodes drop a few rows from blocks of 1 536.
+    (SMALL, _long_uneven_episodes, 1500, 1536, "pairs"),
+], ids=["image-once", "image-pairs", "small"])
 def test_blocks_cut_around_reset_steps_hold_the_transitions_the_loop_saw(
-        tmp_path: Path, layout: str) -> None:
+        tmp_path: Path, space: spaces.Box, step_fn: Any, steps: int, batch_rows: int,
+        layout: str) -> None:
     # NEXT_STEP: the step after an episode's end resets that env (a row not recorded), so the
-    # blocks of these large observations are cut around such rows instead of filtered.
-    envs = relayrl_gym.wrap(make_testing_env(obs_space=IMAGE, step_fn=_uneven_episodes),
+    # blocks of large observations, and blocks that drop few rows, are cut around such rows
+    # instead of filtered.
+    envs = relayrl_gym.wrap(make_testing_env(obs_space=space, step_fn=step_fn),
                             actors=3, sink=ArrowSink(tmp_path, obs_layout=layout),
-                            autoreset_mode="next_step", batch_rows=12)
+                            autoreset_mode="next_step", batch_rows=batch_rows)
     obs, _ = envs.reset(seed=1)
     rng = np.random.default_rng(0)
     resetting = np.zeros(3, np.bool_)
     expected = []
-    for _ in range(60):
+    for _ in range(steps):
         actions = rng.integers(0, 2, 3)
         following, rewards, terminated, truncated, _ = envs.step(actions)
         expected += [(i, obs[i].copy(), int(actions[i]), float(rewards[i]), following[i].copy(),
@@ -166,10 +181,10 @@ def test_blocks_cut_around_reset_steps_hold_the_transitions_the_loop_saw(
         obs = following
     envs.close()
     rows = relayrl_gym.load(envs.run_path).table
-    assert rows.num_rows == len(expected) < 60 * 3 - 10
+    assert rows.num_rows == len(expected) < steps * 3 - 10
     with pa.ipc.open_file(next(Path(envs.run_path).glob("part-*.arrow"))) as reader:
-        assert reader.num_record_batches > 60 * 3 // 12  # more batches than blocks: cut
-    shape = (len(expected), *IMAGE.shape)
+        assert reader.num_record_batches > steps * 3 // batch_rows + 1  # more than blocks: cut
+    shape = (len(expected), *space.shape)
     np.testing.assert_array_equal(rows.column("env_index").to_numpy(), [e[0] for e in expected])
     np.testing.assert_array_equal(np.stack(rows.column("obs").to_numpy(zero_copy_only=False))
                                   .reshape(shape), np.stack([e[1] for e in expected]))
