@@ -114,6 +114,9 @@ class Recorder:
         #: called (with this recorder's lock held, on the writer thread) to get them as
         #: ``(batch, stamps)`` pairs; it must never wait for a lock the stepping thread holds.
         self.feeder: Callable[[], list[tuple[TransitionBatch, np.ndarray]]] | None = None
+        #: Set by the writer's time-based flush: the stepping thread hands over the rows it
+        #: holds at its next record (see `ask_back`).
+        self.asked_back = False
         self._block = StepBlock()
         self._episode_ids = itertools.count()
         self._rows = 0
@@ -157,7 +160,8 @@ class Recorder:
             block = self._block
             # Full, or old: the writer's time-based flush may find this lock taken whenever it
             # looks, so the rows also leave by age, within half the flush interval.
-            if block.n and (block.n + k > self.capacity or now - block.first > self._max_age):
+            if block.n and (block.n + k > self.capacity or now - block.first > self._max_age
+                            or self.asked_back):
                 self._hand_over_locked()
                 block = self._block
             if not block.n:
@@ -170,6 +174,7 @@ class Recorder:
             self._dropped += k - int(np.count_nonzero(batch.valid))
 
     def _hand_over_locked(self) -> None:
+        self.asked_back = False
         full, self._block = self._block, StepBlock()
         if self._writer is None or not full.n:
             return
@@ -194,16 +199,34 @@ class Recorder:
             else:  # written here, or queued (write_now queues what it does not write)
                 self._writer.write_now(self, full)
 
-    def take_partial(self) -> StepBlock | None:
-        """Detaches the rows recorded since the last hand-over (for the time-based flush).
+    def ask_back(self) -> bool:
+        """Asks the stepping thread to hand over the rows it holds at its next record, as it
+        does a full block (the writer's time-based flush; a game's waiting rows go too). Built
+        there, a block costs that thread its build, where the writer building it would cost
+        it more: every call of the build that lets the GIL go hands it back and forth between
+        the two threads. The writer takes what is still not handed over a moment later
+        (``take_partial(asked_only=True)``): a thread that stopped recording hands nothing.
+        Returns whether anything may be waiting (False: nothing to ask for)."""
+        if not self._block.n and self.feeder is None:
+            return False
+        self.asked_back = True
+        return True
+
+    def take_partial(self, asked_only: bool = False) -> StepBlock | None:
+        """Detaches the rows recorded since the last hand-over (for the time-based flush);
+        ``asked_only``: only if the stepping thread has not handed them over since
+        `ask_back` (None: it did, and holds only rows recorded since).
 
         Never waits for the lock: the stepping thread may hold it while it blocks on a full
         writer queue, and the writer waiting here would deadlock. A busy recorder is flushed
         at the next tick instead.
         """
+        if asked_only and not self.asked_back:
+            return None
         if not self._lock.acquire(blocking=False):
             return None
         try:
+            self.asked_back = False
             if self.feeder is not None:
                 for batch, stamps in self.feeder():
                     self._block.append(batch, stamps)

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import enum
 import logging
+import math
 import os
 import signal
 import sys
@@ -265,8 +266,9 @@ class BackgroundWriter:
     # -- writer thread -------------------------------------------------------------------------
     def _run(self) -> None:
         next_flush = time.monotonic() + self._pace.tick()
+        follow_up = math.inf  # when to take what the recorders asked back did not hand over
         while True:
-            item = self._next(next_flush)
+            item = self._next(min(next_flush, follow_up))
             try:
                 if isinstance(item, _Request) and item.command is _Command.STOP:
                     try:
@@ -280,11 +282,16 @@ class BackgroundWriter:
                     item.done.set()
                 elif isinstance(item, _Block):
                     self._write_queued(item)
-                elif time.monotonic() < next_flush:
+                elif time.monotonic() < min(next_flush, follow_up):
                     self._catch_up_while_idle()
                 # A steady stream of full blocks must not postpone the time-based flush.
-                if time.monotonic() >= next_flush:
-                    self._flush_all()
+                now = time.monotonic()
+                if now >= follow_up:
+                    follow_up = math.inf
+                    self._flush_all(asked_only=True)
+                elif now >= next_flush:  # the recorders hand over their rows themselves...
+                    if self._flush_all(ask=True):  # ...or the follow-up takes them
+                        follow_up = time.monotonic() + self._pace.slice
                     next_flush = time.monotonic() + self._pace.tick()
             except Exception:  # never let the writer die silently: log, go on
                 log.exception("relayrl-gym writer failed to handle %r", item)
@@ -339,11 +346,18 @@ class BackgroundWriter:
         for delivery in self.deliveries:
             delivery.retry(budget=self._pace.slice)
 
-    def _flush_all(self, force_retry: bool = False) -> None:
+    def _flush_all(self, force_retry: bool = False, ask: bool = False,
+                   asked_only: bool = False) -> bool:
+        """Writes the partial blocks and the queued ones, then flushes the sinks. ``ask``:
+        asks the recorders for their partial blocks instead (`Recorder.ask_back`), for a
+        follow-up (``asked_only``) to take what they did not hand over; returns whether any
+        was asked."""
         # Take the partial blocks first: every full block recorded before them is then already
         # queued. Writing all of them in creation order keeps each recorder's rows in order.
         started = time.monotonic()
-        partials = [(rec, rec.take_partial()) for rec in list(self._recorders)]
+        recorders = list(self._recorders)
+        asked = ask and any([rec.ask_back() for rec in recorders])
+        partials = [] if ask else [(rec, rec.take_partial(asked_only)) for rec in recorders]
         blocks = [_Block(rec, buf) for rec, buf in partials if buf is not None]
         partial_ids = {id(block.buf) for block in blocks}
         with self._lock:  # requests stay queued, in order: the main loop handles them next
@@ -373,6 +387,7 @@ class BackgroundWriter:
             self._pace.finished(rows, queued_cost)
             if not force_retry:
                 self._pace.finished_partial(time.monotonic() - started - queued_cost)
+        return asked
 
     def _retry_until(self, deadline: float) -> None:
         start = time.monotonic()

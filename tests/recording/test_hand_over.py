@@ -284,3 +284,34 @@ def test_a_block_recorded_while_the_writer_is_at_the_sink_is_queued_behind_it(
     table = relayrl_gym.load(envs.run_path).to_pandas()
     assert len(table) == envs.agent.recorder.rows_recorded
     assert table["timestamp"].is_monotonic_increasing
+
+
+@pytest.mark.parametrize("game", [False, True], ids=["vector", "game"])
+def test_blocks_the_time_based_flush_asks_for_are_built_by_the_stepping_thread(
+        tmp_path, game) -> None:
+    # Steps too slow to fill a block between two flushes: at each, the writer asks for the
+    # rows (built here, at the next step) instead of building them while this thread steps.
+    if game:
+        from pettingzoo.classic import rps_v2
+
+        env = relayrl_gym.wrap(rps_v2.parallel_env(max_cycles=10**6), sink=tmp_path,
+                               flush_interval=0.2)
+        recorder = env.recording.runs[0].recorder
+    else:
+        env = relayrl_gym.wrap("CartPole-v1", actors=2, sink=tmp_path, flush_interval=0.2)
+        recorder = env.agent.recorder
+    here = _builds_on_this_thread(recorder)
+    env.reset(seed=0)
+    started = time.monotonic()
+    while time.monotonic() - started < 1.5:  # ~7 time-based flushes
+        if game:
+            env.step({agent: 0 for agent in env.agents})
+        else:
+            env.step(np.array([0, 1]))
+        time.sleep(0.001)
+    built_while_stepping = list(here)
+    time.sleep(0.6)  # idle: the writer takes what is left after asking for it
+    table = relayrl_gym.load(env.run_path).table  # read while the env is open
+    assert len(table) == recorder.rows_recorded
+    env.close()
+    assert len(built_while_stepping) >= 5 and all(built_while_stepping), built_while_stepping

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import operator
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -44,10 +45,11 @@ class GameRun(RunRecording):
         self.chunk = min(ROWS_PER_BATCH, self.recorder.capacity)
 
     def add(self, rows: list[AgentTransition]) -> None:
-        """Takes ``rows`` (all of this run, in step order); a full batch goes to the recorder.
-        Called with the game's lock held."""
+        """Takes ``rows`` (all of this run, in step order); a full batch goes to the recorder,
+        as every waiting row does when the writer asks for them (`Recorder.ask_back`). Called
+        with the game's lock held."""
         self.rows.extend(rows)
-        if len(self.rows) >= self.chunk:
+        if len(self.rows) >= self.chunk or self.recorder.asked_back:  # full, or asked for
             self.hand_over()
 
     def hand_over(self) -> None:
@@ -167,7 +169,7 @@ def _row_view(leaf: Any) -> np.ndarray:
     return np.asarray(leaf)[None]
 
 
-def _rows(values: list[Any]) -> Any:
+def _rows(values: Sequence[Any]) -> Any:
     """Owned values of one space (possibly nested) as one batch."""
     if len(values) == 1:
         return map_leaves(_row_view, values[0])
