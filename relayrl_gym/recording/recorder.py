@@ -160,8 +160,7 @@ class Recorder:
             block = self._block
             # Full, or old: the writer's time-based flush may find this lock taken whenever it
             # looks, so the rows also leave by age, within half the flush interval.
-            if block.n and (block.n + k > self.capacity or now - block.first > self._max_age
-                            or self.asked_back):
+            if block.n and (block.n + k > self.capacity or now - block.first > self._max_age):
                 self._hand_over_locked()
                 block = self._block
             if not block.n:
@@ -170,6 +169,8 @@ class Recorder:
             block.stamps.append(stamp)
             block.n += k
             self._rows += k
+            if self.asked_back:  # the writer asks for the rows (`ask_back`): these go too
+                self._hand_over_locked()
         if batch.valid is not None:
             self._dropped += k - int(np.count_nonzero(batch.valid))
 

@@ -315,3 +315,32 @@ def test_blocks_the_time_based_flush_asks_for_are_built_by_the_stepping_thread(
     assert len(table) == recorder.rows_recorded
     env.close()
     assert len(built_while_stepping) >= 5 and all(built_while_stepping), built_while_stepping
+
+
+def test_rows_of_a_slowly_stepped_game_reach_the_sink_within_a_flush_interval(
+        tmp_path, monkeypatch) -> None:
+    # A game records its rows 256 at a time: asked for them, the next turn hands over those
+    # waiting with the recorder's block, none left for a later flush.
+    from pettingzoo.classic import rps_v2
+
+    from relayrl_gym.recording.delivery import SinkDelivery
+
+    delays: list[float] = []
+    offer = SinkDelivery.offer
+
+    def timed(self, batch):  # how old the oldest row of each batch is when it reaches a sink
+        stamps = batch.column("timestamp").cast("int64").to_numpy()
+        delays.append((time.time_ns() - int(stamps.min())) / 1e9)
+        return offer(self, batch)
+
+    monkeypatch.setattr(SinkDelivery, "offer", timed)
+    env = relayrl_gym.wrap(rps_v2.parallel_env(max_cycles=10**6), sink=tmp_path,
+                           flush_interval=1.0)
+    env.reset(seed=0)
+    started = time.monotonic()
+    while time.monotonic() - started < 4.5:
+        env.step({agent: 0 for agent in env.agents})
+        time.sleep(0.02)
+    while_stepping = list(delays)
+    env.close()
+    assert len(while_stepping) >= 4 and max(while_stepping) < 1.0, while_stepping
