@@ -16,19 +16,15 @@ from relayrl_gym.schema.arrow_arrays import pooled_array
 __all__ = ["ObsSlab", "ZeroRows", "joined"]
 
 
-class _Handed:
-    """The views handed out of one slab array, in order (each view's place by its id)."""
+class _Mark:
+    """Marks one slab array as recent (alive while its `ObsSlab` keeps it in ``_recent``)."""
 
-    __slots__ = ("__weakref__", "places", "views")
-
-    def __init__(self) -> None:
-        self.views: list[np.ndarray] = []
-        self.places: dict[int, int] = {}
+    __slots__ = ("__weakref__",)
 
 
-#: The views of each recent slab array, by the id of the array the views name as ``base``
-#: (an entry lives as long as its `ObsSlab` keeps it, and its views keep that array alive).
-_HANDED: weakref.WeakValueDictionary[int, _Handed] = weakref.WeakValueDictionary()
+#: Recent slab arrays, by the id of what their views name as ``base`` (an entry lives as long
+#: as its `ObsSlab` keeps the mark, and the views keep that array alive).
+_RECENT: weakref.WeakValueDictionary[int, _Mark] = weakref.WeakValueDictionary()
 
 
 class ObsSlab:
@@ -69,7 +65,7 @@ class ObsSlab:
         self._rows_left = rows_left
         self._array = np.empty((0, *self.shape), self.dtype)
         self._used = 0
-        self._recent: collections.deque[_Handed] = collections.deque(maxlen=self.RECENT)
+        self._recent: collections.deque[_Mark] = collections.deque(maxlen=self.RECENT)
 
     def copy(self, obs: np.ndarray) -> np.ndarray:
         """A copy of ``obs`` (a batch of observations) in the slab's next rows."""
@@ -82,39 +78,35 @@ class ObsSlab:
         if starts_block or self._used + k > len(self._array):
             self._array = pooled_array((max(self.rows, k) + k, *self.shape), self.dtype)
             self._used = 0
-            handed = _Handed()
+            mark = _Mark()
             owner = self._array[:0].base  # what the views handed out name as their base
             if owner is not None:
-                _HANDED[id(owner)] = handed
-            self._recent.append(handed)
+                _RECENT[id(owner)] = mark
+            self._recent.append(mark)
         rows = self._array[self._used : self._used + k]
         rows[...] = obs
         self._used += k
-        handed = self._recent[-1]
-        handed.places[id(rows)] = len(handed.views)
-        handed.views.append(rows)
         return rows
 
 
 def joined(parts: Sequence[Any]) -> np.ndarray | None:
     """The parts as one array without copying, when they are views an `ObsSlab` handed out
-    one after the other, in that order; else None."""
+    one after the other, in that order (each one begins where the one before it ends, in a
+    recent slab array, whose rows are never written twice); else None."""
     first = parts[0]
-    if type(first) is not np.ndarray or first.base is None:
+    if type(first) is not np.ndarray or first.base is None or id(first.base) not in _RECENT:
         return None
-    handed = _HANDED.get(id(first.base))
-    place = None if handed is None else handed.places.get(id(first))
-    if handed is None or place is None or place + len(parts) > len(handed.views):
-        return None
-    views = handed.views
+    owner, strides, shape = first.base, first.strides, first.shape[1:]
+    at = first.__array_interface__["data"][0]
     rows = 0
-    for i, part in enumerate(parts, place):
-        if views[i] is not part:
+    for part in parts:
+        if (type(part) is not np.ndarray or part.base is not owner or part.strides != strides
+                or part.shape[1:] != shape or part.__array_interface__["data"][0] != at):
             return None
+        at += len(part) * strides[0]
         rows += len(part)
     # Consecutive views of one array, handed out row after row: one span of it.
-    return np.lib.stride_tricks.as_strided(first, (rows, *first.shape[1:]), first.strides,
-                                           writeable=False)
+    return np.lib.stride_tricks.as_strided(first, (rows, *shape), strides, writeable=False)
 
 
 class ZeroRows:
