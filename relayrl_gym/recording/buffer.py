@@ -19,8 +19,8 @@ from relayrl_gym.schema.codecs import (
     numpy_to_arrow,
     strings_to_arrow,
 )
-from relayrl_gym.schema.infos import infos_at
-from relayrl_gym.schema.transitions import INFO_TYPE, MASK_TYPE, TransitionSchema
+from relayrl_gym.schema.infos import infos_column
+from relayrl_gym.schema.transitions import MASK_TYPE, TransitionSchema
 from relayrl_gym.storage.obs_layout import next_rows
 
 __all__ = ["StepBlock"]
@@ -201,7 +201,7 @@ class StepBlock:
             numpy_to_arrow(timestamps, _TIMESTAMP),
             _masks(col, starts, n),
             _outputs(col, starts, n, schema.data_type),
-            _infos(col["infos"], starts, n),
+            infos_column(col["infos"], starts, k_rows.tolist(), n),
         ]
         batch = pa.RecordBatch.from_arrays(
             columns, schema=schema.arrow if once_schema is None else once_schema)
@@ -361,19 +361,6 @@ def _outputs(col: dict[str, tuple[Any, ...]], starts: list[int], n: int,
         children.append(pa.FixedSizeListArray.from_arrays(flat, width) if fixed else flat)
     return pa.StructArray.from_arrays(children, fields=list(arrow_type),
                                       mask=numpy_to_arrow(~valid))
-
-
-def _infos(parts: tuple[dict[int, Any] | None, ...], starts: list[int], n: int) -> pa.Array:
-    """The stored ``info`` column from each batch's own row -> recorded info dict, gathered in
-    C-level passes (no Python object a row: a MuJoCo block has an info at every row)."""
-    given = [(start, values) for start, values in zip(starts, parts) if values]
-    if not given:
-        return pa.nulls(n, INFO_TYPE)
-    dicts = [values for _, values in given]
-    counts = np.fromiter(map(len, dicts), np.int64, len(dicts))
-    rows = np.fromiter(itertools.chain.from_iterable(dicts), np.int64, int(counts.sum()))
-    rows += np.repeat(np.fromiter((start for start, _ in given), np.int64, len(given)), counts)
-    return infos_at(rows, list(itertools.chain.from_iterable(map(dict.values, dicts))), n)
 
 
 def _sparse(values: dict[int, Any], n: int, arrow_type: pa.DataType) -> pa.Array:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from collections.abc import Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -14,8 +15,9 @@ import pyarrow as pa
 from relayrl_gym.schema.arrow_arrays import numpy_to_arrow, strings_to_arrow, tiled_strings
 from relayrl_gym.schema.transitions import INFO_TYPE
 
-__all__ = ["INFO_TYPE", "RecordedInfo", "info_to_json", "infos_at", "infos_to_arrow",
-           "infos_to_text", "recorded_info", "text_info_schema", "with_text_info"]
+__all__ = ["INFO_TYPE", "InfoRows", "RecordedInfo", "RowInfos", "info_to_json", "infos_at",
+           "infos_column", "infos_to_arrow", "infos_to_text", "recorded_info",
+           "text_info_schema", "with_text_info"]
 
 
 def _json_default(value: Any) -> Any:
@@ -76,6 +78,50 @@ _INT_TYPES = frozenset({int, np.int64, np.int32, np.int16, np.int8, np.uint8, np
 
 #: A recorded info: JSON text, or ``(kind, keys, values)`` with kind "floats" or "ints".
 RecordedInfo = str | tuple[str, tuple[str, ...], tuple[Any, ...]]
+
+#: The infos of every row of a batch, all numbers of one kind under the same keys:
+#: ``(kind, keys, values)`` with the values of every row, row after row (see `RowInfos`).
+InfoRows = tuple[str, tuple[str, ...], tuple[Any, ...]]
+
+
+class RowInfos:
+    """Keeps the info dicts of a batch's rows as one `InfoRows` record when they are all
+    numbers of one kind under the same keys, in the same order (MuJoCo's rewards and
+    positions, Atari's frame counts, at every step): a few C-level passes for the batch, and
+    two small objects, where `recorded_info` makes three for each row. One per stepping
+    thread (it remembers the last key order it saw).
+
+    >>> rows = RowInfos()
+    >>> rows([{"x": 0.5, "y": np.float32(1)}, {"x": 1.5, "y": np.float32(2)}])
+    ('floats', ('x', 'y'), (0.5, np.float32(1.0), 1.5, np.float32(2.0)))
+    >>> rows([{"x": 1}, {"y": 2}]) is None  # other keys: each row by `recorded_info`
+    True
+    """
+
+    __slots__ = ("_flat", "_keys")
+
+    def __init__(self) -> None:
+        self._flat: tuple[Any, ...] | None = None  # every row's keys, row after row, as last seen
+        self._keys: tuple[str, ...] = ()
+
+    def __call__(self, infos: tuple[dict[str, Any], ...] | list[dict[str, Any]]
+                 ) -> InfoRows | None:
+        """The infos as one record, or None when they are not all alike (or one is empty)."""
+        flat = tuple(itertools.chain.from_iterable(infos))
+        if flat != self._flat:  # (the same strings again: compared by identity, quickly)
+            size = len(infos[0]) if infos else 0
+            # Every dict's keys are distinct: the pattern repeating means each dict has the
+            # first one's keys, in its order.
+            if not size or flat[:size] * len(infos) != flat:
+                return None
+            self._flat, self._keys = flat, flat[:size]
+        values = tuple(itertools.chain.from_iterable(map(dict.values, infos)))
+        kinds = set(map(type, values))
+        if kinds <= _FLOAT_TYPES:
+            return ("floats", self._keys, values)
+        if kinds <= _INT_TYPES:
+            return ("ints", self._keys, values)
+        return None
 
 
 def recorded_info(info: dict[str, Any]) -> RecordedInfo | None:
@@ -183,6 +229,83 @@ def infos_at(rows: np.ndarray, values: list[RecordedInfo], n: int) -> pa.Array:
     return infos_to_arrow(column)
 
 
+def infos_column(parts: Sequence[dict[int, RecordedInfo] | InfoRows | None],
+                 starts: Sequence[int], counts: Sequence[int], n: int) -> pa.Array:
+    """The stored ``info`` column of ``n`` rows from the infos of the batches that hold them:
+    batch ``i`` (rows ``starts[i]`` on, ``counts[i]`` of them) has a dict from its rows to
+    their recorded infos (`recorded_info`), an `InfoRows` record of all of them (`RowInfos`),
+    or None. The column `infos_to_arrow` builds of the same infos.
+
+    >>> column = infos_column([("floats", ("x",), (0.5, 1.5)), None, {0: '{"a": 1}'}],
+    ...                       [0, 2, 3], [2, 1, 1], 4)
+    >>> infos_to_text(column).to_pylist()
+    ['{"x": 0.5}', '{"x": 1.5}', None, '{"a": 1}']
+    """
+    given = [(start, count, part) for start, count, part in zip(starts, counts, parts) if part]
+    if not given:
+        return pa.nulls(n, INFO_TYPE)
+    records = [part for _, _, part in given if type(part) is tuple]
+    if len(records) == len(given):  # every batch's rows alike (MuJoCo at every step)
+        fast = _records_column(given, n)
+        if fast is not None:
+            return fast
+    rows: list[Any] = []
+    values: list[Any] = []
+    for start, count, part in given:
+        if isinstance(part, dict):
+            rows.append([start + row for row in part])
+            values.extend(part.values())
+        else:  # each row's own (kind, keys, values)
+            kind, keys, flat = part
+            size = len(keys)
+            rows.append(range(start, start + count))
+            values.extend((kind, keys, flat[i : i + size]) for i in range(0, count * size, size))
+    return infos_at(np.fromiter(itertools.chain.from_iterable(rows), np.int64, len(values)),
+                    values, n)
+
+
+def _records_column(given: list[tuple[int, int, Any]], n: int) -> pa.Array | None:
+    """`infos_column` of batches that all have an `InfoRows` record of one kind and keys."""
+    records = [part for _, _, part in given]
+    kinds = set(map(_KIND, records))
+    key_sets = set(map(_KEYS, records))
+    if len(kinds) != 1 or len(key_sets) != 1:
+        return None
+    kind, keys = kinds.pop(), key_sets.pop()
+    if set(map(type, keys)) - {str}:
+        return None
+    starts = np.fromiter((start for start, _, _ in given), np.int64, len(given))
+    counts = np.fromiter((count for _, count, _ in given), np.int64, len(given))
+    total = int(counts.sum())
+    try:
+        numbers = np.fromiter(itertools.chain.from_iterable(map(_VALUES, records)),
+                              _NUMBER_DTYPES[kind], total * len(keys))
+    except (OverflowError, ValueError, TypeError):  # e.g. an int past int64: as text, there
+        return None
+    valid = np.zeros(n, np.bool_)
+    if total == n:  # every row has one (the batches never overlap)
+        valid[:] = True
+    else:  # each batch's rows: its start, then one by one
+        firsts = np.cumsum(counts) - counts
+        valid[np.repeat(starts - firsts, counts) + np.arange(total)] = True
+    return _numbers_column(kind, keys, numbers, valid, total, n)
+
+
+def _numbers_column(kind: str, keys: tuple[str, ...], numbers: np.ndarray, valid: np.ndarray,
+                    count: int, n: int) -> pa.Array:
+    """The ``info`` column whose ``count`` rows ``valid`` marks have the infos ``keys`` ->
+    ``numbers`` (row after row) of ``kind``, and the others none."""
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(valid.astype(np.int32) * np.int32(len(keys)), out=offsets[1:])
+    absent = numpy_to_arrow(~valid)
+    children = {name: pa.nulls(n, INFO_TYPE.field(name).type) for name in INFO_TYPE.names}
+    children[kind] = pa.MapArray.from_arrays(
+        numpy_to_arrow(offsets), tiled_strings(keys, count), numpy_to_arrow(numbers),
+        type=INFO_TYPE.field(kind).type, mask=absent)
+    return pa.StructArray.from_arrays(list(children.values()), fields=list(INFO_TYPE),
+                                      mask=absent)
+
+
 def _same_numbers(rows: np.ndarray, values: list[Any], n: int) -> pa.Array | None:
     """`infos_at` of infos that are all numbers of one kind under one key tuple (in rows
     that only increase); None for any other."""
@@ -202,15 +325,7 @@ def _same_numbers(rows: np.ndarray, values: list[Any], n: int) -> pa.Array | Non
         return None
     valid = np.zeros(n, np.bool_)
     valid[rows] = True
-    offsets = np.zeros(n + 1, np.int32)
-    np.cumsum(valid.astype(np.int32) * np.int32(len(keys)), out=offsets[1:])
-    absent = numpy_to_arrow(~valid)
-    children = {name: pa.nulls(n, INFO_TYPE.field(name).type) for name in INFO_TYPE.names}
-    children[kind] = pa.MapArray.from_arrays(
-        numpy_to_arrow(offsets), tiled_strings(keys, len(values)), numpy_to_arrow(numbers),
-        type=INFO_TYPE.field(kind).type, mask=absent)
-    return pa.StructArray.from_arrays(list(children.values()), fields=list(INFO_TYPE),
-                                      mask=absent)
+    return _numbers_column(kind, keys, numbers, valid, len(values), n)
 
 
 def infos_to_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:

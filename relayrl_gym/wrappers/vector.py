@@ -27,7 +27,7 @@ from relayrl_gym.runtime.env_agent import EnvAgent
 from relayrl_gym.runtime.processes import ProcessRouter
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.schema.batches import copy_batch
-from relayrl_gym.schema.infos import RecordedInfo, recorded_info
+from relayrl_gym.schema.infos import InfoRows, RecordedInfo, RowInfos, recorded_info
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.wrappers.actions import ActionBatcher
@@ -234,6 +234,7 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         self._box_obs = isinstance(self.single_observation_space, gym.spaces.Box)
         self._batch_obs_shape = (self.num_envs, *(self.single_observation_space.shape or ()))
         self._arange = np.arange(self.num_envs, dtype=np.int32)
+        self._row_infos = RowInfos()
         self._prev_obs: Any = None
         self._broken_by: str | None = None  # why the last step() failed, until reset()
         self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
@@ -463,19 +464,24 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
             obs_codec = self._recorder.schema.obs
             for i, (final_obs, _) in finals.items():
                 next_obs = obs_codec.replace_row(next_obs, i, final_obs)
-        infos: dict[int, RecordedInfo] = {}
+        infos: dict[int, RecordedInfo] | InfoRows | None = None
         if self.record_info and (finals or any(step_infos)):
-            for i, step_info in enumerate(step_infos):
-                info = finals[i][1] if i in finals else step_info
-                if info and (reset_rows is None or not reset_rows[i]):
-                    kept = recorded_info(info)
-                    if kept is not None:
-                        infos[i] = kept
+            if not finals and reset_rows is None and all(step_infos):
+                infos = self._row_infos(step_infos)  # every env's info alike: one record
+            if infos is None:
+                each: dict[int, RecordedInfo] = {}
+                for i, step_info in enumerate(step_infos):
+                    info = finals[i][1] if i in finals else step_info
+                    if info and (reset_rows is None or not reset_rows[i]):
+                        kept = recorded_info(info)
+                        if kept is not None:
+                            each[i] = kept
+                infos = each or None
         acted = self._policy.take(user_actions) if self._policy is not None else None
         episodes = self._episodes
         self._recorder.record(batch_of((
             self._arange, episodes.ids, episodes.steps, self._prev_obs, actions, rewards,
-            next_obs, terminated, truncated, -1 if acted is None else acted[0], infos or None,
+            next_obs, terminated, truncated, -1 if acted is None else acted[0], infos,
             None, None, None if reset_rows is None else ~reset_rows,
             None if acted is None else acted[1], None, None)))
 

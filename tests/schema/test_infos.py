@@ -15,9 +15,11 @@ from gymnasium import spaces
 import relayrl_gym
 from relayrl_gym.schema.infos import (
     INFO_TYPE,
+    RowInfos,
     _same_numbers,
     info_to_json,
     infos_at,
+    infos_column,
     infos_to_arrow,
     infos_to_text,
     recorded_info,
@@ -99,6 +101,131 @@ def test_infos_gathered_by_row_are_the_column_of_the_whole_list(infos: list[dict
     assert gathered.equals(expected)
     assert infos_to_text(gathered).to_pylist() == [
         None if not info else info_to_json(info) for info in [*infos, {}]]
+
+
+def _expanded(record: Any, rows: int) -> list[Any]:
+    """Each row's own recorded info, from a batch's `RowInfos` record."""
+    kind, keys, values = record
+    return [(kind, keys, values[i * len(keys) : (i + 1) * len(keys)]) for i in range(rows)]
+
+
+@pytest.mark.parametrize(("infos", "alike"), [
+    ([{"x": np.float64(0.5), "r": np.float32(-1)}, {"x": 1.5, "r": np.float32(2)}], True),
+    ([{"lives": 3, "frame": np.int64(8)}, {"lives": np.uint8(2), "frame": 9}], True),
+    ([{"x": 1.0}], True),
+    ([{"x": 1.0, "y": 2.0}, {"y": 2.0, "x": 1.0}], False),  # the same keys, another order
+    ([{"x": 1.0, "y": 2.0}, {"x": 1.0}], False),
+    ([{"x": 1.0}, {"x": 1.0, "y": 2.0}], False),
+    ([{"x": 1.0}, {}], False),
+    ([{}, {}], False),
+    ([{"x": 1.0}, {"x": 2}], False),  # floats and ints
+    ([{"ok": True}, {"ok": False}], False),  # bools: text, as `recorded_info` keeps them
+    ([{"v": np.arange(2)}, {"v": np.arange(2)}], False),
+    ([{"n": {"r": 1.0}}, {"n": {"r": 2.0}}], False),
+], ids=["floats", "ints", "one", "order", "fewer", "more", "empty", "none", "kinds", "bools",
+        "arrays", "nested"])
+def test_a_batch_of_alike_infos_is_one_record_of_what_each_row_would_keep(
+        infos: list[dict[str, Any]], alike: bool) -> None:
+    rows = RowInfos()
+    for _ in range(2):  # the first batch, then the same keys again (remembered)
+        record = rows(infos)
+        assert (record is not None) == alike
+        if record is not None:
+            assert _expanded(record, len(infos)) == [recorded_info(i) for i in infos]
+    assert rows([{"z": 1.0}] * 3) == ("floats", ("z",), (1.0, 1.0, 1.0))  # keys change
+
+
+_ROWS = RowInfos()
+_FLOATS = [{"x": float(i), "r": np.float32(-i)} for i in range(3)]
+
+
+@pytest.mark.parametrize("batches", [
+    [_FLOATS, _FLOATS[:2], _FLOATS],  # every batch one record: the fast path
+    [_FLOATS, None, _FLOATS],  # a batch without infos between
+    [_FLOATS, {1: recorded_info(_FLOATS[0])}, _FLOATS],  # one with some rows' infos
+    [_FLOATS, [{"x": 1.0}] * 2],  # records of other keys
+    [[{"n": 1}] * 2, _FLOATS],  # of another kind
+    [_FLOATS, {0: recorded_info({"vec": np.arange(2)})}],  # with text
+    [[{"big": 2**70}, {"big": 1}], [{"big": 2}]],  # past int64: as text
+    [[{3: 1.0}] * 2],  # a key that JSON makes a string
+], ids=["records", "gap", "sparse", "keys", "kinds", "text", "overflow", "int-key"])
+def test_a_column_of_records_and_sparse_infos_is_the_column_of_every_row(
+        batches: list[Any]) -> None:
+    # Each batch: a list of info dicts (kept as one record, or each row's when not alike), a
+    # row -> recorded info dict (rows of the batch without one: none), or None (no infos).
+    parts: list[Any] = []
+    counts: list[int] = []
+    each_row: list[Any] = []
+    for batch in batches:
+        if isinstance(batch, list):
+            record = _ROWS(batch)
+            parts.append(record if record is not None else
+                         {i: recorded_info(info) for i, info in enumerate(batch)})
+            counts.append(len(batch))
+            each_row += [recorded_info(info) for info in batch]
+        else:
+            parts.append(batch)
+            counts.append(2)
+            each_row += [None if batch is None else batch.get(i) for i in range(2)]
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+    column = infos_column(parts, starts, counts, len(each_row))
+    assert column.equals(infos_to_arrow(each_row))
+
+
+class InfosPerEnv(gym.Env):
+    """Each env copy's infos differ from the others' at some steps: another key order, a key
+    missing, ints, an array; and none at all now and then."""
+
+    observation_space = spaces.Box(-1, 1, (2,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int) -> None:
+        self.index, self.t = index, 0
+        self.given: list[dict[str, Any]] = []
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.zeros(2, np.float32), {}
+
+    def step(self, action: Any):
+        self.t += 1
+        t, i = self.t, self.index
+        info: dict[str, Any] = {"x": t + i / 10, "r": np.float32(-t)}
+        if t % 5 == i:
+            info = {"r": np.float32(-t), "x": float(t)}  # another order
+        elif t % 7 == i:
+            info = {"x": float(t)}
+        elif t % 11 == i:
+            info = {"x": t, "r": i}
+        elif t % 13 == i:
+            info["v"] = np.arange(2) + i
+        elif t % 17 == i:
+            info = {}
+        self.given.append(info)
+        return np.full(2, t % 2, np.float32), 1.0, t % (6 + i) == 0, False, info
+
+
+@pytest.mark.parametrize("mode", ["next_step", "same_step"])
+def test_a_vector_run_records_each_envs_own_infos(tmp_path: Path, mode: str) -> None:
+    made: list[InfosPerEnv] = []
+
+    def make() -> InfosPerEnv:
+        made.append(InfosPerEnv(len(made)))
+        return made[-1]
+
+    envs = relayrl_gym.wrap(make, actors=4, sink=tmp_path, autoreset_mode=mode, batch_rows=64)
+    envs.reset(seed=0)
+    for _ in range(150):
+        envs.step(np.zeros(4, np.int64))
+    envs.close()
+    table = relayrl_gym.load(envs.run_path).table
+    recorded = {i: [] for i in range(4)}  # type: dict[int, list[Any]]
+    for env, info in zip(table.column("env_index").to_pylist(),
+                         table.column("info").to_pylist()):
+        recorded[env].append(info)
+    for env in made:  # (a NEXT_STEP reset is no step of the env's, and is not recorded)
+        assert len(env.given) > 100
+        assert recorded[env.index] == [info_to_json(info) for info in env.given]
 
 
 class KeysAppearEnv(gym.Env):
