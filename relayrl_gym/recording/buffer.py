@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,6 +64,22 @@ def _flat(parts: Sequence[Any], dtype: Any, total: int, rows: np.ndarray) -> np.
     if tuple in kinds:
         return np.fromiter(itertools.chain.from_iterable(parts), dtype, count=total)
     return np.concatenate(parts).astype(dtype, copy=False)
+
+
+def _present(parts: Sequence[Any], starts: list[int]) -> list[tuple[int, Any]]:
+    """``(first row, part)`` of the batches whose part is not None (a block of none: one
+    C-level pass, where a comprehension would visit every batch)."""
+    if not any(map(operator.is_not, parts, itertools.repeat(None))):
+        return []
+    return [(start, part) for start, part in zip(starts, parts) if part is not None]
+
+
+def _joined_index(parts: Sequence[np.ndarray]) -> np.ndarray:
+    """The block's ``env_index`` column: the vector env hands the same array every step."""
+    first = parts[0]
+    if all(map(operator.is_, parts, itertools.repeat(first))):
+        return np.tile(first.astype(np.int32, copy=False), len(parts))
+    return np.concatenate(parts).astype(np.int32, copy=False)
 
 
 def _repeated(value: str, n: int) -> pa.Array:
@@ -141,7 +158,7 @@ class StepBlock:
         n = self.n
         col = dict(zip(TransitionBatch._fields, zip(*self.batches)))  # one C-level transpose
         env_index_parts = col["env_index"]
-        env_index = np.concatenate(env_index_parts).astype(np.int32, copy=False)
+        env_index = _joined_index(env_index_parts)
         k_rows = np.fromiter(map(len, env_index_parts), np.int64, len(self.batches))
         starts = np.concatenate([[0], np.cumsum(k_rows)[:-1]]).astype(np.int64).tolist()
         timestamps = _spread(self.stamps, k_rows)
@@ -152,8 +169,7 @@ class StepBlock:
             obs = schema.obs.concat(col["obs"])
         episode_ids = np.concatenate(col["episode_id"]).astype(np.int64)
         steps = np.concatenate(col["step"]).astype(np.int64)
-        masked = [(start, valid) for start, valid in zip(starts, col["valid"])
-                  if valid is not None]
+        masked = _present(col["valid"], starts)
         keep = None
         if masked:
             keep = np.ones(n, np.bool_)
@@ -175,8 +191,7 @@ class StepBlock:
                 codec.to_arrow(values, n).values, codec.size, mask=numpy_to_arrow(missing))
         else:
             next_values = codec.concat(col["next_obs"])
-            named = [(start, following) for start, following in zip(starts, col["next_from"])
-                     if following is not None]  # rows left for the obs of another row to fill
+            named = _present(col["next_from"], starts)  # rows another row's obs fills
             if named:
                 next_values = np.array(next_values)  # never into arrays a batch handed over
             for start, following in named:
@@ -300,7 +315,7 @@ def _by_row(parts: tuple[dict[int, Any] | None, ...], starts: list[int]) -> dict
 def _masks(col: dict[str, tuple[Any, ...]], starts: list[int], n: int) -> pa.Array:
     """The list<bool> action-mask column: from whole ``(rows, actions)`` batches (``mask_batch``)
     and from per-row values (``masks``), in any mix; rows without one are null."""
-    dense = [(start, m) for start, m in zip(starts, col["mask_batch"]) if m is not None]
+    dense = _present(col["mask_batch"], starts)
     sparse = _by_row(col["masks"], starts)
     if not dense and not sparse:
         return pa.nulls(n, MASK_TYPE)
@@ -332,8 +347,7 @@ def _outputs(col: dict[str, tuple[Any, ...]], starts: list[int], n: int,
              arrow_type: pa.DataType) -> pa.Array:
     """The struct column of policy outputs: from whole per-call batches (``output_batch``) and
     from per-row values (``outputs``), in any mix; rows without any are null."""
-    dense = [(start, data) for start, data in zip(starts, col["output_batch"])
-             if data is not None]
+    dense = _present(col["output_batch"], starts)
     sparse = _by_row(col["outputs"], starts)
     if not dense:
         return _sparse(sparse, n, arrow_type)

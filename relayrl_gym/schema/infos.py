@@ -241,9 +241,9 @@ def infos_column(parts: Sequence[dict[int, RecordedInfo] | InfoRows | None],
     >>> infos_to_text(column).to_pylist()
     ['{"x": 0.5}', '{"x": 1.5}', None, '{"a": 1}']
     """
-    given = [(start, count, part) for start, count, part in zip(starts, counts, parts) if part]
-    if not given:
+    if not any(parts):  # no batch has infos (CartPole): one C-level pass
         return pa.nulls(n, INFO_TYPE)
+    given = [(start, count, part) for start, count, part in zip(starts, counts, parts) if part]
     records = [part for _, _, part in given if type(part) is tuple]
     if len(records) == len(given):  # every batch's rows alike (MuJoCo at every step)
         fast = _records_column(given, n)
