@@ -92,7 +92,7 @@ def wrap(
         run_id: the run's name (default: env id, UTC time and a random suffix).
         flush_interval: seconds between time-based flushes (the most a crash can lose).
         record_info: record each step's info dict as JSON.
-        batch_rows: rows per recorded Arrow batch (default: sized to about 4 MiB).
+        batch_rows: rows per recorded Arrow batch (default: sized to about 8 MiB).
         spill_dir: where rows wait, as Arrow files, while a sink is down and more than 64 MiB
             are waiting (default: ``_spill`` in the Arrow sink's directory, else
             ``relayrl_runs/_spill``); they are retried with backoff.

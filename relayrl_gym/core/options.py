@@ -32,7 +32,7 @@ class RecordingOptions:
     flush_interval: float = 1.0
     #: Record each step's info dict as JSON.
     record_info: bool = True
-    #: Rows per recorded Arrow batch (None: sized to about 4 MiB).
+    #: Rows per recorded Arrow batch (None: sized to about 8 MiB).
     batch_rows: int | None = None
     #: Where rows wait while a sink is down (None: next to the Arrow sink, else
     #: ``relayrl_runs/_spill``).

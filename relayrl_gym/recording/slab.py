@@ -33,7 +33,7 @@ class ObsSlab:
     The stepping thread must copy each step's observations anyway (the caller may modify the
     arrays it was given). Copied into consecutive rows of one array, the observations of a
     recorded block need no second copy to be joined: `joined` sees that its parts are one
-    span and returns a view of it (a block of Atari frames is 4 MiB that is then not copied
+    span and returns a view of it (a block of Atari frames is 8 MiB that is then not copied
     again, nor allocated, on the stepping thread).
 
     A new array begins where the recorder's block will next be handed over (``rows_left``

@@ -158,7 +158,7 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
             env_id: env id recorded in the run metadata (default: from the env's spec).
             flush_interval: seconds between time-based flushes to the sinks.
             record_info: record each step's info dict as JSON (``info`` column).
-            batch_rows: rows per recorded batch (default: sized to ~4 MiB).
+            batch_rows: rows per recorded batch (default: sized to ~8 MiB).
             spill_dir: where rows wait while a sink is down, past 64 MiB in memory (default:
                 ``_spill`` in the Arrow sink's directory, else ``relayrl_runs/_spill``).
             policy: a ModelModule (or a path to one) that `act` answers with; steps taking its
