@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from relayrl_gym.core.transitions import TransitionBatch
-from relayrl_gym.recording.slab import ZeroRows, joined
+from relayrl_gym.recording.slab import ZeroRows, joined, split_point
 from relayrl_gym.schema.arrow_arrays import pooled_array
 from relayrl_gym.schema.codecs import (
     LeafCodec,
@@ -149,7 +149,8 @@ class StepBlock:
         """Builds the Arrow batches of the block's rows; ``actor_ids``/``agent_ids`` are by env
         index. One batch, except with ``cut`` where rows marked invalid are dropped from large
         observations, or are few: the batch is then cut around them (zero-copy slices) instead
-        of copying every other row (see `_kept`).
+        of copying every other row (see `_kept`); and where the block's observations lie in two
+        arrays of a slab, each part is built as a block of its own (no copy to join them).
 
         With ``once_schema`` (the run's `stored_schema`) the batch is in the ``once``
         observation layout: a row's ``next_obs`` is null where the block holds it as the obs of
@@ -157,6 +158,12 @@ class StepBlock:
         """
         n = self.n
         col = dict(zip(TransitionBatch._fields, zip(*self.batches)))  # one C-level transpose
+        obs = joined(col["obs"])
+        if obs is None and cut:
+            at = split_point(col["obs"])
+            if at is not None:  # two spans of slab arrays: two batches, neither copied
+                return [batch for half in self._halves(at) for batch in half.to_record_batches(
+                    schema, run_id, actor_ids, agent_ids, once_schema, zeros, cut)]
         env_index_parts = col["env_index"]
         env_index = _joined_index(env_index_parts)
         k_rows = np.fromiter(map(len, env_index_parts), np.int64, len(self.batches))
@@ -164,7 +171,6 @@ class StepBlock:
         timestamps = _spread(self.stamps, k_rows)
         versions = _spread(col["model_version"], k_rows)
         indices = numpy_to_arrow(env_index)
-        obs = joined(col["obs"])
         if obs is None:
             obs = schema.obs.concat(col["obs"])
         episode_ids = np.concatenate(col["episode_id"]).astype(np.int64)
@@ -221,6 +227,16 @@ class StepBlock:
         batch = pa.RecordBatch.from_arrays(
             columns, schema=schema.arrow if once_schema is None else once_schema)
         return _kept(batch, keep, cut=part is not None)
+
+
+    def _halves(self, at: int) -> tuple[StepBlock, StepBlock]:
+        """The block's batches before ``at`` and from it on, as two blocks."""
+        halves = (StepBlock(), StepBlock())
+        for half, batches, stamps in zip(halves, (self.batches[:at], self.batches[at:]),
+                                         (self.stamps[:at], self.stamps[at:])):
+            half.batches, half.stamps = batches, stamps
+            half.n = sum(len(batch[0]) for batch in batches)
+        return halves
 
 
 def _kept(batch: pa.RecordBatch, keep: np.ndarray | None, cut: bool) -> list[pa.RecordBatch]:

@@ -13,7 +13,7 @@ import numpy as np
 
 from relayrl_gym.schema.arrow_arrays import pooled_array
 
-__all__ = ["ObsSlab", "ZeroRows", "joined"]
+__all__ = ["ObsSlab", "ZeroRows", "joined", "split_point"]
 
 
 class _Mark:
@@ -38,10 +38,12 @@ class ObsSlab:
 
     A new array begins where the recorder's block will next be handed over (``rows_left``
     tells how many rows the block still takes), so that a block's observations lie in one
-    array; a block handed over early (by age), or built after the slab has moved on by two
-    arrays, is joined by a copy, as without a slab, and the next full block lines up again.
-    Rows are never written twice: a view handed out stays valid and unchanged for as long as
-    anyone holds it. One thread uses a slab.
+    array. After a block handed over early (by age, or asked for by the writer), the next one
+    begins in the middle of an array and ends in the next: it is built as two batches, one
+    for each (`split_point`; for local Arrow directories; for other sinks it is joined by a
+    copy), and the next full block lines up again. Rows are never written twice: a view
+    handed out stays valid and unchanged for as long as anyone holds it, and an array is
+    reused once nothing refers to it. One thread uses a slab.
 
     >>> slab = ObsSlab((2,), np.float32, rows=4, rows_left=lambda: 8)
     >>> a = slab.copy(np.ones((2, 2))); b = slab.copy(np.zeros((2, 2)))
@@ -49,9 +51,14 @@ class ObsSlab:
     ((4, 2), True)
     """
 
-    #: Arrays whose views `joined` still recognizes: the current one and the one before it
-    #: (whose block is built when the record after the cut hands it over).
-    RECENT = 2
+    #: Arrays whose views `joined` still recognizes: the current one and the two before it
+    #: (a block is built when the record after the cut hands it over; one handed over early
+    #: leaves the next block to begin in one array and end in the next, and that block's
+    #: end begins a third: see `split_point`).
+    RECENT = 3
+    #: Arrays kept for reuse: the recent ones, and those of blocks on their way to the sinks
+    #: (more at once, behind a slow sink, are made anew and let go of).
+    KEEP = 5
 
     def __init__(self, shape: tuple[int, ...], dtype: np.dtype, rows: int,
                  rows_left: Callable[[], int]) -> None:
@@ -66,6 +73,10 @@ class ObsSlab:
         self._array = np.empty((0, *self.shape), self.dtype)
         self._used = 0
         self._recent: collections.deque[_Mark] = collections.deque(maxlen=self.RECENT)
+        #: Arrays made, each with what its views name as ``base``, reused once nothing else
+        #: refers to that (their blocks written and let go of).
+        self._made: list[tuple[np.ndarray, Any]] = []
+        self._free_refs = 0
 
     def copy(self, obs: np.ndarray) -> np.ndarray:
         """A copy of ``obs`` (a batch of observations) in the slab's next rows."""
@@ -76,10 +87,9 @@ class ObsSlab:
         # observations are one span of it.
         starts_block = k <= left < 2 * k
         if starts_block or self._used + k > len(self._array):
-            self._array = pooled_array((max(self.rows, k) + k, *self.shape), self.dtype)
+            self._array, owner = self._next_array(max(self.rows, k) + k)
             self._used = 0
             mark = _Mark()
-            owner = self._array[:0].base  # what the views handed out name as their base
             if owner is not None:
                 _RECENT[id(owner)] = mark
             self._recent.append(mark)
@@ -87,6 +97,23 @@ class ObsSlab:
         rows[...] = obs
         self._used += k
         return rows
+
+    def _next_array(self, rows: int) -> tuple[np.ndarray, Any]:
+        """An array of at least ``rows`` rows that nothing refers to, and what its views name
+        as ``base``: one made before when one is free (its pages warm: memory handed back
+        to the allocator is returned to the system while a slow env fills a block, and the
+        next array's first touch then faults page by page, ~50 µs a step for Pong's frames),
+        else a new one."""
+        for array, owner in self._made:
+            # Only this list, the array (its base) and this loop refer to it: no view is left.
+            if sys.getrefcount(owner) == self._free_refs and len(array) >= rows:
+                return array, owner
+        array = pooled_array((rows, *self.shape), self.dtype)
+        owner = array[:0].base  # what the views handed out name as their base
+        if owner is not None and len(self._made) < self.KEEP:
+            self._made.append((array, owner))
+            self._free_refs = sys.getrefcount(owner)  # as counted in the loop above
+        return array, owner
 
 
 def joined(parts: Sequence[Any]) -> np.ndarray | None:
@@ -107,6 +134,31 @@ def joined(parts: Sequence[Any]) -> np.ndarray | None:
         rows += len(part)
     # Consecutive views of one array, handed out row after row: one span of it.
     return np.lib.stride_tricks.as_strided(first, (rows, *shape), strides, writeable=False)
+
+
+def split_point(parts: Sequence[Any]) -> int | None:
+    """Where parts that do not join pass from one slab array to the next: the index of the
+    first part in another array, when the parts before it join and it is a slab view too
+    (a block that began in the middle of an array, after the block before it was handed over
+    early, and ended in the next one); else None.
+
+    >>> slab = ObsSlab((2,), np.float32, rows=2, rows_left=lambda: 8)
+    >>> parts = [slab.copy(np.ones((2, 2))) for _ in range(3)]  # an array holds 2 copies
+    >>> joined(parts) is None, split_point(parts)
+    (True, 2)
+    """
+    first = parts[0]
+    if type(first) is not np.ndarray or first.base is None or id(first.base) not in _RECENT:
+        return None
+    owner = first.base
+    at = next((i for i, part in enumerate(parts)
+               if type(part) is not np.ndarray or part.base is not owner), None)
+    if at is None or joined(parts[:at]) is None:
+        return None
+    after = parts[at]
+    if type(after) is not np.ndarray or after.base is None or id(after.base) not in _RECENT:
+        return None
+    return at
 
 
 class ZeroRows:

@@ -91,11 +91,30 @@ def test_full_blocks_of_a_vector_env_join_their_observations_without_a_copy(
     assert outcomes == [True] * 20, outcomes
 
 
-def test_rows_handed_over_by_age_are_the_same_rows(tmp_path: Path) -> None:
+def test_rows_handed_over_by_age_are_the_same_rows(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     # Slow steps and a short flush interval: blocks leave part filled, out of line with the
-    # slab's arrays, which then join by a copy; the next full blocks line up again.
+    # slab's arrays; the block after one begins in one array and ends in the next, and is
+    # written as two batches instead of being joined by a copy. The next full blocks line up.
+    from relayrl_gym.recording import buffer
+    from relayrl_gym.schema.codecs import LeafCodec
+
+    splits: list[int | None] = []
+    copied: list[int] = []  # observations joined by a copy
+    split_point, concat = buffer.split_point, LeafCodec.concat
+
+    def spied_concat(codec: LeafCodec, parts: Any) -> Any:
+        if codec.shape == IMAGE.shape:
+            copied.append(len(parts))
+        return concat(codec, parts)
+
+    monkeypatch.setattr(buffer, "split_point", lambda parts: splits.append(
+        split_point(parts)) or splits[-1])
+    monkeypatch.setattr(LeafCodec, "concat", spied_concat)
     slow = _record(ArrowSink(tmp_path / "slow", obs_layout="once"), 40, pause=0.01,
                    batch_rows=30, flush_interval=0.05)
+    assert any(at is not None for at in splits) and not copied, (splits, copied)
+    monkeypatch.undo()
     fast = _record(ArrowSink(tmp_path / "fast", obs_layout="once"), 40, batch_rows=30)
     slow_rows = relayrl_gym.load(slow.run_path).table
     assert slow_rows.select(COMPARED).equals(
@@ -103,6 +122,46 @@ def test_rows_handed_over_by_age_are_the_same_rows(tmp_path: Path) -> None:
     with pa.ipc.open_file(next(Path(slow.run_path).glob("part-*.arrow"))) as reader:
         sizes = [reader.get_batch(i).num_rows for i in range(reader.num_record_batches)]
     assert len(sizes) > 40 * 3 // 30 and min(sizes) < 30  # some blocks left by age
+
+
+@pytest.mark.parametrize("asked_at", [11, 14, 17])
+def test_a_block_after_one_handed_over_early_is_written_without_copying_its_observations(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asked_at: int) -> None:
+    # The writer asks for the rows mid-block: the next block begins in the middle of one of
+    # the slab's arrays and ends in the next (three arrays exist by the time it is built).
+    from relayrl_gym.recording import buffer
+    from relayrl_gym.schema.codecs import LeafCodec
+
+    copied: list[int] = []
+    concat = LeafCodec.concat
+
+    def spied_concat(codec: LeafCodec, parts: Any) -> Any:
+        if codec.shape == IMAGE.shape:
+            copied.append(len(parts))
+        return concat(codec, parts)
+
+    splits: list[int | None] = []
+    split_point = buffer.split_point
+    monkeypatch.setattr(buffer, "split_point", lambda parts: splits.append(
+        split_point(parts)) or splits[-1])
+    monkeypatch.setattr(LeafCodec, "concat", spied_concat)
+
+    def run(root: Path, ask: bool) -> Any:
+        envs = relayrl_gym.wrap(make_testing_env(obs_space=IMAGE, length=50), actors=3,
+                                sink=ArrowSink(root, obs_layout="once"), batch_rows=30,
+                                flush_interval=60)
+        envs.reset(seed=1)
+        for step in range(60):
+            envs.step(np.array([step % 2] * 3))
+            if ask and step == asked_at:
+                assert envs.agent.recorder.ask_back()
+        envs.close()
+        return relayrl_gym.load(envs.run_path).table.select(COMPARED)
+
+    asked = run(tmp_path / "asked", ask=True)
+    assert [at for at in splits if at is not None] and not copied, (splits, copied)
+    monkeypatch.undo()
+    assert asked.equals(run(tmp_path / "plain", ask=False))
 
 
 def test_joined_parts_are_one_span_only_when_consecutive() -> None:
@@ -120,6 +179,27 @@ def test_joined_parts_are_one_span_only_when_consecutive() -> None:
     left[0] = 3  # this copy is the obs of the block after next: a new array
     second = slab.copy(np.ones((2, 3)))
     assert not np.shares_memory(first.base, second.base)
+
+
+def test_slab_arrays_are_reused_once_no_view_of_them_is_held() -> None:
+    import weakref
+
+    slab = ObsSlab((3,), np.float32, rows=2, rows_left=lambda: 100)  # 2 copies an array
+    held = slab.copy(np.full((2, 3), 7.0))
+    slab.copy(np.full((2, 3), 7.0))  # the rest of the array `held` is in
+    first = slab.copy(np.full((2, 3), 1.0))  # the next array
+    owner = weakref.ref(first.base)
+    del first
+    bases = []
+    for i in range(40):  # many arrays' worth of copies, each let go of at once
+        view = slab.copy(np.full((2, 3), i, np.float64))
+        np.testing.assert_array_equal(view, i)
+        bases.append(view.base)
+        del view
+        bases = bases[-1:]
+    np.testing.assert_array_equal(held, 7.0)  # a view still held: never written into
+    assert owner() is not None  # kept, and handed out again instead of a new array
+    assert any(slab.copy(np.zeros((2, 3))).base is owner() for _ in range(12))
 
 
 def test_zero_rows_are_reused_only_when_nothing_holds_them() -> None:
