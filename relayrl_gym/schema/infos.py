@@ -79,6 +79,8 @@ _INT_TYPES = frozenset({int, np.int64, np.int32, np.int16, np.int8, np.uint8, np
 #: A recorded info: JSON text, or ``(kind, keys, values)`` with kind "floats" or "ints".
 RecordedInfo = str | tuple[str, tuple[str, ...], tuple[Any, ...]]
 
+_STR = {str}
+
 #: The infos of every row of a batch, all numbers of one kind under the same keys:
 #: ``(kind, keys, values)`` with the values of every row, row after row (see `RowInfos`).
 InfoRows = tuple[str, tuple[str, ...], tuple[Any, ...]]
@@ -96,6 +98,8 @@ class RowInfos:
     ('floats', ('x', 'y'), (0.5, np.float32(1.0), 1.5, np.float32(2.0)))
     >>> rows([{"x": 1}, {"y": 2}]) is None  # other keys: each row by `recorded_info`
     True
+    >>> rows([{1: 0.5}, {1: 0.5}]) is None  # keys that are not str: likewise
+    True
     """
 
     __slots__ = ("_flat", "_keys")
@@ -108,6 +112,8 @@ class RowInfos:
                  ) -> InfoRows | None:
         """The infos as one record, or None when they are not all alike (or one is empty)."""
         flat = tuple(itertools.chain.from_iterable(infos))
+        if set(map(type, flat)) != _STR:  # keys other than str are told apart by `info_to_json`
+            return None  # (1, 1.0 and True are equal keys, and would pass for each other below)
         if flat != self._flat:  # (the same strings again: compared by identity, quickly)
             size = len(infos[0]) if infos else 0
             # Every dict's keys are distinct: the pattern repeating means each dict has the

@@ -122,8 +122,10 @@ def _expanded(record: Any, rows: int) -> list[Any]:
     ([{"ok": True}, {"ok": False}], False),  # bools: text, as `recorded_info` keeps them
     ([{"v": np.arange(2)}, {"v": np.arange(2)}], False),
     ([{"n": {"r": 1.0}}, {"n": {"r": 2.0}}], False),
+    ([{1: 0.5}, {True: 0.5}, {1.0: 0.5}], False),  # equal keys that JSON writes apart
+    ([{"x": 0.5}, {np.str_("x"): 0.5}], False),
 ], ids=["floats", "ints", "one", "order", "fewer", "more", "empty", "none", "kinds", "bools",
-        "arrays", "nested"])
+        "arrays", "nested", "equal-keys", "str-subclass"])
 def test_a_batch_of_alike_infos_is_one_record_of_what_each_row_would_keep(
         infos: list[dict[str, Any]], alike: bool) -> None:
     rows = RowInfos()
@@ -133,6 +135,7 @@ def test_a_batch_of_alike_infos_is_one_record_of_what_each_row_would_keep(
         if record is not None:
             assert _expanded(record, len(infos)) == [recorded_info(i) for i in infos]
     assert rows([{"z": 1.0}] * 3) == ("floats", ("z",), (1.0, 1.0, 1.0))  # keys change
+    assert rows([{np.str_("z"): 1.0}] * 3) is None  # equal to the keys before, not str
 
 
 _ROWS = RowInfos()
@@ -205,12 +208,24 @@ class InfosPerEnv(gym.Env):
         return np.full(2, t % 2, np.float32), 1.0, t % (6 + i) == 0, False, info
 
 
+class EqualKeysEnv(InfosPerEnv):
+    """Keys that compare equal but JSON writes apart (1, True, 1.0), and a str subclass."""
+
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        key = [1, True, 1.0, np.str_("1")][(self.index + self.t // 3) % 4]
+        self.given[-1] = {key: 0.5, "x": float(self.t)}
+        return obs, reward, terminated, truncated, self.given[-1]
+
+
+@pytest.mark.parametrize("env_type", [InfosPerEnv, EqualKeysEnv], ids=["alike", "equal-keys"])
 @pytest.mark.parametrize("mode", ["next_step", "same_step"])
-def test_a_vector_run_records_each_envs_own_infos(tmp_path: Path, mode: str) -> None:
+def test_a_vector_run_records_each_envs_own_infos(tmp_path: Path, mode: str,
+                                                  env_type: type) -> None:
     made: list[InfosPerEnv] = []
 
     def make() -> InfosPerEnv:
-        made.append(InfosPerEnv(len(made)))
+        made.append(env_type(len(made)))
         return made[-1]
 
     envs = relayrl_gym.wrap(make, actors=4, sink=tmp_path, autoreset_mode=mode, batch_rows=64)
