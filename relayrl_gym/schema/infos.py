@@ -250,9 +250,9 @@ def infos_column(parts: Sequence[dict[int, RecordedInfo] | InfoRows | None],
     if not any(parts):  # no batch has infos (CartPole): one C-level pass
         return pa.nulls(n, INFO_TYPE)
     given = [(start, count, part) for start, count, part in zip(starts, counts, parts) if part]
-    records = [part for _, _, part in given if type(part) is tuple]
-    if len(records) == len(given):  # every batch's rows alike (MuJoCo at every step)
-        fast = _records_column(given, n)
+    if any(type(part) is tuple for _, _, part in given):  # records (MuJoCo at every step)
+        pieces = _as_records(given)
+        fast = _records_column(pieces, n) if pieces is not None else None
         if fast is not None:
             return fast
     rows: list[Any] = []
@@ -270,8 +270,25 @@ def infos_column(parts: Sequence[dict[int, RecordedInfo] | InfoRows | None],
                     values, n)
 
 
+def _as_records(given: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]] | None:
+    """The batches' infos as ``(first row, rows, record)``: a row -> info dict gives a record
+    of one row for each of its infos of numbers (a MuJoCo step with a reset among its rows,
+    between steps kept as records); None when one is text."""
+    pieces: list[tuple[int, int, Any]] = []
+    for start, count, part in given:
+        if isinstance(part, dict):
+            for row, value in part.items():
+                if type(value) is not tuple:
+                    return None
+                pieces.append((start + row, 1, value))
+        else:
+            pieces.append((start, count, part))
+    return pieces
+
+
 def _records_column(given: list[tuple[int, int, Any]], n: int) -> pa.Array | None:
-    """`infos_column` of batches that all have an `InfoRows` record of one kind and keys."""
+    """`infos_column` of ``(first row, rows, record)`` pieces, in increasing rows, that are all
+    numbers of one kind under one key tuple (None for any other)."""
     records = [part for _, _, part in given]
     kinds = set(map(_KIND, records))
     key_sets = set(map(_KEYS, records))
@@ -282,6 +299,8 @@ def _records_column(given: list[tuple[int, int, Any]], n: int) -> pa.Array | Non
         return None
     starts = np.fromiter((start for start, _, _ in given), np.int64, len(given))
     counts = np.fromiter((count for _, count, _ in given), np.int64, len(given))
+    if len(starts) > 1 and not (np.diff(starts) > 0).all():
+        return None  # (a batch's own dict may list its rows in any order)
     total = int(counts.sum())
     try:
         numbers = np.fromiter(itertools.chain.from_iterable(map(_VALUES, records)),

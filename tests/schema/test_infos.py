@@ -146,12 +146,16 @@ _FLOATS = [{"x": float(i), "r": np.float32(-i)} for i in range(3)]
     [_FLOATS, _FLOATS[:2], _FLOATS],  # every batch one record: the fast path
     [_FLOATS, None, _FLOATS],  # a batch without infos between
     [_FLOATS, {1: recorded_info(_FLOATS[0])}, _FLOATS],  # one with some rows' infos
+    [_FLOATS, {1: recorded_info(_FLOATS[1]), 0: recorded_info(_FLOATS[0])}],  # rows unordered
+    [_FLOATS, {0: recorded_info({"x": 1.0})}, _FLOATS],  # a row of other keys
+    [_FLOATS, {0: recorded_info({"x": 1, "r": 2})}],  # of another kind
     [_FLOATS, [{"x": 1.0}] * 2],  # records of other keys
     [[{"n": 1}] * 2, _FLOATS],  # of another kind
     [_FLOATS, {0: recorded_info({"vec": np.arange(2)})}],  # with text
     [[{"big": 2**70}, {"big": 1}], [{"big": 2}]],  # past int64: as text
     [[{3: 1.0}] * 2],  # a key that JSON makes a string
-], ids=["records", "gap", "sparse", "keys", "kinds", "text", "overflow", "int-key"])
+], ids=["records", "gap", "sparse", "sparse-unordered", "sparse-keys", "sparse-kind", "keys",
+        "kinds", "text", "overflow", "int-key"])
 def test_a_column_of_records_and_sparse_infos_is_the_column_of_every_row(
         batches: list[Any]) -> None:
     # Each batch: a list of info dicts (kept as one record, or each row's when not alike), a
