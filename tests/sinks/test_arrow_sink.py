@@ -159,3 +159,39 @@ def test_existing_run_directory_is_refused(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(relayrl_gym.RelayRLError, match="already exists"):
         relayrl_gym.wrap("CartPole-v1", sink=tmp_path, run_id="taken")
+
+
+_ZSTD_FRAME = b"\x28\xb5\x2f\xfd"  # the magic numbers that begin a compressed buffer's frame
+_LZ4_FRAME = b"\x04\x22\x4d\x18"
+
+
+def _codecs(run_path: Path) -> set[str]:
+    data = b"".join(p.read_bytes() for p in sorted(run_path.glob("part-*.arrow")))
+    return {name for name, magic in (("zstd", _ZSTD_FRAME), ("lz4", _LZ4_FRAME))
+            if magic in data}
+
+
+@pytest.mark.parametrize(("compression", "image", "expected"), [
+    ("auto", False, {"lz4"}),  # small observations: the faster codec
+    ("auto", True, {"zstd"}),  # images: the smaller files
+    ("zstd", False, {"zstd"}),
+    ("lz4", True, {"lz4"}),
+    (None, True, set()),
+])
+def test_auto_compression_picks_by_observation_size_and_reads_back(
+        tmp_path: Path, compression: str | None, image: bool, expected: set[str]) -> None:
+    from gymnasium import spaces
+    from tests_helpers import make_testing_env
+
+    obs_space = (spaces.Box(0, 255, (32, 32, 4), np.uint8) if image
+                 else spaces.Box(-1, 1, (4,), np.float32))
+    envs = relayrl_gym.wrap(make_testing_env(obs_space=obs_space, length=7), actors=2,
+                            sink=ArrowSink(tmp_path, compression=compression))
+    envs.reset(seed=0)
+    for _ in range(40):
+        envs.step(np.array([0, 1]))
+    envs.close()
+    assert _codecs(envs.run_path) == expected
+    assert len(relayrl_gym.load(envs.run_path)) == 2 * 40 - 2 * (40 // 8)
+    with pytest.raises(relayrl_gym.errors.ConfigError, match="'auto', 'zstd', 'lz4' or None"):
+        ArrowSink(tmp_path, compression="gzip")
