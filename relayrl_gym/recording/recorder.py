@@ -27,7 +27,7 @@ __all__ = ["Recorder"]
 
 #: Target size of one buffer (and so of one Arrow record batch): a block's build costs a few
 #: hundred microseconds whatever its rows, which 8 MiB blocks of images spread over twice the
-#: steps of 4 MiB ones (a cheap 84x84x4 image env: 6% faster, 26 MiB more at its peak).
+#: steps of 4 MiB ones (a cheap 84x84x4 image env: 6% faster, ~30 MiB more at its peak).
 TARGET_BATCH_BYTES = 8 * 1024 * 1024
 MAX_BATCH_ROWS = 8192
 MIN_BATCH_ROWS = 16
