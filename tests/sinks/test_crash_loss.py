@@ -79,9 +79,10 @@ def _kill_when_ready(command, offset):
 
 
 def _steps_logged(log_path):
-    """The (time, rows recorded) pairs the child logged before it was killed."""
+    """The (time, rows recorded) pairs the child logged before it was killed (a pair the kill
+    cut in half, one value written and not the other, is left out)."""
     log = np.load(log_path, mmap_mode="r")
-    return np.asarray(log[: np.count_nonzero(log[:, 0])])
+    return np.asarray(log[: min(np.count_nonzero(log[:, 0]), np.count_nonzero(log[:, 1]))])
 
 
 def _kill_and_count(tmp_path, kind, url, offset, warm_up=1.5):
