@@ -119,6 +119,10 @@ class NatsEndpoint:
     async def _subscribe(self, nc: Any) -> None:
         if not self._subscribed:  # nats-py subscribes again by itself after a reconnection
             await nc.subscribe(self.subject, queue=QUEUE_GROUP, cb=self._request)
+            # The subscription is only sent: a round trip makes sure the server holds it
+            # before the endpoint says it is connected (a client's first request would
+            # otherwise find no responders).
+            await nc.flush()
             self._subscribed = True
 
     async def _request(self, msg: Any) -> None:
