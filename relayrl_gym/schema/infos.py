@@ -15,9 +15,9 @@ import pyarrow as pa
 from relayrl_gym.schema.arrow_arrays import numpy_to_arrow, strings_to_arrow, tiled_strings
 from relayrl_gym.schema.transitions import INFO_TYPE
 
-__all__ = ["INFO_TYPE", "InfoRows", "RecordedInfo", "RowInfos", "info_to_json", "infos_at",
-           "infos_column", "infos_to_arrow", "infos_to_text", "recorded_info",
-           "text_info_schema", "with_text_info"]
+__all__ = ["INFO_TYPE", "InfoRows", "RecordedInfo", "RowInfos", "info_to_json", "infos_column",
+           "infos_to_arrow", "infos_to_text", "recorded_info", "text_info_schema",
+           "with_text_info"]
 
 
 def _json_default(value: Any) -> Any:
@@ -80,6 +80,7 @@ _INT_TYPES = frozenset({int, np.int64, np.int32, np.int16, np.int8, np.uint8, np
 RecordedInfo = str | tuple[str, tuple[str, ...], tuple[Any, ...]]
 
 _STR = {str}
+_TUPLE = {tuple}
 
 #: The infos of every row of a batch, all numbers of one kind under the same keys:
 #: ``(kind, keys, values)`` with the values of every row, row after row (see `RowInfos`).
@@ -213,28 +214,6 @@ _VALUES = itemgetter(2)
 _NUMBER_DTYPES = {"floats": np.float64, "ints": np.int64}
 
 
-def infos_at(rows: np.ndarray, values: list[RecordedInfo], n: int) -> pa.Array:
-    """The stored ``info`` column of ``n`` rows where row ``rows[i]`` has the recorded info
-    ``values[i]`` and the others none: the column `infos_to_arrow` builds of them.
-
-    The usual block, in which every info is numbers of one kind under the same keys (MuJoCo's
-    rewards and positions at every step), is built from its values in a few C-level passes,
-    with no Python object a row; any other goes through `infos_to_arrow`.
-
-    >>> column = infos_at(np.array([1, 2]), [("floats", ("x",), (0.5,)),
-    ...                                      ("floats", ("x",), (1.5,))], 3)
-    >>> infos_to_text(column).to_pylist()
-    [None, '{"x": 0.5}', '{"x": 1.5}']
-    """
-    fast = _same_numbers(rows, values, n)
-    if fast is not None:
-        return fast
-    column: list[Any] = [None] * n
-    for row, value in zip(rows.tolist(), values):
-        column[row] = value
-    return infos_to_arrow(column)
-
-
 def infos_column(parts: Sequence[dict[int, RecordedInfo] | InfoRows | None],
                  starts: Sequence[int], counts: Sequence[int], n: int) -> pa.Array:
     """The stored ``info`` column of ``n`` rows from the infos of the batches that hold them:
@@ -250,55 +229,59 @@ def infos_column(parts: Sequence[dict[int, RecordedInfo] | InfoRows | None],
     if not any(parts):  # no batch has infos (CartPole): one C-level pass
         return pa.nulls(n, INFO_TYPE)
     given = [(start, count, part) for start, count, part in zip(starts, counts, parts) if part]
-    if any(type(part) is tuple for _, _, part in given):  # records (MuJoCo at every step)
-        pieces = _as_records(given)
-        fast = _records_column(pieces, n) if pieces is not None else None
-        if fast is not None:
-            return fast
-    rows: list[Any] = []
-    values: list[Any] = []
-    for start, count, part in given:
-        if isinstance(part, dict):
-            rows.append([start + row for row in part])
-            values.extend(part.values())
-        else:  # each row's own (kind, keys, values)
-            kind, keys, flat = part
-            size = len(keys)
-            rows.append(range(start, start + count))
-            values.extend((kind, keys, flat[i : i + size]) for i in range(0, count * size, size))
-    return infos_at(np.fromiter(itertools.chain.from_iterable(rows), np.int64, len(values)),
-                    values, n)
-
-
-def _as_records(given: list[tuple[int, int, Any]]) -> list[tuple[int, int, Any]] | None:
-    """The batches' infos as ``(first row, rows, record)``: a row -> info dict gives a record
-    of one row for each of its infos of numbers (a MuJoCo step with a reset among its rows,
-    between steps kept as records); None when one is text."""
-    pieces: list[tuple[int, int, Any]] = []
+    records = _as_records(given)
+    # The usual block, in which every info is numbers of one kind under the same keys
+    # (MuJoCo's rewards and positions at every step), is built from its values in a few
+    # C-level passes, with no Python object a row; any other goes through `infos_to_arrow`.
+    fast = _records_column(*records, n) if records is not None else None
+    if fast is not None:
+        return fast
+    column: list[Any] = [None] * n
     for start, count, part in given:
         if isinstance(part, dict):
             for row, value in part.items():
-                if type(value) is not tuple:
-                    return None
-                pieces.append((start + row, 1, value))
+                column[start + row] = value
+        else:  # each row's own (kind, keys, values)
+            kind, keys, flat = part
+            size = len(keys)
+            column[start : start + count] = [(kind, keys, flat[i : i + size])
+                                             for i in range(0, count * size, size)]
+    return infos_to_arrow(column)
+
+
+def _as_records(given: list[tuple[int, int, Any]]
+                ) -> tuple[list[int], list[int], list[Any]] | None:
+    """The batches' infos as records: each one's first row, its rows, and the record; a row
+    -> info dict gives a record of one row for each of its infos of numbers (a MuJoCo step
+    with a reset among its rows, between steps kept as records). None when one is text."""
+    firsts: list[int] = []
+    counts: list[int] = []
+    records: list[Any] = []
+    for start, count, part in given:
+        if isinstance(part, dict):  # (C-level passes: no Python code a row)
+            firsts.extend(map(start.__add__, part))
+            counts.extend(itertools.repeat(1, len(part)))
+            records.extend(part.values())
         else:
-            pieces.append((start, count, part))
-    return pieces
+            firsts.append(start)
+            counts.append(count)
+            records.append(part)
+    return (firsts, counts, records) if set(map(type, records)) == _TUPLE else None
 
 
-def _records_column(given: list[tuple[int, int, Any]], n: int) -> pa.Array | None:
-    """`infos_column` of ``(first row, rows, record)`` pieces, in increasing rows, that are all
-    numbers of one kind under one key tuple (None for any other)."""
-    records = [part for _, _, part in given]
+def _records_column(firsts: list[int], row_counts: list[int], records: list[Any], n: int
+                    ) -> pa.Array | None:
+    """`infos_column` of records (`_as_records`), in increasing rows, that are all numbers of
+    one kind under one key tuple (None for any other)."""
     kinds = set(map(_KIND, records))
     key_sets = set(map(_KEYS, records))
     if len(kinds) != 1 or len(key_sets) != 1:
         return None
     kind, keys = kinds.pop(), key_sets.pop()
-    if set(map(type, keys)) - {str}:
-        return None
-    starts = np.fromiter((start for start, _, _ in given), np.int64, len(given))
-    counts = np.fromiter((count for _, count, _ in given), np.int64, len(given))
+    if set(map(type, keys)) - _STR:
+        return None  # keys JSON makes strings: `infos_to_arrow` stores the infos as text
+    starts = np.array(firsts, np.int64)
+    counts = np.array(row_counts, np.int64)
     if len(starts) > 1 and not (np.diff(starts) > 0).all():
         return None  # (a batch's own dict may list its rows in any order)
     total = int(counts.sum())
@@ -311,46 +294,17 @@ def _records_column(given: list[tuple[int, int, Any]], n: int) -> pa.Array | Non
     if total == n:  # every row has one (the batches never overlap)
         valid[:] = True
     else:  # each batch's rows: its start, then one by one
-        firsts = np.cumsum(counts) - counts
-        valid[np.repeat(starts - firsts, counts) + np.arange(total)] = True
-    return _numbers_column(kind, keys, numbers, valid, total, n)
-
-
-def _numbers_column(kind: str, keys: tuple[str, ...], numbers: np.ndarray, valid: np.ndarray,
-                    count: int, n: int) -> pa.Array:
-    """The ``info`` column whose ``count`` rows ``valid`` marks have the infos ``keys`` ->
-    ``numbers`` (row after row) of ``kind``, and the others none."""
+        begins = np.cumsum(counts) - counts
+        valid[np.repeat(starts - begins, counts) + np.arange(total)] = True
     offsets = np.zeros(n + 1, np.int32)
     np.cumsum(valid.astype(np.int32) * np.int32(len(keys)), out=offsets[1:])
     absent = numpy_to_arrow(~valid)
     children = {name: pa.nulls(n, INFO_TYPE.field(name).type) for name in INFO_TYPE.names}
     children[kind] = pa.MapArray.from_arrays(
-        numpy_to_arrow(offsets), tiled_strings(keys, count), numpy_to_arrow(numbers),
+        numpy_to_arrow(offsets), tiled_strings(keys, total), numpy_to_arrow(numbers),
         type=INFO_TYPE.field(kind).type, mask=absent)
     return pa.StructArray.from_arrays(list(children.values()), fields=list(INFO_TYPE),
                                       mask=absent)
-
-
-def _same_numbers(rows: np.ndarray, values: list[Any], n: int) -> pa.Array | None:
-    """`infos_at` of infos that are all numbers of one kind under one key tuple (in rows
-    that only increase); None for any other."""
-    if not values or set(map(type, values)) != {tuple}:
-        return None
-    kinds = set(map(_KIND, values))
-    key_sets = set(map(_KEYS, values))
-    if len(kinds) != 1 or len(key_sets) != 1 or (len(rows) > 1 and not (np.diff(rows) > 0).all()):
-        return None
-    kind, keys = kinds.pop(), key_sets.pop()
-    if set(map(type, keys)) - {str}:
-        return None  # keys JSON makes strings: `infos_to_arrow` stores the infos as text
-    try:
-        numbers = np.fromiter(itertools.chain.from_iterable(map(_VALUES, values)),
-                              _NUMBER_DTYPES[kind], len(values) * len(keys))
-    except (OverflowError, ValueError, TypeError):  # e.g. an int past int64: as text, there
-        return None
-    valid = np.zeros(n, np.bool_)
-    valid[rows] = True
-    return _numbers_column(kind, keys, numbers, valid, len(values), n)
 
 
 def infos_to_text(column: pa.Array | pa.ChunkedArray) -> pa.Array:

@@ -16,9 +16,9 @@ import relayrl_gym
 from relayrl_gym.schema.infos import (
     INFO_TYPE,
     RowInfos,
-    _same_numbers,
+    _as_records,
+    _records_column,
     info_to_json,
-    infos_at,
     infos_column,
     infos_to_arrow,
     infos_to_text,
@@ -93,10 +93,11 @@ def test_infos_gathered_by_row_are_the_column_of_the_whole_list(infos: list[dict
                                                                 fast: bool) -> None:
     # What a block gathers from its batches equals the column built of every row's info.
     kept = [recorded_info(info) for info in infos]
-    rows = np.array([i for i, k in enumerate(kept) if k is not None], np.int64)
-    given = [k for k in kept if k is not None]
-    gathered = infos_at(rows, given, len(kept) + 1)
-    assert (_same_numbers(rows, given, len(kept) + 1) is not None) == fast  # the path taken
+    given = {i: k for i, k in enumerate(kept) if k is not None}  # one batch's row -> info
+    n = len(kept) + 1
+    gathered = infos_column([given], [0], [n], n)
+    records = _as_records([(0, n, given)])
+    assert (records is not None and _records_column(*records, n) is not None) == fast  # path
     expected = infos_to_arrow([*kept, None])
     assert gathered.equals(expected)
     assert infos_to_text(gathered).to_pylist() == [
@@ -179,20 +180,24 @@ def test_a_column_of_records_and_sparse_infos_is_the_column_of_every_row(
     assert column.equals(infos_to_arrow(each_row))
 
 
-class InfosPerEnv(gym.Env):
-    """Each env copy's infos differ from the others' at some steps: another key order, a key
-    missing, ints, an array; and none at all now and then."""
+class GivenInfosEnv(gym.Env):
+    """An env that keeps every info it returns (``given``), for the tests to compare."""
 
     observation_space = spaces.Box(-1, 1, (2,), np.float32)
     action_space = spaces.Discrete(2)
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int = 0) -> None:
         self.index, self.t = index, 0
         self.given: list[dict[str, Any]] = []
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         return np.zeros(2, np.float32), {}
+
+
+class InfosPerEnv(GivenInfosEnv):
+    """Each env copy's infos differ from the others' at some steps: another key order, a key
+    missing, ints, an array; and none at all now and then."""
 
     def step(self, action: Any):
         self.t += 1
@@ -247,20 +252,9 @@ def test_a_vector_run_records_each_envs_own_infos(tmp_path: Path, mode: str,
         assert recorded[env.index] == [info_to_json(info) for info in env.given]
 
 
-class KeysAppearEnv(gym.Env):
+class KeysAppearEnv(GivenInfosEnv):
     """Infos whose keys change over a run: numbers first, then new keys, then nested values
     and text at episode ends (as RecordEpisodeStatistics adds)."""
-
-    observation_space = spaces.Box(-1, 1, (2,), np.float32)
-    action_space = spaces.Discrete(2)
-
-    def __init__(self) -> None:
-        self.t = 0
-        self.given: list[dict[str, Any]] = []
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        super().reset(seed=seed)
-        return np.zeros(2, np.float32), {}
 
     def step(self, action: Any):
         self.t += 1
