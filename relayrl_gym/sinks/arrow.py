@@ -13,6 +13,7 @@ from relayrl_gym.storage.obs_layout import (
     check_layout,
     compact,
     is_once,
+    obs_row_bytes,
     resolve,
     stored_schema,
 )
@@ -23,24 +24,6 @@ __all__ = ["ArrowSink", "auto_compression"]
 #: Under ``compression="auto"``, runs whose observations take this many bytes a row or more
 #: (images, or any of unknown size) are compressed with zstd, the others with lz4.
 ZSTD_FROM_BYTES = 4096
-
-
-def _value_bytes(arrow_type: pa.DataType) -> int | None:
-    """Bytes of one value of a fixed-width Arrow type (None: of variable width).
-
-    >>> _value_bytes(pa.list_(pa.float32(), 4)), _value_bytes(pa.list_(pa.float32()))
-    (16, None)
-    """
-    if pa.types.is_fixed_size_list(arrow_type):
-        inner = _value_bytes(arrow_type.value_type)
-        return None if inner is None else inner * arrow_type.list_size
-    if pa.types.is_struct(arrow_type):
-        sizes = [_value_bytes(field.type) for field in arrow_type]
-        return None if None in sizes else sum(s for s in sizes if s is not None)
-    try:
-        return max(arrow_type.bit_width // 8, 1)
-    except ValueError:  # variable width (lists, strings, unions)
-        return None
 
 
 def auto_compression(schema: pa.Schema) -> str:
@@ -55,8 +38,7 @@ def auto_compression(schema: pa.Schema) -> str:
     >>> auto_compression(pa.schema([("obs", pa.list_(pa.float64(), 17))]))
     'lz4'
     """
-    index = schema.get_field_index("obs")
-    size = _value_bytes(schema.field(index).type) if index >= 0 else None
+    size = obs_row_bytes(schema)
     return "lz4" if size is not None and size < ZSTD_FROM_BYTES else "zstd"
 
 

@@ -26,7 +26,8 @@ from relayrl_gym.errors import ConfigError, DatasetError
 from relayrl_gym.schema.arrow_arrays import arrow_to_numpy, numpy_dtype, numpy_to_arrow
 
 __all__ = ["LAYOUTS", "LAYOUT_KEY", "ONCE_FROM_BYTES", "check_layout", "compact", "is_once",
-           "logical_schema", "next_rows", "resolve", "restore", "stored_schema"]
+           "logical_schema", "next_rows", "obs_row_bytes", "resolve", "restore",
+           "stored_schema"]
 
 #: ``pairs``: every row stores obs and next_obs; ``once``: see the module; ``auto``: ``once``
 #: for array observations of at least `ONCE_FROM_BYTES` bytes, else ``pairs``.
@@ -46,6 +47,32 @@ def _obs_width(schema: pa.Schema) -> int | None:
                                               or pa.types.is_floating(kind.value_type)):
         return int(kind.list_size)
     return None
+
+
+def obs_row_bytes(schema: pa.Schema) -> int | None:
+    """Bytes of one row's ``obs`` value when its type is of fixed width (arrays, structs of
+    them), else None (no ``obs`` column, or lists, strings, unions of variable width).
+
+    >>> obs_row_bytes(pa.schema([("obs", pa.list_(pa.float32(), 4))]))
+    16
+    >>> obs_row_bytes(pa.schema([("obs", pa.list_(pa.float32()))])) is None
+    True
+    """
+    index = schema.get_field_index("obs")
+    return _value_bytes(schema.field(index).type) if index >= 0 else None
+
+
+def _value_bytes(arrow_type: pa.DataType) -> int | None:
+    if pa.types.is_fixed_size_list(arrow_type):
+        inner = _value_bytes(arrow_type.value_type)
+        return None if inner is None else inner * arrow_type.list_size
+    if pa.types.is_struct(arrow_type):
+        sizes = [_value_bytes(field.type) for field in arrow_type]
+        return None if None in sizes else sum(s for s in sizes if s is not None)
+    try:
+        return max(arrow_type.bit_width // 8, 1)
+    except ValueError:  # variable width
+        return None
 
 
 def check_layout(layout: str) -> None:
@@ -70,10 +97,8 @@ def resolve(layout: str, schema: pa.Schema) -> str:
                           f"{schema.field('obs').type if 'obs' in schema.names else 'missing'}. "
                           "Use obs_layout='pairs' (or 'auto')")
     if layout == "auto":
-        if width is None:
-            return "pairs"
-        item = schema.field("obs").type.value_type.bit_width // 8
-        return "once" if width * item >= ONCE_FROM_BYTES else "pairs"
+        size = obs_row_bytes(schema) if width is not None else None
+        return "once" if size is not None and size >= ONCE_FROM_BYTES else "pairs"
     return layout
 
 
