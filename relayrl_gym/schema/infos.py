@@ -7,7 +7,7 @@ import itertools
 import json
 from collections.abc import Sequence
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -15,9 +15,9 @@ import pyarrow as pa
 from relayrl_gym.schema.arrow_arrays import numpy_to_arrow, strings_to_arrow, tiled_strings
 from relayrl_gym.schema.transitions import INFO_TYPE
 
-__all__ = ["INFO_TYPE", "InfoRows", "RecordedInfo", "RowInfos", "info_to_json", "infos_column",
-           "infos_to_arrow", "infos_to_text", "recorded_info", "text_info_schema",
-           "with_text_info"]
+__all__ = ["INFO_TYPE", "InfoRows", "InfosAlike", "RecordedInfo", "RowInfos", "info_to_json",
+           "infos_column", "infos_record", "infos_to_arrow", "infos_to_text", "recorded_info",
+           "text_info_schema", "with_text_info"]
 
 
 def _json_default(value: Any) -> Any:
@@ -87,6 +87,16 @@ _TUPLE = {tuple}
 InfoRows = tuple[str, tuple[str, ...], tuple[Any, ...]]
 
 
+class InfosAlike(NamedTuple):
+    """The info dicts of a batch's rows, found to have the same keys in the same order
+    (`RowInfos.alike`): what both the recorded record and a vector env's batched info are
+    built from."""
+
+    keys: tuple[str, ...]
+    values: tuple[Any, ...]  # every row's values, row after row
+    types: tuple[type, ...]  # the type of each value
+
+
 class RowInfos:
     """Keeps the info dicts of a batch's rows as one `InfoRows` record when they are all
     numbers of one kind under the same keys, in the same order (MuJoCo's rewards and
@@ -109,9 +119,15 @@ class RowInfos:
         self._flat: tuple[Any, ...] | None = None  # every row's keys, row after row, as last seen
         self._keys: tuple[str, ...] = ()
 
-    def __call__(self, infos: tuple[dict[str, Any], ...] | list[dict[str, Any]]
-                 ) -> InfoRows | None:
+    def __call__(self, infos: Sequence[dict[str, Any]]) -> InfoRows | None:
         """The infos as one record, or None when they are not all alike (or one is empty)."""
+        alike = self.alike(infos)
+        return None if alike is None else infos_record(alike)
+
+    def alike(self, infos: Sequence[dict[str, Any]]) -> InfosAlike | None:
+        """The infos' common keys and every row's values, or None when the rows' keys differ
+        (or one info is empty, or a key is not exactly a `str`). While the keys stay the same,
+        `keys` is the same tuple from call to call."""
         flat = tuple(itertools.chain.from_iterable(infos))
         if set(map(type, flat)) != _STR:  # keys other than str are told apart by `info_to_json`
             return None  # (1, 1.0 and True are equal keys, and would pass for each other below)
@@ -123,12 +139,18 @@ class RowInfos:
                 return None
             self._flat, self._keys = flat, flat[:size]
         values = tuple(itertools.chain.from_iterable(map(dict.values, infos)))
-        kinds = set(map(type, values))
-        if kinds <= _FLOAT_TYPES:
-            return ("floats", self._keys, values)
-        if kinds <= _INT_TYPES:
-            return ("ints", self._keys, values)
-        return None
+        return InfosAlike(self._keys, values, tuple(map(type, values)))
+
+
+def infos_record(alike: InfosAlike) -> InfoRows | None:
+    """Alike infos as one `InfoRows` record: None unless every value is a number of one kind
+    (floats, or ints; bools are kept as text, as `recorded_info` keeps them)."""
+    kinds = set(alike.types)
+    if kinds <= _FLOAT_TYPES:
+        return ("floats", alike.keys, alike.values)
+    if kinds <= _INT_TYPES:
+        return ("ints", alike.keys, alike.values)
+    return None
 
 
 def recorded_info(info: dict[str, Any]) -> RecordedInfo | None:

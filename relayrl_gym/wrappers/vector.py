@@ -27,7 +27,14 @@ from relayrl_gym.runtime.env_agent import EnvAgent
 from relayrl_gym.runtime.processes import ProcessRouter
 from relayrl_gym.runtime.router import Router
 from relayrl_gym.schema.batches import copy_batch
-from relayrl_gym.schema.infos import InfoRows, RecordedInfo, RowInfos, recorded_info
+from relayrl_gym.schema.infos import (
+    InfoRows,
+    InfosAlike,
+    RecordedInfo,
+    RowInfos,
+    infos_record,
+    recorded_info,
+)
 from relayrl_gym.schema.transitions import TransitionSchema
 from relayrl_gym.sinks.base import DEFAULT_SINK_ROOT, Sink
 from relayrl_gym.wrappers.actions import ActionBatcher
@@ -39,6 +46,7 @@ from relayrl_gym.wrappers.copies import (
 )
 from relayrl_gym.wrappers.factory import make_checked
 from relayrl_gym.wrappers.policy import PolicyDriver
+from relayrl_gym.wrappers.vector_infos import VectorInfos
 
 if TYPE_CHECKING:
     from relayrl_gym.wrappers.sb3 import RelayRLSB3VecEnv
@@ -235,6 +243,9 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         self._batch_obs_shape = (self.num_envs, *(self.single_observation_space.shape or ()))
         self._arange = np.arange(self.num_envs, dtype=np.int32)
         self._row_infos = RowInfos()
+        self._vector_infos = VectorInfos()
+        #: The last step's infos found alike by `_record`, and the tuple they were found in.
+        self._alike: tuple[tuple[dict[str, Any], ...], InfosAlike | None] = ((), None)
         self._prev_obs: Any = None
         self._broken_by: str | None = None  # why the last step() failed, until reset()
         self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
@@ -365,6 +376,9 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
             obs, rewards, terminated, truncated, step_infos, finals = self._step(actions)
         infos: dict[str, Any] = {}
         if finals or any(step_infos):
+            batched = None if finals else self._batched_infos(step_infos)
+            if batched is not None:
+                return obs, rewards, terminated, truncated, batched
             for i, info in enumerate(step_infos):
                 final = finals.get(i)
                 if final is not None:
@@ -373,6 +387,13 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
                 if info:
                     infos = self._add_info(infos, info, i)
         return obs, rewards, terminated, truncated, infos
+
+    def _batched_infos(self, step_infos: tuple[dict[str, Any], ...]) -> dict[str, Any] | None:
+        """The step's vector info when every env's info is alike (`VectorInfos`), else None."""
+        found_in, alike = self._alike
+        if found_in is not step_infos:
+            alike = self._row_infos.alike(step_infos)
+        return None if alike is None else self._vector_infos(alike)
 
     @gated
     def step_each(self, actions: Any) -> EnvSteps:
@@ -467,7 +488,10 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         infos: dict[int, RecordedInfo] | InfoRows | None = None
         if self.record_info and (finals or any(step_infos)):
             if not finals and reset_rows is None and all(step_infos):
-                infos = self._row_infos(step_infos)  # every env's info alike: one record
+                alike = self._row_infos.alike(step_infos)
+                self._alike = (step_infos, alike)  # (`step` batches the same infos)
+                if alike is not None:
+                    infos = infos_record(alike)  # every env's info alike: one record
             if infos is None:
                 each: dict[int, RecordedInfo] = {}
                 for i, step_info in enumerate(step_infos):
