@@ -55,6 +55,9 @@ __all__ = ["EnvSteps", "RelayRLVectorEnv", "new_run_id", "parse_autoreset_mode"]
 
 log = logging.getLogger(__name__)
 
+#: `RelayRLVectorEnv._alike` when no step's infos were found alike.
+_NONE_FOUND: tuple[tuple[dict[str, Any], ...], InfosAlike | None] = ((), None)
+
 _AUTORESET_NAMES = {
     "next_step": AutoresetMode.NEXT_STEP, "nextstep": AutoresetMode.NEXT_STEP,
     "same_step": AutoresetMode.SAME_STEP, "samestep": AutoresetMode.SAME_STEP,
@@ -245,7 +248,7 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         self._row_infos = RowInfos()
         self._vector_infos = VectorInfos()
         #: The last step's infos found alike by `_record`, and the tuple they were found in.
-        self._alike: tuple[tuple[dict[str, Any], ...], InfosAlike | None] = ((), None)
+        self._alike: tuple[tuple[dict[str, Any], ...], InfosAlike | None] = _NONE_FOUND
         self._prev_obs: Any = None
         self._broken_by: str | None = None  # why the last step() failed, until reset()
         self._obs_items: tuple[Any, ...] = ()  # each env's latest obs, as SyncVectorEnv keeps
@@ -374,11 +377,13 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
         """Steps every env with its action; autoresets as `metadata["autoreset_mode"]` says."""
         with self._gate:  # (the hot path: no decorator layer)
             obs, rewards, terminated, truncated, step_infos, finals = self._step(actions)
+            some = bool(finals) or any(step_infos)
+            # (the key caches it uses are this env's: kept under the gate, as steps are)
+            batched = self._batched_infos(step_infos) if some and not finals else None
+        if batched is not None:
+            return obs, rewards, terminated, truncated, batched
         infos: dict[str, Any] = {}
-        if finals or any(step_infos):
-            batched = None if finals else self._batched_infos(step_infos)
-            if batched is not None:
-                return obs, rewards, terminated, truncated, batched
+        if some:
             for i, info in enumerate(step_infos):
                 final = finals.get(i)
                 if final is not None:
@@ -391,6 +396,7 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
     def _batched_infos(self, step_infos: tuple[dict[str, Any], ...]) -> dict[str, Any] | None:
         """The step's vector info when every env's info is alike (`VectorInfos`), else None."""
         found_in, alike = self._alike
+        self._alike = _NONE_FOUND  # (the step's infos are not kept past it)
         if found_in is not step_infos:
             alike = self._row_infos.alike(step_infos)
         return None if alike is None else self._vector_infos(alike)
@@ -486,6 +492,7 @@ class RelayRLVectorEnv(GatedClose, VectorEnv):
             for i, (final_obs, _) in finals.items():
                 next_obs = obs_codec.replace_row(next_obs, i, final_obs)
         infos: dict[int, RecordedInfo] | InfoRows | None = None
+        self._alike = _NONE_FOUND
         if self.record_info and (finals or any(step_infos)):
             if not finals and reset_rows is None and all(step_infos):
                 alike = self._row_infos.alike(step_infos)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
+import sys
+import threading
 from typing import Any
 
 import gymnasium as gym
@@ -75,6 +79,27 @@ def test_batched_infos_are_what_add_info_builds(infos: list[dict[str, Any]],
         assert len({id(a) for a in arrays}) == len(arrays)
 
 
+def test_remembered_keys_and_types_follow_each_step() -> None:
+    rows, vector = RowInfos(), VectorInfos()
+    steps: list[list[dict[str, Any]]] = [
+        [{"x": 0.5, "n": 1}] * 3,
+        [{"x": 1, "n": 2}] * 3,  # the same keys, other types
+        [{"x": np.bool_(True), "n": 2}] * 3,  # not batched
+        [{"x": 0.5, "n": 1}] * 3,  # back
+        [{"n": 1, "x": 0.5}] * 3,  # the same types, another order
+        [{"y": 0.5, "m": 1}] * 3,  # other keys
+        [{"x": 0.5}, {"x": 0.5}, {"x": 1}],  # one env's type differs
+    ]
+    for infos in steps:
+        alike = rows.alike(infos)
+        got = None if alike is None else vector(alike)
+        want = _reference(infos)
+        if got is not None:
+            assert_same_vector_info(got, want)
+        else:  # only where `_add_info` makes object arrays, or casts one env's value
+            assert any(v.dtype == object for v in want.values()) or infos[-1] != infos[0]
+
+
 class MixedInfosEnv(gym.Env):
     """Infos that `VectorInfos` batches at most steps, and some that it leaves to `_add_info`:
     another order, a key of another type, a missing key, an array, text, nothing."""
@@ -87,7 +112,8 @@ class MixedInfosEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
-        return np.zeros(2, np.float32), {"start": np.int64(self.index)}
+        # (alike a step's: under NEXT_STEP, a reset row's info is batched with the others')
+        return np.zeros(2, np.float32), {"x": np.float64(-1), "r": np.float32(0), "n": 0}
 
     def step(self, action: Any):
         self.t += 1
@@ -108,25 +134,98 @@ class MixedInfosEnv(gym.Env):
         return np.full(2, t % 2, np.float32), 1.0, t % (6 + i) == 0, False, info
 
 
+@pytest.mark.parametrize("num_envs", [1, 4])
 @pytest.mark.parametrize("sink", ["arrow", None])
 @pytest.mark.parametrize("mode", [AutoresetMode.NEXT_STEP, AutoresetMode.SAME_STEP],
                          ids=lambda m: m.value)
-def test_a_wrapped_run_returns_the_infos_sync_vector_env_returns(tmp_path: Any,
-                                                                 mode: AutoresetMode,
-                                                                 sink: str | None) -> None:
+def test_a_wrapped_run_returns_the_infos_sync_vector_env_returns(
+        tmp_path: Any, mode: AutoresetMode, sink: str | None, num_envs: int) -> None:
     def fns() -> list[Any]:
-        return [lambda i=i: MixedInfosEnv(i) for i in range(4)]
+        return [lambda i=i: MixedInfosEnv(i) for i in range(num_envs)]
 
     sync = SyncVectorEnv(fns(), autoreset_mode=mode)
     envs = relayrl_gym.wrap(fns(), autoreset_mode=mode, router_scale=0,
                             sink=tmp_path if sink else None)
-    theirs = [sync.reset(seed=0)[1]]
-    ours = [envs.reset(seed=0)[1]]
+    built = envs._vector_infos
+    batched = []
+    envs._vector_infos = lambda alike: batched.append(built(alike)) or batched[-1]  # counts
+    zeros = np.zeros(num_envs, np.int64)
+    theirs, ours = [sync.reset(seed=0)[1]], [envs.reset(seed=0)[1]]
     for _ in range(120):
-        theirs.append(sync.step(np.zeros(4, np.int64))[-1])
-        ours.append(envs.step(np.zeros(4, np.int64))[-1])
+        theirs.append(sync.step(zeros)[-1])
+        info = envs.step(zeros)[-1]
+        ours.append(copy.deepcopy(info))
+        for value in info.values():  # the caller writes into what it was given
+            if isinstance(value, np.ndarray) and value.dtype != object:
+                value[...] = 0
+        info.clear()
     envs.close()
     sync.close()
-    # compared once the run is over: no step's arrays were written into by a later one
     for got, want in zip(ours, theirs, strict=True):
         assert_same_vector_info(got, want)
+    assert any(b is not None for b in batched) and any(b is None for b in batched)
+
+
+class HugeIntEnv(MixedInfosEnv):
+    def step(self, action: Any):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, {"big": 2**70 if self.t > 2 else 1}
+
+
+def test_an_info_out_of_its_types_range_raises_as_under_sync_vector_env() -> None:
+    for envs in (SyncVectorEnv([HugeIntEnv] * 2),
+                 relayrl_gym.wrap([HugeIntEnv] * 2, router_scale=0, sink=None)):
+        envs.reset(seed=0)
+        envs.step(np.zeros(2, np.int64))
+        envs.step(np.zeros(2, np.int64))
+        with pytest.raises(OverflowError):
+            envs.step(np.zeros(2, np.int64))
+        envs.close()
+
+
+class LayoutEnv(gym.Env):
+    """Infos whose keys change from step to step; the observation says which keys they are."""
+
+    observation_space = spaces.Box(0, 3, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+    LAYOUTS = (("a",), ("b", "c"), ("c", "b"))
+
+    def __init__(self, steps: Any) -> None:
+        self.steps = steps  # shared by the copies: both envs of a vector step see one layout
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action: Any):
+        k = next(self.steps) // 2 % 3
+        info = {key: float(k) for key in self.LAYOUTS[k]}
+        return np.full(1, k, np.float32), 0.0, False, False, info
+
+
+def test_steps_from_two_threads_each_get_their_own_infos() -> None:
+    steps = itertools.count()
+    envs = relayrl_gym.wrap([lambda: LayoutEnv(steps)] * 2, router_scale=0, sink=None)
+    envs.reset(seed=0)
+    wrong: list[Any] = []
+
+    def stepping() -> None:
+        for _ in range(1500):
+            obs, *_, info = envs.step(np.zeros(2, np.int64))
+            keys = LayoutEnv.LAYOUTS[int(obs[0, 0])]
+            if list(info) != [name for key in keys for name in (key, f"_{key}")] or any(
+                    len(value) != 2 for value in info.values()):
+                wrong.append(info)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can
+    try:
+        threads = [threading.Thread(target=stepping) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+        envs.close()
+    assert wrong == []
