@@ -77,6 +77,8 @@ class _Resolved(NamedTuple):
     versions: np.ndarray
     models: list[Any]
     one_model: bool
+    #: The first actor's model version, as a Python int (the one-model case reads it per call).
+    first_version: int
 
 
 class RelayRLAgent(AgentCore):
@@ -212,7 +214,7 @@ class RelayRLAgent(AgentCore):
             self._generation, list(ids), actors,
             np.fromiter((a.index for a in actors), np.int64, len(actors)),
             np.fromiter((a.model_version for a in actors), np.int64, len(actors)),
-            models, all(m is models[0] for m in models))
+            models, all(m is models[0] for m in models), int(actors[0].model_version))
         self._resolved = resolved
         return resolved
 
@@ -251,8 +253,10 @@ class RelayRLAgent(AgentCore):
                                       f"({len(slots)}, n)), got {mask.shape}")
             versions = found.versions
             if found.one_model:  # the common case: one model, one call
-                actions, data, answered = act_with(found.models[0], int(versions[0]), obs, mask)
-                if answered != versions[0]:  # a served policy: its answer names the version
+                # (Python ints: a numpy scalar's conversion and comparison cost a few µs a call)
+                actions, data, answered = act_with(found.models[0], found.first_version, obs,
+                                                   mask)
+                if answered != found.first_version:  # a served policy: its answer names it
                     versions = np.full(len(slots), answered, np.int64)
             else:
                 actions, data, versions = self._infer(found.models, versions, obs, mask)
