@@ -98,18 +98,19 @@ class InfosAlike(NamedTuple):
 
 
 class RowInfos:
-    """Keeps the info dicts of a batch's rows as one `InfoRows` record when they are all
-    numbers of one kind under the same keys, in the same order (MuJoCo's rewards and
-    positions, Atari's frame counts, at every step): a few C-level passes for the batch, and
-    two small objects, where `recorded_info` makes three for each row. One per stepping
-    thread (it remembers the last key order it saw).
+    """Finds the info dicts of a batch's rows alike: the same exactly-str keys in the same
+    order (MuJoCo's rewards and positions, Atari's frame counts, at every step), in a few
+    C-level passes for the batch. From that finding `infos_record` keeps them as one
+    `InfoRows` record (two small objects, where `recorded_info` makes three for each row) and
+    the vector env builds its Gymnasium vector info. One per stepping thread (it remembers the
+    last key order it saw).
 
     >>> rows = RowInfos()
-    >>> rows([{"x": 0.5, "y": np.float32(1)}, {"x": 1.5, "y": np.float32(2)}])
+    >>> infos_record(rows.alike([{"x": 0.5, "y": np.float32(1)}, {"x": 1.5, "y": np.float32(2)}]))
     ('floats', ('x', 'y'), (0.5, np.float32(1.0), 1.5, np.float32(2.0)))
-    >>> rows([{"x": 1}, {"y": 2}]) is None  # other keys: each row by `recorded_info`
+    >>> rows.alike([{"x": 1}, {"y": 2}]) is None  # other keys: each row by `recorded_info`
     True
-    >>> rows([{1: 0.5}, {1: 0.5}]) is None  # keys that are not str: likewise
+    >>> rows.alike([{1: 0.5}, {1: 0.5}]) is None  # keys that are not str: likewise
     True
     """
 
@@ -118,11 +119,6 @@ class RowInfos:
     def __init__(self) -> None:
         self._flat: tuple[Any, ...] | None = None  # every row's keys, row after row, as last seen
         self._keys: tuple[str, ...] = ()
-
-    def __call__(self, infos: Sequence[dict[str, Any]]) -> InfoRows | None:
-        """The infos as one record, or None when they are not all alike (or one is empty)."""
-        alike = self.alike(infos)
-        return None if alike is None else infos_record(alike)
 
     def alike(self, infos: Sequence[dict[str, Any]]) -> InfosAlike | None:
         """The infos' common keys and every row's values, or None when the rows' keys differ
